@@ -1,0 +1,1 @@
+"""Analyses computed from a network or a run, and report figures."""

@@ -1,0 +1,212 @@
+"""The ``clln`` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clln.controller.errors import CllnError, UserError
+from clln.controller.store import RunStore
+from clln.controller.trainer import StepRecord
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Lab control for contrastive local learning networks: train, inspect and export runs.",
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+OutOption = Annotated[Path, typer.Option("--out", help="Runs directory (run store).")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def train(
+    protocol: Annotated[Path, typer.Argument(help="Protocol file (TOML).")],
+    out: OutOption = Path("runs"),
+    seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
+) -> None:
+    """Train a network on the simulator as the protocol says; print a summary and the report path."""
+    from clln.compose import build_experiment, run_training
+    from clln.protocol import load_protocol
+
+    proto, text = load_protocol(protocol)
+    exp = build_experiment(proto, source=str(protocol), base_dir=protocol.parent, seed=seed,
+                           steps=steps)
+    store = RunStore(out)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("error {task.fields[error]}"), TextColumn("test {task.fields[test]}"),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+    bar = progress.add_task("training", total=exp.config.steps, error="-", test="-")
+
+    def show(rec: StepRecord) -> None:
+        fields: dict[str, Any] = {"error": f"{rec.error:.3g}"}
+        if rec.test_error is not None:
+            fields["test"] = f"{rec.test_error:.3g}"
+        progress.update(bar, completed=rec.step, **fields)
+
+    console.print(
+        f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
+        f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, "
+        f"simulator ({exp.backend.describe()['solver']})"
+    )
+    with progress:
+        outcome = run_training(
+            exp, store, protocol_text=text, protocol_path=str(protocol), callbacks=[show],
+            on_start=lambda rid: progress.update(bar, description=f"run {rid}"),
+        )
+    summary = run_summary(store, outcome.run_id)
+    _print_summary(summary)
+    console.print(f"report: {outcome.report}")
+
+
+@app.command()
+def runs(out: OutOption = Path("runs")) -> None:
+    """List the runs in the run store."""
+    store = _open_store(out)
+    table = Table("id", "name", "status", "steps", "wall time (s)", "created")
+    for r in store.list_runs():
+        wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
+        table.add_row(r["id"], r["name"] or "", r["status"], f"{r['steps_done']}/{r['steps_planned']}",
+                      wall, r["created"])
+    console.print(table)
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    out: OutOption = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Summarise a run: status, steps, initial and final train and test error, backend, protocol."""
+    store = _open_store(out)
+    summary = run_summary(store, run)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+        console.print("[bold]protocol[/]:")
+        console.print(summary["protocol"], markup=False, highlight=False)
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    file: Annotated[Path, typer.Argument(help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Export a run to HDF5 or NetCDF."""
+    from clln.export import export_run
+
+    store = _open_store(out)
+    path = export_run(store, run, file)
+    console.print(f"exported {store.resolve(run)} to {path}")
+
+
+def _open_store(out: Path) -> RunStore:
+    if not (out / "runs.sqlite").exists():
+        raise UserError(f"{out}: no run store here (train first, or pass --out DIR)")
+    return RunStore(out)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def run_summary(store: RunStore, run: str) -> dict[str, Any]:
+    """The facts ``clln show`` reports, as JSON-ready values."""
+    rec = store.run(run)
+    hist = store.history(run)
+    test_acc = hist.test_accuracy[-1] if hist.test_accuracy.size else None
+    return {
+        "id": rec["id"],
+        "name": rec["name"],
+        "status": rec["status"],
+        "created": rec["created"],
+        "steps": int(rec["steps_done"]),
+        "steps_planned": int(rec["steps_planned"]),
+        "seed": int(rec["seed"]),
+        "initial_train_error": _finite(hist.error[0]) if hist.error.size else None,
+        "final_train_error": _finite(hist.error[-1]) if hist.error.size else None,
+        "initial_test_error": _finite(hist.test_error[0]) if hist.test_error.size else None,
+        "final_test_error": _finite(hist.test_error[-1]) if hist.test_error.size else None,
+        "final_test_accuracy": _finite(test_acc) if test_acc is not None else None,
+        "wall_time_s": _finite(rec["wall_time"]),
+        "backend": rec["backend"],
+        "clln_version": rec["version"],
+        "protocol_path": rec["protocol_path"],
+        "protocol": rec["protocol_text"],
+        "message": rec["message"],
+        "final_conductances": None if rec["final_state"] is None else np.asarray(rec["final_state"]).tolist(),
+    }
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4g}"
+
+    table = Table(show_header=False, box=None)
+    table.add_row("run", f"{s['id']} ({s['name']})")
+    table.add_row("status", s["status"] + (f" — {s['message']}" if s["message"] else ""))
+    table.add_row("steps", f"{s['steps']}/{s['steps_planned']}")
+    table.add_row("train error", f"{fmt(s['initial_train_error'])} -> {fmt(s['final_train_error'])}")
+    table.add_row("test error", f"{fmt(s['initial_test_error'])} -> {fmt(s['final_test_error'])}")
+    if s["final_test_accuracy"] is not None:
+        table.add_row("test accuracy", f"{s['final_test_accuracy']:.3f}")
+    table.add_row("wall time", f"{fmt(s['wall_time_s'])} s")
+    b = s["backend"]
+    table.add_row("backend", f"{b.get('backend')} ({b.get('imperfections', {}).get('preset', '-')}, "
+                             f"solver {b.get('solver', '-')})")
+    table.add_row("protocol", str(s["protocol_path"]))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    except CllnError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors are handled below
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if _state["debug"]:
+            raise
+        err_console.print(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
+                          markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

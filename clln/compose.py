@@ -1,0 +1,269 @@
+"""Composition root: turn a validated protocol into a network, task, backend and trainer,
+and run a training with recording and a report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import clln
+from clln.analysis.report import training_report
+from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
+from clln.controller.errors import NetworkError, ProtocolError
+from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
+from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
+from clln.controller.store import RunStore
+from clln.controller.task import Task, blobs_dataset, linear_map_dataset
+from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
+from clln.protocol import EdgeSpec, NetworkSpec, Protocol, TaskSpec
+from clln.simulator import SimulatedBackend, make_preset
+
+
+@dataclass
+class Experiment:
+    """Everything a training run needs, built from a protocol."""
+
+    protocol: Protocol
+    seed: int
+    network: Network
+    task: Task
+    backend: NetworkBackend
+    rule: UpdateRule
+    config: TrainConfig
+    batch_rng: np.random.Generator
+
+
+def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path) -> Network:
+    """The topology described by ``[network]`` (positions included)."""
+    if spec.kind == "lattice":
+        assert spec.rows is not None and spec.cols is not None
+        return square_lattice(spec.rows, spec.cols, periodic=spec.periodic)
+    if spec.kind == "delaunay":
+        assert spec.nodes is not None
+        return delaunay(spec.nodes, rng, coordination=spec.coordination)
+    assert spec.file is not None
+    path = Path(spec.file)
+    return from_edge_file(path if path.is_absolute() else base_dir / path)
+
+
+def pick_roles(
+    network: Network, spec: TaskSpec, rng: np.random.Generator, source: str
+) -> tuple[NodeRoles, tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Node roles of the task: given in the protocol, else drawn at random (seeded).
+
+    Returns (roles, output nodes, output edges).
+    """
+    n = network.n_nodes
+    order = [int(i) for i in rng.permutation(n)]
+
+    def take(given: list[int] | None, count: int, key: str) -> list[int]:
+        if given is not None:
+            if len(given) != count:
+                raise ProtocolError(f"{source}: task.{key}: needs {count} nodes, got {len(given)}")
+            bad = [g for g in given if not 0 <= g < n]
+            if bad:
+                raise ProtocolError(f"{source}: task.{key}: nodes {bad} are not in 0..{n - 1}")
+            chosen = list(given)
+        else:
+            chosen = [i for i in order if i not in used][:count]
+            if len(chosen) < count:
+                raise ProtocolError(
+                    f"{source}: task: the network has {n} nodes, too few for the task's roles"
+                )
+        used.update(chosen)
+        return chosen
+
+    used: set[int] = set()
+    for key, given in (("source_nodes", spec.source_nodes), ("ground_nodes", spec.ground_nodes),
+                       ("output_nodes", spec.output_nodes)):
+        if given is not None:
+            used.update(given)
+    sources = take(spec.source_nodes, spec.n_sources, "source_nodes")
+    grounds = take(spec.ground_nodes, spec.grounds, "ground_nodes")
+    output_edges: tuple[tuple[int, int], ...] = ()
+    outputs: tuple[int, ...] = ()
+    if spec.kind == "allostery":
+        if spec.output_edges is not None:
+            output_edges = tuple((int(a), int(b)) for a, b in spec.output_edges)
+            if len(output_edges) != spec.outputs:
+                raise ProtocolError(
+                    f"{source}: task.output_edges: needs {spec.outputs} edges, got {len(output_edges)}"
+                )
+        else:
+            picked: list[tuple[int, int]] = []
+            taken = set(sources) | set(grounds)
+            for j in rng.permutation(network.n_edges):
+                a, b = (int(x) for x in network.edges[j])
+                if a not in taken and b not in taken:
+                    picked.append((a, b))
+                    taken |= {a, b}
+                if len(picked) == spec.outputs:
+                    break
+            if len(picked) < spec.outputs:
+                raise ProtocolError(f"{source}: task: not enough free edges for {spec.outputs} outputs")
+            output_edges = tuple(picked)
+        clamps = tuple(x for e in output_edges for x in e)
+    else:
+        outputs = tuple(take(spec.output_nodes, spec.n_outputs, "output_nodes"))
+        clamps = outputs
+    try:
+        roles = NodeRoles(tuple(sources), tuple(grounds), clamps)
+        network.with_roles(roles)
+    except NetworkError as exc:
+        raise ProtocolError(f"{source}: task: {exc}") from None
+    return roles, outputs, output_edges
+
+
+def build_task(
+    spec: TaskSpec, rng: np.random.Generator, outputs: tuple[int, ...],
+    output_edges: tuple[tuple[int, int], ...],
+) -> Task:
+    """Task with its synthetic train and test sets (seeded)."""
+    if spec.kind == "classification":
+        assert spec.classes is not None
+        train, test = blobs_dataset(
+            rng, spec.inputs, spec.classes, spec.train, spec.test, spread=spec.spread,
+            target_high=spec.target_high, target_low=spec.target_low,
+        )
+        return Task("classification", train, test, output_nodes=outputs,
+                    high_ground=spec.high_ground)
+    train, test, _ = linear_map_dataset(
+        rng, spec.inputs, spec.outputs, spec.train, spec.test,
+        input_range=spec.input_range, signed=spec.kind == "allostery",
+    )
+    return Task(spec.kind, train, test, output_nodes=outputs, output_edges=output_edges)
+
+
+def pot_table(spec: EdgeSpec, n_edges: int) -> np.ndarray:
+    """(m, taps) nominal conductance per tap of a rheostat-mode potentiometer (S)."""
+    taps = np.arange(spec.taps)
+    resistance = spec.r_series + spec.r_wiper + taps * spec.r_ab / (spec.taps - 1)
+    return np.tile(1.0 / resistance, (n_edges, 1))
+
+
+def build_edges(spec: EdgeSpec, n_edges: int, rng: np.random.Generator) -> tuple[EdgeActuators, np.ndarray]:
+    """Actuators and the initial state (conductances or taps)."""
+    if spec.kind == "stepped":
+        lo, hi = spec.init_taps or (spec.taps // 4, 3 * spec.taps // 4)
+        return SteppedEdges(pot_table(spec, n_edges)), rng.integers(lo, hi + 1, size=n_edges)
+    span = spec.gmax - spec.gmin
+    lo, hi = spec.init or (spec.gmin + 0.4 * span, spec.gmin + 0.6 * span)
+    return ContinuousEdges(spec.gmin, spec.gmax), rng.uniform(lo, hi, size=n_edges)
+
+
+def build_experiment(
+    protocol: Protocol, *, source: str, base_dir: Path, seed: int | None = None,
+    steps: int | None = None,
+) -> Experiment:
+    """Build network, task, simulated backend, rule and trainer config from a protocol."""
+    seed = protocol.seed if seed is None else seed
+    rng_net, rng_roles, rng_task, rng_init, rng_batch = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+    )
+    network = build_network(protocol.network, rng_net, base_dir)
+    roles, outputs, output_edges = pick_roles(network, protocol.task, rng_roles, source)
+    network = network.with_roles(roles)
+    task = build_task(protocol.task, rng_task, outputs, output_edges)
+    edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
+    preset = make_preset(protocol.simulator.preset)
+    backend = SimulatedBackend(network, edges, initial, preset=preset,
+                               solver=protocol.simulator.solver)
+    tr = protocol.training
+    rule: UpdateRule = (CoupledRule(tr.alpha) if tr.rule == "coupled"
+                        else SteppedRule(tr.step, tr.threshold))
+    config = TrainConfig(
+        steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
+        snapshot_every=tr.snapshot_every, target_error=tr.target_error,
+    )
+    return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)
+
+
+def network_info(exp: Experiment) -> dict[str, Any]:
+    """What the run store keeps about the network and task (JSON)."""
+    net = exp.network
+    return {
+        "n_nodes": net.n_nodes,
+        "n_edges": net.n_edges,
+        "edges": net.edges.tolist(),
+        "positions": None if net.positions is None else net.positions.tolist(),
+        "sources": list(net.roles.sources),
+        "grounds": list(net.roles.grounds),
+        "clamps": list(net.roles.clamps),
+        "task": exp.task.kind,
+        "output_nodes": list(exp.task.output_nodes),
+        "output_edges": [list(e) for e in exp.task.output_edges],
+        "rule": exp.rule.name,
+        "eta": exp.config.eta,
+        "batch": exp.config.batch_size,
+        "steps": exp.config.steps,
+    }
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    status: str
+    result: TrainResult | None
+    report: Path | None
+    store_path: Path
+
+
+def run_training(
+    exp: Experiment,
+    store: RunStore,
+    *,
+    protocol_text: str,
+    protocol_path: str | None,
+    callbacks: Sequence[StepCallback] = (),
+    on_start: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """Train, recording every step in the run store; write the PNG report at the end.
+
+    The backend is put in its safe state on every exit path. KeyboardInterrupt marks
+    the run ``interrupted`` and is re-raised; other exceptions mark it ``failed``.
+    """
+    state0 = exp.backend.read_edges()
+    run_id = store.create_run(
+        name=exp.protocol.name, protocol_text=protocol_text, protocol_path=protocol_path,
+        version=clln.__version__, seed=exp.seed, backend=exp.backend.describe(),
+        info=network_info(exp), steps_planned=exp.config.steps,
+        initial_state=state0.conductances if state0.taps is None else state0.taps,
+    )
+    if on_start is not None:
+        on_start(run_id)
+
+    def record(rec: StepRecord) -> None:
+        store.record_step(
+            run_id, rec.step, error=rec.error, nudge=rec.nudge, update_norm=rec.update_norm,
+            n_clipped=rec.n_clipped,
+            test=None if rec.test_error is None else (rec.test_error, rec.test_accuracy),
+            snapshot=None if rec.conductances is None else (rec.conductances, rec.taps),
+        )
+
+    trainer = Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng)
+    t0 = time.perf_counter()
+    status, message, result = "failed", None, None
+    try:
+        result = trainer.run(
+            [record, *callbacks],
+            on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
+        )
+        status = "completed"
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by the user"
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        exp.backend.safe()
+        final = exp.backend.read_edges()
+        store.finish(run_id, status=status, final_state=final.conductances, final_taps=final.taps,
+                     wall_time=time.perf_counter() - t0, message=message)
+    report = training_report(store, run_id, store.run_dir(run_id) / "report.png")
+    return TrainOutcome(run_id, status, result, report, store.path)

@@ -1,0 +1,231 @@
+"""Protocol files: TOML, versioned, strictly validated.
+
+A protocol says which network to build, which task to learn, how to train and,
+for the simulator, which imperfection preset to use. Unknown keys are errors.
+Every error names the file, the key and the allowed values, in one line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clln.controller.errors import ProtocolError
+
+FORMAT_VERSION = 1
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSpec(_Strict):
+    """``[network]``: the topology."""
+
+    kind: Literal["lattice", "delaunay", "edge-list"]
+    rows: PositiveInt | None = None
+    cols: PositiveInt | None = None
+    periodic: bool = False
+    nodes: Annotated[int, Field(ge=3)] | None = None
+    coordination: Positive | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> NetworkSpec:
+        needed = {"lattice": ("rows", "cols"), "delaunay": ("nodes",), "edge-list": ("file",)}
+        allowed = {"lattice": {"rows", "cols", "periodic"}, "delaunay": {"nodes", "coordination"},
+                   "edge-list": {"file"}}
+        for key in needed[self.kind]:
+            if getattr(self, key) is None:
+                raise ValueError(f"kind '{self.kind}' needs key '{key}'")
+        extra = {k for k in self.model_fields_set if k != "kind"} - allowed[self.kind]
+        if extra:
+            raise ValueError(
+                f"key(s) {', '.join(sorted(extra))} do not apply to kind '{self.kind}'; "
+                f"allowed: {', '.join(sorted(allowed[self.kind]))}"
+            )
+        return self
+
+
+class EdgeSpec(_Strict):
+    """``[edges]``: the actuators.
+
+    continuous: conductance in [gmin, gmax] siemens, initial values uniform in ``init``.
+    stepped: a digital potentiometer in rheostat mode, R(D) = r_series + r_wiper +
+    D r_ab / (taps - 1), initial taps uniform in ``init_taps``.
+    """
+
+    kind: Literal["continuous", "stepped"] = "continuous"
+    gmin: Positive = 1e-4
+    gmax: Positive = 1e-2
+    init: tuple[Positive, Positive] | None = None
+    taps: Annotated[int, Field(ge=2)] = 129
+    r_series: Annotated[float, Field(ge=0)] = 1000.0
+    r_ab: Positive = 10_000.0
+    r_wiper: Annotated[float, Field(ge=0)] = 75.0
+    init_taps: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EdgeSpec:
+        if self.gmin >= self.gmax:
+            raise ValueError(f"gmin ({self.gmin}) must be below gmax ({self.gmax})")
+        if self.init is not None and not (self.gmin <= self.init[0] <= self.init[1] <= self.gmax):
+            raise ValueError(f"init must satisfy gmin <= low <= high <= gmax, got {list(self.init)}")
+        if self.init_taps is not None and not (0 <= self.init_taps[0] <= self.init_taps[1] < self.taps):
+            raise ValueError(f"init_taps must lie in 0..{self.taps - 1}, got {list(self.init_taps)}")
+        if self.kind == "stepped" and self.r_series + self.r_wiper <= 0:
+            raise ValueError("r_series + r_wiper must be > 0 ohm (a zero-ohm edge is a short)")
+        return self
+
+
+class TaskSpec(_Strict):
+    """``[task]``: what to learn. Node roles are picked at random (seeded) unless given."""
+
+    kind: Literal["regression", "allostery", "classification"]
+    inputs: PositiveInt = 2
+    outputs: PositiveInt = 2
+    classes: Annotated[int, Field(ge=2)] | None = None
+    train: PositiveInt = 30
+    test: PositiveInt = 100
+    input_range: tuple[float, float] = (0.0, 1.0)
+    grounds: PositiveInt = 1
+    source_nodes: list[int] | None = None
+    ground_nodes: list[int] | None = None
+    output_nodes: list[int] | None = None
+    output_edges: list[tuple[int, int]] | None = None
+    high_ground: float = 1.0
+    target_high: float = 0.3
+    target_low: float = 0.0
+    spread: Positive = 0.08
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.input_range[0] >= self.input_range[1]:
+            raise ValueError(f"input_range must be [low, high] with low < high, got {list(self.input_range)}")
+        if self.kind == "classification" and self.classes is None:
+            raise ValueError("kind 'classification' needs key 'classes'")
+        if self.kind != "classification" and self.classes is not None:
+            raise ValueError(f"key 'classes' does not apply to kind '{self.kind}'")
+        if self.output_edges is not None and self.kind != "allostery":
+            raise ValueError(f"key 'output_edges' applies to kind 'allostery' only, not '{self.kind}'")
+        if self.output_nodes is not None and self.kind == "allostery":
+            raise ValueError("kind 'allostery' takes 'output_edges', not 'output_nodes'")
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        return self.classes if self.kind == "classification" and self.classes else self.outputs
+
+    @property
+    def n_sources(self) -> int:
+        return 2 * self.inputs + 1 if self.kind == "classification" else self.inputs
+
+
+class TrainingSpec(_Strict):
+    """``[training]``: rule and hyper-parameters."""
+
+    rule: Literal["coupled", "stepped"] = "coupled"
+    alpha: Positive = 1e-3
+    eta: Positive = 0.1
+    step: PositiveInt = 1
+    threshold: Annotated[float, Field(ge=0)] = 0.0
+    batch: PositiveInt = 30
+    steps: PositiveInt = 1000
+    test_every: PositiveInt = 50
+    snapshot_every: PositiveInt = 100
+    target_error: Positive | None = None
+
+
+class SimulatorSpec(_Strict):
+    """``[simulator]``: imperfection preset and sparse solver."""
+
+    preset: Literal["ideal"] = "ideal"
+    solver: Literal["auto", "qdldl", "superlu"] = "auto"
+
+
+class Protocol(_Strict):
+    """A whole protocol file."""
+
+    format: int
+    name: str
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    network: NetworkSpec
+    edges: EdgeSpec = EdgeSpec()
+    task: TaskSpec
+    training: TrainingSpec = TrainingSpec()
+    simulator: SimulatorSpec = SimulatorSpec()
+
+    @model_validator(mode="after")
+    def _rule_fits_edges(self) -> Protocol:
+        if self.training.rule == "coupled" and self.edges.kind == "stepped":
+            raise ValueError("rule 'coupled' needs edges.kind 'continuous'; use rule 'stepped'")
+        return self
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the sub-model at ``loc`` (the location of an unknown key)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(Protocol, loc)
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "literal_error":
+        return f"{key}: {error['input']!r} is not allowed; allowed: {error['ctx']['expected']}"
+    msg = error["msg"].removeprefix("Value error, ")
+    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less")):
+        return f"{key}: {msg} (got {error['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
+    """Validate protocol TOML text; raise ProtocolError naming ``source`` and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
+    version = data.get("format")
+    if version is None:
+        raise ProtocolError(f"{source}: format: required key is missing; this clln reads format {FORMAT_VERSION}")
+    if version != FORMAT_VERSION:
+        raise ProtocolError(
+            f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}"
+            + (" (upgrade clln)" if isinstance(version, int) and version > FORMAT_VERSION else "")
+        )
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ProtocolError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def load_protocol(path: str | Path) -> tuple[Protocol, str]:
+    """Read and validate a protocol file; returns (protocol, its text)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: no such protocol file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{path}: cannot read protocol file ({exc})") from None
+    return parse_protocol(text, str(path)), text

@@ -1,0 +1,197 @@
+"""The seam between the model-free controller and what it drives.
+
+The controller learns from *measured* node voltages only. A backend (the
+simulator, the emulated bench, a real bench) implements :class:`NetworkBackend`.
+Units: volts and siemens; arrays follow the node and edge order of the
+backend's :class:`~clln.controller.network.Network`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from clln.controller.network import Network
+
+
+@dataclass(frozen=True, eq=False)
+class Measurement:
+    """Node voltages of a batch of B boundary conditions.
+
+    The voltages are held either densely (``basis is None``: ``coefficients`` is
+    the (B, n) voltage array) or, when a backend knows them to be linear
+    combinations of a few node-voltage patterns, factored as
+    ``coefficients (B, r) @ basis.T`` with ``basis`` (n, r). Both forms give the
+    same numbers; the factored one lets the controller form batch sums over
+    edges without (B, m) arrays.
+
+    Attributes
+    ----------
+    coefficients : (B, n) volts, or (B, r) dimensionless weights of the basis.
+    basis : None or (n, r) volts.
+    timestamps : (B,) seconds, when each sample was measured (backend clock).
+    """
+
+    coefficients: np.ndarray
+    basis: np.ndarray | None = None
+    timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.coefficients.shape[0])
+
+    @cached_property
+    def voltages(self) -> np.ndarray:
+        """(B, n) node voltages, volts."""
+        if self.basis is None:
+            return self.coefficients
+        return self.coefficients @ self.basis.T
+
+    def at_nodes(self, nodes: np.ndarray | tuple[int, ...]) -> np.ndarray:
+        """(B, len(nodes)) voltages of the given nodes, volts."""
+        idx = np.asarray(nodes, dtype=np.int64)
+        if self.basis is None:
+            return self.coefficients[:, idx]
+        return self.coefficients @ self.basis[idx].T
+
+    def drops_at(self, edges: np.ndarray) -> np.ndarray:
+        """(B, k) voltage drops v[a] - v[b] across the given (k, 2) node pairs."""
+        edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+        return self.at_nodes(edges[:, 0]) - self.at_nodes(edges[:, 1])
+
+    def batch_power(self, incidence: sp.spmatrix, weights: np.ndarray | None = None) -> np.ndarray:
+        """Per-edge weighted batch sum of squared drops, sum_b w_b (B v_b)_j^2.
+
+        Parameters
+        ----------
+        incidence : (m, n) incidence matrix B.
+        weights : (B,) sample weights; ones when omitted.
+
+        Returns
+        -------
+        (m,) array, V^2.
+        """
+        w = np.ones(self.batch_size) if weights is None else np.asarray(weights, dtype=float)
+        if self.basis is None:
+            drops = incidence @ self.coefficients.T  # (m, B)
+            return (drops * drops) @ w
+        drops = incidence @ self.basis  # (m, r)
+        gram = (self.coefficients * w[:, None]).T @ self.coefficients  # (r, r)
+        return np.einsum("jr,rs,js->j", drops, gram, drops, optimize=True)
+
+
+@dataclass(frozen=True)
+class ContinuousEdges:
+    """Edges set to any conductance in [gmin, gmax] (siemens); commands are Δg."""
+
+    gmin: float
+    gmax: float
+    kind: Literal["continuous"] = "continuous"
+
+
+@dataclass(frozen=True, eq=False)
+class SteppedEdges:
+    """Edges with discrete taps; commands are integer Δtaps.
+
+    Attributes
+    ----------
+    table : (m, n_taps) calibrated conductance of every edge at every tap, siemens.
+        Each row is monotone in the tap.
+    """
+
+    table: np.ndarray
+    kind: Literal["stepped"] = "stepped"
+
+    @property
+    def n_taps(self) -> int:
+        return int(self.table.shape[1])
+
+    @cached_property
+    def direction(self) -> np.ndarray:
+        """(m,) +1 where conductance grows with the tap, -1 where it falls."""
+        return np.where(self.table[:, -1] >= self.table[:, 0], 1, -1).astype(np.int64)
+
+    def conductance(self, taps: np.ndarray) -> np.ndarray:
+        """(m,) conductance at the given integer taps."""
+        return self.table[np.arange(self.table.shape[0]), np.asarray(taps, dtype=np.int64)]
+
+
+EdgeActuators = ContinuousEdges | SteppedEdges
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeState:
+    """What the edges are set to now.
+
+    Attributes
+    ----------
+    conductances : (m,) calibrated estimate of each edge's conductance, siemens.
+    taps : (m,) integer taps for stepped edges, None for continuous ones.
+    """
+
+    conductances: np.ndarray
+    taps: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Applied:
+    """What ``adjust`` actually applied: the commands after clipping at the ends.
+
+    Attributes
+    ----------
+    commands : (m,) applied Δg (siemens) or Δtaps.
+    clipped : (m,) bool, True where the command was cut at an end of the range.
+    """
+
+    commands: np.ndarray
+    clipped: np.ndarray
+
+
+@runtime_checkable
+class NetworkBackend(Protocol):
+    """Everything the controller needs from a bench or a simulator."""
+
+    @property
+    def network(self) -> Network:
+        """The network realised, with its node roles."""
+        ...
+
+    @property
+    def edges(self) -> EdgeActuators:
+        """The edge actuators: continuous bounds or per-edge tap tables."""
+        ...
+
+    def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
+        """Impose a batch of boundary conditions and return the settled node voltages.
+
+        Parameters
+        ----------
+        sources : (B, n_sources) volts at ``network.roles.sources``.
+        clamps : optional (B, n_clamps) volts at ``network.roles.clamps``; the
+            clamped nodes float when omitted.
+        """
+        ...
+
+    def adjust(self, commands: np.ndarray) -> Applied:
+        """Apply edge commands (Δg for continuous, integer Δtaps for stepped)."""
+        ...
+
+    def read_edges(self) -> EdgeState:
+        """The current actuator state and calibrated conductance estimates."""
+        ...
+
+    def safe(self) -> None:
+        """Drive every output to 0 V; idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Release the hardware or resources; calls ``safe`` first."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-serialisable description recorded with every run."""
+        ...

@@ -1,0 +1,89 @@
+"""Local learning rules (SCIENCE.md, eq. CL and the hardware rule).
+
+Both rules use only measured node voltages: the per-edge contrastive signal
+
+    s_j = (1/W) sum_b w_b [ (dV_j^F,b)^2 - (dV_j^C,b)^2 ]          (V^2)
+
+with sample weights w_b (all ones unless a scheme gates samples) and
+W = sum_b w_b. The signal is positive where the free drop is larger, i.e. where
+the edge should conduct more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from clln.controller.backend import EdgeActuators, Measurement, SteppedEdges
+from clln.controller.errors import ProtocolError
+
+
+def contrastive_signal(
+    free: Measurement,
+    clamped: Measurement,
+    incidence: sp.spmatrix,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """(m,) batch-averaged (dV^F)^2 - (dV^C)^2 per edge, V^2."""
+    w = np.ones(free.batch_size) if weights is None else np.asarray(weights, dtype=float)
+    total = float(w.sum())
+    if total <= 0:
+        return np.zeros(incidence.shape[0])
+    return (free.batch_power(incidence, w) - clamped.batch_power(incidence, w)) / total
+
+
+class UpdateRule(Protocol):
+    """Turns a contrastive signal into edge commands in actuator units."""
+
+    name: str
+
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
+        """(m,) commands: Δg in siemens, or integer Δtaps for stepped edges."""
+        ...
+
+
+@dataclass(frozen=True)
+class CoupledRule:
+    """Coupled learning: dg_j = (alpha / eta) s_j, siemens.
+
+    Attributes
+    ----------
+    alpha : learning rate, S / V^2.
+    """
+
+    alpha: float
+    name: str = "coupled"
+
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
+        if isinstance(edges, SteppedEdges):
+            raise ProtocolError(
+                "rule 'coupled' needs continuous edges; use rule 'stepped' on a stepped bench"
+            )
+        return (self.alpha / eta) * signal
+
+
+@dataclass(frozen=True)
+class SteppedRule:
+    """The hardware rule: each edge moves ``step`` taps in the direction that raises
+    its conductance when s_j > threshold, lowers it when s_j < -threshold, and
+    stays inside the dead band.
+
+    Attributes
+    ----------
+    step : taps per update (integer >= 1).
+    threshold : dead band on |s_j|, V^2.
+    """
+
+    step: int = 1
+    threshold: float = 0.0
+    name: str = "stepped"
+
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
+        direction = np.sign(signal) * (np.abs(signal) > self.threshold)
+        if isinstance(edges, SteppedEdges):
+            return (self.step * direction * edges.direction).astype(np.int64)
+        # On continuous edges, one "tap" is 1/128 of the range.
+        return direction * self.step * (edges.gmax - edges.gmin) / 128.0

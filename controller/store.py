@@ -1,0 +1,310 @@
+"""The run store: every run with full provenance in one SQLite file (WAL mode).
+
+Layout: ``<root>/runs.sqlite`` plus one folder per run (``<root>/<run id>/``)
+for reports. Arrays are stored as ``.npy`` bytes. Enough is kept to replay a
+run exactly: the protocol text, package version, seed, backend description,
+initial conductances, and per-step records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clln.controller.errors import RunNotFoundError, UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    status TEXT NOT NULL,
+    name TEXT,
+    protocol_path TEXT,
+    protocol_text TEXT NOT NULL,
+    version TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    backend TEXT NOT NULL,
+    info TEXT NOT NULL,
+    steps_planned INTEGER NOT NULL,
+    steps_done INTEGER NOT NULL DEFAULT 0,
+    initial_state BLOB,
+    final_state BLOB,
+    final_taps BLOB,
+    wall_time REAL,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    error REAL NOT NULL,
+    nudge REAL NOT NULL,
+    update_norm REAL NOT NULL,
+    n_clipped INTEGER NOT NULL,
+    t REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS tests (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    error REAL NOT NULL,
+    accuracy REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    conductances BLOB NOT NULL,
+    taps BLOB,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+def to_blob(array: np.ndarray | None) -> bytes | None:
+    """Serialise an array as ``.npy`` bytes (None stays None)."""
+    if array is None:
+        return None
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def from_blob(blob: bytes | None) -> np.ndarray | None:
+    """Inverse of :func:`to_blob`."""
+    if blob is None:
+        return None
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """Per-step and test records of a run, as arrays."""
+
+    steps: np.ndarray
+    error: np.ndarray
+    nudge: np.ndarray
+    update_norm: np.ndarray
+    n_clipped: np.ndarray
+    t: np.ndarray
+    test_steps: np.ndarray
+    test_error: np.ndarray
+    test_accuracy: np.ndarray
+    snapshot_steps: np.ndarray
+    snapshots: np.ndarray
+
+
+class RunStore:
+    """All runs under one directory.
+
+    Parameters
+    ----------
+    root : directory of the store; created if missing.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{self.root}: cannot create the runs directory ({exc.strerror})") from None
+        self.path = self.root / "runs.sqlite"
+        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)  # idempotent DDL; executescript commits by itself
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def _tx(self) -> sqlite3.Connection:
+        return _Transaction(self._db)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run_dir(self, run_id: str) -> Path:
+        """Folder for a run's reports (created on demand)."""
+        path = self.root / run_id
+        path.mkdir(exist_ok=True)
+        return path
+
+    # -- writing -------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        name: str,
+        protocol_text: str,
+        protocol_path: str | None,
+        version: str,
+        seed: int,
+        backend: dict[str, Any],
+        info: dict[str, Any],
+        steps_planned: int,
+        initial_state: np.ndarray,
+    ) -> str:
+        """Record a new run and return its id (``YYYYmmdd-HHMMSS-xxxxxx``)."""
+        now = datetime.now(timezone.utc)
+        run_id = now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO runs (id, created, status, name, protocol_path, protocol_text, version,"
+                " seed, backend, info, steps_planned, initial_state)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now.isoformat(timespec="seconds"), name, protocol_path, protocol_text,
+                 version, seed, json.dumps(backend), json.dumps(info), steps_planned,
+                 to_blob(initial_state)),
+            )
+        return run_id
+
+    def record_step(
+        self,
+        run_id: str,
+        step: int,
+        *,
+        error: float,
+        nudge: float,
+        update_norm: float,
+        n_clipped: int,
+        test: tuple[float, float | None] | None = None,
+        snapshot: tuple[np.ndarray, np.ndarray | None] | None = None,
+    ) -> None:
+        """Record one training step (and its test evaluation and snapshot) in one transaction."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, step, error, nudge, update_norm, n_clipped, time.time()),
+            )
+            if test is not None:
+                self._db.execute("INSERT INTO tests VALUES (?, ?, ?, ?)", (run_id, step, *test))
+            if snapshot is not None:
+                self._db.execute(
+                    "INSERT INTO snapshots VALUES (?, ?, ?, ?)",
+                    (run_id, step, to_blob(snapshot[0]), to_blob(snapshot[1])),
+                )
+            self._db.execute("UPDATE runs SET steps_done = ? WHERE id = ?", (step, run_id))
+
+    def record_test(self, run_id: str, step: int, error: float, accuracy: float | None) -> None:
+        """Record a test evaluation made outside a training step (e.g. before step 1)."""
+        with self._tx():
+            self._db.execute("INSERT INTO tests VALUES (?, ?, ?, ?)", (run_id, step, error, accuracy))
+
+    def finish(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        final_state: np.ndarray | None,
+        final_taps: np.ndarray | None,
+        wall_time: float,
+        message: str | None = None,
+    ) -> None:
+        """Mark a run completed, failed or interrupted, with its final edge state."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE runs SET status = ?, final_state = ?, final_taps = ?, wall_time = ?,"
+                " message = ? WHERE id = ?",
+                (status, to_blob(final_state), to_blob(final_taps), wall_time, message, run_id),
+            )
+
+    # -- reading -------------------------------------------------------------
+
+    def resolve(self, run: str) -> str:
+        """Full run id from an id, a unique prefix, or ``latest``."""
+        if run == "latest":
+            row = self._db.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise RunNotFoundError(f"{self.path}: the run store is empty")
+            return str(row[0])
+        rows = self._db.execute(
+            "SELECT id FROM runs WHERE id = ? OR id LIKE ?", (run, run.replace("%", "") + "%")
+        ).fetchall()
+        ids = sorted({r[0] for r in rows})
+        if run in ids:
+            return run
+        if not ids:
+            raise RunNotFoundError(f"{self.path}: no run '{run}' (see 'clln runs')")
+        if len(ids) > 1:
+            raise RunNotFoundError(f"{self.path}: '{run}' matches {len(ids)} runs; give more of the id")
+        return str(ids[0])
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Summary rows of every run, oldest first."""
+        cur = self._db.execute(
+            "SELECT id, created, status, name, steps_done, steps_planned, wall_time FROM runs"
+            " ORDER BY created, id"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def run(self, run: str) -> dict[str, Any]:
+        """Everything recorded about a run except the per-step history."""
+        run_id = self.resolve(run)
+        cur = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
+        cols = [c[0] for c in cur.description]
+        rec = dict(zip(cols, cur.fetchone()))
+        for key in ("initial_state", "final_state", "final_taps"):
+            rec[key] = from_blob(rec[key])
+        rec["backend"] = json.loads(rec["backend"])
+        rec["info"] = json.loads(rec["info"])
+        return rec
+
+    def history(self, run: str) -> RunHistory:
+        """Per-step, test and snapshot records of a run."""
+        run_id = self.resolve(run)
+        st = np.array(
+            self._db.execute(
+                "SELECT step, error, nudge, update_norm, n_clipped, t FROM steps WHERE run_id = ?"
+                " ORDER BY step", (run_id,)
+            ).fetchall(), dtype=float,
+        ).reshape(-1, 6)
+        te = self._db.execute(
+            "SELECT step, error, accuracy FROM tests WHERE run_id = ? ORDER BY step", (run_id,)
+        ).fetchall()
+        te_arr = np.array([(s, e, np.nan if a is None else a) for s, e, a in te], dtype=float).reshape(-1, 3)
+        snaps = self._db.execute(
+            "SELECT step, conductances FROM snapshots WHERE run_id = ? ORDER BY step", (run_id,)
+        ).fetchall()
+        snap_g = [from_blob(b) for _, b in snaps]
+        return RunHistory(
+            steps=st[:, 0].astype(np.int64), error=st[:, 1], nudge=st[:, 2],
+            update_norm=st[:, 3], n_clipped=st[:, 4].astype(np.int64), t=st[:, 5],
+            test_steps=te_arr[:, 0].astype(np.int64), test_error=te_arr[:, 1],
+            test_accuracy=te_arr[:, 2],
+            snapshot_steps=np.array([s for s, _ in snaps], dtype=np.int64),
+            snapshots=np.array(snap_g) if snap_g else np.zeros((0, 0)),
+        )
+
+
+class _Transaction:
+    """``with`` block that wraps statements in BEGIN IMMEDIATE / COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

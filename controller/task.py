@@ -1,0 +1,189 @@
+"""Learning tasks: what the sources are driven with and what the outputs should do.
+
+Three kinds (SCIENCE.md):
+
+* ``regression``: output *node* voltages should equal a linear map of the inputs;
+  cost MSE (V^2).
+* ``allostery``: voltage *drops across output edges* should equal a linear map of
+  the inputs; both end nodes of an output edge are clamped; cost MSE (V^2).
+* ``classification``: one output node per class, winner-take-all readout, cosine
+  cost. Inputs are duplicated as +x and -x sources plus a constant "high ground"
+  source, because positive conductances allow only positive slopes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from clln.controller.backend import Measurement
+from clln.controller.errors import ProtocolError
+
+TaskKind = Literal["regression", "allostery", "classification"]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Inputs x (N, n_features) volts-like features and targets y (N, n_outputs) volts."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, idx: np.ndarray) -> Dataset:
+        return Dataset(self.x[idx], self.y[idx], None if self.labels is None else self.labels[idx])
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A task on a network whose node roles are already set.
+
+    Attributes
+    ----------
+    kind : regression, allostery or classification.
+    output_nodes : (k,) output nodes (regression, classification).
+    output_edges : (k, 2) output node pairs (allostery); the output is v[a] - v[b].
+    train, test : datasets.
+    high_ground : volts of the constant "high ground" source (classification).
+    """
+
+    kind: TaskKind
+    train: Dataset
+    test: Dataset
+    output_nodes: tuple[int, ...] = ()
+    output_edges: tuple[tuple[int, int], ...] = ()
+    high_ground: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "allostery":
+            if not self.output_edges:
+                raise ProtocolError("an allostery task needs output edges")
+            ends = [n for e in self.output_edges for n in e]
+            if len(set(ends)) != len(ends):
+                raise ProtocolError("output edges of an allostery task must not share nodes")
+        elif not self.output_nodes:
+            raise ProtocolError(f"a {self.kind} task needs output nodes")
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.output_edges) if self.kind == "allostery" else len(self.output_nodes)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def n_sources(self) -> int:
+        """Number of source nodes the task drives."""
+        return 2 * self.n_features + 1 if self.kind == "classification" else self.n_features
+
+    @property
+    def clamp_nodes(self) -> tuple[int, ...]:
+        """Nodes held in the clamped phase, in the order of the ``clamps`` columns."""
+        if self.kind == "allostery":
+            return tuple(n for e in self.output_edges for n in e)
+        return tuple(self.output_nodes)
+
+    def source_voltages(self, x: np.ndarray) -> np.ndarray:
+        """(B, n_sources) volts for the inputs x (B, n_features)."""
+        x = np.asarray(x, dtype=float)
+        if self.kind == "classification":
+            high = np.full((x.shape[0], 1), self.high_ground)
+            return np.hstack([x, -x, high])
+        return x
+
+    def outputs(self, measurement: Measurement) -> np.ndarray:
+        """(B, n_outputs) output voltages (node voltages or edge drops)."""
+        if self.kind == "allostery":
+            return measurement.drops_at(np.array(self.output_edges))
+        return measurement.at_nodes(self.output_nodes)
+
+    def clamp_voltages(
+        self, free: Measurement, y: np.ndarray, eta: float | np.ndarray
+    ) -> np.ndarray:
+        """(B, n_clamps) clamp voltages O^C = O^F + eta (y - O^F).
+
+        For output edges the nudge is split evenly between the two end nodes.
+        ``eta`` may be a scalar or a (B, 1) / (B, n_outputs) array.
+        """
+        out_free = self.outputs(free)
+        nudge = np.asarray(eta) * (np.asarray(y) - out_free)
+        if self.kind == "allostery":
+            ends = free.at_nodes(self.clamp_nodes).reshape(len(out_free), -1, 2)
+            clamped = ends + 0.5 * nudge[:, :, None] * np.array([1.0, -1.0])
+            return clamped.reshape(len(out_free), -1)
+        return out_free + nudge
+
+    def sample_errors(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """(B,) per-sample cost: squared error mean (V^2), or cosine distance."""
+        if self.kind == "classification":
+            num = np.sum(outputs * y, axis=1)
+            den = np.linalg.norm(outputs, axis=1) * np.linalg.norm(y, axis=1)
+            return 1.0 - num / np.where(den > 0, den, 1.0)
+        return np.mean((outputs - y) ** 2, axis=1)
+
+    def cost(self, outputs: np.ndarray, y: np.ndarray) -> float:
+        """Mean cost over a batch: MSE (V^2) or mean cosine distance."""
+        return float(np.mean(self.sample_errors(outputs, y)))
+
+    def accuracy(self, outputs: np.ndarray, dataset: Dataset) -> float | None:
+        """Winner-take-all accuracy for classification, None otherwise."""
+        if self.kind != "classification" or dataset.labels is None:
+            return None
+        return float(np.mean(np.argmax(outputs, axis=1) == dataset.labels))
+
+
+def linear_map_dataset(
+    rng: np.random.Generator,
+    n_features: int,
+    n_outputs: int,
+    n_train: int,
+    n_test: int,
+    *,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    signed: bool = False,
+    weight_range: tuple[float, float] = (0.05, 0.4),
+) -> tuple[Dataset, Dataset, np.ndarray]:
+    """Train and test sets for y = A x with a random A a resistor network can realise.
+
+    With ``signed=False`` (node outputs against a 0 V ground) A has positive entries
+    whose row sums stay below 1; with ``signed=True`` (edge drops) entries take
+    random signs. Returns (train, test, A).
+    """
+    lo, hi = weight_range
+    amap = rng.uniform(lo, hi, size=(n_outputs, n_features))
+    row = amap.sum(axis=1, keepdims=True)
+    amap = np.where(row > 0.9, amap * 0.9 / row, amap)
+    if signed:
+        amap = amap * rng.choice([-1.0, 1.0], size=amap.shape)
+    x = rng.uniform(*input_range, size=(n_train + n_test, n_features))
+    y = x @ amap.T
+    return Dataset(x[:n_train], y[:n_train]), Dataset(x[n_train:], y[n_train:]), amap
+
+
+def blobs_dataset(
+    rng: np.random.Generator,
+    n_features: int,
+    n_classes: int,
+    n_train: int,
+    n_test: int,
+    *,
+    spread: float = 0.08,
+    target_high: float = 0.3,
+    target_low: float = 0.0,
+) -> tuple[Dataset, Dataset]:
+    """Gaussian clusters in [0, 1]^d, one per class, with one-hot voltage targets."""
+    centers = rng.uniform(0.2, 0.8, size=(n_classes, n_features))
+    labels = rng.integers(0, n_classes, size=n_train + n_test)
+    x = np.clip(centers[labels] + spread * rng.standard_normal((len(labels), n_features)), 0, 1)
+    y = np.full((len(labels), n_classes), target_low)
+    y[np.arange(len(labels)), labels] = target_high
+    return (
+        Dataset(x[:n_train], y[:n_train], labels[:n_train]),
+        Dataset(x[n_train:], y[n_train:], labels[n_train:]),
+    )

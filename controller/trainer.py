@@ -1,0 +1,181 @@
+"""The training loop: free measurement -> nudged clamps -> clamped measurement ->
+local update -> actuate -> log.
+
+The trainer sees only a :class:`~clln.controller.backend.NetworkBackend`; it is
+deterministic given its random generator (used for batch sampling only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from clln.controller.backend import NetworkBackend
+from clln.controller.rules import UpdateRule, contrastive_signal
+from clln.controller.task import Dataset, Task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run.
+
+    Attributes
+    ----------
+    steps : maximum number of update steps.
+    batch_size : samples per step; the whole training set when it is at least its size.
+    eta : nudge amplitude, 0 < eta (eta > 1 overclamps).
+    test_every : evaluate the test set every this many steps (and at the start and end).
+    snapshot_every : record all conductances every this many steps.
+    target_error : stop when the test error falls to this value (task cost units).
+    """
+
+    steps: int
+    batch_size: int
+    eta: float
+    test_every: int = 50
+    snapshot_every: int = 50
+    target_error: float | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step did. ``test_error`` is set on steps with a test evaluation."""
+
+    step: int
+    error: float
+    nudge: float
+    update_norm: float
+    n_clipped: int
+    test_error: float | None = None
+    test_accuracy: float | None = None
+    conductances: np.ndarray | None = None
+    taps: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :meth:`Trainer.run`."""
+
+    steps_done: int
+    initial_test_error: float
+    final_test_error: float
+    final_train_error: float
+    stopped_on_target: bool
+    wall_time: float
+
+
+StepCallback = Callable[[StepRecord], None]
+
+
+class Trainer:
+    """Model-free coupled-learning controller.
+
+    Parameters
+    ----------
+    backend : what is trained (simulator or bench); its network's clamp nodes must be
+        the task's clamp nodes.
+    task : the task.
+    rule : the local update rule.
+    config : hyper-parameters.
+    rng : random generator for batch sampling.
+    """
+
+    def __init__(
+        self,
+        backend: NetworkBackend,
+        task: Task,
+        rule: UpdateRule,
+        config: TrainConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        if tuple(backend.network.roles.clamps) != task.clamp_nodes:
+            raise ValueError("backend clamp nodes differ from the task's clamp nodes")
+        self.backend = backend
+        self.task = task
+        self.rule = rule
+        self.config = config
+        self.rng = rng
+        self._incidence = backend.network.incidence
+
+    def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
+        """(cost, accuracy) of the free network on a dataset."""
+        free = self.backend.measure(self.task.source_voltages(dataset.x))
+        outputs = self.task.outputs(free)
+        return self.task.cost(outputs, dataset.y), self.task.accuracy(outputs, dataset)
+
+    def _batch(self) -> Dataset:
+        train = self.task.train
+        if self.config.batch_size >= len(train):
+            return train
+        idx = self.rng.choice(len(train), size=self.config.batch_size, replace=False)
+        return train.take(np.sort(idx))
+
+    def step(self, index: int) -> StepRecord:
+        """One update step on a batch; returns its record (without test evaluation)."""
+        batch = self._batch()
+        sources = self.task.source_voltages(batch.x)
+        free = self.backend.measure(sources)
+        outputs = self.task.outputs(free)
+        clamps = self.task.clamp_voltages(free, batch.y, self.config.eta)
+        clamped = self.backend.measure(sources, clamps)
+        signal = contrastive_signal(free, clamped, self._incidence)
+        commands = self.rule.commands(signal, self.config.eta, self.backend.edges)
+        applied = self.backend.adjust(commands)
+        nudge = clamps - free.at_nodes(self.task.clamp_nodes)
+        return StepRecord(
+            step=index,
+            error=self.task.cost(outputs, batch.y),
+            nudge=float(np.sqrt(np.mean(nudge**2))),
+            update_norm=float(np.linalg.norm(applied.commands)),
+            n_clipped=int(np.count_nonzero(applied.clipped)),
+        )
+
+    def run(
+        self,
+        callbacks: Sequence[StepCallback] = (),
+        *,
+        start_step: int = 0,
+        on_initial_test: Callable[[float, float | None], None] | None = None,
+    ) -> TrainResult:
+        """Train until ``config.steps`` or the target test error.
+
+        Every step is passed to the callbacks (recording, progress); steps with a
+        test evaluation or snapshot carry those too.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        initial_test, initial_acc = self.evaluate(self.task.test)
+        if on_initial_test is not None:
+            on_initial_test(initial_test, initial_acc)
+        last_test = initial_test
+        record: StepRecord | None = None
+        stopped = False
+        for index in range(start_step + 1, cfg.steps + 1):
+            record = self.step(index)
+            last = index == cfg.steps
+            if index % cfg.test_every == 0 or last:
+                last_test, acc = self.evaluate(self.task.test)
+                stopped = cfg.target_error is not None and last_test <= cfg.target_error
+                record = _with(record, test_error=last_test, test_accuracy=acc)
+            if index % cfg.snapshot_every == 0 or last or stopped:
+                state = self.backend.read_edges()
+                record = _with(record, conductances=state.conductances, taps=state.taps)
+            for cb in callbacks:
+                cb(record)
+            if stopped:
+                break
+        return TrainResult(
+            steps_done=record.step if record else start_step,
+            initial_test_error=initial_test,
+            final_test_error=last_test,
+            final_train_error=record.error if record else float("nan"),
+            stopped_on_target=stopped,
+            wall_time=time.perf_counter() - t0,
+        )
+
+
+def _with(record: StepRecord, **changes: object) -> StepRecord:
+    return replace(record, **changes)  # type: ignore[arg-type]

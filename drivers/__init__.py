@@ -1,0 +1,1 @@
+"""Real hardware drivers (nidaqmx, potentiometer bank over serial, VISA instruments)."""
