@@ -81,7 +81,7 @@ class Measurement:
             return (drops * drops) @ w
         drops = incidence @ self.basis  # (m, r)
         gram = (self.coefficients * w[:, None]).T @ self.coefficients  # (r, r)
-        return np.einsum("jr,rs,js->j", drops, gram, drops, optimize=True)
+        return np.sum((drops @ gram) * drops, axis=1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clln.controller import NodeRoles, delaunay
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = ROOT / "protocols"
+
+
+def random_network(seed: int, n: int = 80, n_sources: int = 2, n_grounds: int = 1,
+                   n_clamps: int = 2):
+    """A Delaunay network with random roles and random conductances (S)."""
+    rng = np.random.default_rng(seed)
+    net = delaunay(n, rng)
+    perm = rng.permutation(n)
+    roles = NodeRoles(
+        sources=tuple(int(i) for i in perm[:n_sources]),
+        grounds=tuple(int(i) for i in perm[n_sources:n_sources + n_grounds]),
+        clamps=tuple(int(i) for i in perm[n_sources + n_grounds:n_sources + n_grounds + n_clamps]),
+    )
+    g = rng.uniform(0.2e-3, 5e-3, net.n_edges)
+    return net.with_roles(roles), g, rng
+
+
+@pytest.fixture
+def protocols_dir() -> Path:
+    return PROTOCOLS
