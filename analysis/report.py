@@ -41,11 +41,12 @@ def draw_network(
     ax.set_xticks([])
     ax.set_yticks([])
     plt.colorbar(lc, ax=ax, label=label, shrink=0.8)
-    marks = {"sources": ("^", "tab:red"), "grounds": ("s", "black"), "clamps": ("o", "tab:blue")}
+    marks = {"sources": ("^", "tab:red", "sources"), "grounds": ("s", "black", "ground"),
+             "clamps": ("o", "tab:blue", "outputs (clamped)")}
     for role, nodes in (roles or {}).items():
         if role in marks and nodes:
-            m, c = marks[role]
-            ax.scatter(*positions[nodes].T, marker=m, c=c, s=60, zorder=3, label=role)
+            m, c, name = marks[role]
+            ax.scatter(*positions[nodes].T, marker=m, c=c, s=60, zorder=3, label=name)
     if roles:
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,9 +13,9 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from clln.controller.errors import CllnError, UserError
+from clln.controller.errors import CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
 
@@ -23,7 +24,8 @@ app = typer.Typer(
     help="Lab control for contrastive local learning networks: train, inspect and export runs.",
 )
 console = Console()
-err_console = Console(stderr=True)
+if not console.is_terminal:  # piped output: never wrap ids and paths at 80 columns
+    console = Console(width=200)
 _state = {"debug": False}
 
 OutOption = Annotated[Path, typer.Option("--out", help="Runs directory (run store).")]
@@ -67,21 +69,33 @@ def train(
         f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, "
         f"simulator ({exp.backend.describe()['solver']})"
     )
-    with progress:
-        outcome = run_training(
-            exp, store, protocol_text=text, protocol_path=str(protocol), callbacks=[show],
-            on_start=lambda rid: progress.update(bar, description=f"run {rid}"),
-        )
+    run_ids: list[str] = []
+
+    def started(run_id: str) -> None:
+        run_ids.append(run_id)
+        progress.update(bar, description=f"run {run_id}")
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with progress:
+            outcome = run_training(exp, store, protocol_text=text, protocol_path=str(protocol),
+                                   callbacks=[show], on_start=started)
+    except KeyboardInterrupt:
+        where = f"run {run_ids[0]} in {store.path}" if run_ids else "the run"
+        raise Interrupted(f"interrupted: {where} is marked interrupted; the backend is safe") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = run_summary(store, outcome.run_id)
     _print_summary(summary)
-    console.print(f"report: {outcome.report}")
+    print(f"report: {outcome.report}", flush=True)
 
 
 @app.command()
 def runs(out: OutOption = Path("runs")) -> None:
     """List the runs in the run store."""
     store = _open_store(out)
-    table = Table("id", "name", "status", "steps", "wall time (s)", "created")
+    table = Table("name", "status", "steps", "wall time (s)", "created")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=22))
     for r in store.list_runs():
         wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
         table.add_row(r["id"], r["name"] or "", r["status"], f"{r['steps_done']}/{r['steps_planned']}",
@@ -117,7 +131,11 @@ def export(
 
     store = _open_store(out)
     path = export_run(store, run, file)
-    console.print(f"exported {store.resolve(run)} to {path}")
+    print(f"exported {store.resolve(run)} to {path}", flush=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _open_store(out: Path) -> RunStore:
@@ -178,34 +196,51 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _is_click(exc: Exception, name: str) -> bool:
+    """Whether exc is click's exception ``name`` (typer may bundle its own click)."""
+    import click
+
+    kinds = [getattr(click.exceptions, name)]
+    bundled = getattr(getattr(typer, "_click", None), "exceptions", None)
+    if bundled is not None and hasattr(bundled, name):
+        kinds.append(getattr(bundled, name))
+    return isinstance(exc, tuple(kinds))
+
+
+def _say(message: str) -> None:
+    """One unwrapped line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        _say(f"error: {exc}")
         sys.exit(2)
+    except Interrupted as exc:
+        _say(str(exc))
+        sys.exit(130)
     except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
+        _say("interrupted")
         sys.exit(130)
     except CllnError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        _say(f"error: {exc}")
         sys.exit(1)
-    except Exception as exc:  # click usage errors are handled below
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:
+        if _is_click(exc, "ClickException"):  # usage errors: bad option, unknown command
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2 if exc.exit_code == 1 else exc.exit_code)  # type: ignore[attr-defined]
+        if _is_click(exc, "Abort"):
             sys.exit(130)
         if _state["debug"]:
             raise
-        err_console.print(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for a traceback)",
-                          markup=False, highlight=False)
+        _say(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

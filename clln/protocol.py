@@ -17,8 +17,14 @@ from clln.controller.errors import ProtocolError
 
 FORMAT_VERSION = 1
 
-Positive = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Strict scalars: a boolean or a string is never silently turned into a number.
+Float = Annotated[float, Field(strict=True)]
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Str = Annotated[str, Field(strict=True)]
+Positive = Annotated[float, Field(gt=0, strict=True)]
+NonNegative = Annotated[float, Field(ge=0, strict=True)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 
 class _Strict(BaseModel):
@@ -31,10 +37,10 @@ class NetworkSpec(_Strict):
     kind: Literal["lattice", "delaunay", "edge-list"]
     rows: PositiveInt | None = None
     cols: PositiveInt | None = None
-    periodic: bool = False
-    nodes: Annotated[int, Field(ge=3)] | None = None
+    periodic: Bool = False
+    nodes: Annotated[int, Field(ge=3, strict=True)] | None = None
     coordination: Positive | None = None
-    file: str | None = None
+    file: Str | None = None
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> NetworkSpec:
@@ -65,11 +71,11 @@ class EdgeSpec(_Strict):
     gmin: Positive = 1e-4
     gmax: Positive = 1e-2
     init: tuple[Positive, Positive] | None = None
-    taps: Annotated[int, Field(ge=2)] = 129
-    r_series: Annotated[float, Field(ge=0)] = 1000.0
+    taps: Annotated[int, Field(ge=2, strict=True)] = 129
+    r_series: NonNegative = 1000.0
     r_ab: Positive = 10_000.0
-    r_wiper: Annotated[float, Field(ge=0)] = 75.0
-    init_taps: tuple[int, int] | None = None
+    r_wiper: NonNegative = 75.0
+    init_taps: tuple[Int, Int] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSpec:
@@ -90,18 +96,18 @@ class TaskSpec(_Strict):
     kind: Literal["regression", "allostery", "classification"]
     inputs: PositiveInt = 2
     outputs: PositiveInt = 2
-    classes: Annotated[int, Field(ge=2)] | None = None
+    classes: Annotated[int, Field(ge=2, strict=True)] | None = None
     train: PositiveInt = 30
     test: PositiveInt = 100
-    input_range: tuple[float, float] = (0.0, 1.0)
+    input_range: tuple[Float, Float] = (0.0, 1.0)
     grounds: PositiveInt = 1
-    source_nodes: list[int] | None = None
-    ground_nodes: list[int] | None = None
-    output_nodes: list[int] | None = None
-    output_edges: list[tuple[int, int]] | None = None
-    high_ground: float = 1.0
-    target_high: float = 0.3
-    target_low: float = 0.0
+    source_nodes: list[Int] | None = None
+    ground_nodes: list[Int] | None = None
+    output_nodes: list[Int] | None = None
+    output_edges: list[tuple[Int, Int]] | None = None
+    high_ground: Float = 1.0
+    target_high: Float = 0.3
+    target_low: Float = 0.0
     spread: Positive = 0.08
 
     @model_validator(mode="after")
@@ -134,7 +140,7 @@ class TrainingSpec(_Strict):
     alpha: Positive = 1e-3
     eta: Positive = 0.1
     step: PositiveInt = 1
-    threshold: Annotated[float, Field(ge=0)] = 0.0
+    threshold: NonNegative = 0.0
     batch: PositiveInt = 30
     steps: PositiveInt = 1000
     test_every: PositiveInt = 50
@@ -152,10 +158,10 @@ class SimulatorSpec(_Strict):
 class Protocol(_Strict):
     """A whole protocol file."""
 
-    format: int
-    name: str
-    description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 0
+    format: Int
+    name: Str
+    description: Str = ""
+    seed: Annotated[int, Field(ge=0, strict=True)] = 0
     network: NetworkSpec
     edges: EdgeSpec = EdgeSpec()
     task: TaskSpec
@@ -206,7 +212,7 @@ def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
     version = data.get("format")
     if version is None:
         raise ProtocolError(f"{source}: format: required key is missing; this clln reads format {FORMAT_VERSION}")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ProtocolError(
             f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}"
             + (" (upgrade clln)" if isinstance(version, int) and version > FORMAT_VERSION else "")

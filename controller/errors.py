@@ -31,3 +31,7 @@ class NetworkError(UserError):
 
 class RunNotFoundError(UserError):
     """No run with the requested id exists in the run store."""
+
+
+class Interrupted(CllnError):
+    """A command stopped by Ctrl-C or SIGTERM; the backend was made safe. Exit code 130."""

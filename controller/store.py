@@ -232,13 +232,13 @@ class RunStore:
     def resolve(self, run: str) -> str:
         """Full run id from an id, a unique prefix, or ``latest``."""
         if run == "latest":
-            row = self._db.execute("SELECT id FROM runs ORDER BY created DESC, id DESC LIMIT 1").fetchone()
+            row = self._db.execute("SELECT id FROM runs ORDER BY rowid DESC LIMIT 1").fetchone()
             if row is None:
                 raise RunNotFoundError(f"{self.path}: the run store is empty")
             return str(row[0])
         rows = self._db.execute(
-            "SELECT id FROM runs WHERE id = ? OR id LIKE ?", (run, run.replace("%", "") + "%")
-        ).fetchall()
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ?", (len(run), run)
+        ).fetchall() if run else []
         ids = sorted({r[0] for r in rows})
         if run in ids:
             return run
@@ -252,7 +252,7 @@ class RunStore:
         """Summary rows of every run, oldest first."""
         cur = self._db.execute(
             "SELECT id, created, status, name, steps_done, steps_planned, wall_time FROM runs"
-            " ORDER BY created, id"
+            " ORDER BY rowid"
         )
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
