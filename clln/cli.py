@@ -198,12 +198,14 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _is_click(exc: Exception, name: str) -> bool:
     """Whether exc is click's exception ``name`` (typer may bundle its own click)."""
-    import click
+    import importlib
 
-    kinds = [getattr(click.exceptions, name)]
-    bundled = getattr(getattr(typer, "_click", None), "exceptions", None)
-    if bundled is not None and hasattr(bundled, name):
-        kinds.append(getattr(bundled, name))
+    kinds = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
     return isinstance(exc, tuple(kinds))
 
 
