@@ -34,11 +34,16 @@ class Measurement:
     coefficients : (B, n) volts, or (B, r) dimensionless weights of the basis.
     basis : None or (n, r) volts.
     timestamps : (B,) seconds, when each sample was measured (backend clock).
+    edge_offsets : None or (m,) V^2, a fixed per-edge offset that the bench's
+        per-edge signal circuits add to every sample's squared drop (benches that
+        form the learning signal edge by edge, e.g. twin benches with comparators).
+        It enters ``batch_power`` only; the node voltages are unaffected.
     """
 
     coefficients: np.ndarray
     basis: np.ndarray | None = None
     timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    edge_offsets: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -78,10 +83,14 @@ class Measurement:
         w = np.ones(self.batch_size) if weights is None else np.asarray(weights, dtype=float)
         if self.basis is None:
             drops = incidence @ self.coefficients.T  # (m, B)
-            return (drops * drops) @ w
-        drops = incidence @ self.basis  # (m, r)
-        gram = (self.coefficients * w[:, None]).T @ self.coefficients  # (r, r)
-        return np.sum((drops @ gram) * drops, axis=1)
+            power = (drops * drops) @ w
+        else:
+            drops = incidence @ self.basis  # (m, r)
+            gram = (self.coefficients * w[:, None]).T @ self.coefficients  # (r, r)
+            power = np.sum((drops @ gram) * drops, axis=1)
+        if self.edge_offsets is not None:
+            power = power + self.edge_offsets * w.sum()
+        return power
 
 
 @dataclass(frozen=True)
