@@ -16,6 +16,7 @@ from clln.analysis.report import training_report
 from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
 from clln.controller.errors import NetworkError, ProtocolError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
+from clln.controller.packing import jammed
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
@@ -46,6 +47,10 @@ def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path) -
     if spec.kind == "delaunay":
         assert spec.nodes is not None
         return delaunay(spec.nodes, rng, coordination=spec.coordination)
+    if spec.kind == "jammed":
+        assert spec.nodes is not None
+        return jammed(spec.nodes, rng, periodic=spec.periodic,
+                      **({} if spec.coordination is None else {"coordination": spec.coordination}))
     assert spec.file is not None
     path = Path(spec.file)
     return from_edge_file(path if path.is_absolute() else base_dir / path)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clln.controller.errors import ProtocolError
+from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 
 FORMAT_VERSION = 1
 
@@ -34,7 +35,7 @@ class _Strict(BaseModel):
 class NetworkSpec(_Strict):
     """``[network]``: the topology."""
 
-    kind: Literal["lattice", "delaunay", "edge-list"]
+    kind: Literal["lattice", "delaunay", "jammed", "edge-list"]
     rows: PositiveInt | None = None
     cols: PositiveInt | None = None
     periodic: Bool = False
@@ -44,9 +45,18 @@ class NetworkSpec(_Strict):
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> NetworkSpec:
-        needed = {"lattice": ("rows", "cols"), "delaunay": ("nodes",), "edge-list": ("file",)}
+        needed = {"lattice": ("rows", "cols"), "delaunay": ("nodes",), "jammed": ("nodes",),
+                  "edge-list": ("file",)}
         allowed = {"lattice": {"rows", "cols", "periodic"}, "delaunay": {"nodes", "coordination"},
-                   "edge-list": {"file"}}
+                   "jammed": {"nodes", "coordination", "periodic"}, "edge-list": {"file"}}
+        if self.kind == "jammed":  # nodes: disks before rattler removal; coordination: 2 m / n
+            lo, hi = JAMMED_COORDINATION
+            if self.nodes is not None and self.nodes < 16:
+                raise ValueError(f"kind 'jammed' needs nodes >= 16 (disks), got {self.nodes}")
+            if self.coordination is not None and not lo <= self.coordination <= hi:
+                raise ValueError(
+                    f"kind 'jammed' needs coordination in {lo}..{hi}, got {self.coordination}"
+                )
         for key in needed[self.kind]:
             if getattr(self, key) is None:
                 raise ValueError(f"kind '{self.kind}' needs key '{key}'")

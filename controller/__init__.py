@@ -10,6 +10,7 @@ from clln.controller.backend import (
 )
 from clln.controller.errors import CllnError, LimitError, NetworkError, ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
+from clln.controller.packing import Packing, jammed, jammed_packing
 from clln.controller.rules import CoupledRule, SteppedRule, contrastive_signal
 from clln.controller.task import Dataset, Task
 from clln.controller.trainer import StepRecord, TrainConfig, Trainer, TrainResult
@@ -17,7 +18,7 @@ from clln.controller.trainer import StepRecord, TrainConfig, Trainer, TrainResul
 __all__ = [
     "Applied", "CllnError", "ContinuousEdges", "CoupledRule", "Dataset", "EdgeState",
     "LimitError", "Measurement", "Network", "NetworkBackend", "NetworkError", "NodeRoles",
-    "ProtocolError", "StepRecord", "SteppedEdges", "SteppedRule", "Task", "TrainConfig",
+    "Packing", "ProtocolError", "StepRecord", "SteppedEdges", "SteppedRule", "Task", "TrainConfig",
     "TrainResult", "Trainer", "UserError", "contrastive_signal", "delaunay", "from_edge_file",
-    "square_lattice",
+    "jammed", "jammed_packing", "square_lattice",
 ]
