@@ -148,6 +148,14 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _floor(test_error: np.ndarray) -> float | None:
+    """Error floor: median test error over the last quarter of the evaluations (at least 3)."""
+    if test_error.size < 4:
+        return None
+    tail = test_error[-max(3, test_error.size // 4):]
+    return _finite(float(np.median(tail)))
+
+
 def run_summary(store: RunStore, run: str) -> dict[str, Any]:
     """The facts ``clln show`` reports, as JSON-ready values."""
     rec = store.run(run)
@@ -166,6 +174,7 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
         "initial_test_error": _finite(hist.test_error[0]) if hist.test_error.size else None,
         "final_test_error": _finite(hist.test_error[-1]) if hist.test_error.size else None,
         "final_test_accuracy": _finite(test_acc) if test_acc is not None else None,
+        "test_error_floor": _floor(hist.test_error),
         "wall_time_s": _finite(rec["wall_time"]),
         "backend": rec["backend"],
         "clln_version": rec["version"],
@@ -186,12 +195,13 @@ def _print_summary(s: dict[str, Any]) -> None:
     table.add_row("steps", f"{s['steps']}/{s['steps_planned']}")
     table.add_row("train error", f"{fmt(s['initial_train_error'])} -> {fmt(s['final_train_error'])}")
     table.add_row("test error", f"{fmt(s['initial_test_error'])} -> {fmt(s['final_test_error'])}")
+    if s["test_error_floor"] is not None:
+        table.add_row("test error floor", f"{fmt(s['test_error_floor'])} (median of the last quarter)")
     if s["final_test_accuracy"] is not None:
         table.add_row("test accuracy", f"{s['final_test_accuracy']:.3f}")
     table.add_row("wall time", f"{fmt(s['wall_time_s'])} s")
     b = s["backend"]
-    table.add_row("backend", f"{b.get('backend')} ({b.get('imperfections', {}).get('preset', '-')}, "
-                             f"solver {b.get('solver', '-')})")
+    table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}, solver {b.get('solver', '-')})")
     table.add_row("protocol", str(s["protocol_path"]))
     console.print(table)
 

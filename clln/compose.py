@@ -22,7 +22,7 @@ from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.protocol import EdgeSpec, NetworkSpec, Protocol, TaskSpec
-from clln.simulator import SimulatedBackend, make_preset
+from clln.simulator import SimulatedBackend, make_imperfections
 
 
 @dataclass
@@ -167,17 +167,23 @@ def build_experiment(
 ) -> Experiment:
     """Build network, task, simulated backend, rule and trainer config from a protocol."""
     seed = protocol.seed if seed is None else seed
-    rng_net, rng_roles, rng_task, rng_init, rng_batch = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
-    )
+    seeds = np.random.SeedSequence(seed).spawn(6)
+    rng_net, rng_roles, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
+    noise_seed = int(seeds[5].generate_state(1)[0])
     network = build_network(protocol.network, rng_net, base_dir)
     roles, outputs, output_edges = pick_roles(network, protocol.task, rng_roles, source)
     network = network.with_roles(roles)
     task = build_task(protocol.task, rng_task, outputs, output_edges)
     edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
-    preset = make_preset(protocol.simulator.preset)
-    backend = SimulatedBackend(network, edges, initial, preset=preset,
-                               solver=protocol.simulator.solver)
+    sim = protocol.simulator
+    e = protocol.edges
+    backend = SimulatedBackend(
+        network, edges, initial,
+        imperfections=make_imperfections(sim.preset, sim.overrides),
+        pot=(e.taps, e.r_ab, e.r_wiper, e.r_series) if e.kind == "stepped" else None,
+        bench_seed=seed if sim.bench_seed is None else sim.bench_seed, noise_seed=noise_seed,
+        solver=sim.solver, preset=sim.preset,
+    )
     tr = protocol.training
     rule: UpdateRule = (CoupledRule(tr.alpha) if tr.rule == "coupled"
                         else SteppedRule(tr.step, tr.threshold))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clln.controller.errors import ProtocolError
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
+from clln.simulator.imperfections import Imperfections
 
 FORMAT_VERSION = 1
 
@@ -159,10 +160,22 @@ class TrainingSpec(_Strict):
 
 
 class SimulatorSpec(_Strict):
-    """``[simulator]``: imperfection preset and sparse solver."""
+    """``[simulator]``: imperfection preset, overrides of its parameters, sparse solver.
 
-    preset: Literal["ideal"] = "ideal"
+    ``parameters`` overrides any imperfection parameter of the preset
+    (clln.simulator.Imperfections); ``bench_seed`` picks the simulated bench's drawn
+    part errors (the protocol seed when omitted).
+    """
+
+    preset: Literal["ideal", "pot-bench", "twin-bench"] = "ideal"
+    parameters: Imperfections = Imperfections()
+    bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
     solver: Literal["auto", "qdldl", "superlu"] = "auto"
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The parameters given in the protocol (not the defaults)."""
+        return self.parameters.model_dump(include=set(self.parameters.model_fields_set))
 
 
 class Protocol(_Strict):

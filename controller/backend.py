@@ -162,7 +162,13 @@ class Applied:
 
 @runtime_checkable
 class NetworkBackend(Protocol):
-    """Everything the controller needs from a bench or a simulator."""
+    """Everything the controller needs from a bench or a simulator.
+
+    Twin benches (a free and a clamped copy of the network measured together) also
+    have ``twin = True`` and ``measure_twin(sources, clamp_rule) -> (free, clamped)``,
+    where ``clamp_rule(free)`` gives the clamp voltages from the free twin's
+    measurement (the bench's nudge circuit); the trainer uses it when present.
+    """
 
     @property
     def network(self) -> Network:

@@ -99,6 +99,7 @@ class Trainer:
         self.config = config
         self.rng = rng
         self._incidence = backend.network.incidence
+        self._twin = bool(getattr(backend, "twin", False)) and hasattr(backend, "measure_twin")
 
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
         """(cost, accuracy) of the free network on a dataset."""
@@ -117,10 +118,16 @@ class Trainer:
         """One update step on a batch; returns its record (without test evaluation)."""
         batch = self._batch()
         sources = self.task.source_voltages(batch.x)
-        free = self.backend.measure(sources)
+        eta = self.config.eta
+        if self._twin:  # both twins at once; the clamped twin follows the free one's outputs
+            free, clamped = self.backend.measure_twin(  # type: ignore[attr-defined]
+                sources, lambda f: self.task.clamp_voltages(f, batch.y, eta))
+            clamps = self.task.clamp_voltages(free, batch.y, eta)
+        else:
+            free = self.backend.measure(sources)
+            clamps = self.task.clamp_voltages(free, batch.y, eta)
+            clamped = self.backend.measure(sources, clamps)
         outputs = self.task.outputs(free)
-        clamps = self.task.clamp_voltages(free, batch.y, self.config.eta)
-        clamped = self.backend.measure(sources, clamps)
         signal = contrastive_signal(free, clamped, self._incidence)
         commands = self.rule.commands(signal, self.config.eta, self.backend.edges)
         applied = self.backend.adjust(commands)

@@ -1,10 +1,10 @@
-"""The network model: linear-network physics, imperfection presets, SimulatedBackend."""
+"""The network model: linear-network physics, imperfection models, SimulatedBackend."""
 
-from clln.simulator.backend import SimClock, SimulatedBackend
-from clln.simulator.imperfections import PRESETS, Preset, make_preset
+from clln.simulator.backend import SimClock, SimulatedBackend, with_drivers
+from clln.simulator.imperfections import PRESETS, BenchInstance, Imperfections, make_imperfections
 from clln.simulator.physics import LinearNetworkSolver, StateBasis, available_solvers
 
 __all__ = [
-    "PRESETS", "LinearNetworkSolver", "Preset", "SimClock", "SimulatedBackend", "StateBasis",
-    "available_solvers", "make_preset",
+    "PRESETS", "BenchInstance", "Imperfections", "LinearNetworkSolver", "SimClock",
+    "SimulatedBackend", "StateBasis", "available_solvers", "make_imperfections", "with_drivers",
 ]

@@ -1,7 +1,16 @@
-"""SimulatedBackend: the simulator as a :class:`~clln.controller.backend.NetworkBackend`."""
+"""SimulatedBackend: the simulated bench as a :class:`~clln.controller.backend.NetworkBackend`.
+
+With no imperfections (the ``ideal`` preset) measurements are the exact physics,
+returned in factored form (the fast path). With imperfections, one
+:class:`~clln.simulator.imperfections.BenchInstance` holds the bench's drawn part
+errors: commands go through the actuator models to true conductances, boundary
+voltages through the AO models, and node voltages come back through the AI models.
+The controller only ever sees the nominal (datasheet or calibrated) edge table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,8 +23,8 @@ from clln.controller.backend import (
     Measurement,
     SteppedEdges,
 )
-from clln.controller.network import Network
-from clln.simulator.imperfections import Preset
+from clln.controller.network import Network, NodeRoles
+from clln.simulator.imperfections import BenchInstance, Imperfections
 from clln.simulator.physics import LinearNetworkSolver, SolverName
 
 
@@ -33,17 +42,44 @@ class SimClock:
         return stamps
 
 
+def with_drivers(network: Network) -> Network:
+    """The network plus one hidden driver node per source and clamped node, joined to it
+    by an extra edge (the source output impedance); the drivers take the boundary roles.
+
+    Driver edges are appended after the network's edges, sources first.
+    """
+    roles = network.roles
+    driven = list(roles.sources) + list(roles.clamps)
+    n = network.n_nodes
+    drivers = np.arange(n, n + len(driven))
+    edges = np.vstack([network.edges, np.c_[drivers, driven]]) if driven else network.edges
+    positions = None
+    if network.positions is not None:
+        positions = np.vstack([network.positions, network.positions[driven]]) if driven else network.positions
+    ns = len(roles.sources)
+    return Network(
+        n + len(driven), edges, positions=positions,
+        roles=NodeRoles(tuple(drivers[:ns].tolist()), roles.grounds, tuple(drivers[ns:].tolist())),
+    )
+
+
 class SimulatedBackend:
     """A simulated network trained through the same seam as a bench.
 
     Parameters
     ----------
     network : topology with node roles.
-    edges : continuous bounds, or per-edge tap tables for stepped edges.
-    initial : (m,) initial conductances (S) for continuous edges, or integer taps for
-        stepped edges.
-    preset : imperfection preset (``ideal`` by default).
+    edges : the nominal actuators the controller sees: continuous bounds, or per-edge
+        nominal tap tables for stepped edges.
+    initial : (m,) initial conductances (S) for continuous edges, or integer taps.
+    imperfections : imperfection parameters; None or all-zero is the ideal bench.
+    pot : nominal (taps, r_ab, r_wiper, r_series) of stepped edges, needed to draw
+        their true tap tables when imperfections are on.
+    bench_seed : seed of the bench instance (the drawn part errors).
+    noise_seed : seed of the measurement noise.
     solver : sparse factorization to use.
+    clock : simulated time (one per backend by default).
+    preset : name of the preset the parameters came from, for the record.
     """
 
     def __init__(
@@ -52,15 +88,20 @@ class SimulatedBackend:
         edges: EdgeActuators,
         initial: np.ndarray,
         *,
-        preset: Preset | None = None,
+        imperfections: Imperfections | None = None,
+        pot: tuple[int, float, float, float] | None = None,
+        bench_seed: int = 0,
+        noise_seed: int = 0,
         solver: SolverName = "auto",
         clock: SimClock | None = None,
+        preset: str = "ideal",
     ) -> None:
+        self.preset = preset
         self._network = network
         self._edges = edges
-        self.preset = preset or Preset()
-        self.clock = clock or SimClock()
-        self._solver = LinearNetworkSolver(network, solver)
+        params = imperfections or Imperfections()
+        self.imperfections = params
+        self.clock = clock or SimClock(params.settle_time)
         m = network.n_edges
         initial = np.asarray(initial)
         if initial.shape != (m,):
@@ -71,9 +112,28 @@ class SimulatedBackend:
         else:
             self._taps = None
             self._g = np.clip(initial.astype(float), edges.gmin, edges.gmax)
-        self._dirty = True
+
+        self._bench: BenchInstance | None = None
+        if params != Imperfections():
+            if isinstance(edges, SteppedEdges) and pot is None:
+                pot = _pot_from_table(edges)
+            self._bench = BenchInstance.draw(
+                params, n_nodes=network.n_nodes, n_edges=m,
+                n_ao=len(network.roles.sources) + len(network.roles.clamps),
+                pot=pot if isinstance(edges, SteppedEdges) else None,
+                rng=np.random.default_rng(bench_seed),
+            )
+        self._noise = np.random.default_rng(noise_seed)
+        self._drivers = params.source_impedance > 0
+        physics_net = with_drivers(network) if self._drivers else network
+        self._solvers = [LinearNetworkSolver(physics_net, solver)
+                         for _ in range(2 if params.twin else 1)]
+        self._dirty = [True] * len(self._solvers)
+        self._solved_at = [0.0] * len(self._solvers)
         self.is_safe = True
         self.n_measurements = 0
+
+    # -- the seam ------------------------------------------------------------
 
     @property
     def network(self) -> Network:
@@ -84,33 +144,99 @@ class SimulatedBackend:
         return self._edges
 
     @property
-    def solver_name(self) -> str:
-        return self._solver.solver_name
+    def twin(self) -> bool:
+        """True for a twin bench: free states on twin 0, clamped states on twin 1."""
+        return len(self._solvers) == 2
 
-    def _basis(self) -> np.ndarray:
-        if self._dirty:
-            self._solver.update(self.preset.true_conductances(self._g))
-            self._dirty = False
-        return self._solver.state.basis
+    @property
+    def solver_name(self) -> str:
+        return self._solvers[0].solver_name
+
+    def true_conductances(self, twin: int = 0, time: float | None = None) -> np.ndarray:
+        """(m,) conductances the physics of a twin sees now (S). Simulator only: a bench
+        has no such oracle."""
+        if self._bench is None:
+            return self._g
+        t = self.clock.now if time is None else time
+        return self._bench.true_conductances(twin, conductances=self._g, taps=self._taps, time=t)
+
+    def _basis(self, twin: int, time: float) -> np.ndarray:
+        drifting = self._bench is not None and self._bench.drifts and time != self._solved_at[twin]
+        if self._dirty[twin] or drifting:
+            g = self.true_conductances(twin, time)
+            if self._drivers:
+                n_driven = len(self._network.roles.sources) + len(self._network.roles.clamps)
+                g = np.r_[g, np.full(n_driven, 1.0 / self.imperfections.source_impedance)]
+            self._solvers[twin].update(g)
+            self._dirty[twin] = False
+            self._solved_at[twin] = time
+        return self._solvers[twin].state.basis
 
     def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
+        sources, clamps = self._check(sources, clamps)
+        stamps = self.clock.advance(sources.shape[0])
+        return self._measure(1 if clamps is not None and self.twin else 0, sources, clamps, stamps)
+
+    def measure_twin(
+        self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray]
+    ) -> tuple[Measurement, Measurement]:
+        """Free state on twin 0 and, at the same time, the clamped state on twin 1 with its
+        clamped nodes held at ``clamp_rule(free)`` (the bench's nudge circuit)."""
+        sources, _ = self._check(sources, None)
+        stamps = self.clock.advance(sources.shape[0])
+        free = self._measure(0, sources, None, stamps)
+        clamps = np.atleast_2d(np.asarray(clamp_rule(free), dtype=float))
+        _, clamps = self._check(sources, clamps)
+        return free, self._measure(1 if self.twin else 0, sources, clamps, stamps)
+
+    def _check(self, sources: np.ndarray, clamps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         roles = self._network.roles
         sources = np.atleast_2d(np.asarray(sources, dtype=float))
         if sources.shape[1] != len(roles.sources):
             raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
-        basis = self._basis()
-        if clamps is None:
-            coefficients = self._solver.free_coefficients(sources)
-        else:
+        if clamps is not None:
             clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
             if clamps.shape != (sources.shape[0], len(roles.clamps)):
                 raise ValueError(
                     f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}"
                 )
-            coefficients = self._solver.clamped_coefficients(sources, clamps)
+        return sources, clamps
+
+    def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
+                 stamps: np.ndarray) -> Measurement:
+        bench = self._bench
+        ns = len(self._network.roles.sources)
+        if bench is not None and not bench.params.exact_drive:
+            sources = bench.drive(sources, slice(0, ns))
+            if clamps is not None:
+                clamps = bench.drive(clamps, slice(ns, None))
+        basis = self._basis(twin, float(stamps[-1]))
+        solver = self._solvers[twin]
+        coefficients = (solver.free_coefficients(sources) if clamps is None
+                        else solver.clamped_coefficients(sources, clamps))
         self.is_safe = False
         self.n_measurements += 1
-        return Measurement(coefficients, basis, self.clock.advance(sources.shape[0]))
+        n = self._network.n_nodes
+        node_basis = basis[:n] if self._drivers else basis
+        offsets = -bench.bias if bench is not None and clamps is not None and bench.params.learning_bias else None
+        if bench is None or bench.params.exact_readout:
+            return Measurement(coefficients, node_basis, stamps, edge_offsets=offsets)
+        exact = coefficients @ node_basis.T
+        readings = bench.read(exact, self._node_resistance(twin, clamped=clamps is not None), self._noise)
+        return Measurement(readings, None, stamps, edge_offsets=offsets)
+
+    def _node_resistance(self, twin: int, *, clamped: bool) -> np.ndarray:
+        """(n,) Thevenin resistance estimate of each node (ohm), for multiplexer settling."""
+        net = self._network
+        g = self.true_conductances(twin)
+        total = np.bincount(net.edges.ravel(), weights=np.repeat(g, 2), minlength=net.n_nodes)
+        with np.errstate(divide="ignore"):
+            resistance = 1.0 / total
+        roles = net.roles
+        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
+        resistance[driven] = self.imperfections.source_impedance
+        resistance[list(roles.grounds)] = 0.0
+        return resistance
 
     def adjust(self, commands: np.ndarray) -> Applied:
         commands = np.asarray(commands)
@@ -132,7 +258,7 @@ class SimulatedBackend:
             clipped = g != wanted
             self._g = g
         if np.any(applied):
-            self._dirty = True
+            self._dirty = [True] * len(self._solvers)
         return Applied(applied, clipped)
 
     def read_edges(self) -> EdgeState:
@@ -160,6 +286,15 @@ class SimulatedBackend:
         return {
             "backend": "simulator",
             "solver": self.solver_name,
-            "imperfections": self.preset.describe(),
+            "twin": self.twin,
+            "preset": self.preset,
+            "imperfections": {"preset": self.preset, **self.imperfections.model_dump()},
             "edges": actuators,
         }
+
+
+def _pot_from_table(edges: SteppedEdges) -> tuple[int, float, float, float]:
+    """Nominal (taps, r_ab, r_wiper, r_series) read off a nominal tap table (wiper folded
+    into the series resistance)."""
+    r = 1.0 / edges.table[0]
+    return edges.n_taps, float(r[-1] - r[0]), 0.0, float(r[0])
