@@ -42,14 +42,55 @@ def train(
     out: OutOption = Path("runs"),
     seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
+    bench: Annotated[Path | None, typer.Option(
+        help="Bench file: train on that bench (its network, edges and node roles).")] = None,
+    emulate: Annotated[bool, typer.Option(
+        help="With --bench: drive the real driver stack against the emulated bench.")] = False,
+    simulate: Annotated[bool, typer.Option(
+        help="With --bench: the bench's model in the fast simulator (no drivers).")] = False,
+    traffic_log: Annotated[Path | None, typer.Option(
+        help="With --emulate: append the emulated bench's traffic (serial, AO) to this file.")] = None,
 ) -> None:
-    """Train a network on the simulator as the protocol says; print a summary and the report path."""
+    """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
+    Prints a summary and the path of the PNG report."""
     from clln.compose import build_experiment, run_training
     from clln.protocol import load_protocol
+    from clln.runtime import limit_bundled_blas
 
+    limit_bundled_blas()
+    if (emulate or simulate or traffic_log) and bench is None:
+        raise UserError("--emulate, --simulate and --traffic-log need --bench BENCH.toml")
+    if emulate and simulate:
+        raise UserError("choose one of --emulate and --simulate")
+    if traffic_log is not None and not emulate:
+        raise UserError("--traffic-log needs --emulate")
     proto, text = load_protocol(protocol)
-    exp = build_experiment(proto, source=str(protocol), base_dir=protocol.parent, seed=seed,
-                           steps=steps)
+    session = None
+    if bench is None:
+        exp = build_experiment(proto, source=str(protocol), base_dir=protocol.parent, seed=seed,
+                               steps=steps)
+        where = f"simulator ({exp.backend.describe()['solver']})"
+    else:
+        from clln.benchfile import load_bench
+        from clln.benchrun import bench_experiment
+
+        bench_spec, bench_text = load_bench(bench)
+        target = "emulate" if emulate else "simulate" if simulate else "hardware"
+        exp, session = bench_experiment(
+            proto, bench_spec, bench_text, source=str(protocol), bench_source=str(bench),
+            target=target, seed=seed, steps=steps, traffic_log=traffic_log)
+        where = {"emulate": "emulated bench", "simulate": "model of bench",
+                 "hardware": "bench"}[target] + f" {bench_spec.name}"
+    try:
+        _train(exp, proto, text, protocol, out, where)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: str) -> None:
+    from clln.compose import run_training
+
     store = RunStore(out)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -66,8 +107,7 @@ def train(
 
     console.print(
         f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
-        f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, "
-        f"simulator ({exp.backend.describe()['solver']})"
+        f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}"
     )
     run_ids: list[str] = []
 
@@ -132,6 +172,93 @@ def export(
     store = _open_store(out)
     path = export_run(store, run, file)
     print(f"exported {store.resolve(run)} to {path}", flush=True)
+
+
+@app.command()
+def analyze(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    out: OutOption = Path("runs"),
+    what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
+    probes: Annotated[int, typer.Option(
+        help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2)] = 64,
+) -> None:
+    """Seed analyses of a run: susceptibility and cost Hessians (seed 001), learning as
+    aging (seed 000); PNG figures and analysis.json in the run's folder."""
+    from clln.analysis.analyze import WHATS, analyze_run, summary_rows
+    from clln.compose import rebuild_task
+    from clln.protocol import parse_protocol
+
+    if what not in WHATS:
+        raise UserError(f"--what: {what!r} is not allowed; allowed: {', '.join(WHATS)}")
+    store = _open_store(out)
+    rec = store.run(run)
+    task = None
+    if what != "aging":  # the cost Hessian needs the run's task and training set
+        try:
+            proto = parse_protocol(rec["protocol_text"], str(rec["protocol_path"] or rec["id"]))
+            task = rebuild_task(proto, int(rec["seed"]), rec["info"])
+        except UserError as exc:
+            console.print(f"cost Hessian skipped: {exc}", markup=False, highlight=False)
+    outcome = analyze_run(store, rec["id"], task=task, what=what, probes=probes)
+    table = Table(show_header=False, box=None)
+    for label, value in summary_rows(outcome.numbers):
+        table.add_row(label, value)
+    console.print(table)
+    for path in outcome.figures:
+        print(f"figure: {path}", flush=True)
+    print(f"numbers: {outcome.json_path}", flush=True)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="Sweep file (TOML).")],
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler (tcp://host:8786); a local cluster when omitted.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes of the local cluster (default: one per core).", min=1)] = None,
+    out: OutOption = Path("runs"),
+) -> None:
+    """Run a parameter sweep on Dask; every run goes to the run store, then a results
+    table (CSV, JSON) and a summary plot."""
+    from clln.sweep import load_sweep, open_client, run_sweep
+
+    spec = load_sweep(sweep_file)
+    console.print(f"[bold]sweep {spec.spec.name}[/]: {len(spec.runs)} runs of {spec.protocol_path} "
+                  f"({', '.join(spec.keys) or 'no keys'}; seeds "
+                  f"{sorted({r.seed for r in spec.runs})})")
+    client, cluster = open_client(scheduler, workers)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"), TimeRemainingColumn(), console=console,
+    )
+    bar = progress.add_task("runs", total=len(spec.runs), failed=0)
+    failed: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        if row["status"] != "completed":
+            failed.append(row)
+        progress.update(bar, advance=1, failed=len(failed))
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with progress:
+            outcome = run_sweep(spec, out, client, on_result=done)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: finished runs are in the run store; the sweep was not "
+                          "completed") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    for row in failed:
+        console.print(f"[red]run {row['index'] + 1} failed[/] ({row['run_id'] or 'not started'}): "
+                      f"{row['message']}", markup=True, highlight=False)
+    print(f"{len(outcome.rows) - outcome.n_failed} of {len(outcome.rows)} runs completed "
+          f"in {outcome.wall_time:.1f} s", flush=True)
+    print(f"results: {outcome.csv}", flush=True)
+    print(f"results: {outcome.json}", flush=True)
+    print(f"summary plot: {outcome.plot}", flush=True)
 
 
 def _terminate(signum: int, frame: object) -> None:

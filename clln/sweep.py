@@ -1,0 +1,478 @@
+"""Parameter sweeps on Dask distributed: many training runs from one protocol.
+
+A sweep file (TOML, versioned, strictly validated like protocols) names a protocol,
+the seeds, and the values of dotted protocol keys (``training.eta``) as a grid (every
+combination) or a list of points. Every run is an ordinary training run
+(:func:`clln.compose.build_experiment` + :func:`clln.compose.run_training`) recorded in
+the run store with its effective protocol, so each one replays on its own. Runs go to
+a Dask ``LocalCluster`` (one single-threaded worker process per core by default) or to
+an existing scheduler; the workers must see the run store's directory. A failed run
+is reported in the results, not fatal to the sweep. Results: ``results.csv``,
+``results.json`` and ``summary.png`` in ``<runs>/sweeps/<name>-<time>/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clln.controller.errors import ProtocolError, UserError
+
+FORMAT_VERSION = 1
+
+RESULT_COLUMNS = ("final_test_error", "final_train_error", "initial_test_error",
+                  "final_test_accuracy", "wall_time_s")
+_RESERVED = {"format": "this clln reads one protocol format",
+             "seed": "give seeds in the sweep's 'seeds' list"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlotSpec(_Strict):
+    """``[plot]``: the summary plot, y against x with one line per other setting."""
+
+    x: Annotated[str, Field(strict=True)] | None = None
+    y: Literal[RESULT_COLUMNS] = "final_test_error"  # type: ignore[valid-type]
+    log_x: Annotated[bool, Field(strict=True)] | None = None
+    log_y: Annotated[bool, Field(strict=True)] = True
+
+
+class SweepSpec(_Strict):
+    """A whole sweep file."""
+
+    format: Annotated[int, Field(strict=True)]
+    name: Annotated[str, Field(strict=True, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: Annotated[str, Field(strict=True)] = ""
+    protocol: Annotated[str, Field(strict=True)]
+    seeds: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)] | None = None
+    set: dict[str, Any] = {}
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
+    points: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
+    plot: PlotSpec = PlotSpec()
+
+    @model_validator(mode="after")
+    def _grid_or_points(self) -> SweepSpec:
+        if (self.grid is None) == (self.points is None):
+            raise ValueError("give exactly one of [grid] (every combination) or [[points]] (a list)")
+        return self
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: its index, parameters, seed and effective protocol text."""
+
+    index: int
+    parameters: dict[str, Any]
+    seed: int
+    protocol_text: str
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: the file, its spec, the protocol and every run."""
+
+    path: Path
+    spec: SweepSpec
+    protocol_path: Path
+    keys: tuple[str, ...]
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def plot_x(self) -> str | None:
+        return self.spec.plot.x or (self.keys[0] if self.keys else None)
+
+
+# -- loading and validation ------------------------------------------------------------
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables to dotted keys: ``training.eta = 1`` and ``"training.eta" = 1``
+    are the same key."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _protocol_keys(model: type[BaseModel], prefix: str = "") -> dict[str, bool]:
+    """Every dotted key of the protocol model -> whether it is a leaf (a value)."""
+    keys: dict[str, bool] = {}
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys[dotted] = False
+            keys.update(_protocol_keys(sub, dotted + "."))
+        else:
+            keys[dotted] = True
+    return keys
+
+
+def _check_key(key: str, where: str, source: str) -> None:
+    from clln.protocol import Protocol
+
+    known = _protocol_keys(Protocol)
+    if key in _RESERVED:
+        raise ProtocolError(f"{source}: {where}.{key}: cannot be swept ({_RESERVED[key]})")
+    if known.get(key):
+        return
+    if key in known:
+        leaves = sorted(k for k, leaf in known.items() if leaf and k.startswith(key + "."))
+        raise ProtocolError(f"{source}: {where}.{key}: is a table; give one of its keys: "
+                            f"{', '.join(leaves)}")
+    parent = key.rpartition(".")[0]
+    siblings = sorted(k for k, leaf in known.items()
+                      if leaf and k.rpartition(".")[0] == parent and k not in _RESERVED)
+    raise ProtocolError(f"{source}: {where}.{key}: unknown protocol key; allowed: "
+                        f"{', '.join(siblings)}")
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        current: Any = SweepSpec
+        for part in loc[:-1]:
+            field = getattr(current, "model_fields", {}).get(part)
+            current = field.annotation if field is not None else None
+        allowed = sorted(getattr(current, "model_fields", {}))
+        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "literal_error":
+        return f"{key}: {error['input']!r} is not allowed; allowed: {error['ctx']['expected']}"
+    msg = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "too_short")):
+        return f"{key}: {msg} (got {error['input']!r})"
+    return f"{key}: {msg}"
+
+
+def parse_sweep(text: str, path: Path) -> Sweep:
+    """Validate sweep TOML text read from ``path``; raise ProtocolError naming the file,
+    the key and what is allowed. Every run's protocol is validated too."""
+    import tomli_w
+
+    from clln.protocol import load_protocol, parse_protocol
+
+    source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
+    version = data.get("format")
+    if version is None:
+        raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
+                            f"sweep format {FORMAT_VERSION}")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ProtocolError(
+            f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}"
+            + (" (upgrade clln)" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+    for table in ("set", "grid"):
+        if isinstance(data.get(table), dict):
+            data[table] = _flatten(data[table])
+    if isinstance(data.get("points"), list):
+        data["points"] = [_flatten(p) if isinstance(p, dict) else p for p in data["points"]]
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ProtocolError(f"{source}: {_describe(errors[0])}{more}") from None
+
+    protocol_path = Path(spec.protocol)
+    if not protocol_path.is_absolute():
+        protocol_path = path.parent / protocol_path
+    if not protocol_path.is_file():
+        raise ProtocolError(f"{source}: protocol: no such protocol file {str(protocol_path)!r}")
+    base, base_text = load_protocol(protocol_path)
+    base_data = tomllib.loads(base_text)
+
+    for key in spec.set:
+        _check_key(key, "set", source)
+    if spec.grid is not None:
+        keys = tuple(spec.grid)
+        for key in keys:
+            _check_key(key, "grid", source)
+        points = [dict(zip(keys, combo)) for combo in itertools.product(*spec.grid.values())]
+    else:
+        assert spec.points is not None
+        keys = tuple(dict.fromkeys(k for p in spec.points for k in p))
+        for i, point in enumerate(spec.points):
+            for key in point:
+                _check_key(key, f"points[{i}]", source)
+        points = [dict(p) for p in spec.points]
+    overlap = sorted(set(keys) & set(spec.set))
+    if overlap:
+        raise ProtocolError(f"{source}: set.{overlap[0]}: is also swept; give it in one place")
+    if spec.plot.x is not None and spec.plot.x not in keys:
+        raise ProtocolError(f"{source}: plot.x: {spec.plot.x!r} is not swept; allowed: "
+                            f"{', '.join(keys) or '(none)'}")
+
+    seeds = spec.seeds or [base.seed]
+    runs: list[RunSpec] = []
+    for point in points:
+        for seed in seeds:
+            effective = copy.deepcopy(base_data)
+            for key, value in {**spec.set, **point}.items():
+                _set_dotted(effective, key, value)
+            effective["seed"] = seed
+            shown = ", ".join(f"{k} = {v!r}" for k, v in point.items()) or "no parameters"
+            header = (f"# sweep {spec.name!r} run {len(runs) + 1}: {shown}, seed {seed}\n"
+                      f"# from {protocol_path}\n")
+            protocol_text = header + tomli_w.dumps(effective)
+            parse_protocol(protocol_text, f"{source} ({shown})")  # names the key and values
+            runs.append(RunSpec(len(runs), point, seed, protocol_text))
+    return Sweep(path, spec, protocol_path, keys, tuple(runs))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: no such sweep file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{path}: cannot read sweep file ({exc})") from None
+    return parse_sweep(text, path)
+
+
+# -- one run, on a worker ------------------------------------------------------------
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Build and train one run of a sweep, recording it in the run store at
+    ``job['out']``. Never raises for a failed run: returns its status and message."""
+    from threadpoolctl import threadpool_limits
+
+    from clln.compose import build_experiment, run_training
+    from clln.controller.store import RunStore
+    from clln.protocol import parse_protocol
+
+    threadpool_limits(1)  # parallelism comes from the workers, one core each
+    row: dict[str, Any] = {"index": job["index"], "run_id": None, "status": "failed",
+                           "message": None, "steps": 0}
+    started: list[str] = []
+    store = None
+    try:
+        protocol = parse_protocol(job["protocol_text"], job["source"])
+        exp = build_experiment(protocol, source=job["source"], base_dir=Path(job["base_dir"]))
+        store = RunStore(job["out"])
+        outcome = run_training(exp, store, protocol_text=job["protocol_text"],
+                               protocol_path=job["protocol_path"], on_start=started.append)
+        row.update(run_id=outcome.run_id, status=outcome.status)
+        from clln.cli import run_summary
+
+        summary = run_summary(store, outcome.run_id)
+        row.update({k: summary[k] for k in RESULT_COLUMNS})
+        row["steps"] = summary["steps"]
+    except Exception as exc:  # a failed run is a result, not the end of the sweep
+        row.update(run_id=started[0] if started else None,
+                   message=f"{type(exc).__name__}: {exc}")
+    finally:
+        if store is not None:
+            store.close()
+    return row
+
+
+# -- the sweep, on a Dask client -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    rows: list[dict[str, Any]]
+    directory: Path
+    csv: Path
+    json: Path
+    plot: Path | None
+    wall_time: float
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for r in self.rows if r["status"] != "completed")
+
+
+def _jobs(sweep: Sweep, out: Path) -> Iterator[dict[str, Any]]:
+    for run in sweep.runs:
+        yield {"index": run.index, "protocol_text": run.protocol_text,
+               "source": f"{sweep.path} (run {run.index + 1})",
+               "protocol_path": str(sweep.protocol_path.resolve()),
+               "base_dir": str(sweep.protocol_path.resolve().parent), "out": str(out.resolve())}
+
+
+def open_client(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
+    """A Dask client on ``scheduler``, or on a new LocalCluster of ``workers``
+    single-threaded worker processes (one per core by default). Returns (client, cluster)."""
+    import logging
+    import os
+
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        if workers is not None:
+            raise UserError("--workers sizes a local cluster; it cannot be combined with --scheduler")
+        try:
+            return Client(scheduler, timeout="5s"), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    n = workers or max(1, os.cpu_count() or 1)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def run_sweep(
+    sweep: Sweep,
+    out: Path,
+    client: Any,
+    *,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> SweepOutcome:
+    """Run every run of the sweep on the client; write the results table and plot."""
+    import time
+
+    from distributed import as_completed
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    from clln.controller.store import RunStore
+
+    RunStore(out).close()  # create the store (and its schema) once, before the workers
+    futures = {client.submit(run_one, job, pure=False, key=f"clln-sweep-{sweep.spec.name}-"
+                             f"{job['index']}-{time.time_ns()}"): job["index"]
+               for job in _jobs(sweep, out)}
+    rows: dict[int, dict[str, Any]] = {}
+    for future in as_completed(futures):
+        index = futures[future]
+        if future.status == "finished":
+            row = future.result()
+        else:  # the worker itself died (killed, out of memory)
+            exc = future.exception()
+            row = {"index": index, "run_id": None, "status": "failed", "steps": 0,
+                   "message": f"{type(exc).__name__}: {exc}"}
+        run = sweep.runs[index]
+        row = {"index": index, "run_id": row.get("run_id"), "status": row["status"],
+               "seed": run.seed, **{k: run.parameters.get(k) for k in sweep.keys},
+               **{k: row.get(k) for k in RESULT_COLUMNS}, "steps": row.get("steps", 0),
+               "message": row.get("message")}
+        rows[index] = row
+        if on_result is not None:
+            on_result(row)
+    ordered = [rows[i] for i in sorted(rows)]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}"
+    suffix = 1
+    while directory.exists():
+        suffix += 1
+        directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}-{suffix}"
+    directory.mkdir(parents=True)
+    csv_path, json_path = write_results(sweep, ordered, directory)
+    plot = summary_plot(sweep, ordered, directory / "summary.png")
+    return SweepOutcome(ordered, directory, csv_path, json_path, plot, time.perf_counter() - t0)
+
+
+def _columns(sweep: Sweep) -> list[str]:
+    return ["index", "run_id", "status", "seed", *sweep.keys, *RESULT_COLUMNS, "steps", "message"]
+
+
+def write_results(sweep: Sweep, rows: list[dict[str, Any]], directory: Path) -> tuple[Path, Path]:
+    """results.csv (one row per run) and results.json (the same, with the sweep)."""
+    columns = _columns(sweep)
+    csv_path = directory / "results.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else
+                             ("" if v is None else v) for k, v in row.items()})
+    json_path = directory / "results.json"
+    json_path.write_text(json.dumps({
+        "sweep": sweep.spec.name, "file": str(sweep.path), "protocol": str(sweep.protocol_path),
+        "keys": list(sweep.keys), "columns": columns, "runs": rows,
+    }, indent=2, default=str))
+    return csv_path, json_path
+
+
+def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """y (final test error by default) against the first swept key, one marker per run
+    and a line through the median over seeds per setting of the other keys."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, y_key = sweep.plot_x, sweep.spec.plot.y
+    done = [r for r in rows if r["status"] == "completed" and r.get(y_key) is not None
+            and math.isfinite(r[y_key]) and (x_key is None or r.get(x_key) is not None)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    if x_key is None or not done:
+        ax.text(0.5, 0.5, "no completed run to plot" if not done else "nothing swept",
+                ha="center", va="center", transform=ax.transAxes)
+    else:
+        numeric = all(isinstance(r[x_key], int | float) and not isinstance(r[x_key], bool)
+                      for r in done)
+        labels = sorted({repr(r[x_key]) for r in done}) if not numeric else []
+        others = [k for k in sweep.keys if k != x_key]
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for r in done:
+            groups.setdefault(tuple(repr(r[k]) for k in others), []).append(r)
+        for group, members in sorted(groups.items()):
+            def xpos(r: dict[str, Any]) -> float:
+                return float(r[x_key]) if numeric else float(labels.index(repr(r[x_key])))
+
+            label = ", ".join(f"{k} = {v}" for k, v in zip(others, group)) or None
+            xs = sorted({xpos(r) for r in members})
+            medians = [float(np.median([r[y_key] for r in members if xpos(r) == x])) for x in xs]
+            line, = ax.plot(xs, medians, "-", label=label)
+            ax.plot([xpos(r) for r in members], [r[y_key] for r in members], "o",
+                    color=line.get_color(), alpha=0.5, markersize=4)
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        values = [float(r[x_key]) for r in done] if numeric else []
+        log_x = sweep.spec.plot.log_x
+        if log_x is None:
+            log_x = bool(values) and min(values) > 0 and max(values) / min(values) >= 10
+        if log_x:
+            ax.set_xscale("log")
+        if sweep.spec.plot.log_y and all(r[y_key] > 0 for r in done):
+            ax.set_yscale("log")
+        ax.set_xlabel(x_key)
+        if any(len(g) for g in groups) and others:
+            ax.legend(fontsize=8)
+    failed = sum(1 for r in rows if r["status"] != "completed")
+    ax.set_ylabel(y_key.replace("_", " "))
+    ax.set_title(f"sweep {sweep.spec.name}: {len(rows)} runs"
+                 + (f", {failed} failed" if failed else ""), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
