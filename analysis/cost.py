@@ -196,9 +196,11 @@ class StiffModes:
     ----------
     eigenvalues : (m,) descending, cost units per S^2.
     eigenvectors : (m, m) orthonormal columns.
-    n_stiff : eigenvalues at least ``factor`` times the bulk level (median |lambda|,
-        at least 1e-12 of the largest).
-    gap : lambda_{n_stiff} / max |lambda| of the rest (inf when the rest is 0).
+    n_stiff : modes above the largest spectral gap among the top ``max_stiff``:
+        the k maximising lambda_k / |lambda_{k+1}|.
+    gap : that ratio, lambda_{n_stiff} / |lambda_{n_stiff + 1}| (at most 1e300).
+    bulk : median |lambda| over the modes that are not stiff.
+    n_above : eigenvalues at least ``factor`` times the bulk.
     weight : (m,) each edge's weight in the stiff subspace, sum over the n_stiff
         stiffest modes of (v_k)_j^2 (sums to n_stiff).
     """
@@ -207,30 +209,41 @@ class StiffModes:
     eigenvectors: np.ndarray
     n_stiff: int
     gap: float
+    bulk: float
+    n_above: int
     weight: np.ndarray
 
 
-def stiff_modes(hessian: np.ndarray, *, factor: float = 100.0, n_stiff: int | None = None
-                ) -> StiffModes:
+def stiff_modes(hessian: np.ndarray, *, n_stiff: int | None = None, max_stiff: int = 50,
+                factor: float = 100.0) -> StiffModes:
     """Eigendecomposition of a cost Hessian and its stiff modes.
 
     Parameters
     ----------
     hessian : (m, m) symmetric.
-    factor : a mode is stiff when its eigenvalue is at least ``factor`` times the
-        median |eigenvalue| (the bulk).
-    n_stiff : use this many stiff modes instead of counting them.
+    n_stiff : use this many stiff modes instead of locating the largest gap.
+    max_stiff : the gap is looked for among the top ``max_stiff`` eigenvalues.
+    factor : ``n_above`` counts eigenvalues at least ``factor`` times the bulk.
     """
     vals, vecs = np.linalg.eigh(0.5 * (hessian + hessian.T))
     vals, vecs = vals[::-1], vecs[:, ::-1]
-    # the bulk level; rounding noise (~1e-12 of the top) is no bulk
-    bulk = max(float(np.median(np.abs(vals))), 1e-12 * float(np.abs(vals).max()))
-    count = int(np.sum(vals >= factor * bulk)) if n_stiff is None else int(n_stiff)
-    count = max(count, 1)
-    rest = np.abs(vals[count:])
-    gap = float(vals[count - 1] / rest.max()) if rest.size and rest.max() > 0 else float("inf")
+    mags = np.abs(vals)
+    tiny = np.finfo(float).tiny
+    top = min(max_stiff, vals.size - 1)
+    if n_stiff is None:
+        if top >= 1:
+            ratios = vals[:top] / np.maximum(mags[1:top + 1], tiny)
+            count = int(np.argmax(ratios) + 1)
+        else:
+            count = 1
+    else:
+        count = max(int(n_stiff), 1)
+    rest = mags[count:]
+    gap = float(min(vals[count - 1] / max(rest[0], tiny), 1e300)) if rest.size else float("inf")
+    bulk = float(np.median(rest)) if rest.size else 0.0
+    n_above = int(np.sum(vals >= factor * bulk))
     weight = np.sum(vecs[:, :count] ** 2, axis=1)
-    return StiffModes(vals, vecs, count, gap, weight)
+    return StiffModes(vals, vecs, count, gap, bulk, n_above, weight)
 
 
 def task_cost_kind(task: Task) -> CostKind:
@@ -264,8 +277,7 @@ class CostLandscape:
 
 
 def cost_landscape(network: Network, conductances: np.ndarray, task: Task,
-                   dataset: Dataset | None = None, *, exact: bool = True,
-                   factor: float = 100.0) -> CostLandscape:
+                   dataset: Dataset | None = None, *, exact: bool = True) -> CostLandscape:
     """Cost, gradient, Hessian and stiff modes of a task at the given conductances (S).
 
     ``network`` must carry the task's roles; ``dataset`` defaults to the training set.
@@ -278,4 +290,4 @@ def cost_landscape(network: Network, conductances: np.ndarray, task: Task,
     cost, _, _ = cost_terms(kind, arrays.outputs(src), data.y)
     hess = cost_hessian(arrays, src, data.y, kind, green=green if exact else None)
     return CostLandscape(cost, cost_gradient(arrays, src, data.y, kind), hess, exact,
-                         stiff_modes(hess, factor=factor))
+                         stiff_modes(hess))

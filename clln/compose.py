@@ -194,6 +194,16 @@ def build_experiment(
     return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)
 
 
+def rebuild_task(protocol: Protocol, seed: int, info: dict[str, Any]) -> Task:
+    """The task (and its datasets) of a recorded run, from its protocol, seed and the
+    output roles the run store kept in ``info``; the same random stream as
+    :func:`build_experiment`, without building a network or a backend."""
+    rng_task = np.random.default_rng(np.random.SeedSequence(seed).spawn(6)[2])
+    outputs = tuple(int(i) for i in info.get("output_nodes", []))
+    output_edges = tuple((int(a), int(b)) for a, b in info.get("output_edges", []))
+    return build_task(protocol.task, rng_task, outputs, output_edges)
+
+
 def network_info(exp: Experiment) -> dict[str, Any]:
     """What the run store keeps about the network and task (JSON)."""
     net = exp.network
