@@ -131,6 +131,44 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
 
 
 @app.command()
+def check(
+    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    emulate: Annotated[bool, typer.Option(help="Check against the emulated bench.")] = False,
+) -> None:
+    """Connect to a bench, handshake, read every AI channel and every edge once, print a table."""
+    from clln.benchfile import load_bench
+    from clln.benchrun import nominal_edges, open_bench
+
+    spec, text = load_bench(bench)
+    session = open_bench(spec, text, target="emulate" if emulate else "hardware")
+    try:
+        backend = session.backend
+        fw = backend.potbank.info  # type: ignore[attr-defined]
+        zeros = np.zeros((1, len(spec.sources.nodes)))
+        volts = backend.measure(zeros).voltages[0]
+        state = backend.read_edges()
+        backend.safe()
+        console.print(f"[bold]{spec.name}[/]{' (emulated)' if emulate else ''}: firmware "
+                      f"'{fw.name}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
+                      f"{fw.n_taps} taps, watchdog {fw.watchdog_ms} ms; DAQ {spec.daq.device}")
+        nodes = Table("node", "AI", "role", "reading (V)", title="analog inputs, all outputs at 0 V")
+        roles = {**{k: "source" for k in spec.sources.nodes}, **{k: "clamp" for k in spec.clamps.nodes},
+                 **{k: "ground" for k in spec.grounds}}
+        for k in range(spec.nodes):
+            nodes.add_row(str(k), spec.ai[k], roles.get(k, ""), f"{volts[k]:+.6f}")
+        console.print(nodes)
+        table = nominal_edges(spec).table
+        edges = Table("edge", "nodes", "chain", "tap", "nominal R (ohm)", title="edges (read back)")
+        for j, e in enumerate(spec.edges):
+            edges.add_row(str(j), f"{e.nodes[0]}-{e.nodes[1]}", str(e.chain), str(state.taps[j]),
+                          f"{1 / table[j, state.taps[j]]:.0f}")
+        console.print(edges)
+        print(f"check passed: {spec.nodes} AI channels and {len(spec.edges)} edges read", flush=True)
+    finally:
+        session.close()
+
+
+@app.command()
 def runs(out: OutOption = Path("runs")) -> None:
     """List the runs in the run store."""
     store = _open_store(out)
@@ -328,7 +366,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         table.add_row("test accuracy", f"{s['final_test_accuracy']:.3f}")
     table.add_row("wall time", f"{fmt(s['wall_time_s'])} s")
     b = s["backend"]
-    table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}, solver {b.get('solver', '-')})")
+    solver = f", solver {b['solver']}" if b.get("solver") else ""
+    table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}{solver})")
     table.add_row("protocol", str(s["protocol_path"]))
     console.print(table)
 

@@ -8,6 +8,7 @@ Every error names the file, the key and the allowed values, in one line.
 from __future__ import annotations
 
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -191,30 +192,38 @@ class Protocol(_Strict):
     training: TrainingSpec = TrainingSpec()
     simulator: SimulatorSpec = SimulatorSpec()
 
-    @model_validator(mode="after")
-    def _rule_fits_edges(self) -> Protocol:
-        if self.training.rule == "coupled" and self.edges.kind == "stepped":
-            raise ValueError("rule 'coupled' needs edges.kind 'continuous'; use rule 'stepped'")
-        return self
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the sub-model at ``loc`` (the location of an unknown key)."""
+    def model_in(annotation: Any) -> Any:
+        """The pydantic model inside an annotation such as ``list[M]`` or ``M | None``."""
+        if hasattr(annotation, "model_fields"):
+            return annotation
+        for arg in typing.get_args(annotation):
+            found = model_in(arg)
+            if found is not None:
+                return found
+        return None
+
     current: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list of tables
+            continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        current = field.annotation
+        current = model_in(field.annotation)
     return sorted(getattr(current, "model_fields", {}))
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
+    """One line for a pydantic error of ``model``: the dotted key and what is allowed."""
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(Protocol, loc)
+        allowed = _allowed_keys(model, loc)
         return f"{key}: unknown key; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"{key}: required key is missing"
@@ -245,7 +254,7 @@ def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ProtocolError(f"{source}: {_describe(errors[0])}{more}") from None
+        raise ProtocolError(f"{source}: {_describe_error(Protocol, errors[0])}{more}") from None
 
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:

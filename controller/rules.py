@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from clln.controller.backend import EdgeActuators, Measurement, SteppedEdges
+from clln.controller.backend import EdgeActuators, EdgeState, Measurement, SteppedEdges
 from clln.controller.errors import ProtocolError
 
 
@@ -40,14 +40,22 @@ class UpdateRule(Protocol):
 
     name: str
 
-    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
-        """(m,) commands: Δg in siemens, or integer Δtaps for stepped edges."""
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
+                 state: EdgeState | None = None) -> np.ndarray:
+        """(m,) commands: Δg in siemens, or integer Δtaps for stepped edges. ``state`` is
+        the current edge state (needed to turn conductance changes into taps)."""
         ...
+
+
+def nearest_taps(edges: SteppedEdges, target: np.ndarray) -> np.ndarray:
+    """(m,) for each edge, the tap whose calibrated conductance is nearest ``target`` (S)."""
+    return np.argmin(np.abs(edges.table - np.asarray(target)[:, None]), axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class CoupledRule:
-    """Coupled learning: dg_j = (alpha / eta) s_j, siemens.
+    """Coupled learning: dg_j = (alpha / eta) s_j, siemens. On stepped edges each edge
+    goes to the tap whose calibrated conductance is nearest g_j + dg_j.
 
     Attributes
     ----------
@@ -57,12 +65,14 @@ class CoupledRule:
     alpha: float
     name: str = "coupled"
 
-    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
+                 state: EdgeState | None = None) -> np.ndarray:
+        delta = (self.alpha / eta) * signal
         if isinstance(edges, SteppedEdges):
-            raise ProtocolError(
-                "rule 'coupled' needs continuous edges; use rule 'stepped' on a stepped bench"
-            )
-        return (self.alpha / eta) * signal
+            if state is None or state.taps is None:
+                raise ProtocolError("rule 'coupled' on stepped edges needs their current taps")
+            return nearest_taps(edges, state.conductances + delta) - state.taps
+        return delta
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,8 @@ class SteppedRule:
     threshold: float = 0.0
     name: str = "stepped"
 
-    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators) -> np.ndarray:
+    def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
+                 state: EdgeState | None = None) -> np.ndarray:
         direction = np.sign(signal) * (np.abs(signal) > self.threshold)
         if isinstance(edges, SteppedEdges):
             return (self.step * direction * edges.direction).astype(np.int64)

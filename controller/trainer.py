@@ -129,7 +129,9 @@ class Trainer:
             clamped = self.backend.measure(sources, clamps)
         outputs = self.task.outputs(free)
         signal = contrastive_signal(free, clamped, self._incidence)
-        commands = self.rule.commands(signal, self.config.eta, self.backend.edges)
+        edges = self.backend.edges
+        state = self.backend.read_edges() if edges.kind == "stepped" else None
+        commands = self.rule.commands(signal, self.config.eta, edges, state)
         applied = self.backend.adjust(commands)
         nudge = clamps - free.at_nodes(self.task.clamp_nodes)
         return StepRecord(

@@ -261,6 +261,18 @@ class SimulatedBackend:
             self._dirty = [True] * len(self._solvers)
         return Applied(applied, clipped)
 
+    def set_taps(self, taps: np.ndarray) -> None:
+        """Put stepped edges at the given taps (the emulated bench's firmware does this)."""
+        if self._taps is None or not isinstance(self._edges, SteppedEdges):
+            raise TypeError("set_taps needs stepped edges")
+        taps = np.asarray(taps, dtype=np.int64)
+        if taps.shape != self._taps.shape:
+            raise ValueError(f"taps must have shape {self._taps.shape}, got {taps.shape}")
+        if not np.array_equal(taps, self._taps):
+            self._taps = np.clip(taps, 0, self._edges.n_taps - 1)
+            self._g = self._edges.conductance(self._taps)
+            self._dirty = [True] * len(self._solvers)
+
     def read_edges(self) -> EdgeState:
         return EdgeState(self._g.copy(), None if self._taps is None else self._taps.copy())
 

@@ -308,11 +308,10 @@ def test_gmin_not_below_gmax(tmp_path: Path) -> None:
     assert ": edges: " in msg and "gmin" in msg and "gmax" in msg
 
 
-def test_rule_coupled_with_stepped_edges(tmp_path: Path) -> None:
-    msg = refuse(tmp_path, edit('kind = "continuous"', 'kind = "stepped"'))
-    assert "'coupled'" in msg
-    assert "edges.kind" in msg
-    assert "'stepped'" in msg
+def test_rule_coupled_with_stepped_edges_is_valid() -> None:
+    """Coupled learning on potentiometers: each edge goes to its nearest tap."""
+    proto = parse_protocol(edit('kind = "continuous"', 'kind = "stepped"'), "ok.toml")
+    assert proto.edges.kind == "stepped" and proto.training.rule == "coupled"
 
 
 def test_rule_stepped_with_stepped_edges_is_valid() -> None:

@@ -135,11 +135,20 @@ def test_stepped_rule_dead_band() -> None:
     assert cmd.tolist() == [-2, 2, 0, 0]  # conductance falls with the tap on a pot
 
 
-def test_coupled_rule_refuses_stepped_edges() -> None:
-    from clln.controller import ProtocolError
+def test_coupled_rule_on_stepped_edges_goes_to_the_nearest_tap() -> None:
+    from clln.controller import EdgeState, ProtocolError
 
+    edges = pot_edges(3)
+    taps = np.array([10, 64, 120])
+    state = EdgeState(edges.conductance(taps), taps)
+    signal = np.array([0.0, 1e-3, -1e-3])
+    commands = CoupledRule(0.1).commands(signal, 0.1, edges, state)
+    target = state.conductances + signal  # alpha / eta = 1
+    best = np.abs(edges.table - target[:, None]).argmin(axis=1)
+    assert commands.tolist() == (best - taps).tolist()
+    assert commands[0] == 0 and commands[1] < 0 < commands[2]  # tap down = conductance up
     with pytest.raises(ProtocolError):
-        CoupledRule(0.1).commands(np.zeros(4), 0.1, pot_edges(4))
+        CoupledRule(0.1).commands(signal, 0.1, edges)
 
 
 def test_regression_2x2_learns_three_orders_of_magnitude(protocols_dir: Path) -> None:

@@ -1,0 +1,195 @@
+"""Bench files: TOML, versioned, strictly validated — the one place that describes the
+lab hardware (DAQ, serial port, potentiometer chip, edge/node/channel maps, limits)."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clln.controller.errors import ProtocolError
+from clln.drivers.chips import CHIPS
+from clln.protocol import _describe_error
+from clln.simulator.imperfections import Imperfections
+
+FORMAT_VERSION = 1
+Positive = Annotated[float, Field(gt=0, strict=True)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+Index = Annotated[int, Field(ge=0, strict=True)]
+Name = Annotated[str, Field(strict=True, min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaqSpec(_Strict):
+    """``[daq]``: the NI-DAQ device and its timing."""
+
+    device: Name
+    terminal_config: Literal["RSE", "NRSE", "DIFF", "PSEUDO_DIFF"] = "RSE"
+    sample_rate: Positive = 10_000.0
+    settle_samples: Annotated[int, Field(ge=0, strict=True)] = 20
+    average_samples: PositiveInt = 16
+    ai_range: Positive = 10.0
+    ao_range: Positive = 10.0
+    clamp_switch: Name | None = None
+    timeout: Positive = 10.0
+
+
+class SerialSpec(_Strict):
+    """``[serial]``: the potentiometer controller's port."""
+
+    port: Name
+    baudrate: PositiveInt = 115200
+    retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 10
+    reply_timeout: Positive = 0.05
+    watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
+
+
+class PotSpec(_Strict):
+    """``[pots]``: the potentiometer chip and the series resistor of every edge."""
+
+    chip: Literal["MCP4131", "MCP41HV51", "AD5293", "AD5206", "X9C103"]
+    r_ab: Positive
+    r_series: Annotated[float, Field(ge=0, strict=True)] = 1000.0
+    r_wiper: Annotated[float, Field(ge=0, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _r_ab_of_chip(self) -> PotSpec:
+        options = CHIPS[self.chip].r_ab_options
+        if self.r_ab not in options:
+            raise ValueError(f"{self.chip} comes with r_ab in {', '.join(f'{o:g}' for o in options)} ohm, "
+                             f"not {self.r_ab:g}")
+        return self
+
+    @property
+    def taps(self) -> int:
+        return CHIPS[self.chip].taps
+
+    @property
+    def wiper(self) -> float:
+        return CHIPS[self.chip].r_wiper if self.r_wiper is None else self.r_wiper
+
+
+class EdgeSpec(_Strict):
+    """``[[edges]]``: one edge: its two nodes and its potentiometer's chain position."""
+
+    nodes: tuple[Index, Index]
+    chain: Index
+
+
+class DrivenSpec(_Strict):
+    """``[sources]`` / ``[clamps]``: driven nodes and their AO channels, in order."""
+
+    nodes: list[Index]
+    ao: list[Name]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> DrivenSpec:
+        if len(self.nodes) != len(self.ao):
+            raise ValueError(f"nodes ({len(self.nodes)}) and ao ({len(self.ao)}) differ in length")
+        return self
+
+
+class LimitSpec(_Strict):
+    """``[limits]``: hard limits, checked before anything is written."""
+
+    max_node_voltage: Positive
+    max_edge_current: Positive
+
+
+class EmulatorSpec(_Strict):
+    """``[emulator]``: the bench model used by ``--emulate``."""
+
+    preset: Literal["ideal", "pot-bench", "twin-bench"] = "pot-bench"
+    seed: Index = 0
+    parameters: Imperfections = Imperfections()
+
+    @property
+    def overrides(self) -> dict[str, object]:
+        return self.parameters.model_dump(include=set(self.parameters.model_fields_set))
+
+
+class Bench(_Strict):
+    """A whole bench file."""
+
+    format: Annotated[int, Field(strict=True)]
+    name: Name
+    description: str = ""
+    nodes: PositiveInt
+    positions: list[tuple[float, float]] | None = None
+    ai: list[Name]
+    grounds: list[Index]
+    daq: DaqSpec
+    serial: SerialSpec
+    pots: PotSpec
+    edges: list[EdgeSpec]
+    sources: DrivenSpec
+    clamps: DrivenSpec
+    limits: LimitSpec
+    calibration: str | None = None
+    emulator: EmulatorSpec = EmulatorSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Bench:
+        n = self.nodes
+        if len(self.ai) != n:
+            raise ValueError(f"ai lists {len(self.ai)} channels for {n} nodes (one per node)")
+        if len(set(self.ai)) != n:
+            raise ValueError("ai channels must be distinct")
+        used = [*self.sources.nodes, *self.clamps.nodes, *self.grounds]
+        if any(k >= n for k in used) or any(max(e.nodes) >= n for e in self.edges):
+            raise ValueError(f"node indices must be in 0..{n - 1}")
+        if len(set(used)) != len(used):
+            raise ValueError("a node is listed twice among sources, clamps and grounds")
+        aos = [*self.sources.ao, *self.clamps.ao]
+        if len(set(aos)) != len(aos):
+            raise ValueError("AO channels must be distinct")
+        chains = [e.chain for e in self.edges]
+        if len(set(chains)) != len(chains):
+            raise ValueError("two edges share a chain position")
+        if self.positions is not None and len(self.positions) != n:
+            raise ValueError(f"positions gives {len(self.positions)} points for {n} nodes")
+        if not self.edges:
+            raise ValueError("a bench needs at least one edge")
+        return self
+
+
+def parse_bench(text: str, source: str = "<bench>") -> Bench:
+    """Validate bench TOML text; raise ProtocolError naming ``source`` and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
+    version = data.get("format")
+    if version is None:
+        raise ProtocolError(f"{source}: format: required key is missing; this clln reads format {FORMAT_VERSION}")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ProtocolError(f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}")
+    try:
+        return Bench.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ProtocolError(f"{source}: {_describe_error(Bench, errors[0])}{more}") from None
+
+
+def load_bench(path: str | Path) -> tuple[Bench, str]:
+    """Read and validate a bench file; returns (bench, its text)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: no such bench file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{path}: cannot read bench file ({exc})") from None
+    return parse_bench(text, str(path)), text
+
+
+def bench_hash(text: str) -> str:
+    """SHA-256 of a bench file's text (ties calibrations to it)."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,181 @@
+"""Composition of bench runs: a bench file (+ protocol) -> HardwareBackend on the real
+hardware or on the emulated bench, or the bench's model in the fast simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from clln.benchfile import Bench, bench_hash
+from clln.compose import Experiment, build_task
+from clln.controller.backend import NetworkBackend, SteppedEdges
+from clln.controller.errors import ProtocolError
+from clln.controller.network import Network, NodeRoles
+from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
+from clln.controller.task import Task
+from clln.controller.trainer import TrainConfig
+from clln.drivers.daq import DaqConfig, NidaqmxDaq
+from clln.drivers.hardware import HardwareBackend, Limits, check_limits
+from clln.drivers.potbank import PotBank, open_port
+from clln.protocol import Protocol
+from clln.simulator import SimulatedBackend, make_imperfections
+from clln.simulator.bench import EmulatedBench, Faults
+
+Target = Literal["hardware", "emulate", "simulate"]
+
+
+def bench_network(bench: Bench) -> Network:
+    """The bench's network with its node roles (sources and clamps in AO order)."""
+    return Network(
+        bench.nodes, np.array([e.nodes for e in bench.edges]),
+        positions=None if bench.positions is None else np.array(bench.positions, dtype=float),
+        roles=NodeRoles(tuple(bench.sources.nodes), tuple(bench.grounds), tuple(bench.clamps.nodes)),
+    )
+
+
+def nominal_edges(bench: Bench) -> SteppedEdges:
+    """Datasheet tap tables: R(D) = r_series + r_wiper + D r_ab / (taps - 1)."""
+    p = bench.pots
+    resistance = p.r_series + p.wiper + np.arange(p.taps) * p.r_ab / (p.taps - 1)
+    return SteppedEdges(np.tile(1.0 / resistance, (len(bench.edges), 1)))
+
+
+def bench_model(bench: Bench, initial_taps: np.ndarray, *, noise_seed: int = 0) -> SimulatedBackend:
+    """The simulator's model of the bench (``[emulator]``: preset, its seed, overrides)."""
+    em = bench.emulator
+    p = bench.pots
+    return SimulatedBackend(
+        bench_network(bench), nominal_edges(bench), initial_taps,
+        imperfections=make_imperfections(em.preset, em.overrides),
+        pot=(p.taps, p.r_ab, p.wiper, p.r_series), bench_seed=em.seed, noise_seed=noise_seed,
+        preset=em.preset,
+    )
+
+
+@dataclass
+class BenchSession:
+    """An open bench: the backend, and the emulator when there is one."""
+
+    backend: NetworkBackend
+    emulator: EmulatedBench | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        try:
+            self.backend.close()
+        finally:
+            if self.emulator is not None:
+                self.emulator.close()
+
+
+def open_bench(
+    bench: Bench, bench_text: str, *, target: Target, initial_taps: np.ndarray | None = None,
+    noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
+    connect: bool = True,
+) -> BenchSession:
+    """Open the bench through its drivers (real hardware or the emulator), or its model."""
+    net = bench_network(bench)
+    edges = nominal_edges(bench)
+    m = net.n_edges
+    chain = np.array([e.chain for e in bench.edges])
+    if target == "simulate":
+        taps = np.full(m, edges.n_taps - 1) if initial_taps is None else initial_taps
+        return BenchSession(bench_model(bench, taps, noise_seed=noise_seed))
+    ai_of_node = np.arange(bench.nodes)  # bench.ai[k] reads node k
+    emulator = None
+    if target == "emulate":
+        model = bench_model(bench, np.full(m, edges.n_taps - 1), noise_seed=noise_seed)
+        emulator = EmulatedBench(model, n_pots=max(chain) + 1, chain=chain, ai_nodes=np.arange(bench.nodes),
+                                 faults=faults, log_path=traffic_log)
+        daq: Any = emulator.daq
+        port = emulator.port
+    else:
+        d = bench.daq
+        daq = NidaqmxDaq(DaqConfig(
+            d.device, tuple(bench.sources.ao + bench.clamps.ao), tuple(bench.ai), d.terminal_config,
+            d.clamp_switch, d.ao_range, d.ai_range, d.sample_rate, d.settle_samples,
+            d.average_samples, d.timeout))
+        port = bench.serial.port
+    try:
+        potbank = PotBank(open_port(port, bench.serial.baudrate), reply_timeout=bench.serial.reply_timeout,
+                          retries=bench.serial.retries)
+        backend = HardwareBackend(
+            net, daq, potbank, edges, chain=chain, ai_of_node=ai_of_node,
+            limits=Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current),
+            initial_taps=initial_taps, watchdog_ms=bench.serial.watchdog_ms,
+            info={"bench": bench.name, "bench_sha256": bench_hash(bench_text),
+                  "preset": f"emulated {bench.emulator.preset}" if emulator else "bench",
+                  "emulated": emulator is not None, "port": port, "daq": bench.daq.device},
+        )
+        session = BenchSession(backend, emulator)
+        if connect:
+            backend.connect()
+        return session
+    except BaseException:
+        if emulator is not None:
+            emulator.close()
+        raise
+
+
+def boundary_extremes(task: Task, eta: float) -> np.ndarray:
+    """Every source voltage the task uses, and the extreme clamp voltages it can ask for."""
+    sources = np.vstack([task.source_voltages(task.train.x), task.source_voltages(task.test.x)])
+    vlo, vhi = min(float(sources.min()), 0.0), max(float(sources.max()), 0.0)
+    y = np.concatenate([task.train.y.ravel(), task.test.y.ravel()])
+    if task.kind == "allostery":  # clamps move the end nodes by eta/2 of a drop error
+        reach = 0.5 * eta * (np.abs(y).max() + (vhi - vlo))
+        clamps = np.array([vlo - reach, vhi + reach])
+    else:
+        outs = np.array([vlo, vhi])[:, None]
+        clamps = (outs + eta * (np.array([y.min(), y.max()])[None, :] - outs)).ravel()
+    return np.concatenate([sources.ravel(), clamps])
+
+
+def bench_experiment(
+    protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
+    target: Target, seed: int | None = None, steps: int | None = None,
+    faults: Faults | None = None, traffic_log: str | Path | None = None,
+) -> tuple[Experiment, BenchSession]:
+    """The protocol's task and training on the bench's network, edges and node roles.
+
+    The limits are checked for every boundary voltage the protocol can ask for before
+    any port is opened.
+    """
+    seed = protocol.seed if seed is None else seed
+    seeds = np.random.SeedSequence(seed).spawn(6)
+    _, _, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
+    noise_seed = int(seeds[5].generate_state(1)[0])
+    net = bench_network(bench)
+    spec = protocol.task
+    roles = net.roles
+    if spec.n_sources != len(roles.sources):
+        raise ProtocolError(f"{source}: task needs {spec.n_sources} source nodes; bench {bench_source} "
+                            f"drives {len(roles.sources)}")
+    n_clamps = 2 * spec.outputs if spec.kind == "allostery" else spec.n_outputs
+    if n_clamps != len(roles.clamps):
+        raise ProtocolError(f"{source}: task needs {n_clamps} clamped nodes; bench {bench_source} "
+                            f"clamps {len(roles.clamps)}")
+    clamps = tuple(roles.clamps)
+    outputs: tuple[int, ...] = () if spec.kind == "allostery" else clamps
+    output_edges = tuple(zip(clamps[::2], clamps[1::2])) if spec.kind == "allostery" else ()
+    task = build_task(spec, rng_task, outputs, output_edges)
+    edges = nominal_edges(bench)
+    tr = protocol.training
+    limits = Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current)
+    check_limits(boundary_extremes(task, tr.eta), edges.table, limits,
+                 where=f"{source} on bench {bench_source}")
+    lo, hi = protocol.edges.init_taps or (edges.n_taps // 4, 3 * edges.n_taps // 4)
+    if hi >= edges.n_taps:
+        raise ProtocolError(f"{source}: edges.init_taps reach {hi}, but the bench's pots have "
+                            f"{edges.n_taps} taps")
+    initial = rng_init.integers(lo, hi + 1, size=net.n_edges)
+    rule: UpdateRule = CoupledRule(tr.alpha) if tr.rule == "coupled" else SteppedRule(tr.step, tr.threshold)
+    config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
+                         test_every=tr.test_every, snapshot_every=tr.snapshot_every,
+                         target_error=tr.target_error)
+    session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
+                         faults=faults, traffic_log=traffic_log)
+    return Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch), session

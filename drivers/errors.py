@@ -1,0 +1,41 @@
+"""Errors of the hardware drivers."""
+
+from __future__ import annotations
+
+from clln.controller.errors import CllnError, UserError
+
+
+class DriverError(CllnError):
+    """A hardware driver failed (communication, device fault)."""
+
+
+class FrameError(DriverError):
+    """A serial frame is not valid COBS, has a bad length, or fails its CRC."""
+
+
+class PotBankTimeout(DriverError):
+    """The potentiometer controller did not answer within the timeout, after all retries."""
+
+
+class FirmwareError(DriverError):
+    """The potentiometer controller answered with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ReadbackMismatch(DriverError):
+    """Taps read back from the potentiometers differ from those written, after all retries."""
+
+
+class IncompatibleFirmware(UserError):
+    """The potentiometer controller speaks another major protocol version."""
+
+
+class DeviceNotFound(UserError):
+    """A serial port, DAQ device or instrument named in the bench file is not there."""
+
+
+class DaqError(DriverError):
+    """The DAQ driver reported an error."""

@@ -1,0 +1,203 @@
+"""HardwareBackend: a physical bench (DAQ + potentiometer bank) as a NetworkBackend.
+
+Every boundary condition is checked against the bench's limits *before* anything is
+written: |V| at every driven node, and the worst-case current through every edge
+over its whole tap range. ``safe()`` drives every output to 0 V and opens the clamp
+switches; it is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges
+from clln.controller.errors import LimitError, UserError
+from clln.controller.network import Network
+from clln.drivers.daq import DaqInterface
+from clln.drivers.potbank import PotBank
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits of a bench: max |V| at any driven node (V) and max edge current (A)."""
+
+    max_node_voltage: float
+    max_edge_current: float
+
+
+def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where: str = "") -> None:
+    """Raise LimitError if boundary voltages ``values`` (any shape, V; ground is 0 V)
+    could exceed a limit.
+
+    Node voltages of a resistor network lie between the extreme boundary voltages, so
+    no edge can see more than their span; the worst edge current is that span times
+    the edge's highest conductance over its tap range (``table`` (m, taps), S).
+    """
+    values = np.asarray(values, dtype=float)
+    prefix = f"{where}: " if where else ""
+    if values.size == 0:
+        return
+    peak = float(np.abs(values).max())
+    if peak > limits.max_node_voltage:
+        raise LimitError(
+            f"{prefix}a boundary voltage of {peak:.4g} V exceeds the limit max_node_voltage = "
+            f"{limits.max_node_voltage:g} V; nothing was sent"
+        )
+    span = max(float(values.max()), 0.0) - min(float(values.min()), 0.0)
+    gmax = table.max(axis=1)
+    worst = int(np.argmax(gmax))
+    current = span * float(gmax[worst])
+    if current > limits.max_edge_current:
+        raise LimitError(
+            f"{prefix}boundary voltages spanning {span:.4g} V could drive {current * 1e3:.3g} mA "
+            f"through edge {worst} ({1 / gmax[worst]:.0f} ohm at its lowest tap), above the limit "
+            f"max_edge_current = {limits.max_edge_current * 1e3:g} mA; nothing was sent"
+        )
+
+
+class HardwareBackend:
+    """A bench of potentiometer edges measured by a DAQ.
+
+    Parameters
+    ----------
+    network : topology and node roles (sources and clamps in AO order).
+    daq : the DAQ (NidaqmxDaq, or the emulated one).
+    potbank : the potentiometer controller driver (not yet connected).
+    edges : calibrated (or nominal) per-edge tap tables.
+    chain : (m,) chain position (pot index) of every edge.
+    ai_of_node : (n,) AI channel index that reads each node.
+    limits : hard limits.
+    initial_taps : taps written at connect; None keeps what the pots hold.
+    info : bench description recorded with runs.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        daq: DaqInterface,
+        potbank: PotBank,
+        edges: SteppedEdges,
+        *,
+        chain: np.ndarray,
+        ai_of_node: np.ndarray,
+        limits: Limits,
+        initial_taps: np.ndarray | None = None,
+        watchdog_ms: int = 2000,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self._network = network
+        self.daq = daq
+        self.potbank = potbank
+        self._edges = edges
+        self.chain = np.asarray(chain, dtype=np.int64)
+        self.ai_of_node = np.asarray(ai_of_node, dtype=np.int64)
+        self.limits = limits
+        self.initial_taps = None if initial_taps is None else np.asarray(initial_taps, dtype=np.int64)
+        self.watchdog_ms = watchdog_ms
+        self.info = dict(info or {})
+        self._taps: np.ndarray | None = None
+        self._bank = np.zeros(0, dtype=np.int64)
+        self.is_safe = True
+
+    # -- connection ----------------------------------------------------------
+
+    def connect(self) -> None:
+        """Handshake with the potentiometer controller, check it fits, write the
+        initial taps (verified)."""
+        fw = self.potbank.connect()
+        m = self._network.n_edges
+        if fw.n_pots < m or fw.n_taps != self._edges.n_taps:
+            raise UserError(
+                f"potentiometer controller has {fw.n_pots} pots of {fw.n_taps} taps; the bench "
+                f"file needs {m} pots of {self._edges.n_taps} taps"
+            )
+        self.info["firmware"] = {"name": fw.name, "version": list(fw.version), "n_pots": fw.n_pots}
+        self.potbank.set_watchdog(self.watchdog_ms)
+        self._bank = self.potbank.get_all()
+        self._taps = self._bank[self.chain]
+        if self.initial_taps is not None:
+            self._write(self.initial_taps)
+
+    def _write(self, taps: np.ndarray) -> None:
+        """Write the edges' taps (the bank's other pots unchanged), verified by read-back."""
+        bank = self._bank.copy()
+        bank[self.chain] = taps
+        self.potbank.set_all(bank)
+        self._bank = bank
+        self._taps = np.asarray(taps, dtype=np.int64).copy()
+
+    # -- the seam ------------------------------------------------------------
+
+    @property
+    def network(self) -> Network:
+        return self._network
+
+    @property
+    def edges(self) -> SteppedEdges:
+        return self._edges
+
+    def check(self, sources: np.ndarray, clamps: np.ndarray | None = None, *, where: str = "") -> None:
+        """Raise LimitError if these boundary conditions could exceed a limit."""
+        values = sources if clamps is None else np.hstack([sources, clamps])
+        check_limits(values, self._edges.table, self.limits, where=where)
+
+    def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
+        roles = self._network.roles
+        sources = np.atleast_2d(np.asarray(sources, dtype=float))
+        if sources.shape[1] != len(roles.sources):
+            raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
+        if clamps is not None:
+            clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
+            if clamps.shape != (sources.shape[0], len(roles.clamps)):
+                raise ValueError(
+                    f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}")
+        self.check(sources, clamps)
+        ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
+                        else clamps])
+        self.is_safe = False
+        readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
+        return Measurement(readings[:, self.ai_of_node], None, stamps)
+
+    def adjust(self, commands: np.ndarray) -> Applied:
+        commands = np.asarray(commands)
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        if commands.shape != self._taps.shape:
+            raise ValueError(f"commands must have shape {self._taps.shape}, got {commands.shape}")
+        wanted = self._taps + commands.astype(np.int64)
+        taps = np.clip(wanted, 0, self._edges.n_taps - 1)
+        applied = taps - self._taps
+        if np.any(applied):
+            self._write(taps)
+        return Applied(applied, taps != wanted)
+
+    def read_edges(self) -> EdgeState:
+        """The taps last written and verified by read-back, and their calibrated conductances."""
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        return EdgeState(self._edges.conductance(self._taps), self._taps.copy())
+
+    def safe(self) -> None:
+        self.daq.zero()
+        self.is_safe = True
+
+    def close(self) -> None:
+        try:
+            self.safe()
+        finally:
+            self.potbank.close()
+
+    def __enter__(self) -> HardwareBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "bench", "preset": self.info.get("preset", "bench"), **self.info,
+                "limits": {"max_node_voltage": self.limits.max_node_voltage,
+                           "max_edge_current": self.limits.max_edge_current},
+                "edges": {"kind": "stepped", "n_taps": self._edges.n_taps}}

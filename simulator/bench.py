@@ -1,0 +1,385 @@
+"""The emulated bench: the simulator's bench model behind the real transports.
+
+* :class:`PotFirmware` implements the potentiometer controller's side of
+  ``drivers/firmware/PROTOCOL.md`` (written from that document, independently of the
+  host driver), including sequence-number replay, status codes and the watchdog.
+* :class:`PtyLink` serves it on a pseudo-terminal, so the host driver opens a real
+  tty path; it can drop, corrupt and delay bytes, and go deaf for a while (a USB
+  hiccup), and it keeps a traffic log.
+* :class:`EmulatedDaq` answers the DAQ adapter's small interface
+  (``acquire``/``zero``/``close``) from the same bench model the simulator uses
+  (a :class:`~clln.simulator.backend.SimulatedBackend` whose taps follow the
+  firmware's), so a protocol run through the drivers on the emulator matches the
+  simulator run with the same model and seed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import select
+import struct
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cobs import cobs
+
+from clln.simulator.backend import SimulatedBackend
+
+VERSION = (1, 0)
+OK, UNKNOWN_COMMAND, BAD_LENGTH, OUT_OF_RANGE, NO_HANDSHAKE, INCOMPATIBLE, HARDWARE_FAULT = range(7)
+HELLO, SET_ALL, GET_ALL, SET_ONE, PARK, PING, SET_WATCHDOG, GET_STATUS = range(1, 9)
+
+
+class TrafficLog:
+    """Everything that crossed the emulated bench's interfaces, in order.
+
+    Entries are dicts ``{"t": seconds, "channel": ..., ...}``; channels are
+    ``serial-in`` (bytes from the host), ``serial-out`` (bytes to the host), ``ao``
+    (analog output levels written) and ``event``. With ``path`` set, every entry is
+    also appended to that file as one JSON line (so another process can read it).
+    """
+
+    def __init__(self, path: str | Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.path = Path(path) if path else None
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def add(self, channel: str, **data: Any) -> None:
+        entry = {"t": self.clock(), "channel": channel, **data}
+        with self._lock:
+            self.entries.append(entry)
+            if self.path is not None:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(entry) + "\n")
+
+    def of(self, channel: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.entries if e["channel"] == channel]
+
+
+class PotFirmware:
+    """The potentiometer controller's protocol logic (no I/O): bytes in, bytes out.
+
+    Parameters
+    ----------
+    n_pots, n_taps : bank size and taps per pot.
+    park_tap : safe tap (highest resistance); n_taps - 1 by default.
+    clock : monotonic clock (s), for the watchdog and uptime.
+    """
+
+    def __init__(self, n_pots: int, n_taps: int, *, park_tap: int | None = None,
+                 name: str = "clln bench emulator", clock: Callable[[], float] = time.monotonic) -> None:
+        self.n_pots, self.n_taps = n_pots, n_taps
+        self.park_tap = n_taps - 1 if park_tap is None else park_tap
+        self.name = name
+        self.clock = clock
+        self.taps = np.full(n_pots, self.park_tap, dtype=np.int64)
+        self.parked = True
+        self.tripped = False
+        self.handshake = False
+        self.watchdog_ms = 2000
+        self.crc_errors = 0
+        self.frames_ok = 0
+        self.writes = 0  # SET_ALL / SET_ONE / PARK executed
+        self._start = clock()
+        self._last_valid = clock()
+        self._buffer = bytearray()
+        self._last: tuple[int, int, bytes, bytes] | None = None  # seq, cmd, crc, reply frame
+        self.lock = threading.Lock()
+
+    def receive(self, data: bytes) -> bytes:
+        """Process bytes from the host; return the bytes to send back."""
+        out = bytearray()
+        with self.lock:
+            for byte in data:
+                if byte != 0:
+                    self._buffer.append(byte)
+                    if len(self._buffer) > 600:
+                        self._buffer.clear()
+                        self.crc_errors = min(self.crc_errors + 1, 65535)
+                    continue
+                frame, self._buffer = bytes(self._buffer), bytearray()
+                if frame:
+                    out += self._frame(frame)
+        return bytes(out)
+
+    def tick(self) -> None:
+        """Watchdog: park the bank when the host has been silent too long."""
+        with self.lock:
+            if (self.handshake and self.watchdog_ms and not self.parked
+                    and (self.clock() - self._last_valid) * 1000 > self.watchdog_ms):
+                self._park()
+                self.tripped = True
+
+    def _park(self) -> None:
+        self.taps[:] = self.park_tap
+        self.parked = True
+        self.writes += 1
+
+    def _frame(self, frame: bytes) -> bytes:
+        try:
+            packet = cobs.decode(frame)
+        except cobs.DecodeError:
+            self.crc_errors = min(self.crc_errors + 1, 65535)
+            return b""
+        if (len(packet) < 6 or int.from_bytes(packet[2:4], "little") != len(packet) - 6
+                or binascii.crc_hqx(packet[:-2], 0xFFFF) != int.from_bytes(packet[-2:], "big")):
+            self.crc_errors = min(self.crc_errors + 1, 65535)
+            return b""
+        seq, cmd, payload, crc = packet[0], packet[1], packet[4:-2], packet[-2:]
+        if cmd & 0x80:
+            return b""
+        self._last_valid = self.clock()
+        self.frames_ok = min(self.frames_ok + 1, 65535)
+        if self._last is not None and self._last[:3] == (seq, cmd, crc):
+            return self._last[3]  # a retry: same reply, not executed again
+        reply = self._execute(cmd, payload)
+        body = bytes([seq, cmd | 0x80]) + len(reply).to_bytes(2, "little") + reply
+        encoded = cobs.encode(body + binascii.crc_hqx(body, 0xFFFF).to_bytes(2, "big")) + b"\x00"
+        self._last = (seq, cmd, crc, encoded)
+        return encoded
+
+    def _execute(self, cmd: int, p: bytes) -> bytes:
+        if cmd == HELLO:
+            if len(p) != 2:
+                return bytes([BAD_LENGTH])
+            status = OK if p[0] == VERSION[0] else INCOMPATIBLE
+            self.handshake = self.handshake or status == OK
+            return bytes([status]) + struct.pack("<BBHHHH", *VERSION, self.n_pots, self.n_taps,
+                                                 self.park_tap, self.watchdog_ms) + self.name.encode()[:64]
+        if cmd == PING:
+            return bytes([OK]) if not p else bytes([BAD_LENGTH])
+        if cmd == GET_STATUS:
+            if p:
+                return bytes([BAD_LENGTH])
+            flags = self.parked | (self.tripped << 1) | (self.handshake << 2)
+            self.tripped = False
+            uptime = int((self.clock() - self._start) * 1000) & 0xFFFFFFFF
+            return bytes([OK]) + struct.pack("<BHHI", flags, self.crc_errors, self.frames_ok, uptime)
+        if cmd not in (SET_ALL, GET_ALL, SET_ONE, PARK, SET_WATCHDOG):
+            return bytes([UNKNOWN_COMMAND])
+        if not self.handshake:
+            return bytes([NO_HANDSHAKE])
+        if cmd == SET_ALL:
+            if len(p) != 2 * self.n_pots:
+                return bytes([BAD_LENGTH])
+            taps = np.array(struct.unpack(f"<{self.n_pots}H", p), dtype=np.int64)
+            if np.any(taps >= self.n_taps):
+                return bytes([OUT_OF_RANGE])
+            self.taps[:] = taps
+            self.parked = False
+            self.writes += 1
+            return bytes([OK])
+        if cmd == GET_ALL:
+            if p:
+                return bytes([BAD_LENGTH])
+            return bytes([OK]) + struct.pack(f"<{self.n_pots}H", *self.taps.tolist())
+        if cmd == SET_ONE:
+            if len(p) != 4:
+                return bytes([BAD_LENGTH])
+            index, tap = struct.unpack("<HH", p)
+            if index >= self.n_pots or tap >= self.n_taps:
+                return bytes([OUT_OF_RANGE])
+            self.taps[index] = tap
+            self.parked = False
+            self.writes += 1
+            return bytes([OK])
+        if cmd == PARK:
+            if p:
+                return bytes([BAD_LENGTH])
+            self._park()
+            return bytes([OK])
+        # SET_WATCHDOG
+        if len(p) != 2:
+            return bytes([BAD_LENGTH])
+        (ms,) = struct.unpack("<H", p)
+        if 0 < ms < 100:
+            return bytes([OUT_OF_RANGE])
+        self.watchdog_ms = ms
+        return bytes([OK])
+
+
+@dataclass
+class Faults:
+    """Faults injected on the serial link, per byte and direction.
+
+    Attributes
+    ----------
+    drop, corrupt : probability that a byte is lost / has a random bit flipped.
+    delay : seconds added before each reply is sent.
+    seed : random seed of the fault pattern.
+    """
+
+    drop: float = 0.0
+    corrupt: float = 0.0
+    delay: float = 0.0
+    seed: int = 0
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def apply(self, data: bytes) -> bytes:
+        if not (self.drop or self.corrupt) or not data:
+            return data
+        arr = np.frombuffer(data, dtype=np.uint8).copy()
+        flip = self.rng.random(arr.size) < self.corrupt
+        arr[flip] ^= (1 << self.rng.integers(0, 8, int(flip.sum()))).astype(np.uint8)
+        keep = self.rng.random(arr.size) >= self.drop
+        return arr[keep].tobytes()
+
+
+class PtyLink:
+    """Serves a :class:`PotFirmware` on a pseudo-terminal in a background thread.
+
+    ``path`` is the tty the host opens (e.g. with pyserial). ``deafen(seconds)``
+    makes the controller ignore the line for a while (a disconnect the host sees as
+    timeouts); ``close()`` ends the link.
+    """
+
+    def __init__(self, firmware: PotFirmware, *, faults: Faults | None = None,
+                 log: TrafficLog | None = None) -> None:
+        self.firmware = firmware
+        self.faults = faults or Faults()
+        self.log = log or TrafficLog()
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.path = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._deaf_until = 0.0
+        self._thread = threading.Thread(target=self._serve, name="pot-firmware-pty", daemon=True)
+        self._thread.start()
+
+    def deafen(self, seconds: float) -> None:
+        self._deaf_until = time.monotonic() + seconds
+        self.log.add("event", what=f"link down for {seconds} s")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.005)
+            except (OSError, ValueError):
+                return
+            self.firmware.tick()
+            if not ready:
+                continue
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:
+                return
+            self.log.add("serial-in", data=data.hex())
+            if time.monotonic() < self._deaf_until:
+                continue
+            reply = self.firmware.receive(self.faults.apply(data))
+            if reply:
+                if self.faults.delay:
+                    time.sleep(self.faults.delay)
+                reply = self.faults.apply(reply)
+                self.log.add("serial-out", data=reply.hex())
+                try:
+                    os.write(self._master, reply)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class EmulatedDaq:
+    """The DAQ adapter's interface, answered from the bench model.
+
+    Parameters
+    ----------
+    model : the bench model (a stepped SimulatedBackend; its network's roles say which
+        nodes the sources and clamps drive).
+    firmware : the emulated potentiometer controller whose taps set the model's edges.
+    ai_nodes : (n_ai,) node read by each AI channel.
+    chain : (m,) firmware pot index (chain position) of every edge.
+    log : traffic log (AO levels written).
+    """
+
+    def __init__(self, model: SimulatedBackend, firmware: PotFirmware, ai_nodes: np.ndarray,
+                 chain: np.ndarray, log: TrafficLog | None = None) -> None:
+        self.model = model
+        self.firmware = firmware
+        self.ai_nodes = np.asarray(ai_nodes, dtype=np.int64)
+        self.chain = np.asarray(chain, dtype=np.int64)
+        roles = model.network.roles
+        self.n_sources, self.n_clamps = len(roles.sources), len(roles.clamps)
+        self.n_ao = self.n_sources + self.n_clamps
+        self.n_ai = self.ai_nodes.size
+        self.log = log or TrafficLog()
+        self.ao_levels = np.zeros(self.n_ao)
+        self.clamps_engaged = False
+        self.acquisitions = 0
+
+    def acquire(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(B, n_ai) readings and (B,) timestamps for B boundary conditions ao (B, n_ao)."""
+        ao = np.atleast_2d(np.asarray(ao, dtype=float))
+        with self.firmware.lock:
+            taps = self.firmware.taps[self.chain]
+        self.model.set_taps(taps)
+        self.log.add("ao", levels=ao[-1].tolist(), samples=int(ao.shape[0]), clamps=clamps_engaged)
+        sources = ao[:, : self.n_sources]
+        clamps = ao[:, self.n_sources:] if clamps_engaged else None
+        meas = self.model.measure(sources, clamps)
+        self.ao_levels = ao[-1].copy()  # AO holds the last sample after a finite waveform
+        self.clamps_engaged = clamps_engaged
+        self.acquisitions += 1
+        return meas.voltages[:, self.ai_nodes], meas.timestamps
+
+    def zero(self) -> None:
+        """Every AO to 0 V and the clamp switches open."""
+        self.ao_levels = np.zeros(self.n_ao)
+        self.clamps_engaged = False
+        self.log.add("ao", levels=self.ao_levels.tolist(), samples=0, clamps=False)
+
+    def close(self) -> None:
+        self.zero()
+
+
+class EmulatedBench:
+    """A whole emulated bench: the potentiometer controller on a pty, the DAQ, one log.
+
+    Parameters
+    ----------
+    model : the bench model (stepped SimulatedBackend with the bench's network and roles).
+    n_pots : pots on the emulated controller (at least the number of edges).
+    chain : (m,) pot index of every edge.
+    ai_nodes : (n_ai,) node read by each AI channel.
+    faults : faults on the serial link.
+    log_path : optional file receiving the traffic log as JSON lines.
+    """
+
+    def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
+                 ai_nodes: np.ndarray, faults: Faults | None = None,
+                 log_path: str | Path | None = None) -> None:
+        assert model.edges.kind == "stepped"
+        self.log = TrafficLog(log_path)
+        self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
+        self.link = PtyLink(self.firmware, faults=faults, log=self.log)
+        self.daq = EmulatedDaq(model, self.firmware, ai_nodes, chain, self.log)
+        self.model = model
+
+    @property
+    def port(self) -> str:
+        """The tty path the host driver opens."""
+        return self.link.path
+
+    def close(self) -> None:
+        self.link.close()
