@@ -215,3 +215,30 @@ def test_batch_power_spans_several_edge_chunks(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(measurement_module, "_ROWS_PER_CHUNK", 37)
     assert np.allclose(Measurement(coefficients, basis).batch_power(net.incidence, w), expected,
                        rtol=1e-12)
+
+
+def test_results_do_not_depend_on_the_bundled_blas_thread_count() -> None:
+    """clln.runtime caps numpy's BLAS at one thread for speed; the conductances a run
+    reaches must be the same bits with one thread or two (edge chunks above BLAS's
+    threading threshold: m > 16384)."""
+    from threadpoolctl import threadpool_limits
+
+    from clln.controller import CoupledRule, Task, TrainConfig, Trainer, delaunay
+    from clln.controller.task import linear_map_dataset
+
+    finals = []
+    for threads in (1, 2):
+        rng = np.random.default_rng(0)
+        net = delaunay(8000, rng)
+        net = net.with_roles(NodeRoles(sources=(0, 1), grounds=(2,), clamps=(3, 4)))
+        train, test, _ = linear_map_dataset(rng, 2, 2, 30, 5)
+        task = Task("regression", train, test, output_nodes=(3, 4))
+        backend = SimulatedBackend(net, ContinuousEdges(1e-5, 1e-2),
+                                   rng.uniform(1e-3, 2e-3, net.n_edges))
+        assert net.n_edges > 16384
+        trainer = Trainer(backend, task, CoupledRule(0.05), TrainConfig(3, 30, 0.1), rng)
+        with threadpool_limits(limits={"libscipy_openblas": threads}):
+            for step in range(3):
+                trainer.step(step)
+        finals.append(backend.read_edges().conductances)
+    assert np.array_equal(finals[0], finals[1])
