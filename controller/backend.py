@@ -137,8 +137,9 @@ def _basis_drops(incidence: sp.spmatrix, basis: np.ndarray) -> np.ndarray:
     key = (id(base), basis.__array_interface__["data"][0], basis.shape, basis.strides,
            id(incidence))
     cached = _drops_cache
+    frozen = not basis.flags.writeable and not base.flags.writeable
     if (cached is not None and cached[0][:5] == key and cached[0][5]() is base
-            and cached[0][6]() is incidence and not basis.flags.writeable):
+            and cached[0][6]() is incidence and frozen):
         return cached[1]
     rows = np.ascontiguousarray(basis)
     ends = _endpoints(incidence)
@@ -147,7 +148,7 @@ def _basis_drops(incidence: sp.spmatrix, basis: np.ndarray) -> np.ndarray:
     else:
         drops = np.take(rows, ends[0], axis=0)
         drops -= np.take(rows, ends[1], axis=0)
-    if not basis.flags.writeable:  # only an immutable basis can be remembered safely
+    if frozen:  # only an immutable basis can be remembered safely
         _drops_cache = ((*key, weakref.ref(base), weakref.ref(incidence)), drops)
     return drops
 

@@ -201,6 +201,12 @@ def test_writeable_basis_is_never_reused_stale() -> None:
     basis *= 2.0  # a caller may change its own writeable array in place
     second = Measurement(coefficients, basis).batch_power(net.incidence, w)
     assert np.allclose(second, 4.0 * first, rtol=1e-12)
+    view = basis[:]  # a read-only view of a writeable array is not frozen either
+    view.flags.writeable = False
+    third = Measurement(coefficients, view).batch_power(net.incidence, w)
+    basis *= 0.5
+    fourth = Measurement(coefficients, view).batch_power(net.incidence, w)
+    assert np.allclose(third, 4.0 * fourth, rtol=1e-12)
 
 
 def test_batch_power_spans_several_edge_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
