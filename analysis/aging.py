@@ -97,18 +97,25 @@ class RelaxationFits:
     delta_aic: dict[str, float]
 
 
-def fit_relaxation(steps: np.ndarray, y: np.ndarray) -> RelaxationFits:
+def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> RelaxationFits:
     """Fit y(t) (e.g. sqrt(MSE), positive) by the three relaxation models.
 
     Parameters
     ----------
     steps : (N,) training steps t >= 0.
     y : (N,) positive values; non-positive or non-finite points are dropped.
+    floor : the fit stops at the first point below ``floor`` times the first value
+        (a run that converged sits at rounding noise, which no relaxation law describes).
     """
     t = np.asarray(steps, float)
     y = np.asarray(y, float)
     keep = np.isfinite(y) & (y > 0) & np.isfinite(t)
-    t, log_y = t[keep], np.log(y[keep])
+    t, y = t[keep], y[keep]
+    if y.size:  # a converged run sits at rounding noise: fit only down to 1e-6 of the start
+        below = np.flatnonzero(y < floor * y[0])
+        if below.size:
+            t, y = t[: below[0]], y[: below[0]]
+    log_y = np.log(y)
     if t.size < 5:
         raise UserError(f"relaxation fits need at least 5 positive error values, got {t.size}")
     span = float(max(t.max() - t.min(), 1.0))
@@ -125,10 +132,14 @@ def fit_relaxation(steps: np.ndarray, y: np.ndarray) -> RelaxationFits:
     fits: dict[str, RelaxationFit] = {}
     for name, (func, k) in _LOG_MODELS.items():
         p0, bounds = starts[name]
+        guesses = [[p0[0], tau0 * scale, *p0[2:]] for scale in (1.0, 0.1, 10.0)]
+        if name == "stretched" and "exponential" in fits:
+            # the exponential is the stretched one at beta = 1: start there too, so the
+            # nested model never fits worse for want of a start
+            ex = fits["exponential"].params
+            guesses.insert(0, [ex["log_A"], ex["tau"], 1.0])
         best_fit: tuple[float, np.ndarray] | None = None
-        for scale in (1.0, 0.1, 10.0):  # a few starting taus; keep the best
-            guess = list(p0)
-            guess[1] = tau0 * scale
+        for guess in guesses:
             try:
                 params, _ = scipy.optimize.curve_fit(func, t, log_y, p0=guess, bounds=bounds,
                                                      maxfev=20_000)

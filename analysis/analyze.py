@@ -21,8 +21,10 @@ import scipy.stats
 from clln.analysis.aging import correlation_history, fit_relaxation
 from clln.analysis.cost import CostLandscape, cost_landscape
 from clln.analysis.susceptibility import (
+    CONVENTIONS,
     DENSE_MODES_MAX_NODES,
     GroundedGreen,
+    held_nodes,
     hessian_modes,
     modes_for_fraction,
     relative_conductance,
@@ -136,7 +138,7 @@ class SusceptibilityResult:
 
 
 def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: int = 64,
-                            seed: int = 0) -> SusceptibilityResult:
+                            seed: int = 0, convention: str = "ground") -> SusceptibilityResult:
     """Susceptibilities, physical spectra and, with the task, cost Hessians and stiff modes.
 
     Parameters
@@ -145,13 +147,19 @@ def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: 
     task : the run's task with its training set (for the cost Hessian); skipped if None.
     probes : probes of the randomized estimator (networks above 5,000 nodes).
     seed : seed of the randomized estimator's probes.
+    convention : held nodes of the physical Hessian: ``ground`` (seed 001) or
+        ``dirichlet`` (sources and grounds; see clln.analysis.susceptibility).
     """
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention: {convention!r} is not allowed; allowed: {', '.join(CONVENTIONS)}")
     net, g = data.network, data.final
-    green = GroundedGreen(net, g)
+    held = held_nodes(net, convention)
+    green = GroundedGreen(net, g, held)
     sus = susceptibility_norms(green, probes=probes, rng=np.random.default_rng(seed))
     rel = relative_conductance(net, g)
     top = sus.norms >= np.quantile(sus.norms, 0.9)
     num: dict[str, Any] = {
+        "convention": convention,
         "held_nodes": green.held.tolist(),
         "method": sus.method,
         "probes": sus.probes,
@@ -165,7 +173,7 @@ def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: 
     }
     out = SusceptibilityResult(num, sus.norms, rel)
     if net.n_nodes <= DENSE_MODES_MAX_NODES:
-        modes = hessian_modes(net, g)
+        modes = hessian_modes(net, g, held)
         curve = modes.network_fraction()
         k90 = modes_for_fraction(curve, 0.9)
         per_edge = _per_edge_modes_for_fraction(modes, 0.9)
@@ -179,7 +187,7 @@ def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: 
         out.fraction_curve = curve
         out.physical_after = modes.eigenvalues
         if data.initial is not None:
-            out.physical_before = hessian_modes(net, data.initial).eigenvalues
+            out.physical_before = hessian_modes(net, data.initial, held).eigenvalues
     else:
         num["partial"] = None
     if task is not None:
@@ -292,7 +300,8 @@ def aging_analysis(data: RunData) -> AgingResult:
 
 
 def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: str = "all",
-                out_dir: Path | None = None, probes: int = 64) -> AnalysisOutcome:
+                out_dir: Path | None = None, probes: int = 64,
+                convention: str = "ground") -> AnalysisOutcome:
     """Run the seed analyses on a recorded run; write figures and ``analysis.json``.
 
     Parameters
@@ -304,11 +313,14 @@ def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: st
     what : ``susceptibility``, ``aging`` or ``all``.
     out_dir : where to write (default ``<run folder>/analysis``).
     probes : probes of the randomized susceptibility estimator for large networks.
+    convention : held nodes of the physical Hessian, ``ground`` or ``dirichlet``.
     """
     from clln.analysis import figures
 
     if what not in WHATS:
         raise UserError(f"--what: {what!r} is not allowed; allowed: {', '.join(WHATS)}")
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention: {convention!r} is not allowed; allowed: {', '.join(CONVENTIONS)}")
     data = load_run(store, run)
     folder = out_dir if out_dir is not None else store.run_dir(data.run_id) / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
@@ -319,7 +331,7 @@ def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: st
     }
     outcome = AnalysisOutcome(numbers)
     if what in ("susceptibility", "all"):
-        sus = susceptibility_analysis(data, task, probes=probes)
+        sus = susceptibility_analysis(data, task, probes=probes, convention=convention)
         numbers["susceptibility"] = sus.numbers
         outcome.figures += figures.susceptibility_figures(data, sus, folder)
     if what in ("aging", "all"):
@@ -345,7 +357,7 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str]]:
     sus = numbers.get("susceptibility")
     if sus:
         rows.append(("|s_j|", f"median {fmt(sus['median_norm'])}, max {fmt(sus['max_norm'])} "
-                              f"({sus['method']})"))
+                              f"({sus['method']}, held: {sus['convention']})"))
         part = sus.get("partial")
         if part:
             rows.append(("partial susceptibility",

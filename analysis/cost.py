@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from clln.analysis.susceptibility import GroundedGreen
+from clln.analysis.susceptibility import GroundedGreen, held_nodes
 from clln.controller.network import Network
 from clln.controller.task import Dataset, Task
 
@@ -89,18 +89,24 @@ class ResponseArrays:
         return -self.output_susceptibility.T[None, :, :] * d.T[:, None, :]
 
 
+def bench_green(network: Network, conductances: np.ndarray) -> GroundedGreen:
+    """The factorization the bench's physics needs: sources and grounds held."""
+    return GroundedGreen(network, conductances, held_nodes(network, "dirichlet"))
+
+
 def response_arrays(green: GroundedGreen, output: sp.csr_matrix) -> ResponseArrays:
     """Q and Phi of a network model (its held nodes must start with the sources).
 
     Parameters
     ----------
-    green : factorization with held = sources then grounds (``held_nodes``).
+    green : factorization of the network; refactorized with the sources and grounds
+        held (:func:`bench_green`) if it holds other nodes.
     output : (n_out, n) output operator P.
     """
     net = green.network
     n_src = len(net.roles.sources)
-    if not np.array_equal(green.held[:n_src], np.asarray(net.roles.sources)):
-        raise ValueError("the held nodes must start with the network's sources")
+    if not np.array_equal(green.held, held_nodes(net, "dirichlet")):
+        green = bench_green(net, green.conductances)  # the bench holds sources and grounds
     g_pt = green.solve(output.T.toarray())  # (n, n_out): G P^T
     q = np.asarray(net.incidence @ g_pt)
     phi = green.harmonic()[:, :n_src]
@@ -170,7 +176,8 @@ def gauss_newton_hessian(arrays: ResponseArrays, source_volts: np.ndarray, y: np
 
 
 def edge_response(green: GroundedGreen) -> np.ndarray:
-    """(m, m) K = B G B^T, V/A: drop across edge i for 1 A injected across edge j."""
+    """(m, m) K = B G B^T, V/A: drop across edge i for 1 A injected across edge j, with
+    ``green``'s held nodes at 0 V."""
     net = green.network
     b_free = net.incidence[:, green.free].tocsc()
     return np.asarray(b_free @ green.solve_free(b_free.T.toarray()))
@@ -183,6 +190,8 @@ def cost_hessian(arrays: ResponseArrays, source_volts: np.ndarray, y: np.ndarray
     hess = gauss_newton_hessian(arrays, source_volts, y, kind)
     if green is None:
         return hess
+    if not np.array_equal(green.held, held_nodes(green.network, "dirichlet")):
+        green = bench_green(green.network, green.conductances)
     _, e, _ = cost_terms(kind, arrays.outputs(source_volts), y)
     a = (arrays.output_susceptibility @ e.T) @ arrays.drops(source_volts).T
     return hess + edge_response(green) * (a + a.T)
@@ -283,7 +292,7 @@ def cost_landscape(network: Network, conductances: np.ndarray, task: Task,
     ``network`` must carry the task's roles; ``dataset`` defaults to the training set.
     """
     data = task.train if dataset is None else dataset
-    green = GroundedGreen(network, conductances)
+    green = bench_green(network, conductances)
     arrays = response_arrays(green, task_output_operator(task, network.n_nodes))
     src = task.source_voltages(data.x)
     kind = task_cost_kind(task)

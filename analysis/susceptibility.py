@@ -3,17 +3,19 @@
 Conventions
 -----------
 The physical Hessian is the Laplacian ``L = B^T diag(g) B`` (n x n, siemens)
-bordered by the *held* nodes ``D`` — the nodes whose voltage the bench imposes in
-the free state, i.e. the sources and the grounds::
+bordered by the *held* nodes ``D``, whose voltage is fixed at 0 V for the response::
 
     H = [[L,   E ],        E = [e_d for d in D]   (n x h, dimensionless)
          [E^T, 0 ]]        (n + h) x (n + h)
 
-The seed grounds a single node and treats inputs as injected currents; a clln bench
-imposes *voltages* on its sources, so its sources are held nodes too. With this H
-the free state is ``H [v; mu] = [0; v_D]`` and every derivative of the response
-has the seed's form (eq. 13-16) with the same ``H``. ``held=grounds only`` gives
-the seed's convention exactly.
+Two choices of D (``held_nodes(network, convention)``):
+
+* ``ground`` (default; seed 001 eq. 2, SCIENCE.md): D = the ground node(s). The
+  inputs are thought of as currents injected at the sources, which are free nodes.
+* ``dirichlet``: D = sources and grounds, the nodes a voltage-driven bench actually
+  holds. With it the free state is ``H [v; mu] = [0; v_D]`` and the cost Hessian
+  decomposes exactly as in seed eq. 12 for voltage inputs (clln.analysis.cost always
+  differentiates the bench's physics, i.e. uses this D).
 
 Susceptibility vector of edge j: ``s_j = H^-1 bhat_j`` with ``bhat_j = [b_j; 0]``
 (row j of B padded with h zeros). Its two parts are physical responses:
@@ -23,7 +25,8 @@ Susceptibility vector of edge j: ``s_j = H^-1 bhat_j`` with ``bhat_j = [b_j; 0]`
   zero rows and columns at D). By reciprocity entry i is also the voltage drop
   across edge j when 1 A is injected at node i.
 * border part (h,), A/A: ``(B phi_d)_j``, the drop across edge j when held node d is
-  at 1 V and the other held nodes at 0 V (phi_d, the harmonic measure of d).
+  at 1 V and the other held nodes at 0 V (phi_d, the harmonic measure of d); zero
+  for a single held node.
 
 ``|s_j|^2 = |G b_j|^2 + sum_d (B phi_d)_j^2 = sum_k (bhat_j . u_k)^2 / lambda_k^2``
 over the eigenpairs of H (eq. 20); the units of the two parts differ, as in the seed.
@@ -52,11 +55,26 @@ DENSE_MODES_MAX_NODES = 3000
 """Largest network whose physical Hessian is diagonalised densely."""
 
 
-def held_nodes(network: Network) -> np.ndarray:
-    """(h,) the nodes held at imposed voltages in the free state: sources, then grounds."""
-    held = np.r_[network.roles.sources, network.roles.grounds].astype(np.int64)
+CONVENTIONS = ("ground", "dirichlet")
+
+
+def held_nodes(network: Network, convention: str = "ground") -> np.ndarray:
+    """(h,) the nodes bordering the physical Hessian.
+
+    ``ground``: the grounds (seed 001); ``dirichlet``: the sources, then the grounds
+    (every node a voltage-driven bench holds in the free state).
+    """
+    if convention == "ground":
+        held = np.asarray(network.roles.grounds, dtype=np.int64)
+    elif convention == "dirichlet":
+        held = np.r_[network.roles.sources, network.roles.grounds].astype(np.int64)
+    else:
+        raise ValueError(f"unknown convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
     if held.size == 0:
-        raise NetworkError("the network has no source or ground node: its Hessian is singular")
+        raise NetworkError(
+            f"the network has no {'ground' if convention == 'ground' else 'source or ground'} "
+            "node: its physical Hessian is singular"
+        )
     return held
 
 
@@ -67,7 +85,7 @@ class GroundedGreen:
     ----------
     network : topology.
     conductances : (m,) edge conductances, S.
-    held : (h,) held nodes; ``held_nodes(network)`` when omitted.
+    held : (h,) held nodes; ``held_nodes(network)`` (the grounds) when omitted.
     """
 
     def __init__(self, network: Network, conductances: np.ndarray,

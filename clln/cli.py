@@ -219,6 +219,9 @@ def analyze(
     what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
     probes: Annotated[int, typer.Option(
         help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2)] = 64,
+    convention: Annotated[str, typer.Option(
+        help="Nodes held in the physical Hessian: ground (seed 001) | dirichlet (sources too).")]
+        = "ground",
 ) -> None:
     """Seed analyses of a run: susceptibility and cost Hessians (seed 001), learning as
     aging (seed 000); PNG figures and analysis.json in the run's folder."""
@@ -237,7 +240,8 @@ def analyze(
             task = rebuild_task(proto, int(rec["seed"]), rec["info"])
         except UserError as exc:
             console.print(f"cost Hessian skipped: {exc}", markup=False, highlight=False)
-    outcome = analyze_run(store, rec["id"], task=task, what=what, probes=probes)
+    outcome = analyze_run(store, rec["id"], task=task, what=what, probes=probes,
+                          convention=convention)
     table = Table(show_header=False, box=None)
     for label, value in summary_rows(outcome.numbers):
         table.add_row(label, value)

@@ -2,8 +2,10 @@
 
 A bench imposes voltages (sources, clamps) and reads node voltages; it has no current
 sources. Susceptibility vectors (seed 001, eq. 14) are responses to *currents*,
-``s_j = H^-1 bhat_j``, with H the Laplacian bordered by the held nodes (sources and
-grounds; see clln.analysis.susceptibility). How to get them from voltages alone:
+``s_j = H^-1 bhat_j``, with H the Laplacian bordered by the held nodes: the ground
+(seed 001's convention, ``ground``) or the sources and the ground (``dirichlet``, what
+a voltage-driven bench holds); see clln.analysis.susceptibility. How to get them from
+voltages alone:
 
 1. **Voltages alone fix no current scale.** Multiplying every conductance by c leaves
    every voltage pattern unchanged and divides H^-1 by c; clamping boundary nodes
@@ -24,11 +26,24 @@ grounds; see clln.analysis.susceptibility). How to get them from voltages alone:
 
        G b_j = u / (delta (1 - r'))
 
-3. **The border part is a voltage response too.** Entry d of the border part of s_j is
-   ``(B phi_d)_j``, the drop across edge j when held node d is at 1 V and the other
-   held nodes at 0 V (reciprocity): a source pattern for a source, and
+   This is G_D b_j, with the sources and the ground held (``dirichlet``).
+
+3. **The border part is a voltage response too** (``dirichlet``). Entry d of the border
+   part of s_j is ``(B phi_d)_j``, the drop across edge j when held node d is at 1 V
+   and the other held nodes at 0 V (reciprocity): a source pattern for a source, and
    ``1 - sum_s phi_s`` for the single ground (several grounds are always at 0 V
    together, so their currents cannot be told apart; that case is refused).
+
+4. **Letting the sources float** (``ground``, seed 001). With only the ground held the
+   sources are free nodes, and (Schur complement on the sources)::
+
+       G_g b_j = G_D b_j + Phi N^-1 (B Phi)_j,     N[s', s] = current out of source s'
+                                                           when source s is at 1 V
+
+   N (n_sources x n_sources, S) is the sources' Dirichlet-to-Neumann map, read like an
+   ammeter: the measured drops of the source patterns across the edges *at the
+   sources*, times those edges' calibrated conductances. The border entry (the
+   ground's current for a dipole) is zero. Exactly one ground is needed.
 
 Cost: per edge two ``adjust`` calls (there and back) and two source-pattern
 measurements (one batch of n_sources samples each). An edge whose drop is zero for
@@ -60,7 +75,9 @@ class MeasuredSusceptibility:
         could not be moved.
     delta : (m,) conductance change actually applied to each edge, S.
     source_response : (n, n_sources) Phi, node volts per source volt.
-    held : the held nodes: sources, then the ground if there is one.
+    held : the held nodes: the ground (``ground``), or the sources then the ground if
+        there is one (``dirichlet``).
+    convention : ``ground`` or ``dirichlet``.
     measurements : number of ``measure`` calls made.
     """
 
@@ -70,6 +87,7 @@ class MeasuredSusceptibility:
     delta: np.ndarray
     source_response: np.ndarray
     held: tuple[int, ...]
+    convention: str
     measurements: int
 
 
@@ -103,6 +121,7 @@ def measure_susceptibility(
     relative_step: float = 0.1,
     taps: int = 4,
     volts: float = 1.0,
+    convention: str = "ground",
 ) -> MeasuredSusceptibility:
     """Measure s_j for the given edges by stepping each edge and re-measuring.
 
@@ -116,18 +135,24 @@ def measure_susceptibility(
     relative_step : conductance step of continuous edges, as a fraction of g_j.
     taps : tap step of stepped edges.
     volts : source amplitude of the probe patterns, V.
+    convention : ``ground`` (seed 001: only the ground held) or ``dirichlet`` (sources
+        and ground held).
     """
     net = backend.network
     roles = net.roles
-    if len(roles.grounds) > 1:
+    if convention not in ("ground", "dirichlet"):
+        raise ValueError(f"unknown convention {convention!r}; allowed: ground, dirichlet")
+    wanted = "exactly one ground node" if convention == "ground" else "at most one ground node"
+    if len(roles.grounds) > 1 or (convention == "ground" and len(roles.grounds) != 1):
         raise NetworkError(
-            f"susceptibility measurement needs at most one ground node, the network has "
+            f"susceptibility measurement ({convention}) needs {wanted}, the network has "
             f"{len(roles.grounds)}: grounds held together at 0 V cannot be told apart by voltages"
         )
     if not 0 < relative_step < 1:
         raise ValueError(f"relative_step must lie in (0, 1), got {relative_step}")
     n, m = net.n_nodes, net.n_edges
-    held = tuple(roles.sources) + tuple(roles.grounds)
+    held = (tuple(roles.grounds) if convention == "ground"
+            else tuple(roles.sources) + tuple(roles.grounds))
     which = np.arange(m) if edges is None else np.asarray(edges, dtype=np.int64)
     vectors = np.full((n + len(held), m), np.nan)
     delta = np.zeros(m)
@@ -141,6 +166,13 @@ def measure_susceptibility(
         if roles.grounds:
             border = np.hstack([phi, 1.0 - phi.sum(axis=1, keepdims=True)])
         border_drops = incidence @ border  # (m, h)
+        source_drops = incidence @ phi  # (m, n_sources)
+        if convention == "ground":
+            # the sources' Dirichlet-to-Neumann map from the calibrated edges at the sources
+            g0 = backend.read_edges().conductances
+            at_sources = incidence[:, list(roles.sources)].toarray()  # (m, n_sources)
+            dtn = at_sources.T @ (g0[:, None] * source_drops)
+            float_sources = phi @ np.linalg.inv(dtn)  # (n, n_sources): Phi N^-1
         for j in which:
             a, b = net.edges[j]
             state = backend.read_edges()
@@ -163,9 +195,13 @@ def measure_susceptibility(
             u = -(drops @ (moved - base)) / power  # (n,)
             r_prime = u[a] - u[b]
             vectors[:n, j] = u / (delta[j] * (1.0 - r_prime))
-            vectors[n:, j] = border_drops[j]
+            if convention == "ground":
+                vectors[:n, j] += float_sources @ source_drops[j]
+                vectors[n:, j] = 0.0
+            else:
+                vectors[n:, j] = border_drops[j]
             ok[j] = True
     finally:
         backend.safe()
     norms = np.sqrt(np.sum(vectors**2, axis=0))
-    return MeasuredSusceptibility(vectors, norms, ok, delta, phi, held, calls)
+    return MeasuredSusceptibility(vectors, norms, ok, delta, phi, held, convention, calls)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clln.analysis.cost import (
+    bench_green,
     cost_gradient,
     cost_hessian,
     cost_landscape,
@@ -21,6 +22,7 @@ from clln.analysis.susceptibility import (
     GroundedGreen,
     bordered_laplacian,
     extended_incidence,
+    held_nodes,
     hessian_modes,
     modes_for_fraction,
     relative_conductance,
@@ -56,30 +58,35 @@ def small_task(seed: int = 1, n: int = 36, kind: str = "regression"):
 
 
 def arrays_at(net, task, g):
-    return response_arrays(GroundedGreen(net, g), task_output_operator(task, net.n_nodes))
+    return response_arrays(bench_green(net, g), task_output_operator(task, net.n_nodes))
 
 
 # -- susceptibility --------------------------------------------------------------------
 
 
-def test_susceptibility_vectors_are_the_inverse_bordered_laplacian() -> None:
+@pytest.mark.parametrize("convention", ["ground", "dirichlet"])
+def test_susceptibility_vectors_are_the_inverse_bordered_laplacian(convention: str) -> None:
     net, _, g = small_task()
-    dense = bordered_laplacian(net, g).toarray()
-    bhat = extended_incidence(net).toarray()
+    held = held_nodes(net, convention)
+    assert held.tolist() == ([2] if convention == "ground" else [0, 1, 2])
+    dense = bordered_laplacian(net, g, held).toarray()
+    bhat = extended_incidence(net, held).toarray()
     expected = np.linalg.solve(dense, bhat.T)
-    got = susceptibility_vectors(GroundedGreen(net, g))
+    got = susceptibility_vectors(GroundedGreen(net, g, held))
     assert np.max(np.abs(got - expected)) <= 1e-10 * np.max(np.abs(expected))
 
 
-def test_exact_norms_match_the_eigen_sum_formula() -> None:
+@pytest.mark.parametrize("convention", ["ground", "dirichlet"])
+def test_exact_norms_match_the_eigen_sum_formula(convention: str) -> None:
     net, _, g = small_task(n=60)
-    exact = susceptibility_norms(GroundedGreen(net, g), method="exact", block=7)
-    modes = hessian_modes(net, g)
+    held = held_nodes(net, convention)
+    exact = susceptibility_norms(GroundedGreen(net, g, held), method="exact", block=7)
+    modes = hessian_modes(net, g, held)
     np.testing.assert_allclose(exact.norms, modes.susceptibility(), rtol=1e-9)
     np.testing.assert_allclose(exact.norms**2, exact.node_part**2 + exact.border_part**2,
                                rtol=1e-12)
     # eigenvectors really diagonalise H
-    dense = bordered_laplacian(net, g).toarray()
+    dense = bordered_laplacian(net, g, held).toarray()
     recon = modes.eigenvectors @ np.diag(modes.eigenvalues) @ modes.eigenvectors.T
     assert np.max(np.abs(recon - dense)) <= 1e-12 * np.max(np.abs(dense))
 
@@ -162,7 +169,7 @@ def test_gradient_and_exact_hessian_match_finite_differences(cost: str) -> None:
     step = 1e-7 * g.mean()
     g0 = grad(g)
     assert np.max(np.abs(g0 - finite_difference(value, g, step))) < 1e-5 * np.max(np.abs(g0))
-    hess = cost_hessian(arrays_at(net, task, g), src, y, cost, green=GroundedGreen(net, g))
+    hess = cost_hessian(arrays_at(net, task, g), src, y, cost, green=bench_green(net, g))
     fd = finite_difference(grad, g, step)
     assert np.max(np.abs(hess - fd)) < 1e-5 * np.max(np.abs(hess))
     assert np.allclose(hess, hess.T, rtol=0, atol=1e-12 * np.abs(hess).max())
@@ -174,7 +181,7 @@ def test_gauss_newton_is_exact_at_a_solution_and_has_the_task_rank() -> None:
     arrays = arrays_at(net, task, g)
     y_solved = arrays.outputs(src)  # targets the network meets exactly: zero error
     gn = gauss_newton_hessian(arrays, src, y_solved)
-    full = cost_hessian(arrays, src, y_solved, green=GroundedGreen(net, g))
+    full = cost_hessian(arrays, src, y_solved, green=bench_green(net, g))
     assert np.max(np.abs(full - gn)) < 1e-12 * np.abs(gn).max()
     # and against finite differences of the gradient there
     fd = finite_difference(lambda gg: cost_gradient(arrays_at(net, task, gg), src, y_solved),
@@ -184,6 +191,14 @@ def test_gauss_newton_is_exact_at_a_solution_and_has_the_task_rank() -> None:
     assert modes.n_stiff == 4  # 2 outputs x 2 sources: the map's four coefficients
     assert modes.gap > 1e6
     assert modes.weight.sum() == pytest.approx(4.0)
+
+
+def test_cost_derivatives_always_use_the_bench_physics() -> None:
+    net, task, g = small_task(seed=7)
+    ground_only = response_arrays(GroundedGreen(net, g), task_output_operator(task, net.n_nodes))
+    bench = arrays_at(net, task, g)
+    np.testing.assert_allclose(ground_only.output_susceptibility, bench.output_susceptibility)
+    np.testing.assert_allclose(ground_only.source_response, bench.source_response)
 
 
 def test_cost_landscape_reports_the_task_cost() -> None:

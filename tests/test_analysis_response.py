@@ -12,7 +12,12 @@ from clln.analysis.cost import (
     output_operator,
     response_arrays,
 )
-from clln.analysis.susceptibility import GroundedGreen, susceptibility_norms, susceptibility_vectors
+from clln.analysis.susceptibility import (
+    GroundedGreen,
+    held_nodes,
+    susceptibility_norms,
+    susceptibility_vectors,
+)
 from clln.controller import ContinuousEdges, NodeRoles, SteppedEdges, delaunay
 from clln.controller.errors import NetworkError, UserError
 from clln.controller.response import measure_susceptibility, source_responses
@@ -25,18 +30,20 @@ def network(seed: int = 2, n: int = 50, grounds: tuple[int, ...] = (2,)):
     return net, rng
 
 
-def test_measured_vectors_match_the_model_on_continuous_edges() -> None:
+@pytest.mark.parametrize("convention", ["ground", "dirichlet"])
+def test_measured_vectors_match_the_model_on_continuous_edges(convention: str) -> None:
     net, rng = network()
     g = rng.uniform(1e-3, 5e-3, net.n_edges)
     g[0] = 9.95e-3  # near gmax: the step must go down
     backend = SimulatedBackend(net, ContinuousEdges(1e-5, 1e-2), g)
-    measured = measure_susceptibility(backend, relative_step=0.2)
-    model = susceptibility_vectors(GroundedGreen(net, g))
+    measured = measure_susceptibility(backend, relative_step=0.2, convention=convention)
+    green = GroundedGreen(net, g, held_nodes(net, convention))
+    model = susceptibility_vectors(green)
+    assert measured.held == tuple(held_nodes(net, convention))
     assert measured.identifiable.all()
     assert measured.delta[0] < 0 < measured.delta[1]
     assert np.max(np.abs(measured.vectors - model)) < 1e-9 * np.abs(model).max()
-    np.testing.assert_allclose(measured.norms, susceptibility_norms(GroundedGreen(net, g)).norms,
-                               rtol=1e-9)
+    np.testing.assert_allclose(measured.norms, susceptibility_norms(green).norms, rtol=1e-9)
     # every edge was put back and the outputs left safe
     np.testing.assert_array_equal(backend.read_edges().conductances, g)
     assert backend.is_safe
@@ -51,7 +58,7 @@ def test_measured_vectors_match_the_model_on_stepped_edges() -> None:
     backend = SimulatedBackend(net, SteppedEdges(table), taps)
     g = backend.read_edges().conductances
     measured = measure_susceptibility(backend, taps=3)
-    model = susceptibility_vectors(GroundedGreen(net, g))
+    model = susceptibility_vectors(GroundedGreen(net, g))  # seed convention: ground held
     assert measured.identifiable.all()
     assert np.max(np.abs(measured.vectors - model)) < 1e-9 * np.abs(model).max()
     np.testing.assert_array_equal(backend.read_edges().taps, taps)
@@ -61,7 +68,7 @@ def test_measured_responses_give_the_model_cost_hessian() -> None:
     net, rng = network(seed=5)
     g = rng.uniform(1e-3, 5e-3, net.n_edges)
     backend = SimulatedBackend(net, ContinuousEdges(1e-5, 1e-2), g)
-    measured = measure_susceptibility(backend)
+    measured = measure_susceptibility(backend, convention="dirichlet")
     p_out = output_operator(net.n_nodes, (5, 6))
     measured_arrays = ResponseArrays(
         np.asarray(p_out @ measured.vectors[: net.n_nodes]).T, measured.source_response,
@@ -86,12 +93,18 @@ def test_only_the_requested_edges_are_measured() -> None:
     assert np.isnan(measured.norms[0]) and measured.measurements == 5
 
 
-def test_several_grounds_are_refused() -> None:
-    net, rng = network(grounds=(2, 3))
+@pytest.mark.parametrize(("grounds", "convention", "needle"), [
+    ((2, 3), "dirichlet", "at most one ground"),
+    ((2, 3), "ground", "exactly one ground"),
+    ((), "ground", "exactly one ground"),
+])
+def test_ground_count_is_checked(grounds, convention: str, needle: str) -> None:
+    net, rng = network(grounds=grounds)
     backend = SimulatedBackend(net, ContinuousEdges(1e-5, 1e-2), np.full(net.n_edges, 1e-3))
-    with pytest.raises(NetworkError, match="at most one ground") as info:
-        measure_susceptibility(backend)
+    with pytest.raises(NetworkError, match=needle) as info:
+        measure_susceptibility(backend, convention=convention)
     assert isinstance(info.value, UserError)
+    assert backend.n_measurements == 0
 
 
 def test_source_responses_are_harmonic_measures() -> None:
@@ -101,4 +114,5 @@ def test_source_responses_are_harmonic_measures() -> None:
     phi = source_responses(backend, volts=0.5)
     # with no ground the two sources' harmonic measures sum to one everywhere
     np.testing.assert_allclose(phi.sum(axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(phi, GroundedGreen(net, g).harmonic(), atol=1e-12)
+    green = GroundedGreen(net, g, held_nodes(net, "dirichlet"))
+    np.testing.assert_allclose(phi, green.harmonic(), atol=1e-12)
