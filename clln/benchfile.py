@@ -79,7 +79,7 @@ class EdgeSpec(_Strict):
     """``[[edges]]``: one edge: its two nodes and its potentiometer's chain position."""
 
     nodes: tuple[Index, Index]
-    chain: Index
+    chain: Annotated[int, Field(ge=0, le=255, strict=True)]  # SET_ALL carries at most 256 pots
 
 
 class DrivenSpec(_Strict):
@@ -156,6 +156,13 @@ class Bench(_Strict):
             raise ValueError(f"positions gives {len(self.positions)} points for {n} nodes")
         if not self.edges:
             raise ValueError("a bench needs at least one edge")
+        chip = CHIPS[self.pots.chip]
+        if self.limits.max_edge_current > chip.max_current:
+            raise ValueError(f"limits.max_edge_current = {self.limits.max_edge_current:g} A exceeds the "
+                             f"{chip.name}'s rating of {chip.max_current:g} A")
+        if self.limits.max_node_voltage > min(self.daq.ao_range, self.daq.ai_range):
+            raise ValueError(f"limits.max_node_voltage = {self.limits.max_node_voltage:g} V exceeds the "
+                             f"DAQ ranges (ao_range {self.daq.ao_range:g} V, ai_range {self.daq.ai_range:g} V)")
         return self
 
 

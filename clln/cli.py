@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import contextlib
 import math
 import signal
 import sys
@@ -81,15 +82,25 @@ def train(
             target=target, seed=seed, steps=steps, traffic_log=traffic_log)
         where = {"emulate": "emulated bench", "simulate": "model of bench",
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
+    extra = None
+    if bench is not None:
+        from clln.resume import bench_info
+
+        extra = bench_info(bench, bench_text, target)
     try:
-        _train(exp, proto, text, protocol, out, where)
+        _train(exp, proto, text, protocol, out, where, extra_info=extra)
     finally:
         if session is not None:
             session.close()
 
 
-def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: str) -> None:
-    from clln.compose import run_training
+def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: str,
+           extra_info: dict[str, Any] | None = None, resume_id: str | None = None) -> None:
+    """Train (or resume) with a progress bar; Ctrl-C or SIGTERM stop at the next step
+    boundary (a second one stops at once), the backend is made safe, the run is
+    marked and can be resumed."""
+    from clln.compose import resume_training, run_training
+    from clln.drivers.errors import DriverError
 
     store = RunStore(out)
     progress = Progress(
@@ -109,25 +120,87 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
         f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
         f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}"
     )
-    run_ids: list[str] = []
+    run_ids: list[str] = [resume_id] if resume_id else []
 
     def started(run_id: str) -> None:
         run_ids.append(run_id)
         progress.update(bar, description=f"run {run_id}")
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        with progress:
-            outcome = run_training(exp, store, protocol_text=text, protocol_path=str(protocol),
-                                   callbacks=[show], on_start=started)
-    except KeyboardInterrupt:
-        where = f"run {run_ids[0]} in {store.path}" if run_ids else "the run"
-        raise Interrupted(f"interrupted: {where} is marked interrupted; the backend is safe") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    stop = StopRequest()
+
+    def hint() -> str:
+        if not run_ids:
+            return ""
+        return f"; resume with: clln resume {run_ids[0]} --out {out}"
+
+    with stop.installed():
+        try:
+            with progress:
+                if resume_id is None:
+                    outcome = run_training(exp, store, protocol_text=text, protocol_path=str(protocol),
+                                           callbacks=[show], on_start=started, should_stop=stop,
+                                           extra_info=extra_info)
+                else:
+                    started(resume_id)
+                    outcome = resume_training(exp, store, resume_id, callbacks=[show], should_stop=stop)
+        except KeyboardInterrupt:
+            where = f"run {run_ids[0]}" if run_ids else "the run"
+            raise Interrupted(f"interrupted: {where} is marked interrupted and the backend is safe"
+                              f"{hint()}") from None
+        except DriverError as exc:
+            raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
     summary = run_summary(store, outcome.run_id)
     _print_summary(summary)
     print(f"report: {outcome.report}", flush=True)
+    if outcome.status == "interrupted":
+        raise Interrupted(f"stopped at step {summary['steps']}: run {outcome.run_id} is marked "
+                          f"interrupted and the backend is safe{hint()}")
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM handler: the first asks the trainer to stop at the next step
+    boundary; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
+    from its last checkpoint (a simulated run ends exactly as if never stopped)."""
+    from clln.resume import rebuild
+
+    store = _open_store(out)
+    exp, session, rec = rebuild(store, run)
+    store.close()
+    try:
+        where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
+        _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
+               f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"])
+    finally:
+        if session is not None:
+            session.close()
 
 
 @app.command()
@@ -390,8 +463,8 @@ def _is_click(exc: Exception, name: str) -> bool:
 
 
 def _say(message: str) -> None:
-    """One unwrapped line on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """One unwrapped line on stderr (line breaks inside a message are escaped)."""
+    print(message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
 
 
 def main() -> None:

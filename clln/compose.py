@@ -3,6 +3,8 @@ and run a training with recording and a report."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,13 +16,15 @@ import numpy as np
 import clln
 from clln.analysis.report import training_report
 from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
-from clln.controller.errors import NetworkError, ProtocolError
+from clln.controller.errors import NetworkError, ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
 from clln.controller.packing import jammed
+from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
+from clln.drivers.errors import DriverError
 from clln.protocol import EdgeSpec, NetworkSpec, Protocol, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
 
@@ -234,6 +238,11 @@ class TrainOutcome:
     store_path: Path
 
 
+def make_trainer(exp: Experiment) -> Trainer:
+    """The trainer of an experiment."""
+    return Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng)
+
+
 def run_training(
     exp: Experiment,
     store: RunStore,
@@ -242,21 +251,74 @@ def run_training(
     protocol_path: str | None,
     callbacks: Sequence[StepCallback] = (),
     on_start: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    extra_info: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Train, recording every step in the run store; write the PNG report at the end.
+    """Train, recording every step and a checkpoint in the run store; write the PNG report.
 
-    The backend is put in its safe state on every exit path. KeyboardInterrupt marks
-    the run ``interrupted`` and is re-raised; other exceptions mark it ``failed``.
+    See :func:`execute` for how the run ends.
     """
     state0 = exp.backend.read_edges()
     run_id = store.create_run(
         name=exp.protocol.name, protocol_text=protocol_text, protocol_path=protocol_path,
         version=clln.__version__, seed=exp.seed, backend=exp.backend.describe(),
-        info=network_info(exp), steps_planned=exp.config.steps,
+        info={**network_info(exp), **(extra_info or {})}, steps_planned=exp.config.steps,
         initial_state=state0.conductances if state0.taps is None else state0.taps,
     )
     if on_start is not None:
         on_start(run_id)
+    trainer = make_trainer(exp)
+    return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
+
+
+def resume_training(
+    exp: Experiment,
+    store: RunStore,
+    run_id: str,
+    *,
+    callbacks: Sequence[StepCallback] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    """Continue a stopped run from its last checkpoint. ``exp`` must be rebuilt from the
+    run's own protocol text and seed (see :func:`rebuild_experiment`)."""
+    trainer = make_trainer(exp)
+    found = store.checkpoint(run_id)
+    if found is None:  # stopped before its first step was recorded: start over
+        store.restart(run_id)
+        return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
+    step, blob = found
+    restore_trainer(trainer, unpack_state(blob))
+    hist = store.history(run_id)
+    tests = (float(hist.test_error[0]), float(hist.test_error[-1])) if hist.test_error.size else None
+    if tests is None:
+        raise UserError(f"run {run_id} has a checkpoint but no initial test evaluation")
+    store.reopen(run_id)
+    previous = store.run(run_id)["wall_time"] or 0.0
+    return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop,
+                   start_step=step, resumed_tests=tests, wall_offset=previous)
+
+
+def execute(
+    exp: Experiment,
+    trainer: Trainer,
+    store: RunStore,
+    run_id: str,
+    *,
+    callbacks: Sequence[StepCallback] = (),
+    should_stop: Callable[[], bool] | None = None,
+    start_step: int = 0,
+    resumed_tests: tuple[float, float] | None = None,
+    wall_offset: float = 0.0,
+) -> TrainOutcome:
+    """Run a trainer on a recorded run.
+
+    Every step's records and a checkpoint go in one transaction. The backend is put
+    in its safe state on every exit path. The run ends ``completed``; ``interrupted``
+    when ``should_stop`` asked for it at a step boundary, or on KeyboardInterrupt
+    (re-raised); ``paused`` after a hardware fault (re-raised; resumable); ``failed``
+    after anything else (re-raised).
+    """
+    store.claim(run_id, socket.gethostname(), os.getpid())
 
     def record(rec: StepRecord) -> None:
         store.record_step(
@@ -264,27 +326,36 @@ def run_training(
             n_clipped=rec.n_clipped,
             test=None if rec.test_error is None else (rec.test_error, rec.test_accuracy),
             snapshot=None if rec.conductances is None else (rec.conductances, rec.taps),
+            checkpoint=pack_state(trainer_state(trainer)),
         )
 
-    trainer = Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng)
     t0 = time.perf_counter()
     status, message, result = "failed", None, None
     try:
         result = trainer.run(
-            [record, *callbacks],
+            [record, *callbacks], start_step=start_step, resumed_tests=resumed_tests,
             on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
+            should_stop=should_stop,
         )
-        status = "completed"
+        if result.interrupted:
+            status, message = "interrupted", f"stopped at step {result.steps_done} on request"
+        else:
+            status = "completed"
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user"
+        raise
+    except DriverError as exc:
+        status, message = "paused", f"hardware fault: {exc}"
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        exp.backend.safe()
-        final = exp.backend.read_edges()
-        store.finish(run_id, status=status, final_state=final.conductances, final_taps=final.taps,
-                     wall_time=time.perf_counter() - t0, message=message)
+        try:
+            exp.backend.safe()
+        finally:
+            final = exp.backend.read_edges()
+            store.finish(run_id, status=status, final_state=final.conductances, final_taps=final.taps,
+                         wall_time=wall_offset + time.perf_counter() - t0, message=message)
     report = training_report(store, run_id, store.run_dir(run_id) / "report.png")
     return TrainOutcome(run_id, status, result, report, store.path)

@@ -220,7 +220,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
     """One line for a pydantic error of ``model``: the dotted key and what is allowed."""
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else repr(p)
+                   for p in loc) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc)

@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS tests (
     accuracy REAL,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owners (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step INTEGER NOT NULL,
@@ -188,9 +198,14 @@ class RunStore:
         n_clipped: int,
         test: tuple[float, float | None] | None = None,
         snapshot: tuple[np.ndarray, np.ndarray | None] | None = None,
+        checkpoint: bytes | None = None,
     ) -> None:
-        """Record one training step (and its test evaluation and snapshot) in one transaction."""
+        """Record one training step (its test evaluation, snapshot and checkpoint) in one
+        transaction: after a crash the store holds every step up to its last checkpoint."""
         with self._tx():
+            if checkpoint is not None:
+                self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                                 (run_id, step, checkpoint))
             self._db.execute(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, step, error, nudge, update_norm, n_clipped, time.time()),
@@ -208,6 +223,38 @@ class RunStore:
         """Record a test evaluation made outside a training step (e.g. before step 1)."""
         with self._tx():
             self._db.execute("INSERT INTO tests VALUES (?, ?, ?, ?)", (run_id, step, error, accuracy))
+
+    def checkpoint(self, run: str) -> tuple[int, bytes] | None:
+        """(step, state) of a run's last checkpoint, or None."""
+        row = self._db.execute("SELECT step, state FROM checkpoints WHERE run_id = ?",
+                               (self.resolve(run),)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def claim(self, run_id: str, host: str, pid: int) -> None:
+        """Record which process is running a run (to refuse a second resume)."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?)", (run_id, host, pid))
+
+    def owner(self, run: str) -> tuple[str, int] | None:
+        row = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?",
+                               (self.resolve(run),)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def restart(self, run_id: str) -> None:
+        """Forget a run's records (it stopped before its first checkpoint) and mark it running."""
+        with self._tx():
+            for table in ("steps", "tests", "snapshots", "checkpoints"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            self._db.execute("UPDATE runs SET status = 'running', steps_done = 0 WHERE id = ?", (run_id,))
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a stopped run running again (it is being resumed)."""
+        with self._tx():
+            self._db.execute("UPDATE runs SET status = 'running', message = NULL WHERE id = ?", (run_id,))
+
+    def integrity(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result ('ok' when sound)."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     def finish(
         self,

@@ -65,6 +65,7 @@ class TrainResult:
     final_train_error: float
     stopped_on_target: bool
     wall_time: float
+    interrupted: bool = False
 
 
 StepCallback = Callable[[StepRecord], None]
@@ -148,20 +149,29 @@ class Trainer:
         *,
         start_step: int = 0,
         on_initial_test: Callable[[float, float | None], None] | None = None,
+        resumed_tests: tuple[float, float] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        """Train until ``config.steps`` or the target test error.
+        """Train until ``config.steps``, the target test error, or ``should_stop()``.
 
-        Every step is passed to the callbacks (recording, progress); steps with a
-        test evaluation or snapshot carry those too.
+        Every step is passed to the callbacks (recording, progress, checkpoints);
+        steps with a test evaluation or snapshot carry those too. ``should_stop`` is
+        asked after each step's callbacks, so a stop always falls on a step boundary.
+        A resumed run passes ``start_step`` and ``resumed_tests`` = (initial, last test
+        error) and makes no extra measurement.
         """
         cfg = self.config
         t0 = time.perf_counter()
-        initial_test, initial_acc = self.evaluate(self.task.test)
-        if on_initial_test is not None:
-            on_initial_test(initial_test, initial_acc)
-        last_test = initial_test
+        if resumed_tests is None:
+            initial_test, initial_acc = self.evaluate(self.task.test)
+            if on_initial_test is not None:
+                on_initial_test(initial_test, initial_acc)
+            last_test = initial_test
+        else:
+            initial_test, last_test = resumed_tests
         record: StepRecord | None = None
         stopped = False
+        interrupted = False
         for index in range(start_step + 1, cfg.steps + 1):
             record = self.step(index)
             last = index == cfg.steps
@@ -176,6 +186,9 @@ class Trainer:
                 cb(record)
             if stopped:
                 break
+            if should_stop is not None and index < cfg.steps and should_stop():
+                interrupted = True
+                break
         return TrainResult(
             steps_done=record.step if record else start_step,
             initial_test_error=initial_test,
@@ -183,6 +196,7 @@ class Trainer:
             final_train_error=record.error if record else float("nan"),
             stopped_on_target=stopped,
             wall_time=time.perf_counter() - t0,
+            interrupted=interrupted,
         )
 
 

@@ -39,3 +39,7 @@ class DeviceNotFound(UserError):
 
 class DaqError(DriverError):
     """The DAQ driver reported an error."""
+
+
+class DeviceLost(DriverError):
+    """A device that was connected went away (unplugged, powered off)."""

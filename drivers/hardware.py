@@ -17,6 +17,7 @@ from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdge
 from clln.controller.errors import LimitError, UserError
 from clln.controller.network import Network
 from clln.drivers.daq import DaqInterface
+from clln.drivers.errors import DaqError
 from clln.drivers.potbank import PotBank
 
 
@@ -101,6 +102,7 @@ class HardwareBackend:
         self._taps: np.ndarray | None = None
         self._bank = np.zeros(0, dtype=np.int64)
         self.is_safe = True
+        self.daq_retries = 0
 
     # -- connection ----------------------------------------------------------
 
@@ -109,10 +111,11 @@ class HardwareBackend:
         initial taps (verified)."""
         fw = self.potbank.connect()
         m = self._network.n_edges
-        if fw.n_pots < m or fw.n_taps != self._edges.n_taps:
+        if fw.n_pots <= int(self.chain.max()) or fw.n_taps != self._edges.n_taps:
             raise UserError(
                 f"potentiometer controller has {fw.n_pots} pots of {fw.n_taps} taps; the bench "
-                f"file needs {m} pots of {self._edges.n_taps} taps"
+                f"file needs chain positions up to {int(self.chain.max())} ({m} edges) and "
+                f"{self._edges.n_taps} taps"
             )
         self.info["firmware"] = {"name": fw.name, "version": list(fw.version), "n_pots": fw.n_pots}
         self.potbank.set_watchdog(self.watchdog_ms)
@@ -158,7 +161,11 @@ class HardwareBackend:
         ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
                         else clamps])
         self.is_safe = False
-        readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
+        try:
+            readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
+        except DaqError:  # one retry for a transient DAQ error; a second one stops the run
+            self.daq_retries += 1
+            readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
         return Measurement(readings[:, self.ai_of_node], None, stamps)
 
     def adjust(self, commands: np.ndarray) -> Applied:
@@ -173,6 +180,18 @@ class HardwareBackend:
         if np.any(applied):
             self._write(taps)
         return Applied(applied, taps != wanted)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The taps (the bench's only state the controller owns)."""
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        return {"taps": self._taps.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Write the checkpointed taps back to the pots (verified by read-back)."""
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        self._write(np.asarray(state["taps"], dtype=np.int64))
 
     def read_edges(self) -> EdgeState:
         """The taps last written and verified by read-back, and their calibrated conductances."""

@@ -16,6 +16,7 @@ import numpy as np
 import serial
 
 from clln.drivers.errors import (
+    DeviceLost,
     DeviceNotFound,
     FirmwareError,
     IncompatibleFirmware,
@@ -116,11 +117,17 @@ class PotBank:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retries_used += 1
-            self.transport.reset_input_buffer()
-            self._reader.reset()
-            self.transport.write(b"\x00" + frame)
-            self.frames_sent += 1
-            reply = self._await(seq, cmd, self.reply_timeout + deadline_extra)
+            try:
+                self.transport.reset_input_buffer()
+                self._reader.reset()
+                self.transport.write(b"\x00" + frame)
+                self.frames_sent += 1
+                reply = self._await(seq, cmd, self.reply_timeout + deadline_extra)
+            except (serial.SerialException, OSError) as exc:
+                raise DeviceLost(
+                    f"potentiometer controller on {getattr(self.transport, 'port', '?')} went away "
+                    f"({exc}); check its USB cable and power"
+                ) from None
             if reply is not None:
                 status = reply.payload[0] if reply.payload else 0xFF
                 if status != 0:

@@ -261,6 +261,19 @@ class SimulatedBackend:
             self._dirty = [True] * len(self._solvers)
         return Applied(applied, clipped)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run: edge state, noise generator, clock."""
+        return {"conductances": self._g.copy(), "taps": None if self._taps is None else self._taps.copy(),
+                "noise": self._noise.bit_generator.state, "clock": self.clock.now}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the same network, edges and bench instance)."""
+        self._g = np.asarray(state["conductances"], dtype=float).copy()
+        self._taps = None if state["taps"] is None else np.asarray(state["taps"], dtype=np.int64).copy()
+        self._noise.bit_generator.state = state["noise"]
+        self.clock.now = float(state["clock"])
+        self._dirty = [True] * len(self._solvers)
+
     def set_taps(self, taps: np.ndarray) -> None:
         """Put stepped edges at the given taps (the emulated bench's firmware does this)."""
         if self._taps is None or not isinstance(self._edges, SteppedEdges):

@@ -29,3 +29,14 @@ def random_network(seed: int, n: int = 80, n_sources: int = 2, n_grounds: int = 
 @pytest.fixture
 def protocols_dir() -> Path:
     return PROTOCOLS
+
+
+# CI runs the property-based tests on a fixed set of examples (reproducible verdicts);
+# developers' runs explore new examples each time.
+import os as _os  # noqa: E402
+
+from hypothesis import settings as _settings  # noqa: E402
+
+_settings.register_profile("ci", derandomize=True, database=None)
+if _os.environ.get("CI"):
+    _settings.load_profile("ci")
