@@ -23,7 +23,7 @@ Name = Annotated[str, Field(strict=True, min_length=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DaqSpec(_Strict):
@@ -45,7 +45,7 @@ class SerialSpec(_Strict):
 
     port: Name
     baudrate: PositiveInt = 115200
-    retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 10
+    retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 20
     reply_timeout: Positive = 0.05
     watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
 

@@ -31,7 +31,7 @@ PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NetworkSpec(_Strict):

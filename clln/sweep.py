@@ -38,7 +38,7 @@ _RESERVED = {"format": "this clln reads one protocol format",
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PlotSpec(_Strict):

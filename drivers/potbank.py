@@ -79,7 +79,7 @@ class PotBank:
         transport: serial.SerialBase,
         *,
         reply_timeout: float = 0.05,
-        retries: int = 10,
+        retries: int = 20,
         write_retries: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -54,7 +54,7 @@ NonNeg = Annotated[float, Field(ge=0, strict=True)]
 class Imperfections(BaseModel):
     """Every imperfection parameter; zero disables a model. Units: SI."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # edges
     tolerance: NonNeg = 0.0

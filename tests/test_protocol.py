@@ -330,3 +330,13 @@ def test_parse_protocol_names_the_source() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_protocol(edit('rule = "coupled"', 'rule = "foo"'), "somewhere/p.toml")
     assert str(info.value).startswith("somewhere/p.toml: training.rule: ")
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("outputs = 2\n", "outputs = 2\ninput_range = [nan, 1.0]\n", "task.input_range.0"),
+    ("gmax = 1e-2", "gmax = inf", "edges.gmax"),
+    ("eta = 0.1", "eta = nan", "training.eta"),
+])
+def test_non_finite_numbers_are_refused(old: str, new: str, key: str) -> None:
+    with pytest.raises(ProtocolError, match=key.replace(".", r"\.")):
+        parse_protocol(edit(old, new), "nan.toml")
