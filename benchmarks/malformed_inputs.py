@@ -26,7 +26,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fuzzing import BENCH, PROTOCOL, mutated  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from clln.cli import main as clln_main  # noqa: E402
 from clln.drivers.wire import crc16, decode_frame  # noqa: E402

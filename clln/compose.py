@@ -16,10 +16,10 @@ import numpy as np
 import clln
 from clln.analysis.report import training_report
 from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
+from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.errors import NetworkError, ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
 from clln.controller.packing import jammed
-from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset

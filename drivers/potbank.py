@@ -23,7 +23,14 @@ from clln.drivers.errors import (
     PotBankTimeout,
     ReadbackMismatch,
 )
-from clln.drivers.wire import PROTOCOL_VERSION, STATUS_NAMES, Cmd, FrameReader, Packet, encode_packet
+from clln.drivers.wire import (
+    PROTOCOL_VERSION,
+    STATUS_NAMES,
+    Cmd,
+    FrameReader,
+    Packet,
+    encode_packet,
+)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from conformance import BackendConformance
 from clln.benchfile import load_bench, parse_bench
 from clln.benchrun import bench_experiment, open_bench
 from clln.controller import LimitError, Trainer
-from clln.protocol import load_protocol, parse_protocol
+from clln.protocol import parse_protocol
 from clln.simulator.bench import Faults
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import serial
 
-from clln.drivers.errors import FirmwareError, IncompatibleFirmware, PotBankTimeout, ReadbackMismatch
+from clln.drivers.errors import (
+    FirmwareError,
+    IncompatibleFirmware,
+    PotBankTimeout,
+    ReadbackMismatch,
+)
 from clln.drivers.potbank import PotBank, open_port
 from clln.drivers.wire import Cmd, Packet, encode_packet
 from clln.simulator.bench import Faults, PotFirmware, PtyLink
