@@ -4,6 +4,7 @@ lab hardware (DAQ, serial port, potentiometer chip, edge/node/channel maps, limi
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -102,6 +103,17 @@ class LimitSpec(_Strict):
     max_edge_current: Positive
 
 
+class SmuSpec(_Strict):
+    """``[smu]``: an SMU on a fixture across two nodes (4-wire), which gives the
+    calibration its scale in ohms."""
+
+    address: Name                              # VISA resource, e.g. GPIB0::24::INSTR
+    visa_library: str = ""                     # "" the system VISA; "file.yaml@sim" for pyvisa-sim
+    nodes: tuple[Index, Index]                 # the fixture's two nodes
+    current: Annotated[float, Field(gt=0, le=1e-2, strict=True)] = 5e-5  # A, test current
+    compliance: Positive = 1.0                 # V, voltage compliance
+
+
 class EmulatorSpec(_Strict):
     """``[emulator]``: the bench model used by ``--emulate``."""
 
@@ -132,6 +144,7 @@ class Bench(_Strict):
     clamps: DrivenSpec
     limits: LimitSpec
     calibration: str | None = None
+    smu: SmuSpec | None = None
     emulator: EmulatorSpec = EmulatorSpec()
 
     @model_validator(mode="after")
@@ -156,6 +169,16 @@ class Bench(_Strict):
             raise ValueError(f"positions gives {len(self.positions)} points for {n} nodes")
         if not self.edges:
             raise ValueError("a bench needs at least one edge")
+        if self.smu is not None:
+            a, b = self.smu.nodes
+            if a == b or max(a, b) >= n:
+                raise ValueError(f"smu.nodes must be two different nodes in 0..{n - 1}")
+            if self.smu.compliance > self.limits.max_node_voltage:
+                raise ValueError(f"smu.compliance = {self.smu.compliance:g} V exceeds "
+                                 f"limits.max_node_voltage = {self.limits.max_node_voltage:g} V")
+            if self.smu.current > self.limits.max_edge_current:
+                raise ValueError(f"smu.current = {self.smu.current:g} A exceeds "
+                                 f"limits.max_edge_current = {self.limits.max_edge_current:g} A")
         chip = CHIPS[self.pots.chip]
         if self.limits.max_edge_current > chip.max_current:
             raise ValueError(f"limits.max_edge_current = {self.limits.max_edge_current:g} A exceeds the "
@@ -198,5 +221,22 @@ def load_bench(path: str | Path) -> tuple[Bench, str]:
 
 
 def bench_hash(text: str) -> str:
-    """SHA-256 of a bench file's text (ties calibrations to it)."""
+    """SHA-256 of a bench file's text (recorded with runs and calibrations)."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# What a calibration depends on: the network, the channel maps, the DAQ's ranges, the
+# pots and (for emulated benches) the emulator's model. Comments, the description,
+# limits, serial settings, the SMU and the ``calibration`` key itself do not count, so
+# naming the calibration file in the bench file keeps it valid.
+_HARDWARE = {
+    "nodes": True, "ai": True, "grounds": True, "edges": True, "sources": True, "clamps": True,
+    "pots": True, "emulator": True,
+    "daq": {"device", "terminal_config", "ai_range", "ao_range"},
+}
+
+
+def hardware_hash(bench: Bench) -> str:
+    """SHA-256 of the bench's hardware description (what ties a calibration to a bench)."""
+    data = bench.model_dump(mode="json", include=_HARDWARE)  # type: ignore[arg-type]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

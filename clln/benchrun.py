@@ -3,16 +3,24 @@ hardware or on the emulated bench, or the bench's model in the fast simulator.""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from clln.benchfile import Bench, bench_hash
+from clln.benchfile import Bench, bench_hash, hardware_hash
 from clln.compose import Experiment, build_task
 from clln.controller.backend import NetworkBackend, SteppedEdges
-from clln.controller.errors import ProtocolError
+from clln.controller.calibration import (
+    Calibration,
+    CalibrationWarning,
+    ResistanceMeter,
+    calibration_problems,
+    load_calibration,
+)
+from clln.controller.errors import ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
@@ -21,8 +29,8 @@ from clln.drivers.daq import DaqConfig, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
 from clln.protocol import Protocol
-from clln.simulator import SimulatedBackend, make_imperfections
-from clln.simulator.bench import EmulatedBench, Faults
+from clln.simulator import make_imperfections
+from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults
 
 Target = Literal["hardware", "emulate", "simulate"]
 
@@ -43,16 +51,36 @@ def nominal_edges(bench: Bench) -> SteppedEdges:
     return SteppedEdges(np.tile(1.0 / resistance, (len(bench.edges), 1)))
 
 
-def bench_model(bench: Bench, initial_taps: np.ndarray, *, noise_seed: int = 0) -> SimulatedBackend:
-    """The simulator's model of the bench (``[emulator]``: preset, its seed, overrides)."""
+def bench_model(bench: Bench, initial_taps: np.ndarray, *, noise_seed: int = 0,
+                faults: EdgeFaults | None = None, edges: SteppedEdges | None = None) -> BenchModel:
+    """The simulator's model of the bench (``[emulator]``: preset, its seed, overrides),
+    with optional edge faults; ``edges`` are the tables the controller believes
+    (nominal unless given)."""
     em = bench.emulator
     p = bench.pots
-    return SimulatedBackend(
-        bench_network(bench), nominal_edges(bench), initial_taps,
+    return BenchModel(
+        bench_network(bench), edges or nominal_edges(bench), initial_taps,
         imperfections=make_imperfections(em.preset, em.overrides),
         pot=(p.taps, p.r_ab, p.wiper, p.r_series), bench_seed=em.seed, noise_seed=noise_seed,
-        preset=em.preset,
+        preset=em.preset, faults=faults,
     )
+
+
+def bench_calibration(bench: Bench, bench_path: str | Path, *, path: str | Path | None = None,
+                      max_age_days: float = 30.0) -> Calibration | None:
+    """The calibration a bench uses: ``path`` if given, else the bench file's
+    ``calibration`` key (relative to the bench file), else None. A calibration made for
+    another bench description, or an old one, warns (CalibrationWarning)."""
+    name = path if path is not None else bench.calibration
+    if name is None:
+        return None
+    file = Path(name)
+    if path is None and not file.is_absolute():
+        file = Path(bench_path).parent / file
+    cal = load_calibration(file)
+    for problem in calibration_problems(cal, hardware_hash(bench), max_age_days=max_age_days):
+        warnings.warn(CalibrationWarning(f"{file}: {problem}"), stacklevel=2)
+    return cal
 
 
 @dataclass
@@ -62,34 +90,77 @@ class BenchSession:
     backend: NetworkBackend
     emulator: EmulatedBench | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    meter: ResistanceMeter | None = None
 
     def close(self) -> None:
         try:
             self.backend.close()
         finally:
+            try:
+                close_meter = getattr(self.meter, "close", None)
+                if close_meter is not None:
+                    close_meter()
+            finally:
+                if self.emulator is not None:
+                    self.emulator.close()
+
+    def open_meter(self, bench: Bench) -> ResistanceMeter | None:
+        """The bench's SMU as a resistance meter (``[smu]``; the emulated one with
+        --emulate), or None without one. Its compliance is checked against the limits
+        before every reading."""
+        if bench.smu is None or not isinstance(self.backend, HardwareBackend):
+            return None
+        from clln.drivers.visa import FixtureMeter, Smu, open_instrument
+
+        if self.meter is None:
+            backend = self.backend
+            spec = bench.smu
+
+            def guard(volts: float) -> None:
+                check_limits(np.array([volts]), backend.edges.table, backend.limits, where="smu")
+
+            guard(spec.compliance)
             if self.emulator is not None:
-                self.emulator.close()
+                assert self.emulator.smu is not None
+                resource: Any = self.emulator.smu
+            else:
+                resource = open_instrument(spec.address, spec.visa_library)
+            self.meter = FixtureMeter(Smu(resource), spec.nodes, current=spec.current,
+                                      compliance=spec.compliance, guard=guard)
+        return self.meter
 
 
 def open_bench(
     bench: Bench, bench_text: str, *, target: Target, initial_taps: np.ndarray | None = None,
     noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
-    connect: bool = True,
+    connect: bool = True, calibration: Calibration | None = None,
+    edge_faults: EdgeFaults | None = None,
 ) -> BenchSession:
-    """Open the bench through its drivers (real hardware or the emulator), or its model."""
+    """Open the bench through its drivers (real hardware or the emulator), or its model.
+
+    ``calibration`` gives the tap tables and DAQ channel corrections (datasheet tables and
+    no corrections without one); ``edge_faults`` are injected into the emulated bench's
+    model (a stuck wiper, an open edge, a shorted pot).
+    """
     net = bench_network(bench)
     edges = nominal_edges(bench)
     m = net.n_edges
     chain = np.array([e.chain for e in bench.edges])
+    if edge_faults and target == "hardware":
+        raise UserError("edge faults can be injected only into the emulated bench (--emulate)")
     if target == "simulate":
         taps = np.full(m, edges.n_taps - 1) if initial_taps is None else initial_taps
-        return BenchSession(bench_model(bench, taps, noise_seed=noise_seed))
+        return BenchSession(bench_model(bench, taps, noise_seed=noise_seed, faults=edge_faults,
+                                        edges=None if calibration is None else calibration.edges))
     ai_of_node = np.arange(bench.nodes)  # bench.ai[k] reads node k
     emulator = None
     if target == "emulate":
-        model = bench_model(bench, np.full(m, edges.n_taps - 1), noise_seed=noise_seed)
+        model = bench_model(bench, np.full(m, edges.n_taps - 1), noise_seed=noise_seed,
+                            faults=edge_faults)
         emulator = EmulatedBench(model, n_pots=max(chain) + 1, chain=chain, ai_nodes=np.arange(bench.nodes),
-                                 faults=faults, log_path=traffic_log)
+                                 faults=faults, log_path=traffic_log,
+                                 smu_nodes=None if bench.smu is None else bench.smu.nodes,
+                                 smu_seed=bench.emulator.seed)
         daq: Any = emulator.daq
         port = emulator.port
     else:
@@ -108,7 +179,9 @@ def open_bench(
             initial_taps=initial_taps, watchdog_ms=bench.serial.watchdog_ms,
             info={"bench": bench.name, "bench_sha256": bench_hash(bench_text),
                   "preset": f"emulated {bench.emulator.preset}" if emulator else "bench",
-                  "emulated": emulator is not None, "port": port, "daq": bench.daq.device},
+                  "emulated": emulator is not None, "port": port, "daq": bench.daq.device,
+                  **({"edge_faults": edge_faults.describe()} if edge_faults else {})},
+            calibration=calibration,
         )
         session = BenchSession(backend, emulator)
         if connect:
@@ -138,12 +211,19 @@ def bench_experiment(
     protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
     target: Target, seed: int | None = None, steps: int | None = None,
     faults: Faults | None = None, traffic_log: str | Path | None = None,
+    calibration: Calibration | Literal["bench", "none"] = "bench",
 ) -> tuple[Experiment, BenchSession]:
     """The protocol's task and training on the bench's network, edges and node roles.
 
-    The limits are checked for every boundary voltage the protocol can ask for before
-    any port is opened.
+    ``calibration``: ``"bench"`` uses the bench file's ``calibration`` key (relative to
+    ``bench_source``), ``"none"`` the datasheet tables, or a Calibration. The limits are
+    checked for every boundary voltage the protocol can ask for (with the calibrated
+    tables when there is a calibration) before any port is opened.
     """
+    if calibration == "bench":
+        calibration = bench_calibration(bench, bench_source)
+    elif calibration == "none":
+        calibration = None
     seed = protocol.seed if seed is None else seed
     seeds = np.random.SeedSequence(seed).spawn(6)
     _, _, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
@@ -162,7 +242,7 @@ def bench_experiment(
     outputs: tuple[int, ...] = () if spec.kind == "allostery" else clamps
     output_edges = tuple(zip(clamps[::2], clamps[1::2])) if spec.kind == "allostery" else ()
     task = build_task(spec, rng_task, outputs, output_edges)
-    edges = nominal_edges(bench)
+    edges = nominal_edges(bench) if calibration is None else calibration.edges
     tr = protocol.training
     limits = Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current)
     check_limits(boundary_extremes(task, tr.eta), edges.table, limits,
@@ -177,5 +257,5 @@ def bench_experiment(
                          test_every=tr.test_every, snapshot_every=tr.snapshot_every,
                          target_error=tr.target_error)
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
-                         faults=faults, traffic_log=traffic_log)
+                         faults=faults, traffic_log=traffic_log, calibration=calibration)
     return Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch), session

@@ -39,6 +39,11 @@ class DaqInterface(Protocol):
         """Every AO channel to 0 V and the clamp switches open."""
         ...
 
+    def read_grounded(self, repeats: int) -> np.ndarray:
+        """(repeats, n_ai) readings, V, of the AI channels with their inputs grounded
+        (their offsets, for calibration); each reading averages like ``acquire``."""
+        ...
+
     def close(self) -> None:
         ...
 
@@ -177,6 +182,36 @@ class NidaqmxDaq:
         readings = data.reshape(self.n_ai, batch, per)[:, :, cfg.settle_samples:].mean(axis=2).T
         stamps = started + (np.arange(1, batch + 1) * per) / cfg.sample_rate
         return readings, stamps
+
+    def read_grounded(self, repeats: int) -> np.ndarray:
+        """The AI offset with the input grounded, read on the device's internal channel
+        ``_aignd_vs_aignd`` (X-series): a multiplexed device has one amplifier and one
+        ADC behind every channel, so that offset applies to every AI channel.
+
+        Returns
+        -------
+        (repeats, n_ai) readings, V, each the mean of ``average_samples`` samples.
+        """
+        cfg = self.config
+        total = repeats * cfg.average_samples
+        data = np.zeros((1, total))
+        nidaqmx = self.api
+        constants = nidaqmx.constants
+        duration = total / cfg.sample_rate + cfg.timeout
+
+        def run() -> None:
+            with nidaqmx.Task() as ai_task:
+                ai_task.ai_channels.add_ai_voltage_chan(
+                    cfg.physical("_aignd_vs_aignd"), min_val=-cfg.ai_range, max_val=cfg.ai_range)
+                ai_task.timing.cfg_samp_clk_timing(
+                    cfg.sample_rate, sample_mode=constants.AcquisitionType.FINITE, samps_per_chan=total)
+                reader = nidaqmx.stream_readers.AnalogMultiChannelReader(ai_task.in_stream)
+                reader.read_many_sample(data, number_of_samples_per_channel=total, timeout=duration)
+
+        self._guard("reading the grounded input", run)
+        self.acquisitions += 1
+        per = data.reshape(repeats, cfg.average_samples).mean(axis=1)
+        return np.repeat(per[:, None], self.n_ai, axis=1)
 
     def zero(self) -> None:
         cfg = self.config

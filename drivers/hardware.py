@@ -4,6 +4,13 @@ Every boundary condition is checked against the bench's limits *before* anything
 written: |V| at every driven node, and the worst-case current through every edge
 over its whole tap range. ``safe()`` drives every output to 0 V and opens the clamp
 switches; it is idempotent.
+
+With a :class:`~clln.controller.calibration.Calibration` the backend's tap tables are
+the calibrated ones (conductance targets become taps through them), AO commands are
+corrected for the channels' gains and offsets, AI readings likewise, and ``describe()``
+records the calibration's id. Calibration procedures get raw access through
+``acquire_raw``, ``read_grounded``, ``write_taps`` (the controller's
+``CalibrationTarget``), limits checked as for ``measure``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges
+from clln.controller.calibration import Calibration, ChannelCalibration
 from clln.controller.errors import LimitError, UserError
 from clln.controller.network import Network
 from clln.drivers.daq import DaqInterface
@@ -73,6 +81,7 @@ class HardwareBackend:
     limits : hard limits.
     initial_taps : taps written at connect; None keeps what the pots hold.
     info : bench description recorded with runs.
+    calibration : calibrated tap tables and DAQ channel corrections (replaces ``edges``).
     """
 
     def __init__(
@@ -88,7 +97,23 @@ class HardwareBackend:
         initial_taps: np.ndarray | None = None,
         watchdog_ms: int = 2000,
         info: dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
+        n_ao = len(network.roles.sources) + len(network.roles.clamps)
+        self.calibration = calibration
+        self.channels = ChannelCalibration.identity(network.n_nodes, n_ao)
+        if calibration is not None:
+            if calibration.table.shape != edges.table.shape:
+                raise UserError(
+                    f"calibration {calibration.id} has tables for {calibration.table.shape[0]} edges "
+                    f"of {calibration.table.shape[1]} taps; this bench has {edges.table.shape[0]} "
+                    f"edges of {edges.table.shape[1]} taps: re-run clln calibrate")
+            if calibration.channels.ai_offset.shape != (network.n_nodes,) or \
+                    calibration.channels.ao_offset.shape != (n_ao,):
+                raise UserError(f"calibration {calibration.id} has channels for another bench: "
+                                f"re-run clln calibrate")
+            edges = calibration.edges
+            self.channels = calibration.channels
         self._network = network
         self.daq = daq
         self.potbank = potbank
@@ -160,13 +185,56 @@ class HardwareBackend:
         self.check(sources, clamps)
         ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
                         else clamps])
+        ao = self.channels.commands(ao)  # what the AO channels must be told to put that out
+        check_limits(ao, self._edges.table, self.limits)
         self.is_safe = False
         try:
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
         except DaqError:  # one retry for a transient DAQ error; a second one stops the run
             self.daq_retries += 1
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
-        return Measurement(readings[:, self.ai_of_node], None, stamps)
+        return Measurement(self.channels.volts(readings[:, self.ai_of_node]), None, stamps)
+
+    # -- raw access for calibration (clln.controller.calibration.CalibrationTarget) ------
+
+    def drive_limit(self) -> float:
+        """Largest amplitude (V) such that any AO pattern within +-amplitude passes the
+        limits: max_node_voltage, and the span (at most twice the amplitude) times the
+        largest conductance in the tap tables within max_edge_current."""
+        gmax = float(self._edges.table.max())
+        return min(self.limits.max_node_voltage, 0.5 * self.limits.max_edge_current / gmax)
+
+    def acquire_raw(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
+        """AO commands (B, n_ao) as given (no channel correction); raw readings (B, n) in
+        node order and timestamps (B,). Limits are checked first."""
+        ao = np.atleast_2d(np.asarray(ao, dtype=float))
+        n_ao = len(self._network.roles.sources) + len(self._network.roles.clamps)
+        if ao.shape[1] != n_ao:
+            raise ValueError(f"ao must be (B, {n_ao}), got {ao.shape}")
+        check_limits(ao, self._edges.table, self.limits, where="calibration")
+        self.is_safe = False
+        readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps_engaged)
+        return np.asarray(readings)[:, self.ai_of_node], stamps
+
+    def read_grounded(self, repeats: int) -> np.ndarray:
+        """(repeats, n) raw readings of every node's AI channel with its input grounded."""
+        return np.asarray(self.daq.read_grounded(repeats))[:, self.ai_of_node]
+
+    def write_taps(self, taps: np.ndarray) -> None:
+        """Every edge's tap at once (one SET_ALL), verified by read-back."""
+        taps = np.asarray(taps)
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        if taps.shape != self._taps.shape or not np.issubdtype(taps.dtype, np.integer):
+            raise ValueError(f"taps must be {self._taps.shape} integers")
+        if taps.min() < 0 or taps.max() >= self._edges.n_taps:
+            raise ValueError(f"taps must lie in 0..{self._edges.n_taps - 1}")
+        self._write(taps)
+
+    def read_taps(self) -> np.ndarray:
+        if self._taps is None:
+            raise RuntimeError("call connect() first")
+        return self._taps.copy()
 
     def adjust(self, commands: np.ndarray) -> Applied:
         commands = np.asarray(commands)
@@ -216,7 +284,10 @@ class HardwareBackend:
         self.close()
 
     def describe(self) -> dict[str, Any]:
+        calibration = None if self.calibration is None else {
+            **self.calibration.describe(), **self.info.get("calibration", {})}
         return {"backend": "bench", "preset": self.info.get("preset", "bench"), **self.info,
+                "calibration": calibration,
                 "limits": {"max_node_voltage": self.limits.max_node_voltage,
                            "max_edge_current": self.limits.max_edge_current},
                 "edges": {"kind": "stepped", "n_taps": self._edges.n_taps}}

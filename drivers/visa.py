@@ -84,6 +84,66 @@ class Smu(ScpiInstrument):
         self.write(":SYST:RSEN ON")
         return self.ask_float(":MEAS:RES?")
 
+    OVERFLOW = 9.9e37  # what a Keithley 2400 returns for an over-range reading
+
+    def measure_resistance(self, current_a: float, *, compliance_v: float) -> float:
+        """4-wire resistance (ohm) in manual-ohms mode: source ``current_a``, measure the
+        voltage (limited to ``compliance_v``), output off afterwards.
+
+        Raises
+        ------
+        DriverError
+            When the reading overflowed (the voltage compliance was reached).
+        """
+        self.write(":SOUR:FUNC CURR")
+        self.write(f":SOUR:CURR {current_a:.6g}")
+        self.write(f":SENS:VOLT:PROT {compliance_v:.6g}")
+        self.write(':SENS:FUNC "RES"')
+        self.write(":SENS:RES:MODE MAN")
+        self.write(":SYST:RSEN ON")
+        self.write(":OUTP ON")
+        try:
+            value = self.ask_float(":MEAS:RES?")
+        finally:
+            self.write(":OUTP OFF")
+        if abs(value) >= self.OVERFLOW:
+            raise DriverError(f"SMU resistance reading overflowed: {current_a:g} A reached the "
+                              f"{compliance_v:g} V compliance (open fixture or wrong nodes?)")
+        return value
+
+
+class FixtureMeter:
+    """An SMU on a fixture across two nodes of the network, as the calibration's
+    ``ResistanceMeter``: 4-wire resistance at a fixed test current and voltage compliance.
+
+    Parameters
+    ----------
+    smu : the SMU driver.
+    nodes : the two nodes its force and sense leads join.
+    current : test current, A.
+    compliance : voltage compliance, V.
+    guard : called with the compliance voltage before every reading; raises if that
+        voltage could exceed the bench's limits (so nothing is sourced before the check).
+    """
+
+    def __init__(self, smu: Smu, nodes: tuple[int, int], *, current: float, compliance: float,
+                 guard: Any = None) -> None:
+        self.smu = smu
+        self.nodes = (int(nodes[0]), int(nodes[1]))
+        self.current = current
+        self.compliance = compliance
+        self.guard = guard
+        self.readings = 0
+
+    def measure(self) -> float:
+        if self.guard is not None:
+            self.guard(self.compliance)
+        self.readings += 1
+        return self.smu.measure_resistance(self.current, compliance_v=self.compliance)
+
+    def close(self) -> None:
+        self.smu.close()
+
 
 class Dmm(ScpiInstrument):
     """A digital multimeter (Keysight 34461A-style SCPI)."""

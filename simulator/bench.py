@@ -11,6 +11,12 @@
   (a :class:`~clln.simulator.backend.SimulatedBackend` whose taps follow the
   firmware's), so a protocol run through the drivers on the emulator matches the
   simulator run with the same model and seed.
+* :class:`BenchModel` is that bench model: a SimulatedBackend plus what only a physical
+  bench has: injected edge faults (:class:`EdgeFaults`: a stuck wiper, an open edge, a
+  shorted pot), readings of the AI channels with their inputs grounded, and the
+  two-point resistance between two nodes that an SMU on a fixture measures.
+* :class:`EmulatedSmu` answers the SCPI that ``drivers.visa.Smu`` sends (a pyvisa
+  resource look-alike, as pyvisa-sim is for fixed replies) from the bench model.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import struct
 import threading
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,10 @@ from typing import Any
 import numpy as np
 from cobs import cobs
 
+from clln.controller.backend import SteppedEdges
+from clln.controller.errors import ProtocolError
 from clln.simulator.backend import SimulatedBackend
+from clln.simulator.imperfections import adc_read
 
 VERSION = (1, 0)
 OK, UNKNOWN_COMMAND, BAD_LENGTH, OUT_OF_RANGE, NO_HANDSHAKE, INCOMPATIBLE, HARDWARE_FAULT = range(7)
@@ -345,6 +354,13 @@ class EmulatedDaq:
         self.acquisitions += 1
         return meas.voltages[:, self.ai_nodes], meas.timestamps
 
+    def read_grounded(self, repeats: int) -> np.ndarray:
+        """(repeats, n_ai) readings, V, of every AI channel with its input grounded."""
+        if not isinstance(self.model, BenchModel):
+            return np.zeros((repeats, self.n_ai))
+        self.acquisitions += 1
+        return self.model.read_grounded(repeats)[:, self.ai_nodes]
+
     def zero(self) -> None:
         """Every AO to 0 V and the clamp switches open."""
         self.ao_levels = np.zeros(self.n_ao)
@@ -370,13 +386,31 @@ class EmulatedBench:
 
     def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
                  ai_nodes: np.ndarray, faults: Faults | None = None,
-                 log_path: str | Path | None = None) -> None:
+                 log_path: str | Path | None = None,
+                 smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0) -> None:
         assert model.edges.kind == "stepped"
         self.log = TrafficLog(log_path)
         self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
         self.link = PtyLink(self.firmware, faults=faults, log=self.log)
         self.daq = EmulatedDaq(model, self.firmware, ai_nodes, chain, self.log)
         self.model = model
+        self.chain = np.asarray(chain, dtype=np.int64)
+        self.smu: EmulatedSmu | None = None
+        if smu_nodes is not None:
+            if not isinstance(model, BenchModel):
+                raise TypeError("an emulated SMU needs a BenchModel")
+            self.smu = EmulatedSmu(model, smu_nodes, sync=self.sync_taps, seed=smu_seed)
+
+    def sync_taps(self) -> None:
+        """Put the model's edges at the firmware's taps (the DAQ does this per acquisition)."""
+        with self.firmware.lock:
+            taps = self.firmware.taps[self.chain]
+        self.model.set_taps(taps)
+
+    def serial_bytes(self) -> int:
+        """Bytes that crossed the serial link so far, both directions."""
+        return sum(len(e["data"]) // 2 for e in self.log.entries
+                   if e["channel"] in ("serial-in", "serial-out"))
 
     @property
     def port(self) -> str:
@@ -385,3 +419,268 @@ class EmulatedBench:
 
     def close(self) -> None:
         self.link.close()
+
+
+# -- the bench model with what only a physical bench has ---------------------------------
+
+
+@dataclass(frozen=True)
+class EdgeFaults:
+    """Edge faults injected into the bench model.
+
+    Attributes
+    ----------
+    stuck : edge -> tap its wiper is stuck at: tap commands are ignored (the
+        potentiometer's register still reads back what was written).
+    open : edges that conduct only ``open_conductance`` (a broken trace: 1 GOhm of
+        leakage, so the physics stays solvable even when an open edge isolates a node).
+    short : edges bypassed down to ``short_resistance`` (a solder bridge across the
+        series resistor and the pot).
+    """
+
+    stuck: Mapping[int, int] = field(default_factory=dict)
+    open: tuple[int, ...] = ()
+    short: tuple[int, ...] = ()
+    open_conductance: float = 1e-9
+    short_resistance: float = 10.0
+
+    def __bool__(self) -> bool:
+        return bool(self.stuck or self.open or self.short)
+
+    @classmethod
+    def parse(cls, specs: list[str], n_edges: int, n_taps: int) -> EdgeFaults:
+        """From ``stuck:EDGE[:TAP]``, ``open:EDGE``, ``short:EDGE`` strings (the stuck tap
+        defaults to the middle one)."""
+        stuck: dict[int, int] = {}
+        opened: list[int] = []
+        shorted: list[int] = []
+        for spec in specs:
+            parts = spec.split(":")
+            try:
+                kind, edge = parts[0], int(parts[1])
+                tap = int(parts[2]) if len(parts) > 2 else n_taps // 2
+                if len(parts) > (3 if kind == "stuck" else 2):
+                    raise ValueError
+            except (IndexError, ValueError):
+                raise ProtocolError(f"fault {spec!r}: expected stuck:EDGE[:TAP], open:EDGE or "
+                                    f"short:EDGE") from None
+            if kind not in ("stuck", "open", "short"):
+                raise ProtocolError(f"fault {spec!r}: unknown kind {kind!r}; allowed: stuck, open, short")
+            if not 0 <= edge < n_edges:
+                raise ProtocolError(f"fault {spec!r}: edge {edge} is not in 0..{n_edges - 1}")
+            if not 0 <= tap < n_taps:
+                raise ProtocolError(f"fault {spec!r}: tap {tap} is not in 0..{n_taps - 1}")
+            if kind == "stuck":
+                stuck[edge] = tap
+            else:
+                (opened if kind == "open" else shorted).append(edge)
+        return cls(stuck, tuple(opened), tuple(shorted))
+
+    def describe(self) -> dict[str, Any]:
+        return {"stuck": {str(k): v for k, v in self.stuck.items()}, "open": list(self.open),
+                "short": list(self.short)}
+
+
+class BenchModel(SimulatedBackend):
+    """The emulated bench's model: a stepped :class:`SimulatedBackend` with edge faults,
+    grounded-input readings and the two-point resistance an SMU measures.
+
+    Parameters are those of :class:`SimulatedBackend`, plus ``faults``.
+    """
+
+    def __init__(self, *args: Any, faults: EdgeFaults | None = None, **kwargs: Any) -> None:
+        self.faults = faults or EdgeFaults()
+        super().__init__(*args, **kwargs)
+        m = self.network.n_edges
+        bad = [j for j in (*self.faults.stuck, *self.faults.open, *self.faults.short) if not 0 <= j < m]
+        if bad:
+            raise ProtocolError(f"faults name edges {bad}, not in 0..{m - 1}")
+        if self.faults.stuck:
+            state = self.read_edges()
+            assert state.taps is not None
+            self.set_taps(state.taps)
+
+    def set_taps(self, taps: np.ndarray) -> None:
+        """Commanded taps; a stuck wiper stays where it is stuck."""
+        taps = np.array(taps, dtype=np.int64)
+        for edge, tap in self.faults.stuck.items():
+            taps[edge] = tap
+        super().set_taps(taps)
+
+    def true_conductances(self, twin: int = 0, time: float | None = None) -> np.ndarray:
+        g = super().true_conductances(twin, time)
+        if not (self.faults.open or self.faults.short):
+            return g
+        g = np.array(g, dtype=float)
+        g[list(self.faults.open)] = self.faults.open_conductance
+        g[list(self.faults.short)] = 1.0 / self.faults.short_resistance
+        return g
+
+    def true_table(self) -> np.ndarray:
+        """(m, n_taps) true conductance (S) of every edge at every tap, faults included, at
+        the reference temperature. Emulator only: a bench has no such oracle."""
+        edges = self.edges
+        assert isinstance(edges, SteppedEdges)
+        m, n_taps = edges.table.shape
+        bench = self._bench
+        if bench is None:
+            table = edges.table.copy()
+        else:
+            twin = bench.twins[0]
+            assert twin.fixed is not None and twin.element is not None
+            table = 1.0 / (twin.fixed + twin.element)
+        for edge, tap in self.faults.stuck.items():
+            table[edge] = table[edge, tap]
+        table[list(self.faults.open)] = self.faults.open_conductance
+        table[list(self.faults.short)] = 1.0 / self.faults.short_resistance
+        return table
+
+    def true_channels(self) -> dict[str, np.ndarray]:
+        """The DAQ channels' true errors (per node's AI channel, per AO channel) and the
+        source output impedance. Emulator only."""
+        bench = self._bench
+        n = self.network.n_nodes
+        n_ao = len(self.network.roles.sources) + len(self.network.roles.clamps)
+        if bench is None:
+            return {"ai_gain": np.zeros(n), "ai_offset": np.zeros(n), "ao_gain": np.zeros(n_ao),
+                    "ao_offset": np.zeros(n_ao), "source_impedance": np.zeros(n_ao)}
+        return {"ai_gain": bench.ai_gain.copy(), "ai_offset": bench.ai_offset.copy(),
+                "ao_gain": bench.ao_gain.copy(), "ao_offset": bench.ao_offset.copy(),
+                "source_impedance": np.full(n_ao, self.imperfections.source_impedance)}
+
+    def read_grounded(self, repeats: int) -> np.ndarray:
+        """(repeats, n) AI readings, V, with every input grounded: each channel's offset,
+        noise and quantization (``repeats`` samples of the simulated clock)."""
+        n = self.network.n_nodes
+        self.clock.advance(repeats)
+        bench = self._bench
+        if bench is None:
+            return np.zeros((repeats, n))
+        p = bench.params
+        return adc_read(np.zeros((repeats, n)), gain=bench.ai_gain, offset=bench.ai_offset,
+                        noise_rms=p.ai_noise_rms, bits=p.ai_bits, full_range=p.ai_range,
+                        averaging=p.averaging, rng=self._noise)
+
+    def two_point_resistance(self, a: int, b: int) -> float:
+        """Resistance (ohm) between nodes a and b with every output at 0 V: sources held
+        through the source output impedance, grounds at 0 V, clamps open (floating)."""
+        net = self.network
+        n = net.n_nodes
+        g = self.true_conductances()
+        e = net.edges
+        lap = np.zeros((n, n))
+        np.add.at(lap, (e[:, 0], e[:, 0]), g)
+        np.add.at(lap, (e[:, 1], e[:, 1]), g)
+        np.add.at(lap, (e[:, 0], e[:, 1]), -g)
+        np.add.at(lap, (e[:, 1], e[:, 0]), -g)
+        held = set(net.roles.grounds)
+        z = self.imperfections.source_impedance
+        for s in net.roles.sources:
+            if z > 0:
+                lap[s, s] += 1.0 / z
+            else:
+                held.add(s)
+        keep = np.array([i for i in range(n) if i not in held])
+        rhs = np.zeros(n)
+        rhs[a] += 1.0
+        rhs[b] -= 1.0
+        v = np.zeros(n)
+        v[keep] = np.linalg.solve(lap[np.ix_(keep, keep)], rhs[keep])
+        return float(v[a] - v[b])
+
+
+class EmulatedSmu:
+    """A source-measure unit on a fixture across two nodes, as a pyvisa resource
+    look-alike: the SCPI subset of ``drivers.visa.Smu`` (Keithley 2400 style), answered
+    from the bench model.
+
+    ``:MEAS:RES?`` in manual-ohms mode (source current, measure voltage, 4-wire) returns
+    the model's two-point resistance between the fixture nodes with every output at
+    0 V, times (1 + gain error) and with relative noise; beyond the voltage compliance
+    it returns the overflow value 9.91e37. Each reading advances the model's clock by
+    ``reading_time``.
+
+    Parameters
+    ----------
+    model : the bench model.
+    nodes : (a, b) fixture nodes.
+    sync : puts the model at the firmware's taps before a reading.
+    gain_error : relative gain error; drawn uniform in +-3e-4 from ``seed`` when None
+        (a Keithley 2400's 4-wire ohms accuracy on the 10 kOhm range is ~0.03 %).
+    noise : relative rms noise per reading.
+    reading_time : seconds per reading (integration, settling, GPIB).
+    """
+
+    IDN = "KEITHLEY INSTRUMENTS INC.,MODEL 2400,EMULATED,C30 (clln bench emulator)"
+
+    def __init__(self, model: BenchModel, nodes: tuple[int, int], *, sync: Callable[[], None],
+                 gain_error: float | None = None, noise: float = 3e-5, reading_time: float = 0.2,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.nodes = (int(nodes[0]), int(nodes[1]))
+        self.sync = sync
+        self._rng = np.random.default_rng(seed)
+        self.gain_error = float(self._rng.uniform(-3e-4, 3e-4)) if gain_error is None else gain_error
+        self.noise = noise
+        self.reading_time = reading_time
+        self.timeout = 2000
+        self.readings = 0
+        self._errors: list[str] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.function, self.current, self.compliance = "VOLT", 0.0, 21.0
+        self.mode, self.sense, self.output = "AUTO", "RES", False
+        self.four_wire = False
+
+    def write(self, command: str) -> None:
+        head, _, arg = command.strip().partition(" ")
+        head = head.upper()
+        try:
+            if head == "*RST":
+                self._reset()
+            elif head == ":SOUR:FUNC":
+                self.function = {"CURR": "CURR", "VOLT": "VOLT"}[arg.upper()]
+            elif head == ":SOUR:CURR":
+                self.current = float(arg)
+            elif head == ":SENS:VOLT:PROT":
+                self.compliance = float(arg)
+            elif head == ":SENS:FUNC":
+                self.sense = arg.strip('"').upper()
+            elif head == ":SENS:RES:MODE":
+                self.mode = {"MAN": "MAN", "AUTO": "AUTO"}[arg.upper()]
+            elif head == ":SYST:RSEN":
+                self.four_wire = arg.upper() in ("ON", "1")
+            elif head == ":OUTP":
+                self.output = arg.upper() in ("ON", "1")
+            else:
+                self._errors.append('-113,"Undefined header"')
+        except (KeyError, ValueError):
+            self._errors.append('-224,"Illegal parameter value"')
+
+    def query(self, command: str) -> str:
+        q = command.strip().upper()
+        if q == "*IDN?":
+            return self.IDN
+        if q == ":SYST:ERR?":
+            return self._errors.pop(0) if self._errors else '0,"No error"'
+        if q == ":MEAS:RES?":
+            return self._measure()
+        self._errors.append('-113,"Undefined header"')
+        return ""
+
+    def _measure(self) -> str:
+        if self.function != "CURR" or self.mode != "MAN" or self.sense != "RES" or not self.four_wire:
+            self._errors.append('-221,"Settings conflict"')
+            return "+9.910000E+37"
+        self.sync()
+        self.model.clock.now += self.reading_time
+        self.readings += 1
+        true = self.model.two_point_resistance(*self.nodes)
+        if not self.output or abs(self.current * true) > self.compliance:
+            return "+9.910000E+37"
+        reading = true * (1.0 + self.gain_error) * (1.0 + self.noise * self._rng.standard_normal())
+        return f"{reading:+.7E}"
+
+    def close(self) -> None:
+        self.output = False
