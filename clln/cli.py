@@ -7,6 +7,7 @@ import contextlib
 import math
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,6 +83,8 @@ def train(
             target=target, seed=seed, steps=steps, traffic_log=traffic_log)
         where = {"emulate": "emulated bench", "simulate": "model of bench",
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
+        used = exp.backend.describe().get("calibration")
+        where += f", calibration {used['id']}" if used else ", datasheet tap tables"
     extra = None
     if bench is not None:
         from clln.resume import bench_info
@@ -210,10 +213,11 @@ def check(
 ) -> None:
     """Connect to a bench, handshake, read every AI channel and every edge once, print a table."""
     from clln.benchfile import load_bench
-    from clln.benchrun import nominal_edges, open_bench
+    from clln.benchrun import bench_calibration, open_bench
 
     spec, text = load_bench(bench)
-    session = open_bench(spec, text, target="emulate" if emulate else "hardware")
+    cal = bench_calibration(spec, bench)
+    session = open_bench(spec, text, target="emulate" if emulate else "hardware", calibration=cal)
     try:
         backend = session.backend
         fw = backend.potbank.info  # type: ignore[attr-defined]
@@ -230,8 +234,10 @@ def check(
         for k in range(spec.nodes):
             nodes.add_row(str(k), spec.ai[k], roles.get(k, ""), f"{volts[k]:+.6f}")
         console.print(nodes)
-        table = nominal_edges(spec).table
-        edges = Table("edge", "nodes", "chain", "tap", "nominal R (ohm)", title="edges (read back)")
+        table = backend.edges.table  # type: ignore[attr-defined]
+        kind = "calibrated" if cal is not None else "nominal"
+        edges = Table("edge", "nodes", "chain", "tap", f"{kind} R (ohm)",
+                      title=f"edges (read back){f'; calibration {cal.id}' if cal else ''}")
         for j, e in enumerate(spec.edges):
             edges.add_row(str(j), f"{e.nodes[0]}-{e.nodes[1]}", str(e.chain), str(state.taps[j]),
                           f"{1 / table[j, state.taps[j]]:.0f}")
@@ -239,6 +245,88 @@ def check(
         print(f"check passed: {spec.nodes} AI channels and {len(spec.edges)} edges read", flush=True)
     finally:
         session.close()
+
+
+@app.command()
+def calibrate(
+    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    emulate: Annotated[bool, typer.Option(help="Calibrate the emulated bench.")] = False,
+    edges: Annotated[str | None, typer.Option(
+        help="Edges to calibrate, e.g. 0,3,5-7 (the others keep the current calibration).")] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Re-measure a sample and say whether the current calibration still holds.")] = False,
+    calibration: Annotated[Path | None, typer.Option(
+        help="The calibration to verify or complete (default: the bench file's calibration key).")]
+        = None,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="With --emulate: inject an edge fault: stuck:EDGE[:TAP] | open:EDGE | short:EDGE "
+             "(repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the measurement design.", min=0)] = 0,
+    levels: Annotated[int, typer.Option(help="Tap levels measured per edge.", min=3)] = 17,
+    threshold: Annotated[float, typer.Option(
+        help="Relative disagreement between tomography and calibration that flags an edge.",
+        min=0.001)] = 0.03,
+) -> None:
+    """Calibrate a bench's DAQ channels and every edge's tap -> conductance table, check
+    every edge by network tomography, and write the calibration and a PNG report beside
+    the bench file; with --verify, check the current calibration (exit code 3 when it no
+    longer holds)."""
+    from clln.calibrate import run_calibrate
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console)
+    bar = progress.add_task("verifying" if verify else "calibrating", total=None)
+
+    def show(done: int, total: int, what: str) -> None:  # the bar appears with the first step
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(bar, completed=done, total=total, description=what)
+
+    try:
+        outcome = run_calibrate(bench, emulate=emulate, edges=edges, verify_only=verify,
+                                calibration_path=calibration, faults=fault or [], seed=seed,
+                                levels=levels, threshold=threshold, progress=show)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    cost = outcome.cost
+    where = "emulated bench time" if emulate else "bench time"
+    console.print(f"{cost.acquisitions} DAQ acquisitions ({cost.boundary_conditions} boundary "
+                  f"conditions), {cost.tap_writes} tap writes ({cost.serial_frames} serial frames), "
+                  f"{cost.meter_readings} SMU readings; {where} {cost.bench_seconds:.1f} s",
+                  highlight=False)
+    if outcome.verification is not None:
+        v = outcome.verification
+        c = v.check
+        console.print(f"tomography at {c.taps.shape[0]} tap states (scale: {c.scale}): rms "
+                      f"{c.rms_error:.2%}, max {c.max_error:.2%} from the calibration; AI offsets "
+                      f"moved at most {np.abs(v.offset_drift).max() * 1e6:.0f} uV", highlight=False)
+        _print_flags(c.flags)
+        print(f"report: {outcome.report}", flush=True)
+        if not v.holds:
+            print(f"calibration {outcome.calibration.id} does NOT hold", flush=True)
+            raise typer.Exit(3)
+        print(f"calibration {outcome.calibration.id} holds", flush=True)
+        return
+    cal = outcome.calibration
+    s = cal.summary
+    check_ = s.get("check") or {}
+    console.print(f"scale: {cal.scale}; fit residual (line) median {s['fit_rms_median']:.2%} of R; "
+                  f"tomography check rms {check_.get('rms_error', float('nan')):.2%}, max "
+                  f"{check_.get('max_error', float('nan')):.2%}", highlight=False)
+    _print_flags(cal.flags)
+    print(f"calibration: {outcome.path}", flush=True)
+    print(f"report: {outcome.report}", flush=True)
+    if outcome.path is not None:
+        print(f"to use it, put calibration = \"{outcome.path.name}\" in {bench}", flush=True)
+
+
+def _print_flags(flags: dict[int, str]) -> None:
+    if flags:
+        listed = ", ".join(f"edge {j} {what}" for j, what in sorted(flags.items()))
+        console.print(f"[red]flagged[/]: {listed}", highlight=False)
+    else:
+        console.print("no edge flagged", highlight=False)
 
 
 @app.command()
@@ -467,8 +555,21 @@ def _say(message: str) -> None:
     print(message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    from clln.controller.calibration import CalibrationWarning
+
+    if issubclass(category, CalibrationWarning):
+        _say(f"warning: {message}")
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
+    warnings.showwarning = _show_warning
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
