@@ -90,11 +90,13 @@ class RelaxationFits:
     fits : model name -> fit.
     best : the model with the lowest AIC.
     delta_aic : model name -> its AIC minus the best AIC.
+    window : (first, last) step of the points fitted.
     """
 
     fits: dict[str, RelaxationFit]
     best: str
     delta_aic: dict[str, float]
+    window: tuple[float, float] = (0.0, 0.0)
 
 
 def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> RelaxationFits:
@@ -158,7 +160,8 @@ def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> 
     if not fits:
         raise UserError("no relaxation model could be fitted to the error curve")
     best = min(fits, key=lambda m: fits[m].aic)
-    return RelaxationFits(fits, best, {m: f.aic - fits[best].aic for m, f in fits.items()})
+    return RelaxationFits(fits, best, {m: f.aic - fits[best].aic for m, f in fits.items()},
+                          (float(t[0]), float(t[-1])))
 
 
 def correlation_function(points: np.ndarray, values: np.ndarray, bins: np.ndarray

@@ -38,6 +38,9 @@ from clln.controller.task import Task
 EXACT_HESSIAN_MAX_EDGES = 4000
 """Largest network whose cost Hessian includes the residual term (needs an m x m K)."""
 
+COST_HESSIAN_MAX_EDGES = 12000
+"""Largest network whose (dense, m x m) cost Hessian is formed and diagonalised."""
+
 WHATS = ("susceptibility", "aging", "all")
 
 
@@ -190,7 +193,10 @@ def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: 
             out.physical_before = hessian_modes(net, data.initial, held).eigenvalues
     else:
         num["partial"] = None
-    if task is not None:
+    if task is not None and net.n_edges > COST_HESSIAN_MAX_EDGES:
+        num["cost"] = {"skipped": f"{net.n_edges} edges: the dense cost Hessian is limited to "
+                                  f"{COST_HESSIAN_MAX_EDGES}"}
+    elif task is not None:
         exact = net.n_edges <= EXACT_HESSIAN_MAX_EDGES
         after = cost_landscape(net, g, task, exact=exact)
         modes_after = after.modes
@@ -261,6 +267,7 @@ def aging_analysis(data: RunData) -> AgingResult:
     else:
         num["relaxation"] = {
             "series": f"sqrt({source} cost)",
+            "fitted_steps": list(fits.window),
             "best": fits.best,
             "delta_aic": fits.delta_aic,
             "aic_exponential_minus_stretched": (
@@ -364,7 +371,9 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str]]:
                          f"90% of the network norm from {part['modes_for_90pct_network']} of "
                          f"{part['modes']} softest modes ({fmt(100 * part['fraction_of_modes_for_90pct_network'], '.1f')}%)"))
         cost = sus.get("cost")
-        if cost:
+        if cost and "skipped" in cost:
+            rows.append(("cost Hessian", f"skipped: {cost['skipped']}"))
+        elif cost:
             rows.append(("cost Hessian", f"{cost['n_stiff']} stiff modes, gap {fmt(cost['stiff_gap'])}, "
                                          f"cost {fmt(cost['cost'])}"))
             rows.append(("Spearman |s_j| vs stiff weight", fmt(cost["spearman_norm_vs_stiff_weight"], ".3f")))

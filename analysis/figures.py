@@ -53,7 +53,8 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
         axes[1, 0].set_title(f"Spearman rho = {cost['spearman_norm_vs_stiff_weight']:.2f}")
     else:
         for ax in (axes[0, 1], axes[1, 0]):
-            ax.text(0.5, 0.5, "no task: cost Hessian skipped", ha="center", va="center")
+            ax.text(0.5, 0.5, "cost Hessian skipped (see analysis.json)", ha="center",
+                    va="center")
             ax.set_axis_off()
     axes[1, 1].loglog(sus.norms, sus.relative, ".", ms=3, alpha=0.6)
     axes[1, 1].axhline(1.0, color="grey", lw=0.8)
@@ -102,12 +103,16 @@ def aging_figures(data: RunData, aging: AgingResult, folder: Path) -> list[Path]
     if aging.fits is not None:
         t = aging.steps
         axes[0].loglog(np.maximum(t, 1), aging.rmse, "o", ms=3, color="black", label="data")
-        fine = np.linspace(t.min(), t.max(), 400)
+        fine = np.linspace(*aging.fits.window, 400)  # the fitted points only
         for name, fit in aging.fits.fits.items():
             mark = " (best)" if name == aging.fits.best else ""
             axes[0].loglog(np.maximum(fine, 1), fit.predict(fine),
                            label=f"{name}, dAIC {aging.fits.delta_aic[name]:.1f}{mark}")
-        axes[0].set_xlabel("step")
+        shown = aging.rmse[aging.rmse > 0]
+        if shown.size:
+            axes[0].set_ylim(shown.min() / 2, shown.max() * 2)
+        axes[0].axvline(max(aging.fits.window[1], 1), color="grey", lw=0.8, ls=":")
+        axes[0].set_xlabel("step (dotted: end of the fitted range)")
         axes[0].set_ylabel("sqrt(cost)")
         axes[0].set_title("relaxation")
         axes[0].legend(fontsize=8)
@@ -116,7 +121,6 @@ def aging_figures(data: RunData, aging: AgingResult, folder: Path) -> list[Path]
         colors = plt.cm.viridis(np.linspace(0, 1, max(len(corr.steps), 2)))
         for row, step, color in zip(corr.c, corr.steps, colors):
             axes[1].plot(corr.r, row, color=color, label=f"step {step}")
-        axes[1].axhline(np.exp(-1), color="grey", lw=0.8, ls="--")
         axes[1].set_xlabel("r (mean edge lengths)")
         axes[1].set_ylabel("C(r) of g(t) - g(0)")
         axes[1].set_title("two-point correlation")

@@ -29,10 +29,10 @@ import scipy.stats
 import clln.compose as compose
 from clln.analysis.analyze import aging_analysis, load_run, susceptibility_analysis
 from clln.analysis.cost import (
+    bench_green,
     cost_gradient,
     cost_hessian,
     cost_terms,
-    bench_green,
     gauss_newton_hessian,
     response_arrays,
     task_output_operator,

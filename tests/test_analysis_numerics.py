@@ -210,3 +210,16 @@ def test_cost_landscape_reports_the_task_cost() -> None:
     assert land.exact and land.hessian.shape == (net.n_edges,) * 2
     gn = cost_landscape(net, g, task, Dataset(task.train.x, outputs), exact=False)
     assert gn.cost == pytest.approx(0.0, abs=1e-20)
+
+
+def test_large_networks_use_the_randomized_estimator_and_skip_dense_modes() -> None:
+    from clln.analysis.analyze import RunData, susceptibility_analysis
+
+    rng = np.random.default_rng(8)
+    net = delaunay(5200, rng).with_roles(NodeRoles((0, 1), (2,), (5, 6)))
+    g = rng.uniform(1e-3, 3e-3, net.n_edges)
+    data = RunData("r", "big", "completed", net, "regression", None, g, None)  # type: ignore[arg-type]
+    res = susceptibility_analysis(data, None, probes=16)
+    assert res.numbers["method"] == "randomized" and res.numbers["probes"] == 16
+    assert res.numbers["partial"] is None and res.fraction_curve is None
+    assert 0 < res.numbers["median_relative_stderr"] < 0.5
