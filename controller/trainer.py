@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clln.controller.backend import NetworkBackend
+from clln.controller.backend import Measurement, NetworkBackend, SteppedEdges
 from clln.controller.rules import UpdateRule, contrastive_signal
+from clln.controller.schemes import Nudge, Scheme
 from clln.controller.task import Dataset, Task
 
 
@@ -53,6 +54,7 @@ class StepRecord:
     test_accuracy: float | None = None
     conductances: np.ndarray | None = None
     taps: np.ndarray | None = None
+    teaching: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class Trainer:
     rule : the local update rule.
     config : hyper-parameters.
     rng : random generator for batch sampling.
+    scheme : bias-suppression scheme (:mod:`clln.controller.schemes`); None is plain
+        coupled learning, exactly as without schemes. The scheme keeps its own state.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Trainer:
         rule: UpdateRule,
         config: TrainConfig,
         rng: np.random.Generator,
+        scheme: Scheme | None = None,
     ) -> None:
         if tuple(backend.network.roles.clamps) != task.clamp_nodes:
             raise ValueError("backend clamp nodes differ from the task's clamp nodes")
@@ -101,6 +106,9 @@ class Trainer:
         self.rng = rng
         self._incidence = backend.network.incidence
         self._twin = bool(getattr(backend, "twin", False)) and hasattr(backend, "measure_twin")
+        self.scheme = scheme
+        if scheme is not None:
+            scheme.check(self._twin, backend.edges, rule)
 
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
         """(cost, accuracy) of the free network on a dataset."""
@@ -119,6 +127,8 @@ class Trainer:
         """One update step on a batch; returns its record (without test evaluation)."""
         batch = self._batch()
         sources = self.task.source_voltages(batch.x)
+        if self.scheme is not None:
+            return self._scheme_step(index, batch, sources, self.scheme)
         eta = self.config.eta
         if self._twin:  # both twins at once; the clamped twin follows the free one's outputs
             free, clamped = self.backend.measure_twin(  # type: ignore[attr-defined]
@@ -141,6 +151,84 @@ class Trainer:
             nudge=float(np.sqrt(np.mean(nudge**2))),
             update_norm=float(np.linalg.norm(applied.commands)),
             n_clipped=int(np.count_nonzero(applied.clipped)),
+        )
+
+    def _measure_pair(self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray],
+                      swap: bool) -> tuple[Measurement, Measurement, np.ndarray]:
+        """Free and clamped measurements (both twins at once on a twin bench, the twins'
+        roles exchanged when ``swap``) and the clamps (B, n_clamps) V that were imposed."""
+        if self._twin:
+            imposed: list[np.ndarray] = []
+
+            def rule(free: Measurement) -> np.ndarray:
+                imposed.append(np.asarray(clamp_rule(free), dtype=float))
+                return imposed[-1]
+
+            kwargs = {"swap": True} if swap else {}
+            free, clamped = self.backend.measure_twin(sources, rule, **kwargs)  # type: ignore[attr-defined]
+            return free, clamped, imposed[-1]
+        free = self.backend.measure(sources)
+        clamps = np.asarray(clamp_rule(free), dtype=float)
+        return free, self.backend.measure(sources, clamps), clamps
+
+    def _measure_clamped(self, sources: np.ndarray, clamps: np.ndarray, swap: bool) -> Measurement:
+        """One clamped measurement (on the clamped twin of a twin bench)."""
+        if self._twin:
+            return self._measure_pair(sources, lambda _free: clamps, swap)[1]
+        return self.backend.measure(sources, clamps)
+
+    def _scheme_step(self, index: int, batch: Dataset, sources: np.ndarray,
+                     scheme: Scheme) -> StepRecord:
+        """One update step through a bias-suppression scheme (see :class:`Scheme`)."""
+        task = self.task
+        eta = scheme.eta(self.config.eta)
+        if scheme.auto_zero is not None and scheme.auto_zero.due(index):
+            phases = (0, 1) if scheme.chop is not None else (0,)
+            for phase in phases:  # zero nudge: clamped nodes held at their free voltages
+                zf, zc, held = self._measure_pair(
+                    sources, lambda f: f.at_nodes(task.clamp_nodes), swap=phase == 1)
+                if scheme.overclamp is not None and scheme.overclamp.symmetric:
+                    # the same estimator as the update: two clamped states, here both at zero nudge
+                    zf = self._measure_clamped(sources, held, swap=phase == 1)
+                    zero = 0.5 * contrastive_signal(zf, zc, self._incidence)
+                else:
+                    zero = contrastive_signal(zf, zc, self._incidence)
+                scheme.auto_zero.observe(phase, zero)
+        nudges: list[Nudge] = []
+
+        def clamp_rule(free: Measurement) -> np.ndarray:
+            nudges.append(scheme.clamps(task, free, batch, eta))
+            return nudges[-1].clamps
+
+        swap = scheme.phase == 1
+        free, clamped, clamps = self._measure_pair(sources, clamp_rule, swap)
+        nudge = nudges[-1]
+        weights = nudge.weights
+        teaching = len(batch) if weights is None else int(np.count_nonzero(weights))
+        edges = self.backend.edges
+        if teaching:
+            if nudge.anti is None:
+                signal = contrastive_signal(free, clamped, self._incidence, weights)
+            else:  # symmetric: half the difference of the mirrored and the nudged states
+                mirrored = self._measure_clamped(sources, nudge.anti, swap)
+                signal = 0.5 * contrastive_signal(mirrored, clamped, self._incidence, weights)
+            signal = scheme.correct(signal * scheme.weight_scale(weights))
+            taps = self.backend.read_edges().taps if scheme.residuals is not None else None
+            commands = scheme.commands(self.rule, signal, eta, edges, taps)
+        else:  # nothing teaches: no update at all, so no bias is applied either
+            commands = np.zeros(self.backend.network.n_edges,
+                                dtype=np.int64 if isinstance(edges, SteppedEdges) else float)
+        applied = self.backend.adjust(commands)
+        scheme.advance()
+        outputs = task.outputs(free)
+        moved = clamps - free.at_nodes(task.clamp_nodes)
+        return StepRecord(
+            step=index,
+            error=task.cost(outputs, batch.y),
+            nudge=float(np.sqrt(np.mean(moved**2))),
+            update_norm=float(np.linalg.norm(applied.commands)),
+            n_clipped=int(np.count_nonzero(applied.clipped)),
+            teaching=teaching,
         )
 
     def run(
