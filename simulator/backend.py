@@ -23,6 +23,7 @@ from clln.controller.backend import (
     Measurement,
     SteppedEdges,
 )
+from clln.controller.errors import ProtocolError
 from clln.controller.network import Network, NodeRoles
 from clln.simulator.imperfections import BenchInstance, Imperfections
 from clln.simulator.physics import LinearNetworkSolver, SolverName
@@ -123,6 +124,13 @@ class SimulatedBackend:
                 pot=pot if isinstance(edges, SteppedEdges) else None,
                 rng=np.random.default_rng(bench_seed),
             )
+        # Asymmetric actuators: where each twin's edges really are (S), apart from the
+        # commanded values the controller knows.
+        self._actual: np.ndarray | None = None
+        if self._bench is not None and self._bench.asymmetry is not None:
+            if isinstance(edges, SteppedEdges):
+                raise ProtocolError("actuator_asymmetry models analog actuators: it needs continuous edges")
+            self._actual = np.tile(self._g, (self._bench.asymmetry.shape[0], 1))
         self._noise = np.random.default_rng(noise_seed)
         self._drivers = params.source_impedance > 0
         physics_net = with_drivers(network) if self._drivers else network
@@ -158,7 +166,8 @@ class SimulatedBackend:
         if self._bench is None:
             return self._g
         t = self.clock.now if time is None else time
-        return self._bench.true_conductances(twin, conductances=self._g, taps=self._taps, time=t)
+        commanded = self._g if self._actual is None else self._actual[twin]
+        return self._bench.true_conductances(twin, conductances=commanded, taps=self._taps, time=t)
 
     def _basis(self, twin: int, time: float) -> np.ndarray:
         drifting = self._bench is not None and self._bench.drifts and time != self._solved_at[twin]
@@ -178,16 +187,26 @@ class SimulatedBackend:
         return self._measure(1 if clamps is not None and self.twin else 0, sources, clamps, stamps)
 
     def measure_twin(
-        self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray]
+        self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray], *,
+        swap: bool = False,
     ) -> tuple[Measurement, Measurement]:
         """Free state on twin 0 and, at the same time, the clamped state on twin 1 with its
-        clamped nodes held at ``clamp_rule(free)`` (the bench's nudge circuit)."""
+        clamped nodes held at ``clamp_rule(free)`` (the bench's nudge circuit).
+
+        With ``swap`` the twins exchange roles (free on twin 1, clamped on twin 0). The
+        per-edge signal circuits, wired from twin 0 to twin 1, then see their inputs
+        reversed; the measurements are still returned as (free, clamped), so the circuits'
+        fixed offset enters the controller's (dV_free)^2 - (dV_clamped)^2 with the
+        opposite sign (the controller demodulates the reversed polarity).
+        """
         sources, _ = self._check(sources, None)
         stamps = self.clock.advance(sources.shape[0])
-        free = self._measure(0, sources, None, stamps)
+        free_twin, clamped_twin = (1, 0) if swap and self.twin else (0, 1 if self.twin else 0)
+        free = self._measure(free_twin, sources, None, stamps)
         clamps = np.atleast_2d(np.asarray(clamp_rule(free), dtype=float))
         _, clamps = self._check(sources, clamps)
-        return free, self._measure(1 if self.twin else 0, sources, clamps, stamps)
+        return free, self._measure(clamped_twin, sources, clamps, stamps,
+                                   polarity=-1.0 if swap and self.twin else 1.0)
 
     def _check(self, sources: np.ndarray, clamps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         roles = self._network.roles
@@ -203,7 +222,7 @@ class SimulatedBackend:
         return sources, clamps
 
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
-                 stamps: np.ndarray) -> Measurement:
+                 stamps: np.ndarray, polarity: float = 1.0) -> Measurement:
         bench = self._bench
         ns = len(self._network.roles.sources)
         if bench is not None and not bench.params.exact_drive:
@@ -218,7 +237,9 @@ class SimulatedBackend:
         self.n_measurements += 1
         n = self._network.n_nodes
         node_basis = basis[:n] if self._drivers else basis
-        offsets = -bench.bias if bench is not None and clamps is not None and bench.params.learning_bias else None
+        offsets = None
+        if bench is not None and clamps is not None and bench.has_bias:
+            offsets = -bench.bias if polarity > 0 else bench.bias
         if bench is None or bench.params.exact_readout:
             return Measurement(coefficients, node_basis, stamps, edge_offsets=offsets)
         exact = coefficients @ node_basis.T
@@ -257,6 +278,10 @@ class SimulatedBackend:
             applied = g - self._g
             clipped = g != wanted
             self._g = g
+            if self._actual is not None:  # up and down steps differ: dg (1 +- a_j)
+                assert self._bench is not None and self._bench.asymmetry is not None
+                moved = applied + self._bench.asymmetry * np.abs(applied)
+                self._actual = np.clip(self._actual + moved, edges.gmin, edges.gmax)
         if np.any(applied):
             self._dirty = [True] * len(self._solvers)
         return Applied(applied, clipped)

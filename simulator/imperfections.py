@@ -34,8 +34,21 @@ Models (all SI units):
   own draw of every edge error, is commanded to the same state; the free state is
   measured on one twin and the clamped state on the other;
 * deterministic per-edge learning bias b_j (V^2, SCIENCE.md): normal with rms
-  ``learning_bias``, the per-edge offset of the bench's edge-signal circuits; it is
-  added to every (dV_free)^2 - (dV_clamped)^2 the controller forms.
+  ``learning_bias`` plus a common part ``learning_bias_mean`` (any sign), the per-edge
+  offset of the bench's edge-signal circuits (comparator or ADC offsets); it is added
+  to every (dV_free)^2 - (dV_clamped)^2 the controller forms (with the opposite sign
+  when a twin bench swaps its twins' roles, see ``SimulatedBackend.measure_twin``).
+  The pattern is fixed by the bench seed: changing ``learning_bias`` rescales the same
+  pattern;
+* asymmetric actuators (continuous edges): an up-command of dg moves edge j's true
+  conductance by dg (1 + a_j), a down-command by dg (1 - a_j), a_j uniform in
+  +-``actuator_asymmetry`` (per twin). The controller still believes the commanded
+  values; commands that fluctuate in sign rectify into a drift a_j <|dg|>, i.e. an
+  effective bias b_j ~ (eta / alpha) a_j <|dg|>.
+
+Sources of learning bias, then: ``learning_bias`` (signal-circuit offsets, enters the
+signal directly), ``twin`` with part tolerances (twin mismatch: at zero nudge the
+update is sum (dV_j^A)^2 - (dV_j^B)^2 != 0) and ``actuator_asymmetry``.
 """
 
 from __future__ import annotations
@@ -81,6 +94,8 @@ class Imperfections(BaseModel):
     # twin benches and learning bias
     twin: Annotated[bool, Field(strict=True)] = False
     learning_bias: NonNeg = 0.0
+    learning_bias_mean: Annotated[float, Field(strict=True)] = 0.0
+    actuator_asymmetry: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.0
     # time per measured sample (s), for drift and timestamps
     settle_time: Annotated[float, Field(gt=0, strict=True)] = 1e-3
 
@@ -230,6 +245,7 @@ class BenchInstance:
     ao_gain: np.ndarray
     ao_offset: np.ndarray
     bias: np.ndarray
+    asymmetry: np.ndarray | None = None
 
     @classmethod
     def draw(
@@ -266,8 +282,15 @@ class BenchInstance:
             ai_offset=uniform_spread(rng, 0.0, params.ai_offset_error * params.ai_range, n_nodes),
             ao_gain=uniform_spread(rng, 0.0, params.ao_gain_error, n_ao),
             ao_offset=uniform_spread(rng, 0.0, params.ao_offset_error * params.ai_range, n_ao),
-            bias=params.learning_bias * rng.standard_normal(m),
+            bias=params.learning_bias * rng.standard_normal(m) + params.learning_bias_mean,
+            asymmetry=(uniform_spread(rng, 0.0, params.actuator_asymmetry, len(twins) * m)
+                       .reshape(len(twins), m) if params.actuator_asymmetry else None),
         )
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the signal circuits add a learning bias."""
+        return bool(self.params.learning_bias or self.params.learning_bias_mean)
 
     @property
     def drifts(self) -> bool:
