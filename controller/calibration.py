@@ -230,20 +230,29 @@ class EdgeFits:
 
     def to_dict(self) -> dict[str, Any]:
         return {"measured": self.measured.tolist(), "taps": self.taps.tolist(),
-                "resistance": np.where(np.isnan(self.resistance), None, self.resistance).tolist(),
-                "r0": self.r0.tolist(), "rstep": self.rstep.tolist(),
-                "residual": self.residual.tolist(), "fit_rms": self.fit_rms.tolist()}
+                "resistance": _nullable(self.resistance), "r0": _nullable(self.r0),
+                "rstep": _nullable(self.rstep), "residual": self.residual.tolist(),
+                "fit_rms": _nullable(self.fit_rms)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], m: int, n_taps: int) -> EdgeFits:
-        res = np.array([[np.nan if v is None else v for v in row] for row in d["resistance"]], dtype=float)
+        res = _unnull(d["resistance"])
         taps = np.asarray(d["taps"], dtype=np.int64)
         if taps.shape[0] != m or res.shape != taps.shape:
             raise ProtocolError(f"calibration: fits.taps/resistance do not have {m} rows of equal shape")
         return cls(np.asarray(d["measured"], dtype=bool), taps, res,
-                   _array(d["r0"], "fits.r0", (m,)), _array(d["rstep"], "fits.rstep", (m,)),
+                   _array(_unnull(d["r0"]), "fits.r0", (m,)), _array(_unnull(d["rstep"]), "fits.rstep", (m,)),
                    _array(d["residual"], "fits.residual", (m, n_taps)),
-                   _array(d["fit_rms"], "fits.fit_rms", (m,)))
+                   _array(_unnull(d["fit_rms"]), "fits.fit_rms", (m,)))
+
+
+def _nullable(a: np.ndarray) -> Any:
+    """Nested lists with nan as None (JSON has no nan)."""
+    return np.where(np.isnan(a), None, a).tolist()
+
+
+def _unnull(value: Any) -> np.ndarray:
+    return np.array(value, dtype=object).astype(float)  # None -> nan
 
 
 @dataclass(frozen=True, eq=False)

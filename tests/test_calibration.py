@@ -420,3 +420,19 @@ def test_nidaqmx_grounded_reading_uses_the_internal_ground_channel() -> None:
         "Dev1/_aignd_vs_aignd", min_val=-10.0, max_val=10.0)
     task.timing.cfg_samp_clk_timing.assert_called_once_with(  # type: ignore[attr-defined]
         1000.0, sample_mode=nidaqmx.constants.AcquisitionType.FINITE, samps_per_chan=repeats * per)
+
+
+def test_a_subset_of_edges_keeps_the_other_tables_and_saves(tmp_path: Path) -> None:
+    model, table = ideal_model()
+    previous = SteppedEdges(table * 1.5)  # the others keep these
+    run = calibrate(SimTarget(model), nominal=SteppedEdges(table), meter=ModelMeter(model, (4, 7)),
+                    edges=[0, 5], previous=previous, levels=9, rows=(8, 8), grounded_repeats=4, check=0,
+                    rng=np.random.default_rng(8))
+    cal = run.calibration
+    assert np.max(np.abs(cal.table[[0, 5]] / table[[0, 5]] - 1)) < 1e-8
+    assert np.array_equal(np.delete(cal.table, [0, 5], axis=0), np.delete(previous.table, [0, 5], axis=0))
+    back = load_calibration(cal.save(tmp_path / "subset.json"))
+    assert np.isnan(back.fits.r0[1]) and back.fits.r0[0] == pytest.approx(1075.0)
+    assert back.fits.measured.tolist() == [j in (0, 5) for j in range(16)]
+    with pytest.raises(Exception, match="not edges of this bench"):
+        calibrate(SimTarget(model), nominal=SteppedEdges(table), edges=[16], rng=np.random.default_rng(0))
