@@ -223,8 +223,8 @@ def _scatter(ax: Any, check: EdgeCheck, title: str) -> None:
                     label=f"+-{check.threshold:.0%}")
     ax.set_xlabel("calibration (mS)")
     ax.set_ylabel("tomography (mS)")
-    ax.set_title(f"{title}: rms {check.rms_error:.2%}, max {check.max_error:.2%} "
-                 f"(scale: {check.scale})", fontsize=9)
+    ax.set_title(f"{title}: unflagged edges within rms {check.rms_error:.2%}, max "
+                 f"{check.max_error:.2%} (scale: {check.scale})", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
 
 

@@ -298,8 +298,9 @@ def calibrate(
     if outcome.verification is not None:
         v = outcome.verification
         c = v.check
-        console.print(f"tomography at {c.taps.shape[0]} tap states (scale: {c.scale}): rms "
-                      f"{c.rms_error:.2%}, max {c.max_error:.2%} from the calibration; AI offsets "
+        console.print(f"tomography at {c.taps.shape[0]} tap states (scale: {c.scale}): unflagged "
+                      f"edges within rms {c.rms_error:.2%}, max {c.max_error:.2%} of the calibration; "
+                      f"AI offsets "
                       f"moved at most {np.abs(v.offset_drift).max() * 1e6:.0f} uV", highlight=False)
         _print_flags(c.flags)
         print(f"report: {outcome.report}", flush=True)
