@@ -21,11 +21,12 @@ from clln.controller.errors import NetworkError, ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
 from clln.controller.packing import jammed
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
+from clln.controller.schemes import AutoZero, Chop, Overclamp, Residuals, Scheme
 from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.drivers.errors import DriverError
-from clln.protocol import EdgeSpec, NetworkSpec, Protocol, TaskSpec
+from clln.protocol import EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
 
 
@@ -41,6 +42,35 @@ class Experiment:
     rule: UpdateRule
     config: TrainConfig
     batch_rng: np.random.Generator
+    scheme: Scheme | None = None
+
+    def __post_init__(self) -> None:
+        """Build the protocol's bias-suppression scheme (when it has one) and check that it
+        can run on this backend with this rule."""
+        if self.scheme is None:
+            self.scheme = build_scheme(self.protocol.training.scheme)
+        if self.scheme is not None:
+            twin = bool(getattr(self.backend, "twin", False)) and hasattr(self.backend, "measure_twin")
+            try:
+                self.scheme.check(twin, self.backend.edges, self.rule)
+            except ProtocolError as exc:
+                raise ProtocolError(f"training.scheme: {exc}") from None
+
+
+def build_scheme(spec: SchemeSpec | None) -> Scheme | None:
+    """The controller's Scheme for ``[training.scheme]`` (None: plain coupled learning)."""
+    if spec is None:
+        return None
+    oc = spec.overclamp
+    return Scheme(
+        overclamp=None if oc is None else Overclamp(
+            eta=oc.eta, margin=oc.margin, rails=oc.rails, normalise=oc.normalise,
+            symmetric=oc.symmetric),
+        auto_zero=None if spec.auto_zero is None else AutoZero(
+            every=spec.auto_zero.every, window=spec.auto_zero.window),
+        chop=None if spec.chop is None else Chop(),
+        residuals=None if spec.residuals is None else Residuals(),
+    )
 
 
 def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path) -> Network:
@@ -195,7 +225,10 @@ def build_experiment(
         steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
         snapshot_every=tr.snapshot_every, target_error=tr.target_error,
     )
-    return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)
+    try:
+        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{source}: {exc}") from None
 
 
 def rebuild_task(protocol: Protocol, seed: int, info: dict[str, Any]) -> Task:
@@ -223,6 +256,7 @@ def network_info(exp: Experiment) -> dict[str, Any]:
         "output_nodes": list(exp.task.output_nodes),
         "output_edges": [list(e) for e in exp.task.output_edges],
         "rule": exp.rule.name,
+        "scheme": None if exp.scheme is None else exp.scheme.describe(),
         "eta": exp.config.eta,
         "batch": exp.config.batch_size,
         "steps": exp.config.steps,
@@ -240,7 +274,7 @@ class TrainOutcome:
 
 def make_trainer(exp: Experiment) -> Trainer:
     """The trainer of an experiment."""
-    return Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng)
+    return Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng, scheme=exp.scheme)
 
 
 def run_training(

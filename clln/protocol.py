@@ -145,6 +145,52 @@ class TaskSpec(_Strict):
         return 2 * self.inputs + 1 if self.kind == "classification" else self.inputs
 
 
+class OverclampSpec(_Strict):
+    """``[training.scheme.overclamp]``: clamp past the target (effective nudge ``eta``,
+    optionally clipped at the ``rails``, V), on both sides when ``symmetric``; samples
+    within ``margin`` (V) stop teaching; the update is averaged over the samples still
+    teaching when ``normalise``. See clln.controller.schemes.Overclamp."""
+
+    eta: Positive = 10.0
+    margin: NonNegative = 1e-3
+    rails: tuple[Float, Float] | None = None
+    normalise: Bool = True
+    symmetric: Bool = True
+
+    @model_validator(mode="after")
+    def _rails_ordered(self) -> OverclampSpec:
+        if self.rails is not None and not self.rails[0] < self.rails[1]:
+            raise ValueError(f"rails must be [low, high] with low < high, got {list(self.rails)}")
+        return self
+
+
+class AutoZeroSpec(_Strict):
+    """``[training.scheme.auto-zero]``: a zero-nudge measurement every ``every`` steps,
+    averaged over the last ``window`` of them, subtracted from every update."""
+
+    every: PositiveInt = 10
+    window: PositiveInt = 10
+
+
+class ChopSpec(_Strict):
+    """``[training.scheme.chop]`` (twin benches): swap the twins' roles every step."""
+
+
+class ResidualsSpec(_Strict):
+    """``[training.scheme.residuals]`` (stepped edges): carry each edge's fractional tap."""
+
+
+class SchemeSpec(_Strict):
+    """``[training.scheme]``: bias suppression. Each sub-table present turns that
+    component on (``[training.scheme.chop]`` may be empty); none is plain coupled
+    learning."""
+
+    overclamp: OverclampSpec | None = None
+    auto_zero: AutoZeroSpec | None = Field(default=None, alias="auto-zero")
+    chop: ChopSpec | None = None
+    residuals: ResidualsSpec | None = None
+
+
 class TrainingSpec(_Strict):
     """``[training]``: rule and hyper-parameters."""
 
@@ -158,6 +204,7 @@ class TrainingSpec(_Strict):
     test_every: PositiveInt = 50
     snapshot_every: PositiveInt = 100
     target_error: Positive | None = None
+    scheme: SchemeSpec | None = None
 
 
 class SimulatorSpec(_Strict):
@@ -210,11 +257,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):  # an item of a list of tables
             continue
-        field = getattr(current, "model_fields", {}).get(part)
+        fields = getattr(current, "model_fields", {})
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
         if field is None:
             return []
         current = model_in(field.annotation)
-    return sorted(getattr(current, "model_fields", {}))
+    return sorted(f.alias or name for name, f in getattr(current, "model_fields", {}).items())
 
 
 def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:

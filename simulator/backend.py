@@ -288,8 +288,11 @@ class SimulatedBackend:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes during a run: edge state, noise generator, clock."""
-        return {"conductances": self._g.copy(), "taps": None if self._taps is None else self._taps.copy(),
-                "noise": self._noise.bit_generator.state, "clock": self.clock.now}
+        state = {"conductances": self._g.copy(), "taps": None if self._taps is None else self._taps.copy(),
+                 "noise": self._noise.bit_generator.state, "clock": self.clock.now}
+        if self._actual is not None:  # asymmetric actuators: where the edges really are
+            state["actual"] = self._actual.copy()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the same network, edges and bench instance)."""
@@ -297,6 +300,8 @@ class SimulatedBackend:
         self._taps = None if state["taps"] is None else np.asarray(state["taps"], dtype=np.int64).copy()
         self._noise.bit_generator.state = state["noise"]
         self.clock.now = float(state["clock"])
+        if self._actual is not None:
+            self._actual = np.asarray(state["actual"], dtype=float).copy()
         self._dirty = [True] * len(self._solvers)
 
     def set_taps(self, taps: np.ndarray) -> None:
