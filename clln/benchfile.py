@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clln.controller.errors import ProtocolError
 from clln.drivers.chips import CHIPS
-from clln.protocol import _describe_error
+from clln.protocol import read_file, read_toml, validate
 from clln.simulator.imperfections import Imperfections
 
 FORMAT_VERSION = 1
@@ -191,32 +189,12 @@ class Bench(_Strict):
 
 def parse_bench(text: str, source: str = "<bench>") -> Bench:
     """Validate bench TOML text; raise ProtocolError naming ``source`` and the key."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
-    version = data.get("format")
-    if version is None:
-        raise ProtocolError(f"{source}: format: required key is missing; this clln reads format {FORMAT_VERSION}")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise ProtocolError(f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}")
-    try:
-        return Bench.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ProtocolError(f"{source}: {_describe_error(Bench, errors[0])}{more}") from None
+    return validate(Bench, read_toml(text, source, FORMAT_VERSION), source)
 
 
 def load_bench(path: str | Path) -> tuple[Bench, str]:
     """Read and validate a bench file; returns (bench, its text)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such bench file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read bench file ({exc})") from None
+    text = read_file(path, "bench")
     return parse_bench(text, str(path)), text
 
 

@@ -279,40 +279,62 @@ def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
     if kind == "literal_error":
         return f"{key}: {error['input']!r} is not allowed; allowed: {error['ctx']['expected']}"
     msg = error["msg"].removeprefix("Value error, ")
-    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less")):
+    if not loc:  # a check across keys names its keys itself
+        return msg
+    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "too_short")):
         return f"{key}: {msg} (got {error['input']!r})"
     return f"{key}: {msg}"
 
 
-def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
-    """Validate protocol TOML text; raise ProtocolError naming ``source`` and the key."""
+Model = typing.TypeVar("Model", bound=BaseModel)
+
+
+def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str, Any]:
+    """Parse TOML text and check its ``format`` version; ProtocolError naming ``source``.
+    ``kind`` names the file's kind in the message (e.g. "sweep")."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
-    version = data.get("format")
-    if version is None:
-        raise ProtocolError(f"{source}: format: required key is missing; this clln reads format {FORMAT_VERSION}")
-    if type(version) is not int or version != FORMAT_VERSION:
+    found = data.get("format")
+    if found is None:
+        raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
+                            f"{kind + ' ' if kind else ''}format {version}")
+    if type(found) is not int or found != version:
         raise ProtocolError(
-            f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}"
-            + (" (upgrade clln)" if isinstance(version, int) and version > FORMAT_VERSION else "")
+            f"{source}: format: version {found!r} is not supported; allowed: {version}"
+            + (" (upgrade clln)" if isinstance(found, int) and found > version else "")
         )
+    return data
+
+
+def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
+    """Validate parsed file data; the first error as one line naming the key."""
     try:
-        return Protocol.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ProtocolError(f"{source}: {_describe_error(Protocol, errors[0])}{more}") from None
+        raise ProtocolError(f"{source}: {_describe_error(model, errors[0])}{more}") from None
+
+
+def read_file(path: str | Path, what: str) -> str:
+    """A user file's text; ProtocolError (one line) when it is missing or unreadable."""
+    path = Path(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ProtocolError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{path}: cannot read {what} file ({exc})") from None
+
+
+def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
+    """Validate protocol TOML text; raise ProtocolError naming ``source`` and the key."""
+    return validate(Protocol, read_toml(text, source, FORMAT_VERSION), source)
 
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:
     """Read and validate a protocol file; returns (protocol, its text)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such protocol file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read protocol file ({exc})") from None
+    text = read_file(path, "protocol")
     return parse_protocol(text, str(path)), text

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clln.controller.errors import ProtocolError, UserError
 
@@ -151,60 +151,21 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     data[parts[-1]] = value
 
 
-def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        current: Any = SweepSpec
-        for part in loc[:-1]:
-            field = getattr(current, "model_fields", {}).get(part)
-            current = field.annotation if field is not None else None
-        allowed = sorted(getattr(current, "model_fields", {}))
-        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "literal_error":
-        return f"{key}: {error['input']!r} is not allowed; allowed: {error['ctx']['expected']}"
-    msg = error["msg"].removeprefix("Value error, ")
-    if not loc:
-        return msg
-    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "too_short")):
-        return f"{key}: {msg} (got {error['input']!r})"
-    return f"{key}: {msg}"
-
-
 def parse_sweep(text: str, path: Path) -> Sweep:
     """Validate sweep TOML text read from ``path``; raise ProtocolError naming the file,
     the key and what is allowed. Every run's protocol is validated too."""
     import tomli_w
 
-    from clln.protocol import load_protocol, parse_protocol
+    from clln.protocol import load_protocol, parse_protocol, read_toml, validate
 
     source = str(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
-    version = data.get("format")
-    if version is None:
-        raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
-                            f"sweep format {FORMAT_VERSION}")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise ProtocolError(
-            f"{source}: format: version {version!r} is not supported; allowed: {FORMAT_VERSION}"
-            + (" (upgrade clln)" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+    data = read_toml(text, source, FORMAT_VERSION, "sweep")
     for table in ("set", "grid"):
         if isinstance(data.get(table), dict):
             data[table] = _flatten(data[table])
     if isinstance(data.get("points"), list):
         data["points"] = [_flatten(p) if isinstance(p, dict) else p for p in data["points"]]
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ProtocolError(f"{source}: {_describe(errors[0])}{more}") from None
+    spec = validate(SweepSpec, data, source)
 
     protocol_path = Path(spec.protocol)
     if not protocol_path.is_absolute():
@@ -254,14 +215,9 @@ def parse_sweep(text: str, path: Path) -> Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such sweep file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read sweep file ({exc})") from None
-    return parse_sweep(text, path)
+    from clln.protocol import read_file
+
+    return parse_sweep(read_file(path, "sweep"), Path(path))
 
 
 # -- one run, on a worker ------------------------------------------------------------

@@ -26,6 +26,18 @@ def random_network(seed: int, n: int = 80, n_sources: int = 2, n_grounds: int = 
     return net.with_roles(roles), g, rng
 
 
+def dense_solution(net, g: np.ndarray, fixed, values: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """(B, n) node voltages by numpy.linalg.solve with Dirichlet nodes ``fixed`` at
+    ``values`` (B, len(fixed)): the independent reference for the sparse solver."""
+    fixed = np.asarray(fixed, dtype=np.int64)
+    lap = net.laplacian(g).toarray()
+    free = np.setdiff1d(np.arange(net.n_nodes), fixed)
+    v = np.zeros((values.shape[0], net.n_nodes))
+    v[:, fixed] = values
+    v[:, free] = np.linalg.solve(lap[np.ix_(free, free)], -(lap[np.ix_(free, fixed)] @ values.T)).T
+    return v
+
+
 @pytest.fixture
 def protocols_dir() -> Path:
     return PROTOCOLS

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from exchanges import Script
 
 from clln.benchfile import hardware_hash, parse_bench
 from clln.benchrun import bench_calibration, bench_model, bench_network, nominal_edges, open_bench
@@ -283,22 +284,6 @@ def test_edge_faults_in_the_model() -> None:
                          ("open:16", "not in 0..15"), ("stuck:1:129", "tap 129")):
         with pytest.raises(ProtocolError, match=message):
             EdgeFaults.parse([bad], 16, 129)
-
-
-class Script:
-    """A pyvisa-like resource replaying (command, reply) pairs; fails on anything else."""
-
-    def __init__(self, pairs: list[tuple[str, str | None]]) -> None:
-        self.pairs = list(pairs)
-
-    def write(self, command: str) -> None:
-        sent, reply = self.pairs.pop(0)
-        assert (command, reply) == (sent, None), f"wrote {command!r}, expected {sent!r}"
-
-    def query(self, command: str) -> str:
-        sent, reply = self.pairs.pop(0)
-        assert command == sent and reply is not None, f"asked {command!r}, expected {sent!r}"
-        return reply
 
 
 def exchange(reply: str) -> list[tuple[str, str | None]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.stats as st
-from conftest import random_network
+from conftest import dense_solution, random_network
 
 from clln.controller import ContinuousEdges, SteppedEdges, contrastive_signal
 from clln.simulator import Imperfections, SimulatedBackend, make_imperfections
@@ -126,19 +126,12 @@ def test_source_output_impedance_matches_a_dense_solve() -> None:
 def twin_prediction(net, g_free: np.ndarray, g_clamped: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Zero-nudge update of a twin bench by dense linear algebra: twin A free, twin B
     with its outputs held at twin A's outputs."""
-    def solve(g: np.ndarray, fixed: list[int], values: np.ndarray) -> np.ndarray:
-        lap = net.laplacian(g).toarray()
-        free = np.setdiff1d(np.arange(net.n_nodes), fixed)
-        v = np.zeros((values.shape[0], net.n_nodes))
-        v[:, fixed] = values
-        v[:, free] = np.linalg.solve(lap[np.ix_(free, free)], -(lap[np.ix_(free, fixed)] @ values.T)).T
-        return v
     roles = net.roles
     base = list(roles.sources) + list(roles.grounds)
     zeros = np.zeros((x.shape[0], len(roles.grounds)))
-    v_a = solve(g_free, base, np.hstack([x, zeros]))
+    v_a = dense_solution(net, g_free, base, np.hstack([x, zeros]))
     outputs = v_a[:, list(roles.clamps)]
-    v_b = solve(g_clamped, base + list(roles.clamps), np.hstack([x, zeros, outputs]))
+    v_b = dense_solution(net, g_clamped, base + list(roles.clamps), np.hstack([x, zeros, outputs]))
     dv_a, dv_b = (net.incidence @ v_a.T).T, (net.incidence @ v_b.T).T
     return (dv_a**2 - dv_b**2).mean(axis=0)
 

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_network
+from conftest import dense_solution, random_network
 
 from clln.controller import ContinuousEdges, Measurement, Network, NetworkError, NodeRoles
 from clln.simulator import LinearNetworkSolver, SimulatedBackend, available_solvers
 
 SOLVERS = available_solvers()
-
-
-def dense_solution(net: Network, g: np.ndarray, fixed: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(B, n) node voltages by numpy.linalg.solve with Dirichlet nodes ``fixed`` at ``values``."""
-    lap = net.laplacian(g).toarray()
-    free = np.setdiff1d(np.arange(net.n_nodes), fixed)
-    v = np.zeros((values.shape[0], net.n_nodes))
-    v[:, fixed] = values
-    v[:, free] = np.linalg.solve(lap[np.ix_(free, free)], -(lap[np.ix_(free, fixed)] @ values.T)).T
-    return v
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -6,34 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from exchanges import Script
 
 from clln.drivers.errors import DeviceNotFound, DriverError
 from clln.drivers.visa import Dmm, Smu, open_instrument
 
 YAML = Path(__file__).resolve().parents[1] / "drivers" / "instruments" / "bench-sim.yaml"
 SMU, DMM = "GPIB0::24::INSTR", "USB0::0x2A8D::0x1301::MY12345678::0::INSTR"
-
-
-class Script:
-    """A pyvisa-like resource replaying (command, reply) pairs; fails on anything else."""
-
-    def __init__(self, pairs: list[tuple[str, str | None]]) -> None:
-        self.pairs = list(pairs)
-
-    def write(self, command: str) -> None:
-        sent, reply = self.pairs.pop(0)
-        assert (command, reply) == (sent, None), f"wrote {command!r}, expected {sent!r}"
-
-    def query(self, command: str) -> str:
-        sent, reply = self.pairs.pop(0)
-        assert command == sent and reply is not None, f"asked {command!r}, expected {sent!r}"
-        return reply
-
-    def close(self) -> None:
-        pass
-
-    def done(self) -> None:
-        assert not self.pairs, f"left over: {self.pairs}"
 
 
 def test_smu_expected_exchange() -> None:
