@@ -230,6 +230,22 @@ class Applied:
     clipped: np.ndarray
 
 
+def boundary_arrays(
+    network: Network, sources: np.ndarray, clamps: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``measure``'s arguments as float arrays of checked shapes: sources (B, n_sources)
+    and clamps (B, n_clamps) or None; ValueError otherwise."""
+    roles = network.roles
+    sources = np.atleast_2d(np.asarray(sources, dtype=float))
+    if sources.ndim != 2 or sources.shape[1] != len(roles.sources):
+        raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
+    if clamps is not None:
+        clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
+        if clamps.shape != (sources.shape[0], len(roles.clamps)):
+            raise ValueError(f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}")
+    return sources, clamps
+
+
 @runtime_checkable
 class NetworkBackend(Protocol):
     """Everything the controller needs from a bench or a simulator.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges
+from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges, boundary_arrays
 from clln.controller.calibration import Calibration, ChannelCalibration
 from clln.controller.errors import LimitError, UserError
 from clln.controller.network import Network
@@ -174,14 +174,7 @@ class HardwareBackend:
 
     def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
         roles = self._network.roles
-        sources = np.atleast_2d(np.asarray(sources, dtype=float))
-        if sources.shape[1] != len(roles.sources):
-            raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
-        if clamps is not None:
-            clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
-            if clamps.shape != (sources.shape[0], len(roles.clamps)):
-                raise ValueError(
-                    f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}")
+        sources, clamps = boundary_arrays(self._network, sources, clamps)
         self.check(sources, clamps)
         ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
                         else clamps])

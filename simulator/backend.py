@@ -22,6 +22,7 @@ from clln.controller.backend import (
     EdgeState,
     Measurement,
     SteppedEdges,
+    boundary_arrays,
 )
 from clln.controller.errors import ProtocolError
 from clln.controller.network import Network, NodeRoles
@@ -209,17 +210,7 @@ class SimulatedBackend:
                                    polarity=-1.0 if swap and self.twin else 1.0)
 
     def _check(self, sources: np.ndarray, clamps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        roles = self._network.roles
-        sources = np.atleast_2d(np.asarray(sources, dtype=float))
-        if sources.shape[1] != len(roles.sources):
-            raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
-        if clamps is not None:
-            clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
-            if clamps.shape != (sources.shape[0], len(roles.clamps)):
-                raise ValueError(
-                    f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}"
-                )
-        return sources, clamps
+        return boundary_arrays(self._network, sources, clamps)
 
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
                  stamps: np.ndarray, polarity: float = 1.0) -> Measurement:
