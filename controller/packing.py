@@ -113,11 +113,16 @@ class _SoftDisks:
             grad += high - low
         return energy, grad.ravel()
 
-    def relax(self, x: np.ndarray) -> tuple[np.ndarray, float]:
-        """Positions (N, 2) at the nearest energy minimum, and the energy there."""
+    def relax(self, x: np.ndarray, *, fine: bool = True) -> tuple[np.ndarray, float]:
+        """Positions (N, 2) at the nearest energy minimum, and the energy there.
+
+        ``fine=False`` stops earlier (relative energy change 1e-11): enough to count
+        contacts while searching the packing fraction.
+        """
+        tol = {"gtol": 1e-13, "ftol": 1e-16} if fine else {"gtol": 1e-11, "ftol": 1e-11}
         res = scipy.optimize.minimize(
             self.energy_gradient, x.ravel(), jac=True, method="L-BFGS-B",
-            options={"maxiter": 20_000, "maxcor": 20, "gtol": 1e-13, "ftol": 1e-16},
+            options={"maxiter": 20_000, "maxcor": 20, **tol},
         )
         x = res.x.reshape(-1, 2)
         if self.periodic:
@@ -210,28 +215,33 @@ def jammed_packing(
     bracket = [0.80, 0.98]  # packing fractions below / above the target coordination
     phi = 0.86
     tried: list[tuple[float, float]] = []  # (phi, Z)
-    best: Packing | None = None
+    best: tuple[float, float, np.ndarray] | None = None  # (|Z - target|, phi, centres)
     for _ in range(max_trials):
-        radii = _radii(n_disks, phi)
-        disks = _SoftDisks(radii, periodic)
-        x, energy = disks.relax(x)  # warm start: the previous centres with the new radii
+        disks = _SoftDisks(_radii(n_disks, phi), periodic)
+        x, _ = disks.relax(x, fine=False)  # warm start: the previous centres, new radii
         contacts = disks.contacts(x)
         kept = _prune(n_disks, contacts)
-        z = 0.0
-        if kept.size >= 3:
-            net = _network(x, contacts, kept)
-            z = 2.0 * net.n_edges / net.n_nodes
-            packing = Packing(net, phi, z, radii[kept], kept, energy, x)
-            if best is None or abs(z - coordination) < abs(best.coordination - coordination):
-                best = packing
-            if abs(z - coordination) <= tolerance:
-                break
+        z = 2.0 * _network(x, contacts, kept).n_edges / kept.size if kept.size >= 3 else 0.0
+        if z > 0 and (best is None or abs(z - coordination) < best[0]):
+            best = (abs(z - coordination), phi, x)
+        if z > 0 and abs(z - coordination) <= tolerance:
+            break
         bracket[0 if z < coordination else 1] = phi
         tried.append((phi, z))
         phi = _next_fraction(tried, bracket, coordination)
     if best is None:
         raise NetworkError(f"jammed packing: {n_disks} disks did not jam; use more disks")
-    return best
+    # polish the chosen packing to a tight minimum before reading its contacts
+    _, phi, x = best
+    radii = _radii(n_disks, phi)
+    disks = _SoftDisks(radii, periodic)
+    x, energy = disks.relax(x, fine=True)
+    contacts = disks.contacts(x)
+    kept = _prune(n_disks, contacts)
+    if kept.size < 3:
+        raise NetworkError(f"jammed packing: {n_disks} disks did not jam; use more disks")
+    net = _network(x, contacts, kept)
+    return Packing(net, phi, 2.0 * net.n_edges / net.n_nodes, radii[kept], kept, energy, x)
 
 
 def _next_fraction(tried: list[tuple[float, float]], bracket: list[float], target: float) -> float:

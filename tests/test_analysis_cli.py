@@ -140,3 +140,23 @@ def test_aging_only_and_user_errors(trained) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--what" in bad.stderr and "susceptibility, aging, all" in bad.stderr
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_a_stepped_edge_run_is_analysed_from_its_snapshots(tmp_path: Path) -> None:
+    """Stepped runs record their start as taps: the analysis starts from the first
+    conductance snapshot instead and skips the before-training spectra."""
+    import clln.compose as compose
+    from clln.analysis.analyze import analyze_run
+
+    path = ROOT / "protocols" / "pot-bench-regression.toml"
+    proto, text = load_protocol(path)
+    exp = build_experiment(proto, source=str(path), base_dir=path.parent, steps=60)
+    store = RunStore(tmp_path)
+    run_id = compose.run_training(exp, store, protocol_text=text, protocol_path=str(path)).run_id
+    data = load_run(store, run_id)
+    assert data.initial is None
+    np.testing.assert_array_equal(data.final, store.run(run_id)["final_state"])
+    out = analyze_run(store, run_id, task=exp.task, what="susceptibility")
+    sus = out.numbers["susceptibility"]
+    assert "cost_before" not in sus and sus["cost"]["n_stiff"] >= 1
+    assert [p.name for p in out.figures] == ["susceptibility.png", "spectra.png"]
