@@ -77,7 +77,7 @@ class Overclamp:
     """
 
     eta: float = 10.0
-    margin: float = 0.0
+    margin: float = 1e-3
     rails: tuple[float, float] | None = None
     normalise: bool = True
     symmetric: bool = True
