@@ -254,6 +254,12 @@ class NetworkBackend(Protocol):
     have ``twin = True`` and ``measure_twin(sources, clamp_rule) -> (free, clamped)``,
     where ``clamp_rule(free)`` gives the clamp voltages from the free twin's
     measurement (the bench's nudge circuit); the trainer uses it when present.
+    A twin bench that supports the ``chop`` scheme also accepts ``swap=True``: the
+    twins exchange roles (free on the second twin, clamped on the first) and the
+    measurements are still returned as (free, clamped). A bench whose per-edge circuits
+    compare the two twins sees their inputs reversed, so a fixed circuit offset enters
+    (dV_free)^2 - (dV_clamped)^2 with the opposite sign; over a normal and a swapped
+    step it cancels, and a fixed twin mismatch cancels to first order.
     """
 
     @property
