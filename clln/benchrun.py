@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from clln.benchfile import Bench, bench_hash, hardware_hash
-from clln.compose import Experiment, build_task
+from clln.compose import Experiment, build_scheme, build_task
 from clln.controller.backend import NetworkBackend, SteppedEdges
 from clln.controller.calibration import (
     Calibration,
@@ -193,17 +193,26 @@ def open_bench(
         raise
 
 
-def boundary_extremes(task: Task, eta: float) -> np.ndarray:
-    """Every source voltage the task uses, and the extreme clamp voltages it can ask for."""
+def boundary_extremes(task: Task, eta: float, overclamp: Any = None) -> np.ndarray:
+    """Every source voltage the task uses, and the extreme clamp voltages it can ask for:
+    with nudge ``eta``, or as ``[training.scheme.overclamp]`` says (its own eta, the
+    mirrored clamps of symmetric overclamping, or its rails)."""
     sources = np.vstack([task.source_voltages(task.train.x), task.source_voltages(task.test.x)])
     vlo, vhi = min(float(sources.min()), 0.0), max(float(sources.max()), 0.0)
     y = np.concatenate([task.train.y.ravel(), task.test.y.ravel()])
+    signs = (1.0,)
+    if overclamp is not None:
+        if overclamp.rails is not None:
+            return np.concatenate([sources.ravel(), np.asarray(overclamp.rails, dtype=float)])
+        eta = overclamp.eta
+        signs = (1.0, -1.0) if overclamp.symmetric else (1.0,)
     if task.kind == "allostery":  # clamps move the end nodes by eta/2 of a drop error
         reach = 0.5 * eta * (np.abs(y).max() + (vhi - vlo))
         clamps = np.array([vlo - reach, vhi + reach])
     else:
         outs = np.array([vlo, vhi])[:, None]
-        clamps = (outs + eta * (np.array([y.min(), y.max()])[None, :] - outs)).ravel()
+        errors = np.array([y.min(), y.max()])[None, :] - outs
+        clamps = np.concatenate([(outs + sign * eta * errors).ravel() for sign in signs])
     return np.concatenate([sources.ravel(), clamps])
 
 
@@ -245,7 +254,9 @@ def bench_experiment(
     edges = nominal_edges(bench) if calibration is None else calibration.edges
     tr = protocol.training
     limits = Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current)
-    check_limits(boundary_extremes(task, tr.eta), edges.table, limits,
+    scheme = tr.scheme
+    check_limits(boundary_extremes(task, tr.eta, None if scheme is None else scheme.overclamp),
+                 edges.table, limits,
                  where=f"{source} on bench {bench_source}")
     lo, hi = protocol.edges.init_taps or (edges.n_taps // 4, 3 * edges.n_taps // 4)
     if hi >= edges.n_taps:
@@ -256,6 +267,17 @@ def bench_experiment(
     config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
                          test_every=tr.test_every, snapshot_every=tr.snapshot_every,
                          target_error=tr.target_error)
+    scheme = build_scheme(tr.scheme)  # checked before anything is opened or written
+    if scheme is not None:
+        try:
+            scheme.check(False, edges, rule)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{source}: training.scheme: {exc}") from None
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
                          faults=faults, traffic_log=traffic_log, calibration=calibration)
-    return Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch), session
+    try:
+        exp = Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch, scheme)
+    except BaseException:
+        session.close()
+        raise
+    return exp, session

@@ -185,3 +185,40 @@ def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
         parse_bench(text.replace(old, new), "b.toml")
     assert str(err.value).startswith("b.toml: ") and key in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("scheme", "refused"), [
+    ("[training.scheme.overclamp]\neta = 10.0\n[training.scheme.residuals]\n", True),  # far past 2 V
+    ("[training.scheme.overclamp]\neta = 10.0\nrails = [0.0, 1.0]\n[training.scheme.residuals]\n",
+     False),  # held within the rails
+    ("[training.scheme.overclamp]\neta = 0.8\nsymmetric = true\n[training.scheme.residuals]\n",
+     False),  # the mirrored clamps stay within the limit
+])
+def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: bool) -> None:
+    from clln.benchrun import boundary_extremes
+
+    text = DEMO.read_text() + "\n" + scheme
+    proto = parse_protocol(text, "over.toml")
+    bench, btext = load_bench(BENCH)
+    over = proto.training.scheme.overclamp
+    extremes = boundary_extremes(
+        bench_experiment.__globals__["build_task"](proto.task, np.random.default_rng(0), (3, 5), ()),
+        proto.training.eta, over)
+    assert (np.abs(extremes).max() > 2.0) == refused
+    if refused:
+        with pytest.raises(LimitError, match="over.toml on bench"):
+            bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench", target="emulate")
+    else:
+        _, session = bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench",
+                                      target="emulate", steps=2)
+        session.close()
+
+
+def test_a_scheme_that_cannot_run_is_refused_before_anything_is_opened() -> None:
+    text = DEMO.read_text() + "\n[training.scheme.overclamp]\neta = 10.0\nrails = [0.0, 1.0]\n"
+    proto = parse_protocol(text, "noresid.toml")
+    bench, btext = load_bench(BENCH)
+    from clln.controller import ProtocolError
+
+    with pytest.raises(ProtocolError, match="noresid.toml: training.scheme: .*residuals"):
+        bench_experiment(proto, bench, btext, source="noresid.toml", bench_source="bench", target="emulate")
