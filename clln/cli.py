@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import math
 import signal
 import sys
@@ -55,7 +55,7 @@ def train(
 ) -> None:
     """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
     Prints a summary and the path of the PNG report."""
-    from clln.compose import build_experiment, run_training
+    from clln.compose import build_experiment
     from clln.protocol import load_protocol
     from clln.runtime import limit_bundled_blas
 
