@@ -15,6 +15,7 @@ Usage: python benchmarks/sweep_speed.py [--workers 2] [--steps 300] [--nodes 600
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -103,9 +104,8 @@ def main() -> None:
             print(f"{round_ + 1:>5} {one:>10.1f} {many:>12.1f} {one / many:>8.2f}x "
                   f"{failed1 + failed_n:>6} {max(start1, start_n):>10.1f} {headroom:>11.2f}x",
                   flush=True)
-    ratios.sort()
-    print(f"speed-up {n} vs 1 workers: median {ratios[len(ratios) // 2]:.2f}x, best "
-          f"{ratios[-1]:.2f}x over {len(ratios)} rounds", flush=True)
+    print(f"speed-up {n} vs 1 workers: median {statistics.median(ratios):.2f}x, best "
+          f"{max(ratios):.2f}x over {len(ratios)} rounds", flush=True)
     print(f"(CPU headroom: how much faster {n} processes burn a pure-Python load than 1, "
           f"measured right after each round; below {n}x the machine is shared)", flush=True)
 
