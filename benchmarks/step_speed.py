@@ -40,7 +40,15 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from clln.controller import ContinuousEdges, CoupledRule, NodeRoles, Task, TrainConfig, Trainer, delaunay
+from clln.controller import (
+    ContinuousEdges,
+    CoupledRule,
+    NodeRoles,
+    Task,
+    TrainConfig,
+    Trainer,
+    delaunay,
+)
 from clln.controller.task import linear_map_dataset
 from clln.runtime import limit_bundled_blas
 from clln.simulator import LinearNetworkSolver, SimulatedBackend

@@ -218,7 +218,7 @@ class SimulatorSpec(_Strict):
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "ideal"
     parameters: Imperfections = Imperfections()
     bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
-    solver: Literal["auto", "qdldl", "superlu"] = "auto"
+    solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
 
     @property
     def overrides(self) -> dict[str, Any]:

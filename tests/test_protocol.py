@@ -161,8 +161,8 @@ def test_unknown_table(tmp_path: Path) -> None:
         ('kind = "regression"', 'kind = "ranking"', "task.kind",
          ["'regression'", "'allostery'", "'classification'"]),
         ("steps = 10\n", 'steps = 10\n[simulator]\npreset = "noisy"\n', "simulator.preset", ["'ideal'"]),
-        ("steps = 10\n", 'steps = 10\n[simulator]\nsolver = "cholmod"\n', "simulator.solver",
-         ["'auto'", "'qdldl'", "'superlu'"]),
+        ("steps = 10\n", 'steps = 10\n[simulator]\nsolver = "umfpack"\n', "simulator.solver",
+         ["'auto'", "'cholmod'", "'qdldl'", "'superlu'"]),
     ],
     ids=["rule", "network-kind", "edges-kind", "task-kind", "preset", "solver"],
 )

@@ -10,8 +10,7 @@ from conftest import random_network
 
 from clln.controller import ContinuousEdges, Measurement, Network, NetworkError, NodeRoles
 from clln.controller.rules import contrastive_signal
-from clln.simulator import LinearNetworkSolver, SimulatedBackend, available_solvers
-from clln.simulator import physics
+from clln.simulator import LinearNetworkSolver, SimulatedBackend, available_solvers, physics
 
 SOLVERS = available_solvers()
 
