@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -64,11 +64,7 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
         f"relative conductance (Spearman {num['spearman_norm_vs_relative_conductance']:.2f})")
     for ax in axes[1]:
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"{data.name} — {data.run_id}")
-    fig.tight_layout()
-    maps = folder / "susceptibility.png"
-    fig.savefig(maps, dpi=100)
-    plt.close(fig)
+    maps = _save(fig, folder / "susceptibility.png", f"{data.name} — {data.run_id}")
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     _spectrum(axes[0], sus.cost_before, "before training", color="tab:grey")
@@ -90,10 +86,7 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.tight_layout()
-    spectra = folder / "spectra.png"
-    fig.savefig(spectra, dpi=100)
-    plt.close(fig)
+    spectra = _save(fig, folder / "spectra.png")
     return [maps, spectra]
 
 
@@ -132,9 +125,15 @@ def aging_figures(data: RunData, aging: AgingResult, folder: Path) -> list[Path]
         axes[2].set_title("correlation length")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"{data.name} — {data.run_id}")
+    path = _save(fig, folder / "aging.png", f"{data.name} — {data.run_id}")
+    return [path]
+
+
+def _save(fig: Any, path: Path, title: str | None = None) -> Path:
+    """Title, lay out, write (100 dpi) and close a figure; returns its path."""
+    if title is not None:
+        fig.suptitle(title)
     fig.tight_layout()
-    path = folder / "aging.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [path]
+    return path

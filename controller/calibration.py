@@ -776,6 +776,22 @@ def check_states(m: int, n_taps: int, *, states: int = 4, rng: np.random.Generat
     return np.array(out, dtype=np.int64)
 
 
+DRIVE_FRACTION = 0.9  # calibration boundary voltages stay within this share of the limits
+
+
+def survey_restoring(target: CalibrationTarget, taps: np.ndarray, **kwargs: Any) -> Survey:
+    """:func:`survey` at DRIVE_FRACTION of the bench's drive limit, then the taps the bench had
+    before are written back (counted) and the bench made safe, whatever happens."""
+    before = np.asarray(target.read_taps()).copy()
+    try:
+        data = survey(target, taps, amplitude=DRIVE_FRACTION * target.drive_limit(), **kwargs)
+    finally:
+        target.write_taps(before)
+        target.safe()
+    data.counts["tap_writes"] += 1
+    return data
+
+
 def survey(target: CalibrationTarget, taps: np.ndarray, *, amplitude: float, rows: tuple[int, int],
            rng: np.random.Generator, meter: ResistanceMeter | None = None,
            grounded_repeats: int = 0, progress: Progress | None = None,
@@ -949,16 +965,10 @@ def check_edges(target: CalibrationTarget, calibration: Calibration, *, meter: R
     net = target.network
     table = calibration.table
     m, n_taps = table.shape
-    before = np.asarray(target.read_taps()).copy()
     taps = check_states(m, n_taps, states=states, rng=rng)
-    amplitude = 0.9 * target.drive_limit()
-    try:
-        data = survey(target, taps, amplitude=amplitude, rows=rows, rng=rng, meter=meter,
-                      progress=progress, progress_offset=progress_offset, progress_total=progress_total)
-    finally:
-        target.write_taps(before)
-        target.safe()
-    counts = {**data.counts, "tap_writes": data.counts["tap_writes"] + 1}
+    data = survey_restoring(target, taps, rows=rows, rng=rng, meter=meter, progress=progress,
+                            progress_offset=progress_offset, progress_total=progress_total)
+    counts = dict(data.counts)
     tomo = solve_tomography(net, data, calibration.channels)
     expected = table[np.arange(m)[None, :], taps]
     scale_kind = "calibration"
@@ -1047,17 +1057,10 @@ def calibrate(
         bad = [int(j) for j in edges if not 0 <= int(j) < m]
         if bad:
             raise UserError(f"--edges: {bad} are not edges of this bench (0..{m - 1})")
-    before = np.asarray(target.read_taps()).copy()
     states, _ = calibration_states(m, n_taps, levels=levels, edges=edges, rng=rng)
     total = len(states) + (check if check else 0)
-    amplitude = 0.9 * target.drive_limit()
-    try:
-        data = survey(target, states, amplitude=amplitude, rows=rows, rng=rng, meter=meter,
-                      grounded_repeats=grounded_repeats, progress=progress, progress_total=total)
-    finally:
-        target.write_taps(before)
-        target.safe()
-    data.counts["tap_writes"] += 1
+    data = survey_restoring(target, states, rows=rows, rng=rng, meter=meter,
+                            grounded_repeats=grounded_repeats, progress=progress, progress_total=total)
     # 1. AI offsets from the grounded inputs
     offsets = data.grounded.mean(axis=0) if data.grounded is not None else np.zeros(n)
     noise = (float(np.std(data.grounded - offsets, ddof=1)) if data.grounded is not None
@@ -1145,7 +1148,7 @@ def calibrate(
     meta = meta or {}
     summary: dict[str, Any] = {
         **data.counts, "tap_states": int(len(states)), "levels": int(tap_levels(n_taps, levels).size),
-        "amplitude_v": amplitude, "gap": tomo.gap, "ai_noise_v": noise,
+        "amplitude_v": DRIVE_FRACTION * target.drive_limit(), "gap": tomo.gap, "ai_noise_v": noise,
         "scale_spread": (float(np.nanstd(scale_readings) / np.nanmean(scale_readings))
                          if scale_readings.size > 1 else None),
         "fit_rms_median": float(np.nanmedian(fit_rms[moving])) if moving.size else None,
