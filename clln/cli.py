@@ -512,6 +512,7 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
         "protocol_path": rec["protocol_path"],
         "protocol": rec["protocol_text"],
         "message": rec["message"],
+        "scheme": rec["info"].get("scheme"),
         "final_conductances": None if rec["final_state"] is None else np.asarray(rec["final_state"]).tolist(),
     }
 
@@ -531,11 +532,30 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s["final_test_accuracy"] is not None:
         table.add_row("test accuracy", f"{s['final_test_accuracy']:.3f}")
     table.add_row("wall time", f"{fmt(s['wall_time_s'])} s")
+    if s["scheme"]:
+        table.add_row("scheme", _scheme_line(s["scheme"]))
     b = s["backend"]
     solver = f", solver {b['solver']}" if b.get("solver") else ""
     table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}{solver})")
     table.add_row("protocol", str(s["protocol_path"]))
     console.print(table)
+
+
+def _scheme_line(scheme: dict[str, Any]) -> str:
+    """The recorded scheme in one line, with the margin an "auto" overclamp measured."""
+    parts = []
+    for name, params in scheme.items():
+        if name == "overclamp":
+            if params["margin"] != "auto":
+                margin = f"margin {params['margin'] * 1e3:.3g} mV"
+            elif params.get("margin_used") is None:
+                margin = "margin auto (not measured yet)"
+            else:
+                margin = (f"margin auto: {params['noise_margin']:g} x output noise "
+                          f"{params['measured_noise'] * 1e6:.3g} uV = {params['margin_used'] * 1e3:.3g} mV")
+            name = f"overclamp (eta {params['eta']:g}, {margin})"
+        parts.append(name)
+    return ", ".join(parts)
 
 
 def _is_click(exc: Exception, name: str) -> bool:

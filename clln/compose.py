@@ -65,7 +65,7 @@ def build_scheme(spec: SchemeSpec | None) -> Scheme | None:
     return Scheme(
         overclamp=None if oc is None else Overclamp(
             eta=oc.eta, margin=oc.margin, rails=oc.rails, normalise=oc.normalise,
-            symmetric=oc.symmetric),
+            symmetric=oc.symmetric, noise_margin=oc.noise_margin, noise_readings=oc.noise_readings),
         auto_zero=None if spec.auto_zero is None else AutoZero(
             every=spec.auto_zero.every, window=spec.auto_zero.window),
         chop=None if spec.chop is None else Chop(),
@@ -390,6 +390,7 @@ def execute(
         finally:
             final = exp.backend.read_edges()
             store.finish(run_id, status=status, final_state=final.conductances, final_taps=final.taps,
-                         wall_time=wall_offset + time.perf_counter() - t0, message=message)
+                         wall_time=wall_offset + time.perf_counter() - t0, message=message,
+                         info=None if exp.scheme is None else {"scheme": exp.scheme.describe()})
     report = training_report(store, run_id, store.run_dir(run_id) / "report.png")
     return TrainOutcome(run_id, status, result, report, store.path)

@@ -148,11 +148,15 @@ class TaskSpec(_Strict):
 class OverclampSpec(_Strict):
     """``[training.scheme.overclamp]``: clamp past the target (effective nudge ``eta``,
     optionally clipped at the ``rails``, V), on both sides when ``symmetric``; samples
-    within ``margin`` (V) stop teaching; the update is averaged over the samples still
-    teaching when ``normalise``. See clln.controller.schemes.Overclamp."""
+    within ``margin`` (V, or "auto": ``noise_margin`` times the rms output noise the
+    controller measures from ``noise_readings`` free readings before its first update) stop
+    teaching; the update is averaged over the samples still teaching when ``normalise``.
+    See clln.controller.schemes.Overclamp."""
 
     eta: Positive = 10.0
-    margin: NonNegative = 1e-3
+    margin: NonNegative | Literal["auto"] = "auto"
+    noise_margin: NonNegative = 5.0
+    noise_readings: Annotated[int, Field(ge=2, strict=True)] = 4
     rails: tuple[Float, Float] | None = None
     normalise: Bool = True
     symmetric: Bool = True
@@ -265,11 +269,35 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or name for name, f in getattr(current, "model_fields", {}).items())
 
 
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else repr(p)
+                    for p in loc) or "(top level)"
+
+
+def _union_tag(part: Any) -> bool:
+    """Whether a location part is pydantic's tag of a union member (e.g. 'constrained-float',
+    "literal['auto']"), not a key of the file."""
+    return isinstance(part, str) and ("[" in part or part.startswith("constrained-")
+                                      or part in ("float", "int", "str", "bool"))
+
+
+def _describe_union(errors: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """One line for a value that matched no member of a union (e.g. a number or 'auto'),
+    and how many of ``errors`` it covers; None when the first error is not such a case."""
+    loc = tuple(errors[0]["loc"])
+    if not loc or not _union_tag(loc[-1]):
+        return None
+    members = [e for e in errors if len(e["loc"]) == len(loc) and tuple(e["loc"])[:-1] == loc[:-1]
+               and _union_tag(e["loc"][-1])]
+    parts = [f"one of {e['ctx']['expected']}" if e["type"] == "literal_error"
+             else e["msg"].removeprefix("Value error, ").removeprefix("Input should be ") for e in members]
+    return f"{_dotted(loc[:-1])}: should be {', or '.join(parts)} (got {errors[0]['input']!r})", len(members)
+
+
 def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
     """One line for a pydantic error of ``model``: the dotted key and what is allowed."""
     loc = tuple(error["loc"])
-    key = ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else repr(p)
-                   for p in loc) or "(top level)"
+    key = _dotted(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc)
@@ -314,8 +342,10 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ProtocolError(f"{source}: {_describe_error(model, errors[0])}{more}") from None
+        union = _describe_union(errors)
+        line, covered = union if union is not None else (_describe_error(model, errors[0]), 1)
+        more = f" (and {len(errors) - covered} more)" if len(errors) > covered else ""
+        raise ProtocolError(f"{source}: {line}{more}") from None
 
 
 def read_file(path: str | Path, what: str) -> str:

@@ -265,14 +265,20 @@ class RunStore:
         final_taps: np.ndarray | None,
         wall_time: float,
         message: str | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
-        """Mark a run completed, failed or interrupted, with its final edge state."""
+        """Mark a run completed, failed or interrupted, with its final edge state; ``info``
+        updates keys of the run's info (what was only known once training ran)."""
         with self._tx():
             self._db.execute(
                 "UPDATE runs SET status = ?, final_state = ?, final_taps = ?, wall_time = ?,"
                 " message = ? WHERE id = ?",
                 (status, to_blob(final_state), to_blob(final_taps), wall_time, message, run_id),
             )
+            if info:
+                (old,) = self._db.execute("SELECT info FROM runs WHERE id = ?", (run_id,)).fetchone()
+                self._db.execute("UPDATE runs SET info = ? WHERE id = ?",
+                                 (json.dumps({**json.loads(old), **info}), run_id))
 
     # -- reading -------------------------------------------------------------
 

@@ -182,6 +182,10 @@ class Trainer:
         """One update step through a bias-suppression scheme (see :class:`Scheme`)."""
         task = self.task
         eta = scheme.eta(self.config.eta)
+        overclamp = scheme.overclamp
+        if overclamp is not None and overclamp.needs_noise:  # margin "auto": measure the noise once
+            overclamp.observe_noise(np.stack([task.outputs(self.backend.measure(sources))
+                                              for _ in range(overclamp.noise_readings)]))
         if scheme.auto_zero is not None and scheme.auto_zero.due(index):
             phases = (0, 1) if scheme.chop is not None else (0,)
             for phase in phases:  # zero nudge: clamped nodes held at their free voltages
@@ -203,8 +207,8 @@ class Trainer:
         swap = scheme.phase == 1
         free, clamped, clamps = self._measure_pair(sources, clamp_rule, swap)
         nudge = nudges[-1]
-        weights = nudge.weights
-        teaching = len(batch) if weights is None else int(np.count_nonzero(weights))
+        weights = nudge.sample_weights()
+        teaching = len(batch) if nudge.teaching is None else nudge.teaching
         edges = self.backend.edges
         if teaching:
             if nudge.anti is None:
@@ -212,7 +216,7 @@ class Trainer:
             else:  # symmetric: half the difference of the mirrored and the nudged states
                 mirrored = self._measure_clamped(sources, nudge.anti, swap)
                 signal = 0.5 * contrastive_signal(mirrored, clamped, self._incidence, weights)
-            signal = scheme.correct(signal * scheme.weight_scale(weights))
+            signal = scheme.correct(signal * scheme.weight_scale(nudge))
             taps = self.backend.read_edges().taps if scheme.residuals is not None else None
             commands = scheme.commands(self.rule, signal, eta, edges, taps)
         else:  # nothing teaches: no update at all, so no bias is applied either

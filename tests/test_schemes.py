@@ -139,7 +139,7 @@ def test_symmetric_clamping_keeps_the_linear_term_and_drops_offsets() -> None:
         backend = SimulatedBackend(net, EDGES, g, imperfections=Imperfections(learning_bias=bias),
                                    bench_seed=1)
         free = backend.measure(x)
-        nudge = Overclamp(eta=eta, symmetric=symmetric).clamps(task, free, task.train)
+        nudge = Overclamp(eta=eta, margin=0.0, symmetric=symmetric).clamps(task, free, task.train)
         plus = backend.measure(x, nudge.clamps)
         if not symmetric:
             return contrastive_signal(free, plus, net.incidence)
@@ -174,11 +174,80 @@ def test_rails_keep_both_clamps_inside_with_the_same_nudge() -> None:
     task = regression(net, rng)
     backend = SimulatedBackend(net, EDGES, g)
     free = backend.measure(task.source_voltages(task.train.x))
-    nudge = Overclamp(eta=1e3, rails=(0.0, 1.0)).clamps(task, free, task.train)
+    nudge = Overclamp(eta=1e3, margin=0.0, rails=(0.0, 1.0)).clamps(task, free, task.train)
     held = free.at_nodes(net.roles.clamps)
     assert nudge.clamps.min() >= 0.0 and nudge.clamps.max() <= 1.0
     assert nudge.anti.min() >= 0.0 and nudge.anti.max() <= 1.0
     assert np.allclose(nudge.clamps - held, held - nudge.anti)
+
+
+def test_rail_clipping_keeps_the_learning_rate_of_the_unclipped_nudge() -> None:
+    """A sample whose nudge would leave the rails is scaled down as a whole and its signal
+    multiplied back: in a linear network the step equals the unclipped symmetric one (a
+    dense computation without rails)."""
+    net, g, rng = random_network(13, n=30)
+    task = regression(net, rng)
+    backend = SimulatedBackend(net, EDGES, g)
+    x, y = task.source_voltages(task.train.x), task.train.y
+    eta, rails = 5.0, (-0.5, 1.2)
+    over = Overclamp(eta=eta, margin=0.0, rails=rails)
+    nudge = over.clamps(task, backend.measure(x), task.train)
+    assert nudge.gains is not None and np.any(nudge.gains > 1.5) and np.all(nudge.gains < eta)
+    assert rails[0] <= nudge.anti.min() and nudge.clamps.max() <= rails[1]
+    held = backend.measure(x).at_nodes(net.roles.clamps)
+    direction = eta * (y - held)
+    scaled = (nudge.clamps - held) * nudge.gains[:, None]  # the nudge direction is kept
+    assert np.allclose(scaled, direction, rtol=1e-9, atol=1e-15)
+    trainer = Trainer(backend, task, CoupledRule(1e-4), TrainConfig(1, 100, 0.1), rng,
+                      scheme=Scheme(overclamp=over))
+    trainer.step(1)
+    linear = 0.5 * (dense_twin_signal(net, g, g, x, y, eta) - dense_twin_signal(net, g, g, x, y, -eta))
+    moved = backend.read_edges().conductances - g
+    assert np.allclose(moved, (1e-4 / eta) * linear, rtol=1e-8, atol=1e-18)
+
+
+def test_the_rail_gain_is_capped_at_eta() -> None:
+    net, g, rng = random_network(5, n=30)
+    task = regression(net, rng)
+    free = SimulatedBackend(net, EDGES, g).measure(task.source_voltages(task.train.x))
+    nudge = Overclamp(eta=1e3, margin=0.0, rails=(0.0, 1.0)).clamps(task, free, task.train)
+    assert nudge.gains.max() == 1e3 and nudge.gains.min() >= 1.0
+
+
+@pytest.mark.parametrize(("noise", "averaging"), [(2e-3, 4), (0.0, 1)])
+def test_the_auto_margin_is_five_times_the_measured_output_noise(noise: float, averaging: int) -> None:
+    """Margin "auto": before its first update the trainer reads the first batch's free
+    state noise_readings times; the pooled rms is the noise per reading (here
+    noise / sqrt(averaging)); on a noise-free simulator the margin is 0."""
+    net, g, rng = random_network(7, n=30)
+    task = regression(net, rng, n=120)
+    backend = SimulatedBackend(net, EDGES, g, imperfections=Imperfections(
+        ai_noise_rms=noise, averaging=averaging), bench_seed=3)
+    over = Overclamp(eta=10.0)
+    assert over.margin == "auto" and over.needs_noise
+    trainer = Trainer(backend, task, CoupledRule(1e-4), TrainConfig(3, 120, 0.1), rng,
+                      scheme=Scheme(overclamp=over))
+    trainer.step(1)
+    expected = noise / np.sqrt(averaging)
+    assert not over.needs_noise
+    assert over.noise == pytest.approx(expected, rel=0.1, abs=1e-15)
+    assert over.gate == pytest.approx(5.0 * over.noise)
+    measured = over.noise
+    trainer.step(2)  # measured once only
+    assert over.noise == measured
+    restored = Overclamp(eta=10.0)
+    Scheme(overclamp=restored).load_state_dict(Scheme(overclamp=over).state_dict())
+    assert restored.noise == measured and not restored.needs_noise
+
+
+def test_observe_noise_is_the_pooled_standard_deviation() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (50, 3))
+    readings = truth + 1e-3 * rng.standard_normal((5, 50, 3))
+    over = Overclamp()
+    assert over.observe_noise(readings) == pytest.approx(1e-3, rel=0.05)
+    with pytest.raises(ValueError, match="readings"):
+        over.observe_noise(readings[:1])
 
 
 # -- auto-zero --------------------------------------------------------------------
@@ -400,12 +469,35 @@ def test_the_scheme_is_chosen_in_the_protocol_and_recorded_in_the_run(tmp_path: 
     assert exp.scheme.auto_zero.count[0] == 4  # steps 1, 6, 11, 16
 
 
+def test_the_measured_margin_is_recorded_and_shown(tmp_path: Path) -> None:
+    from test_cli import clln, ok
+
+    text = (PROTOCOL.replace("margin = 0.002\n", 'margin = "auto"\n')
+            + "[simulator.parameters]\nai_noise_rms = 1e-3\n")
+    proto = parse_protocol(text, "s.toml")
+    exp = build_experiment(proto, source="s.toml", base_dir=tmp_path)
+    store = RunStore(tmp_path / "runs")
+    outcome = run_training(exp, store, protocol_text=text, protocol_path="s.toml")
+    over = store.run(outcome.run_id)["info"]["scheme"]["overclamp"]
+    assert over["margin"] == "auto" and over["noise_margin"] == 5.0
+    assert over["measured_noise"] == pytest.approx(1e-3, rel=0.25)
+    assert over["margin_used"] == pytest.approx(5.0 * over["measured_noise"])
+    shown = ok(clln("show", outcome.run_id, "--out", tmp_path / "runs")).stdout
+    assert f"5 x output noise {over['measured_noise'] * 1e6:.3g} uV" in shown
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ("[training.scheme.overclamp]\nmargn = 1.0\n",
-     "s.toml: training.scheme.overclamp.margn: unknown key; allowed: eta, margin, normalise, rails, symmetric"),
+     "s.toml: training.scheme.overclamp.margn: unknown key; allowed: eta, margin, noise_margin, noise_readings, normalise, rails, symmetric"),
     ("[training.scheme.autozero]\n",
      "s.toml: training.scheme.autozero: unknown key; allowed: auto-zero, chop, overclamp, residuals"),
     ("[training.scheme.overclamp]\neta = -1.0\n", "s.toml: training.scheme.overclamp.eta: "),
+    ("[training.scheme.overclamp]\nmargin = \"x\"\n",
+     "s.toml: training.scheme.overclamp.margin: should be a valid number, or one of 'auto' (got 'x')"),
+    ("[training.scheme.overclamp]\nmargin = -1e-3\n",
+     "s.toml: training.scheme.overclamp.margin: should be greater than or equal to 0, or one of 'auto'"),
+    ("[training.scheme.overclamp]\nnoise_readings = 1\n",
+     "s.toml: training.scheme.overclamp.noise_readings: Input should be greater than or equal to 2"),
     ("[training.scheme.chop]\n", "s.toml: training.scheme: scheme 'chop' needs a twin bench"),
 ])
 def test_scheme_mistakes_are_one_line_errors(extra: str, message: str, tmp_path: Path) -> None:
