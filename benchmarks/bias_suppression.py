@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ROOT / "protocols" / "bias"
 SEED002 = ROOT / "benchmarks" / "data" / "seed002"
 DIRECTIONS = [[1.0, 0.25], [0.25, 1.0]]  # the two alternating tasks' input directions
-REMEDY = {"overclamp": {"eta": 10.0, "margin": 1e-3, "rails": [0.0, 1.0]}}  # protocols/bias/*-remedy.toml
+REMEDY = {"overclamp": {"eta": 10.0, "margin": "auto", "rails": [0.0, 1.0]}}  # protocols/bias/*-remedy.toml
 
 
 def protocol(name: str, changes: dict[str, Any] | None = None) -> Protocol:
@@ -225,9 +225,9 @@ def remedies(quick: bool) -> dict[str, float]:
     print("## 3. The default remedy against plain coupled learning, at the same bias\n")
     print("Error floor: 3,000 steps. D^2: the two alternating tasks of section 2 on the same bench, "
           "burn-in 3,000 steps. Default remedy: symmetric overclamping (eta 10, both sides of the "
-          "free outputs within the sources' 0..1 V rails, margin 1 mV, update averaged over the "
-          "samples still teaching); on stepped edges with the coupled rule through residual "
-          "accumulation.\n")
+          "free outputs within the sources' 0..1 V rails, margin auto = 5x the output noise the "
+          "controller measures before its first update, update averaged over the samples still "
+          "teaching); on stepped edges with the coupled rule through residual accumulation.\n")
     twin_bias = "twin-bench, twin mismatch (+-20 % parts) + rms b_j 1e-5 V^2"
     pot_bias = "pot-bench, stepped edges, rms b_j 1e-3 V^2"
     rows: list[tuple[str, str, str, dict[str, Any]]] = [
@@ -276,34 +276,47 @@ def remedies(quick: bool) -> dict[str, float]:
 def zero_bias(quick: bool) -> dict[str, float]:
     print("## 4. At zero bias\n")
     print("Final test MSE after the protocol's steps with every bias source off (pot-bench "
-          "continuous: the twin protocols on the pot-bench preset, no twins). The default remedy "
-          "stops teaching within its 1 mV margin; on a noise-free simulator that is its floor, by "
-          "design, so symmetric overclamping without gating (margin 0) and without rails is shown "
-          "too.\n")
-    margin0 = {"overclamp": {"eta": REMEDY["overclamp"]["eta"], "margin": 0.0}}  # no gating, no rails
+          "continuous: the twin protocols on the pot-bench preset, no twins). The default remedy's "
+          "margin is 5x the measured output noise: 0 on the noise-free ideal simulator, where it "
+          "trains to round-off like plain coupled learning. A fixed 1 mV margin (a requested "
+          "precision, not a check) is shown for comparison: there the margin is the floor.\n")
+    fixed = {"overclamp": {**REMEDY["overclamp"], "margin": 1e-3}}
     cases = [
         ("ideal, continuous (floor.toml, 4,000 steps)", "floor",
          {"simulator.parameters.learning_bias": 0.0}, {}),
         ("pot-bench, continuous", "twin-plain",
          {"simulator.preset": "pot-bench", "simulator.parameters": {}}, {}),
         ("pot-bench, stepped", "pot-plain", {"simulator.parameters.learning_bias": 0.0},
-         {"training.rule": "coupled", "residuals": {}}),
+         {"training.rule": "coupled"}),
     ]
     print("| bench | plain: final MSE (V^2) (mV) | default remedy (mV) | remedy / plain "
-          "| margin 0, no rails (mV) | remedy / plain |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| auto-zero alone (mV) | auto-zero / plain | fixed 1 mV margin (mV) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     out = {}
-    for label, name, base, extra in cases:
-        rule = {"training.rule": extra["training.rule"]} if "training.rule" in extra else {}
-        more = {"residuals": {}} if "residuals" in extra else {}
+    for label, name, base, rule in cases:
+        more = {"residuals": {}} if rule else {}  # the coupled rule on stepped edges
         _, plain = floor(protocol(name, base))
         _, remedy = floor(protocol(name, {**base, **rule, "training.scheme": {**REMEDY, **more}}))
-        _, zero = floor(protocol(name, {**base, **rule, "training.scheme": {**margin0, **more}}))
+        _, zeroed = floor(protocol(name, {**base, "training.scheme": {"auto-zero": {}}}))
+        _, coarse = floor(protocol(name, {**base, **rule, "training.scheme": {**fixed, **more}}))
         out[f"{label}, default remedy"] = remedy / plain
-        out[f"{label}, margin 0 and no rails"] = zero / plain
+        out[f"{label}, auto-zero"] = zeroed / plain
         print(f"| {label} | {plain:.3g} ({mv(plain)}) | {remedy:.3g} ({mv(remedy)}) "
-              f"| {remedy / plain:.3g} | {zero:.3g} ({mv(zero)}) | {zero / plain:.3g} |", flush=True)
-    print()
+              f"| {remedy / plain:.3g} | {zeroed:.3g} ({mv(zeroed)}) | {zeroed / plain:.3g} "
+              f"| {coarse:.3g} ({mv(coarse)}) |", flush=True)
+    # On the noise-free simulator both converge linearly to round-off; how fast depends on
+    # which edges the early steps pin at their bounds, so one seed is not the whole story.
+    seeds = range(1, 5 if quick else 9)
+    ratios = []
+    for seed in seeds:
+        base = {"simulator.parameters.learning_bias": 0.0, "seed": seed}
+        _, plain = floor(protocol("floor", base))
+        _, remedy = floor(protocol("floor", {**base, "training.scheme": REMEDY}))
+        ratios.append(remedy / plain if plain > 0 else (0.0 if remedy == 0 else np.inf))
+    print(f"\nideal, continuous, protocol seeds {seeds[0]}..{seeds[-1]}: remedy / plain final MSE "
+          f"{', '.join(f'{r:.3g}' for r in ratios)} (median {np.median(ratios):.3g}, "
+          f"largest {max(ratios):.3g})\n")
+    out[f"ideal, continuous, largest over {len(ratios)} seeds, default remedy"] = max(ratios)
     return out
 
 
@@ -383,9 +396,7 @@ def main() -> None:
          rem["pot_d2"] >= 10),
     ]
     for label, value in zero.items():
-        note = (" (the 1 mV margin is the floor by design)"
-                if label.startswith("ideal") and label.endswith("default remedy") else "")
-        checks.append((f"zero bias, {label}: remedy / plain final MSE <= 2{note}", value, value <= 2))
+        checks.append((f"zero bias, {label}: remedy / plain final MSE <= 2", value, value <= 2))
     plain_mem, remedy_mem = mem["ideal + rms b_j 1e-5 V^2:plain"], mem["ideal + rms b_j 1e-5 V^2:default remedy"]
     checks.append(("memory (ideal + bias): first task's final MSE, plain / remedy > 1",
                    plain_mem / remedy_mem, plain_mem > remedy_mem))
