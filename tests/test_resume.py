@@ -44,10 +44,12 @@ def test_pack_state_round_trip() -> None:
     assert np.array_equal(back["nested"]["list"][1], np.ones(2))
 
 
-@pytest.mark.parametrize(("name", "stop_at"), [("regression-2x2", 137), ("pot-bench-regression", 61)])
+@pytest.mark.parametrize(("name", "stop_at"), [("regression-2x2", 137), ("pot-bench-regression", 61),
+                                              ("bias/twin-remedy", 43)])
 def test_stop_and_resume_is_bit_identical(tmp_path: Path, name: str, stop_at: int) -> None:
-    """Ideal and noisy (pot-bench) simulated runs: stopped at a step boundary, resumed in a
-    fresh experiment, they end exactly where an uninterrupted run ends."""
+    """Ideal and noisy (pot-bench) simulated runs, and a noisy twin bench with the default
+    bias remedy (its measured margin is scheme state): stopped at a step boundary, resumed
+    in a fresh experiment, they end exactly where an uninterrupted run ends."""
     steps = 200
     reference = uninterrupted(name, steps)
     store = RunStore(tmp_path)
