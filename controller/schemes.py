@@ -181,6 +181,7 @@ class Overclamp:
             nudge = nudge * c[:, None]
             with np.errstate(divide="ignore"):
                 gains = np.where(c > 0, np.minimum(1.0 / c, max(self.eta, 1.0)), 1.0)
+
         def bound(v: np.ndarray) -> np.ndarray:  # the rails hold exactly, round-off included
             return v if self.rails is None else np.clip(v, *self.rails)
 
