@@ -52,3 +52,18 @@ from hypothesis import settings as _settings  # noqa: E402
 _settings.register_profile("ci", derandomize=True, database=None)
 if _os.environ.get("CI"):
     _settings.load_profile("ci")
+
+
+def require_tool(*names: str) -> None:
+    """Skip a test whose system tool (ngspice, simavr, avr-gcc, chromium ...) is missing,
+    saying which Debian package brings it. Under CI (``CI`` set) a missing tool fails the
+    test instead: ``.ci/run`` installs them, so their absence there is a broken set-up."""
+    import shutil
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        msg = (f"needs {', '.join(missing)} on PATH (Debian packages: see .ci/run, "
+               f"e.g. apt-get install {' '.join(missing)})")
+        if _os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
