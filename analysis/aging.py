@@ -2,7 +2,8 @@
 
 * Relaxation: sqrt(MSE) against the training step t is fitted by three models,
   by least squares on log sqrt(MSE) (relative residuals, so every decade of the
-  decay counts), with ``scipy.optimize.curve_fit``:
+  decay counts), each to its global optimum by variable projection (see
+  :func:`fit_relaxation`):
 
       exponential            y = A exp(-t / tau)                 (2 parameters)
       stretched exponential  y = A exp(-(t / tau)^beta)          (3)
@@ -99,8 +100,42 @@ class RelaxationFits:
     window: tuple[float, float] = (0.0, 0.0)
 
 
+def _linear_fit(basis: np.ndarray, log_y: np.ndarray, slope_bounds: tuple[float, float]
+                ) -> tuple[float, float, float]:
+    """Least squares of log_y = log_A - s * basis with s clipped to ``slope_bounds``
+    (the optimum of a convex problem in one bounded variable is the clipped one).
+    Returns (rss, log_A, s)."""
+    b = basis - basis.mean()
+    den = float(b @ b)
+    s = -float(b @ (log_y - log_y.mean())) / den if den > 0 else slope_bounds[0]
+    s = min(max(s, slope_bounds[0]), slope_bounds[1])
+    log_a = float(np.mean(log_y + s * basis))
+    r = log_y - (log_a - s * basis)
+    return float(r @ r), log_a, s
+
+
+def _profile(rss_of: Callable[[float], float], lo: float, hi: float, points: int = 400) -> float:
+    """Global minimum of a one-variable profile: a fine grid over [lo, hi], then bounded
+    Brent refinement in the best grid cell."""
+    grid = np.linspace(lo, hi, points)
+    values = np.array([rss_of(float(x)) for x in grid])
+    i = int(np.nanargmin(values))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, points - 1)]
+    res = scipy.optimize.minimize_scalar(rss_of, bounds=(a, b), method="bounded",
+                                         options={"xatol": 1e-10 * max(1.0, abs(hi - lo))})
+    return float(res.x) if res.fun <= values[i] else float(grid[i])
+
+
 def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> RelaxationFits:
     """Fit y(t) (e.g. sqrt(MSE), positive) by the three relaxation models.
+
+    Each model is linear in log A and in one slope once its nonlinear parameter is
+    fixed (the exponential has none; the stretched exponential's beta, the power law's
+    tau): those are solved exactly, and the nonlinear one is found by a global search
+    of the profile residual (variable projection). The fits are therefore the global
+    least-squares optima within the bounds (beta 0.02..5, gamma 1e-6..50, tau >= 1e-9),
+    not whichever local optimum a start leads to, and small changes of the data (e.g.
+    round-off of another sparse solver) change the numbers only a little.
 
     Parameters
     ----------
@@ -120,42 +155,41 @@ def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> 
     log_y = np.log(y)
     if t.size < 5:
         raise UserError(f"relaxation fits need at least 5 positive error values, got {t.size}")
-    span = float(max(t.max() - t.min(), 1.0))
-    # starting guesses: tau from the time to fall by 1/e of the total decay
-    drop = log_y[0] - log_y
-    total = max(float(drop.max()), 1e-12)
-    tau0 = float(t[np.argmax(drop >= min(1.0, total) * 0.63)]) or span / 10
-    tau0 = max(tau0, span / 1000)
-    starts = {
-        "exponential": ([log_y[0], tau0], ([-np.inf, 1e-9], [np.inf, np.inf])),
-        "stretched": ([log_y[0], tau0, 0.7], ([-np.inf, 1e-9, 0.02], [np.inf, np.inf, 5.0])),
-        "power": ([log_y[0], tau0, 1.0], ([-np.inf, 1e-9, 1e-6], [np.inf, np.inf, 50.0])),
-    }
+    span = float(max(t.max(), 1.0))
+    t_pos = np.maximum(t, 0.0)
+    tau_min = 1e-9
+
+    # exponential: log y = log A - t / tau, 1/tau in [0, 1/tau_min]
+    _, log_a, rate = _linear_fit(t, log_y, (0.0, 1.0 / tau_min))
+    params = {"exponential": (log_a, 1.0 / rate if rate > 0 else np.inf)}
+
+    # stretched: log y = log A - c t^beta with c = tau^-beta >= 0; profile over beta
+    def stretched_rss(beta: float) -> float:
+        return _linear_fit(t_pos ** beta, log_y, (0.0, np.inf))[0]
+
+    beta = _profile(stretched_rss, 0.02, 5.0)
+    _, log_a, c = _linear_fit(t_pos ** beta, log_y, (0.0, np.inf))
+    params["stretched"] = (log_a, c ** (-1.0 / beta) if c > 0 else np.inf, beta)
+
+    # power: log y = log A - gamma log(1 + t / tau); profile over log10 tau
+    def power_rss(log_tau: float) -> float:
+        return _linear_fit(np.log1p(t_pos / 10.0 ** log_tau), log_y, (1e-6, 50.0))[0]
+
+    log_tau = _profile(power_rss, np.log10(tau_min), np.log10(span) + 3.0, points=600)
+    _, log_a, gamma = _linear_fit(np.log1p(t_pos / 10.0 ** log_tau), log_y, (1e-6, 50.0))
+    params["power"] = (log_a, 10.0 ** log_tau, gamma)
+
     fits: dict[str, RelaxationFit] = {}
+    n = t.size
     for name, (func, k) in _LOG_MODELS.items():
-        p0, bounds = starts[name]
-        guesses = [[p0[0], tau0 * scale, *p0[2:]] for scale in (1.0, 0.1, 10.0)]
-        if name == "stretched" and "exponential" in fits:
-            # the exponential is the stretched one at beta = 1: start there too, so the
-            # nested model never fits worse for want of a start
-            ex = fits["exponential"].params
-            guesses.insert(0, [ex["log_A"], ex["tau"], 1.0])
-        best_fit: tuple[float, np.ndarray] | None = None
-        for guess in guesses:
-            try:
-                params, _ = scipy.optimize.curve_fit(func, t, log_y, p0=guess, bounds=bounds,
-                                                     maxfev=20_000)
-            except (RuntimeError, ValueError):
-                continue
-            rss = float(np.sum((func(t, *params) - log_y) ** 2))
-            if best_fit is None or rss < best_fit[0]:
-                best_fit = (rss, params)
-        if best_fit is None:
+        p = params[name]
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            pred = func(t, *p)
+        if not np.all(np.isfinite(pred)):
             continue
-        rss, params = best_fit
-        n = t.size
+        rss = float(np.sum((pred - log_y) ** 2))
         aic = n * np.log(max(rss, 1e-300) / n) + 2 * k
-        fits[name] = RelaxationFit(name, dict(zip(_NAMES[name], map(float, params))), rss,
+        fits[name] = RelaxationFit(name, dict(zip(_NAMES[name], map(float, p))), rss,
                                    float(aic), n)
     if not fits:
         raise UserError("no relaxation model could be fitted to the error curve")
