@@ -134,6 +134,10 @@ class BackendConformance:
 
     def test_safe_is_idempotent_and_close_works(self, backend: NetworkBackend) -> None:
         backend.measure(self._sources(backend, 1))
+        assert backend.is_safe is False  # driving outputs
         backend.safe()
+        assert backend.is_safe is True
         backend.safe()
+        assert backend.is_safe is True
         backend.close()
+        assert backend.is_safe is True

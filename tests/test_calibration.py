@@ -15,6 +15,7 @@ from exchanges import Script
 from clln.benchfile import hardware_hash, parse_bench
 from clln.benchrun import bench_calibration, bench_model, bench_network, nominal_edges, open_bench
 from clln.controller import LimitError, ProtocolError, SteppedEdges
+from clln.controller.errors import UserError
 from clln.controller.calibration import (
     Calibration,
     CalibrationWarning,
@@ -419,5 +420,5 @@ def test_a_subset_of_edges_keeps_the_other_tables_and_saves(tmp_path: Path) -> N
     back = load_calibration(cal.save(tmp_path / "subset.json"))
     assert np.isnan(back.fits.r0[1]) and back.fits.r0[0] == pytest.approx(1075.0)
     assert back.fits.measured.tolist() == [j in (0, 5) for j in range(16)]
-    with pytest.raises(Exception, match="not edges of this bench"):
+    with pytest.raises(UserError, match="not edges of this bench"):
         calibrate(SimTarget(model), nominal=SteppedEdges(table), edges=[16], rng=np.random.default_rng(0))

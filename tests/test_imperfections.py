@@ -196,5 +196,7 @@ def test_unknown_preset_and_parameter_are_clear_errors() -> None:
 
     with pytest.raises(ProtocolError, match="allowed: ideal, pot-bench, twin-bench"):
         make_imperfections("lab-bench")
-    with pytest.raises(Exception, match="extra"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="extra"):
         make_imperfections("pot-bench", {"noise": 1.0})

@@ -144,8 +144,14 @@ def test_coupled_rule_on_stepped_edges_goes_to_the_nearest_tap() -> None:
     signal = np.array([0.0, 1e-3, -1e-3])
     commands = CoupledRule(0.1).commands(signal, 0.1, edges, state)
     target = state.conductances + signal  # alpha / eta = 1
-    best = np.abs(edges.table - target[:, None]).argmin(axis=1)
-    assert commands.tolist() == (best - taps).tolist()
+    # the nearest tap by a plain search over the rheostat formula of pot_edges, tap by tap
+
+    def conductance(k: int) -> float:
+        return 1.0 / (1000.0 + 75.0 + k * 10_000.0 / 128)
+
+    best = [min(range(129), key=lambda k, j=j: abs(conductance(k) - float(target[j])))
+            for j in range(3)]
+    assert commands.tolist() == [b - int(t) for b, t in zip(best, taps)]
     assert commands[0] == 0 and commands[1] < 0 < commands[2]  # tap down = conductance up
     with pytest.raises(ProtocolError):
         CoupledRule(0.1).commands(signal, 0.1, edges)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import sqlite3
 from pathlib import Path
 
@@ -197,8 +199,10 @@ def test_resolve_full_id_and_unique_prefix(store: RunStore) -> None:
 def test_ambiguous_prefix_raises(store: RunStore) -> None:
     a = new_run(store)
     b = new_run(store)
-    common = a[:9]  # both ids start with the same date, 'YYYYmmdd-'
-    assert b.startswith(common)
+    # both ids start with the same date and time (ids made across midnight still
+    # share the year): a prefix both have resolves to neither
+    common = os.path.commonprefix([a, b])
+    assert len(common) >= 3
     with pytest.raises(RunNotFoundError) as info:
         store.resolve(common)
     assert "2 runs" in str(info.value)
