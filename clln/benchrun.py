@@ -104,13 +104,15 @@ class BenchSession:
                 if self.emulator is not None:
                     self.emulator.close()
 
-    def open_meter(self, bench: Bench) -> ResistanceMeter | None:
+    def open_meter(self, bench: Bench, *, visa_library: str | None = None) -> ResistanceMeter | None:
         """The bench's SMU as a resistance meter (``[smu]``; the emulated one with
         --emulate), or None without one. Its compliance is checked against the limits
-        before every reading."""
+        before every reading. ``visa_library`` is the command line's --visa-library
+        (else ``$CLLN_VISA_LIBRARY``, else the bench file's backend)."""
         if bench.smu is None or not isinstance(self.backend, HardwareBackend):
             return None
-        from clln.drivers.visa import FixtureMeter, Smu, open_instrument
+        from clln.drivers.visa import FixtureMeter, make_smu, open_instrument
+        from clln.drivers.visa import visa_library as choose_library
 
         if self.meter is None:
             backend = self.backend
@@ -124,8 +126,8 @@ class BenchSession:
                 assert self.emulator.smu is not None
                 resource: Any = self.emulator.smu
             else:
-                resource = open_instrument(spec.address, spec.visa_library)
-            self.meter = FixtureMeter(Smu(resource), spec.nodes, current=spec.current,
+                resource = open_instrument(spec.address, choose_library(spec.visa_library, visa_library))
+            self.meter = FixtureMeter(make_smu(spec.model, resource), spec.nodes, current=spec.current,
                                       compliance=spec.compliance, guard=guard)
         return self.meter
 
@@ -160,7 +162,8 @@ def open_bench(
         emulator = EmulatedBench(model, n_pots=max(chain) + 1, chain=chain, ai_nodes=np.arange(bench.nodes),
                                  faults=faults, log_path=traffic_log,
                                  smu_nodes=None if bench.smu is None else bench.smu.nodes,
-                                 smu_seed=bench.emulator.seed)
+                                 smu_seed=bench.emulator.seed,
+                                 smu_model="2400" if bench.smu is None else bench.smu.model)
         daq: Any = emulator.daq
         port = emulator.port
     else:
