@@ -266,6 +266,10 @@ def calibrate(
     threshold: Annotated[float, typer.Option(
         help="Relative disagreement between tomography and calibration that flags an edge.",
         min=0.001)] = 0.03,
+    visa_library: Annotated[str | None, typer.Option(
+        help="VISA library for the SMU: a backend (@py, @ivi, @sim), a library path, or "
+             "FILE.yaml@sim (default: $CLLN_VISA_LIBRARY, else the bench file's [smu] "
+             "visa_library).")] = None,
 ) -> None:
     """Calibrate a bench's DAQ channels and every edge's tap -> conductance table, check
     every edge by network tomography, and write the calibration and a PNG report beside
@@ -285,7 +289,8 @@ def calibrate(
     try:
         outcome = run_calibrate(bench, emulate=emulate, edges=edges, verify_only=verify,
                                 calibration_path=calibration, faults=fault or [], seed=seed,
-                                levels=levels, threshold=threshold, progress=show)
+                                levels=levels, threshold=threshold, progress=show,
+                                visa_library=visa_library)
     finally:
         if progress.live.is_started:
             progress.stop()
