@@ -167,7 +167,7 @@ def run_calibrate(
     rng = np.random.default_rng(seed)
     session = open_bench(bench, text, target="emulate" if emulate else "hardware",
                          noise_seed=noise_seed, edge_faults=edge_faults,
-                         calibration=current if verify_only else None)
+                         calibration=current if verify_only else None, visa_library=visa_library)
     try:
         meter = session.open_meter(bench, visa_library=visa_library)
         counter = BenchCounter(session, bench)

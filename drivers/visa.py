@@ -127,6 +127,7 @@ class Smu(ScpiInstrument):
     MODEL = ""
     OVERFLOW = 9.9e37  # an over-range reading (9.9e37; 9.91e37 is the "not a number" value)
     LIMIT_QUERY = ""
+    PARK_COMMANDS: tuple[str, ...] = ()
 
     def __init__(self, resource: Any) -> None:
         super().__init__(resource)
@@ -148,6 +149,14 @@ class Smu(ScpiInstrument):
             raise DriverError(f"{self.NAME} rejected the resistance set-up ({'; '.join(commands)}): "
                               f"{'; '.join(found)}")
         self._configured = (current_a, compliance_v)
+
+    def park(self) -> None:
+        """Output off, in the high-impedance output-off state (the output relay open), so
+        that the idle SMU does not load the nodes its leads join; the error queue is
+        checked afterwards. Nothing else of the set-up changes."""
+        for command in self.PARK_COMMANDS:
+            self.write(command)
+        self.check_errors(f"parking ({'; '.join(self.PARK_COMMANDS)})")
 
     def measure_resistance(self, current_a: float, *, compliance_v: float) -> float:
         """4-wire resistance (ohm) at the sourced ``current_a`` (A) with the voltage limited
@@ -186,6 +195,7 @@ class Keithley2400(Smu):
     MODEL = "2400"
     NAME = "Keithley 2400"
     LIMIT_QUERY = ":SENS:VOLT:PROT:TRIP?"
+    PARK_COMMANDS = ("*CLS", ":OUTP:SMOD HIMP", ":OUTP OFF")
 
     def setup_commands(self, current_a: float, compliance_v: float) -> list[str]:
         return ["*RST", "*CLS", ':SENS:FUNC "RES"', ":SENS:RES:MODE MAN", ":SOUR:FUNC CURR",
@@ -206,6 +216,7 @@ class Keithley2450(Smu):
     MODEL = "2450"
     NAME = "Keithley 2450"
     LIMIT_QUERY = ":SOUR:CURR:VLIM:TRIP?"
+    PARK_COMMANDS = ("*CLS", ":OUTP:SMOD HIMP", ":OUTP OFF")  # no <function>: every source function
 
     def setup_commands(self, current_a: float, compliance_v: float) -> list[str]:
         return ["*RST", "*CLS", ":SOUR:FUNC CURR", f":SOUR:CURR {current_a:.6g}",

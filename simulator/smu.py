@@ -171,9 +171,12 @@ class EmulatedSmu:
             except IndexError:
                 key = ""
         try:
-            handler = (self._common if key.startswith("*") else
-                       self._scpi_2400 if self.instrument == "2400" else self._scpi_2450)
-            return handler(key, arg)
+            if key.startswith("*"):
+                return self._common(key, arg)
+            handled, reply = self._shared(key, arg)
+            if handled:
+                return reply
+            return (self._scpi_2400 if self.instrument == "2400" else self._scpi_2450)(key, arg)
         except _Undefined:
             self._error(-113, "Undefined header")
         except (KeyError, ValueError):
@@ -221,14 +224,27 @@ class EmulatedSmu:
     def _names(arg: str) -> list[str]:
         return [short_form(a.strip().strip('"\'').split(":")[0]) for a in arg.split(",") if a.strip()]
 
-    def _scpi_2400(self, key: str, arg: str) -> str | None:
+    def _shared(self, key: str, arg: str) -> tuple[bool, str | None]:
+        """The commands both models share: (handled, reply)."""
         if key == "SYST:ERR?":
-            return self._next_error()
+            return True, self._next_error()
+        if key == "OUTP?":
+            return True, "1" if self.output else "0"
         if key == "SOUR:FUNC":
             self.source = {"CURR": "CURR", "VOLT": "VOLT"}[short_form(arg)]
         elif key in ("SOUR:CURR", "SOUR:VOLT"):
             self.level[key[5:]] = self._number(arg)
-        elif key == "SENS:VOLT:PROT":
+        elif key == "OUTP":
+            self.output = self._boolean(arg)
+        elif key == "OUTP:SMOD":  # (2450: without <function>, every source function)
+            mode = {"HIMP": "HIMP", "NORM": "NORM", "ZERO": "ZERO", "GUAR": "GUAR"}[short_form(arg)]
+            self.off_mode = {"CURR": mode, "VOLT": mode}
+        else:
+            return False, None
+        return True, None
+
+    def _scpi_2400(self, key: str, arg: str) -> str | None:
+        if key == "SENS:VOLT:PROT":
             self.volt_protection = self._number(arg)
         elif key == "SENS:CURR:PROT":
             self.curr_protection = self._number(arg)
@@ -247,11 +263,6 @@ class EmulatedSmu:
             if not names or any(n not in ELEMENTS for n in names):
                 raise ValueError(arg)
             self.elements = [e for e in ELEMENTS if e in names]  # the instrument's order
-        elif key == "OUTP":
-            self.output = self._boolean(arg)
-        elif key == "OUTP:SMOD":
-            mode = {"HIMP": "HIMP", "NORM": "NORM", "ZERO": "ZERO", "GUAR": "GUAR"}[short_form(arg)]
-            self.off_mode = {"CURR": mode, "VOLT": mode}
         elif key == "CONF:RES":
             self._configure_resistance()
         elif key == "READ?":
@@ -265,8 +276,6 @@ class EmulatedSmu:
             return ",".join(self.elements)
         elif key == "SENS:RES:MODE?":
             return self.ohms_mode
-        elif key == "OUTP?":
-            return "1" if self.output else "0"
         elif key == "OUTP:SMOD?":
             return self.off_mode["CURR"]
         else:
@@ -288,13 +297,7 @@ class EmulatedSmu:
         self.output = True
 
     def _scpi_2450(self, key: str, arg: str) -> str | None:
-        if key == "SYST:ERR?":
-            return self._next_error()
-        if key == "SOUR:FUNC":
-            self.source = {"CURR": "CURR", "VOLT": "VOLT"}[short_form(arg)]
-        elif key in ("SOUR:CURR", "SOUR:VOLT"):
-            self.level[key[5:]] = self._number(arg)
-        elif key == "SOUR:CURR:VLIM":
+        if key == "SOUR:CURR:VLIM":
             self.vlim = self._number(arg)
         elif key == "SOUR:VOLT:ILIM":
             self.ilim = self._number(arg)
@@ -306,12 +309,9 @@ class EmulatedSmu:
         elif key == "SENS:RES:OCOM":
             self.offset_compensated = {"ON": True, "1": True, "OFF": False, "0": False,
                                        "AUTO": True}[arg.upper()]
-        elif key == "OUTP":
-            self.output = self._boolean(arg)
-        elif key in ("OUTP:SMOD", "OUTP:CURR:SMOD", "OUTP:VOLT:SMOD"):
+        elif key in ("OUTP:CURR:SMOD", "OUTP:VOLT:SMOD"):
             mode = {"HIMP": "HIMP", "NORM": "NORM", "ZERO": "ZERO", "GUAR": "GUAR"}[short_form(arg)]
-            for f in ("CURR", "VOLT") if key == "OUTP:SMOD" else (key.split(":")[1],):
-                self.off_mode[f] = mode
+            self.off_mode[key.split(":")[1]] = mode
         elif key == "READ?":
             return self._read_2450()
         elif key == "MEAS:RES?":
@@ -321,8 +321,6 @@ class EmulatedSmu:
             return "1" if self.tripped and self.source == "CURR" else "0"
         elif key == "SOUR:CURR:VLIM?":
             return f"{self.vlim:.6E}"
-        elif key == "OUTP?":
-            return "1" if self.output else "0"
         elif key == "OUTP:CURR:SMOD?":
             return self.off_mode["CURR"]
         else:

@@ -93,6 +93,28 @@ def test_a_rejected_setup_names_the_commands_and_never_turns_the_output_on() -> 
     assert '-113,"Undefined header"; -221,"Settings conflict"' in message
 
 
+@pytest.mark.parametrize("model", ["2400", "2450"])
+def test_parking_opens_the_output_relay_and_checks_the_error_queue(model: str) -> None:
+    script = Script([("*CLS", None), (":OUTP:SMOD HIMP", None), (":OUTP OFF", None),
+                     (":SYST:ERR?", NO_ERROR[model])])
+    make_smu(model, script).park()
+    script.done()
+
+
+def test_opening_the_emulated_bench_parks_its_smu() -> None:
+    from clln.benchrun import open_bench
+
+    text = smu_key('model = "2450"')
+    bench = parse_bench(text, str(BENCH))
+    session = open_bench(bench, text, target="emulate")
+    try:
+        assert session.emulator is not None and session.emulator.smu is not None
+        smu = session.emulator.smu
+        assert smu.instrument == "2450" and not smu.loads_network and smu.readings == 0
+    finally:
+        session.close()
+
+
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="'2400', '2450'|2400, 2450"):
         make_smu("2460", None)
@@ -113,6 +135,7 @@ def sim(tmp_path: Path) -> str:
 def test_driver_reads_resistance_from_the_simulated_smu(sim: str, model: str) -> None:
     smu = make_smu(model, open_instrument(ADDRESS[model], sim))
     assert f"MODEL {model}" in smu.identify()
+    smu.park()
     meter = FixtureMeter(smu, (4, 7), current=5e-5, compliance=1.0)
     assert meter.measure() == pytest.approx(11075.0)
     assert meter.measure() == pytest.approx(11075.0)
@@ -245,8 +268,19 @@ def test_old_sequence_on_the_emulated_2450_leaves_three_errors_and_the_default_l
 # --- the bench file -------------------------------------------------------------------
 
 
+def smu_key(line: str) -> str:
+    """example-16.toml with one line of its [smu] table set (``key = value``)."""
+    text = BENCH.read_text()
+    key = line.split("=")[0].strip()
+    lines = text.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("[smu]")))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("["))
+    kept = [x for x in lines[start + 1:end] if x.split("=")[0].strip() != key]
+    return "\n".join([*lines[:start + 1], line, *kept, *lines[end:]]) + "\n"
+
+
 def bench_with(tmp_path: Path, line: str) -> Path:
-    text = BENCH.read_text().replace('address = "GPIB0::24::INSTR"', f'address = "GPIB0::24::INSTR"\n{line}')
+    text = smu_key(line)
     path = tmp_path / "bench.toml"
     path.write_text(text)
     return path
