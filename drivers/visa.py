@@ -198,9 +198,10 @@ class Keithley2400(Smu):
     PARK_COMMANDS = ("*CLS", ":OUTP:SMOD HIMP", ":OUTP OFF")
 
     def setup_commands(self, current_a: float, compliance_v: float) -> list[str]:
-        return ["*RST", "*CLS", ':SENS:FUNC "RES"', ":SENS:RES:MODE MAN", ":SOUR:FUNC CURR",
-                f":SOUR:CURR {current_a:.6g}", f":SENS:VOLT:PROT {compliance_v:.6g}",
-                ":SYST:RSEN ON", ":FORM:ELEM RES", ":OUTP:SMOD HIMP"]
+        # the output-off state first: *RST puts back NORMAL (relay closed, 0 V)
+        return ["*RST", "*CLS", ":OUTP:SMOD HIMP", ':SENS:FUNC "RES"', ":SENS:RES:MODE MAN",
+                ":SOUR:FUNC CURR", f":SOUR:CURR {current_a:.6g}", f":SENS:VOLT:PROT {compliance_v:.6g}",
+                ":SYST:RSEN ON", ":FORM:ELEM RES"]
 
 
 class Keithley2450(Smu):
@@ -219,9 +220,11 @@ class Keithley2450(Smu):
     PARK_COMMANDS = ("*CLS", ":OUTP:SMOD HIMP", ":OUTP OFF")  # no <function>: every source function
 
     def setup_commands(self, current_a: float, compliance_v: float) -> list[str]:
-        return ["*RST", "*CLS", ":SOUR:FUNC CURR", f":SOUR:CURR {current_a:.6g}",
+        # the output-off state is stored per source function: set it right after choosing
+        # the function (*RST puts back NORMAL)
+        return ["*RST", "*CLS", ":SOUR:FUNC CURR", ":OUTP:CURR:SMOD HIMP", f":SOUR:CURR {current_a:.6g}",
                 f":SOUR:CURR:VLIM {compliance_v:.6g}", ':SENS:FUNC "RES"', ":SENS:RES:RSEN ON",
-                ":SENS:RES:OCOM ON", ":OUTP:CURR:SMOD HIMP"]
+                ":SENS:RES:OCOM ON"]
 
 
 SMU_MODELS: dict[str, type[Smu]] = {"2400": Keithley2400, "2450": Keithley2450}

@@ -289,9 +289,9 @@ def test_edge_faults_in_the_model() -> None:
 def exchange(reply: str, tripped: str = "0") -> list[tuple[str, str | None]]:
     """The Keithley 2400 manual-ohms exchange of one reading (2400 Series User's Manual,
     Table 4-2 and sections 17-18): set-up, error queue, output on, one :READ?, output off."""
-    return [("*RST", None), ("*CLS", None), (':SENS:FUNC "RES"', None), (":SENS:RES:MODE MAN", None),
-            (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None), (":SENS:VOLT:PROT 1", None),
-            (":SYST:RSEN ON", None), (":FORM:ELEM RES", None), (":OUTP:SMOD HIMP", None),
+    return [("*RST", None), ("*CLS", None), (":OUTP:SMOD HIMP", None), (':SENS:FUNC "RES"', None),
+            (":SENS:RES:MODE MAN", None), (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None),
+            (":SENS:VOLT:PROT 1", None), (":SYST:RSEN ON", None), (":FORM:ELEM RES", None),
             (":SYST:ERR?", '0,"No error"'), (":OUTP ON", None), (":READ?", reply),
             (":SENS:VOLT:PROT:TRIP?", tripped), (":OUTP OFF", None)]
 

@@ -55,9 +55,9 @@ def old_sequence(resource: object, current_a: float = 5e-5, compliance_v: float 
 
 
 def test_2400_sets_up_once_then_reads_with_read_query() -> None:
-    setup = [("*RST", None), ("*CLS", None), (':SENS:FUNC "RES"', None), (":SENS:RES:MODE MAN", None),
-             (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None), (":SENS:VOLT:PROT 1", None),
-             (":SYST:RSEN ON", None), (":FORM:ELEM RES", None), (":OUTP:SMOD HIMP", None),
+    setup = [("*RST", None), ("*CLS", None), (":OUTP:SMOD HIMP", None), (':SENS:FUNC "RES"', None),
+             (":SENS:RES:MODE MAN", None), (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None),
+             (":SENS:VOLT:PROT 1", None), (":SYST:RSEN ON", None), (":FORM:ELEM RES", None),
              (":SYST:ERR?", '0,"No error"')]
     reading = [(":OUTP ON", None), (":READ?", "+1.107500E+04"), (":SENS:VOLT:PROT:TRIP?", "0"),
                (":OUTP OFF", None)]
@@ -70,9 +70,9 @@ def test_2400_sets_up_once_then_reads_with_read_query() -> None:
 
 
 def test_2450_native_exchange() -> None:
-    script = Script([("*RST", None), ("*CLS", None), (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None),
-                     (":SOUR:CURR:VLIM 1", None), (':SENS:FUNC "RES"', None), (":SENS:RES:RSEN ON", None),
-                     (":SENS:RES:OCOM ON", None), (":OUTP:CURR:SMOD HIMP", None),
+    script = Script([("*RST", None), ("*CLS", None), (":SOUR:FUNC CURR", None), (":OUTP:CURR:SMOD HIMP", None),
+                     (":SOUR:CURR 5e-05", None), (":SOUR:CURR:VLIM 1", None), (':SENS:FUNC "RES"', None),
+                     (":SENS:RES:RSEN ON", None), (":SENS:RES:OCOM ON", None),
                      (":SYST:ERR?", '0,"No error;0;0 0"'), (":OUTP ON", None), (":READ?", "1.107500E+04"),
                      (":SOUR:CURR:VLIM:TRIP?", "1"), (":OUTP OFF", None)])
     with pytest.raises(DriverError, match="1 V compliance"):
