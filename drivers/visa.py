@@ -12,9 +12,11 @@ the command line (``--visa-library``) or the environment (``CLLN_VISA_LIBRARY``)
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
+from clln.controller.errors import LimitError
 from clln.drivers.errors import DeviceNotFound, DriverError
 
 #: VISA backends a bench file may name ("" is the system VISA).
@@ -140,6 +142,9 @@ class Smu(ScpiInstrument):
         """Send the manual-ohms set-up (it starts with ``*RST`` and ``*CLS``, which empties
         the error queue), then read the error queue: any error raises DriverError naming
         the command set, before the output is ever turned on."""
+        if not (math.isfinite(current_a) and math.isfinite(compliance_v) and compliance_v > 0):
+            raise LimitError(f"SMU set-up needs a finite current and a positive finite compliance, "
+                             f"not {current_a!r} A, {compliance_v!r} V (nothing was sent)")
         commands = self.setup_commands(current_a, compliance_v)
         for command in commands:
             self.write(command)

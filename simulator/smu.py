@@ -142,13 +142,13 @@ class EmulatedSmu:
     def write(self, command: str) -> None:
         for unit in command.split(";"):
             if unit.strip():
-                self._execute(unit.strip(), expect_reply=False)
+                self._execute(unit.strip())
 
     def query(self, command: str) -> str:
         reply = None
         for unit in command.split(";"):
             if unit.strip():
-                reply = self._execute(unit.strip(), expect_reply=True)
+                reply = self._execute(unit.strip())
         if reply is None:
             import pyvisa
 
@@ -160,7 +160,7 @@ class EmulatedSmu:
 
     # --- parsing -------------------------------------------------------------------
 
-    def _execute(self, unit: str, *, expect_reply: bool) -> str | None:
+    def _execute(self, unit: str) -> str | None:
         head, _, arg = unit.partition(" ")
         arg = arg.strip()
         if head.startswith("*"):

@@ -19,6 +19,7 @@ from exchanges import Script
 
 from clln.benchfile import parse_bench
 from clln.benchrun import bench_model
+from clln.controller.errors import LimitError
 from clln.drivers.errors import DeviceNotFound, DriverError
 from clln.drivers.visa import (
     VISA_LIBRARY_ENV,
@@ -113,6 +114,14 @@ def test_opening_the_emulated_bench_parks_its_smu() -> None:
         assert smu.instrument == "2450" and not smu.loads_network and smu.readings == 0
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("current, compliance", [(float("nan"), 1.0), (5e-5, float("inf")), (5e-5, 0.0)])
+def test_non_finite_set_up_sends_nothing(current: float, compliance: float) -> None:
+    script = Script([])
+    with pytest.raises(LimitError, match="nothing was sent"):
+        Keithley2450(script).measure_resistance(current, compliance_v=compliance)
+    script.done()
 
 
 def test_unknown_model_is_refused() -> None:
