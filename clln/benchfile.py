@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clln.drivers.chips import CHIPS
+from clln.drivers.visa import VISA_BACKENDS
 from clln.protocol import read_file, read_toml, validate
 from clln.simulator.imperfections import Imperfections
 
@@ -103,13 +104,29 @@ class LimitSpec(_Strict):
 
 class SmuSpec(_Strict):
     """``[smu]``: an SMU on a fixture across two nodes (4-wire), which gives the
-    calibration its scale in ohms."""
+    calibration its scale in ohms.
+
+    ``visa_library`` may only name a VISA backend (``@py``, ``@ivi``, ``@sim``; "" for the
+    system VISA): a bench file must not make pyvisa load a shared library of its
+    choosing. A library path (or a pyvisa-sim YAML, "file.yaml@sim") comes from the
+    command line (``--visa-library``) or the environment (``CLLN_VISA_LIBRARY``).
+    """
 
     address: Name                              # VISA resource, e.g. GPIB0::24::INSTR
-    visa_library: str = ""                     # "" the system VISA; "file.yaml@sim" for pyvisa-sim
+    model: Literal["2400", "2450"] = "2400"    # Keithley 2400 (SCPI) or 2450 (native SCPI)
+    visa_library: str = ""                     # "" the system VISA, or "@py", "@ivi", "@sim"
     nodes: tuple[Index, Index]                 # the fixture's two nodes
     current: Annotated[float, Field(gt=0, le=1e-2, strict=True)] = 5e-5  # A, test current
     compliance: Positive = 1.0                 # V, voltage compliance
+
+    @field_validator("visa_library")
+    @classmethod
+    def _named_backend(cls, value: str) -> str:
+        if value not in VISA_BACKENDS:
+            raise ValueError(
+                f"{value!r} is not allowed; allowed: {', '.join(repr(b) for b in VISA_BACKENDS)} "
+                f"(a library path only with --visa-library or CLLN_VISA_LIBRARY)")
+        return value
 
 
 class EmulatorSpec(_Strict):

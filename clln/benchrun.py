@@ -91,26 +91,53 @@ class BenchSession:
     emulator: EmulatedBench | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     meter: ResistanceMeter | None = None
+    smu: Any = None
 
     def close(self) -> None:
         try:
             self.backend.close()
         finally:
             try:
-                close_meter = getattr(self.meter, "close", None)
+                close_meter = getattr(self.meter if self.meter is not None else self.smu, "close", None)
                 if close_meter is not None:
                     close_meter()
             finally:
                 if self.emulator is not None:
                     self.emulator.close()
 
-    def open_meter(self, bench: Bench) -> ResistanceMeter | None:
-        """The bench's SMU as a resistance meter (``[smu]``; the emulated one with
-        --emulate), or None without one. Its compliance is checked against the limits
-        before every reading."""
+    def open_smu(self, bench: Bench, *, visa_library: str | None = None) -> Any:
+        """The bench's SMU driver (``[smu]``; the emulated SMU with --emulate), or None
+        without one. ``visa_library`` is the command line's --visa-library (else
+        ``$CLLN_VISA_LIBRARY``, else the bench file's backend)."""
         if bench.smu is None or not isinstance(self.backend, HardwareBackend):
             return None
-        from clln.drivers.visa import FixtureMeter, Smu, open_instrument
+        if self.smu is None:
+            from clln.drivers.visa import make_smu, open_instrument
+            from clln.drivers.visa import visa_library as choose_library
+
+            if self.emulator is not None:
+                assert self.emulator.smu is not None
+                resource: Any = self.emulator.smu
+            else:
+                resource = open_instrument(bench.smu.address,
+                                           choose_library(bench.smu.visa_library, visa_library))
+            self.smu = make_smu(bench.smu.model, resource)
+        return self.smu
+
+    def park_smu(self, bench: Bench, *, visa_library: str | None = None) -> None:
+        """Output off in the high-impedance output-off state (relay open), so that an idle
+        SMU does not load the fixture's nodes while the bench trains. Nothing without [smu]."""
+        smu = self.open_smu(bench, visa_library=visa_library)
+        if smu is not None:
+            smu.park()
+
+    def open_meter(self, bench: Bench, *, visa_library: str | None = None) -> ResistanceMeter | None:
+        """The bench's SMU as a resistance meter (``[smu]``; the emulated one with
+        --emulate), or None without one. Its compliance is checked against the limits
+        before the SMU is opened and before every reading."""
+        if bench.smu is None or not isinstance(self.backend, HardwareBackend):
+            return None
+        from clln.drivers.visa import FixtureMeter
 
         if self.meter is None:
             backend = self.backend
@@ -120,13 +147,8 @@ class BenchSession:
                 check_limits(np.array([volts]), backend.edges.table, backend.limits, where="smu")
 
             guard(spec.compliance)
-            if self.emulator is not None:
-                assert self.emulator.smu is not None
-                resource: Any = self.emulator.smu
-            else:
-                resource = open_instrument(spec.address, spec.visa_library)
-            self.meter = FixtureMeter(Smu(resource), spec.nodes, current=spec.current,
-                                      compliance=spec.compliance, guard=guard)
+            self.meter = FixtureMeter(self.open_smu(bench, visa_library=visa_library), spec.nodes,
+                                      current=spec.current, compliance=spec.compliance, guard=guard)
         return self.meter
 
 
@@ -134,13 +156,15 @@ def open_bench(
     bench: Bench, bench_text: str, *, target: Target, initial_taps: np.ndarray | None = None,
     noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
     connect: bool = True, calibration: Calibration | None = None,
-    edge_faults: EdgeFaults | None = None,
+    edge_faults: EdgeFaults | None = None, visa_library: str | None = None,
 ) -> BenchSession:
     """Open the bench through its drivers (real hardware or the emulator), or its model.
 
     ``calibration`` gives the tap tables and DAQ channel corrections (datasheet tables and
     no corrections without one); ``edge_faults`` are injected into the emulated bench's
-    model (a stuck wiper, an open edge, a shorted pot).
+    model (a stuck wiper, an open edge, a shorted pot). On connecting, the bench's SMU
+    (``[smu]``, opened with ``visa_library``, see :meth:`BenchSession.open_smu`) is parked
+    so that it does not load the network.
     """
     net = bench_network(bench)
     edges = nominal_edges(bench)
@@ -160,7 +184,8 @@ def open_bench(
         emulator = EmulatedBench(model, n_pots=max(chain) + 1, chain=chain, ai_nodes=np.arange(bench.nodes),
                                  faults=faults, log_path=traffic_log,
                                  smu_nodes=None if bench.smu is None else bench.smu.nodes,
-                                 smu_seed=bench.emulator.seed)
+                                 smu_seed=bench.emulator.seed,
+                                 smu_model="2400" if bench.smu is None else bench.smu.model)
         daq: Any = emulator.daq
         port = emulator.port
     else:
@@ -186,6 +211,11 @@ def open_bench(
         session = BenchSession(backend, emulator)
         if connect:
             backend.connect()
+            try:
+                session.park_smu(bench, visa_library=visa_library)
+            except BaseException:
+                backend.close()
+                raise
         return session
     except BaseException:
         if emulator is not None:
@@ -220,7 +250,7 @@ def bench_experiment(
     protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
     target: Target, seed: int | None = None, steps: int | None = None,
     faults: Faults | None = None, traffic_log: str | Path | None = None,
-    calibration: Calibration | Literal["bench", "none"] = "bench",
+    calibration: Calibration | Literal["bench", "none"] = "bench", visa_library: str | None = None,
 ) -> tuple[Experiment, BenchSession]:
     """The protocol's task and training on the bench's network, edges and node roles.
 
@@ -274,7 +304,8 @@ def bench_experiment(
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: training.scheme: {exc}") from None
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
-                         faults=faults, traffic_log=traffic_log, calibration=calibration)
+                         faults=faults, traffic_log=traffic_log, calibration=calibration,
+                         visa_library=visa_library)
     try:
         exp = Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch, scheme)
     except BaseException:

@@ -132,7 +132,7 @@ def run_calibrate(
     bench_path: Path, *, emulate: bool = False, edges: str | None = None, verify_only: bool = False,
     calibration_path: Path | None = None, faults: Sequence[str] = (), seed: int = 0, noise_seed: int = 0,
     levels: int = 17, check: int = 4, threshold: float = 0.03, progress: Progress | None = None,
-    write: bool = True,
+    write: bool = True, visa_library: str | None = None,
 ) -> CalibrateOutcome:
     """Calibrate a bench (or verify its calibration) and write the files.
 
@@ -150,6 +150,8 @@ def run_calibrate(
     noise_seed : seed of the emulated bench's measurement noise.
     levels, check, threshold : see :func:`clln.controller.calibration.calibrate`.
     write : write the calibration file and the report.
+    visa_library : the VISA library that opens the SMU (--visa-library): a backend or a
+        library path; default ``$CLLN_VISA_LIBRARY``, else the bench file's backend.
     """
     bench, text = load_bench(bench_path)
     m, n_taps = len(bench.edges), bench.pots.taps
@@ -165,9 +167,9 @@ def run_calibrate(
     rng = np.random.default_rng(seed)
     session = open_bench(bench, text, target="emulate" if emulate else "hardware",
                          noise_seed=noise_seed, edge_faults=edge_faults,
-                         calibration=current if verify_only else None)
+                         calibration=current if verify_only else None, visa_library=visa_library)
     try:
-        meter = session.open_meter(bench)
+        meter = session.open_meter(bench, visa_library=visa_library)
         counter = BenchCounter(session, bench)
         backend: Any = session.backend
         if verify_only:

@@ -31,6 +31,9 @@ if not console.is_terminal:  # piped output: never wrap ids and paths at 80 colu
 _state = {"debug": False}
 
 OutOption = Annotated[Path, typer.Option("--out", help="Runs directory (run store).")]
+VisaOption = Annotated[str | None, typer.Option(
+    "--visa-library", help="VISA library for the bench's SMU: a backend (@py, @ivi, @sim), a "
+    "library path, or FILE.yaml@sim (default: $CLLN_VISA_LIBRARY, else [smu] visa_library).")]
 
 
 @app.callback()
@@ -52,6 +55,7 @@ def train(
         help="With --bench: the bench's model in the fast simulator (no drivers).")] = False,
     traffic_log: Annotated[Path | None, typer.Option(
         help="With --emulate: append the emulated bench's traffic (serial, AO) to this file.")] = None,
+    visa_library: VisaOption = None,
 ) -> None:
     """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
     Prints a summary and the path of the PNG report."""
@@ -80,7 +84,7 @@ def train(
         target = "emulate" if emulate else "simulate" if simulate else "hardware"
         exp, session = bench_experiment(
             proto, bench_spec, bench_text, source=str(protocol), bench_source=str(bench),
-            target=target, seed=seed, steps=steps, traffic_log=traffic_log)
+            target=target, seed=seed, steps=steps, traffic_log=traffic_log, visa_library=visa_library)
         where = {"emulate": "emulated bench", "simulate": "model of bench",
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
         used = exp.backend.describe().get("calibration")
@@ -189,13 +193,14 @@ class StopRequest:
 def resume(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
+    visa_library: VisaOption = None,
 ) -> None:
     """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
     from its last checkpoint (a simulated run ends exactly as if never stopped)."""
     from clln.resume import rebuild
 
     store = _open_store(out)
-    exp, session, rec = rebuild(store, run)
+    exp, session, rec = rebuild(store, run, visa_library=visa_library)
     store.close()
     try:
         where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
@@ -210,6 +215,7 @@ def resume(
 def check(
     bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Check against the emulated bench.")] = False,
+    visa_library: VisaOption = None,
 ) -> None:
     """Connect to a bench, handshake, read every AI channel and every edge once, print a table."""
     from clln.benchfile import load_bench
@@ -217,7 +223,8 @@ def check(
 
     spec, text = load_bench(bench)
     cal = bench_calibration(spec, bench)
-    session = open_bench(spec, text, target="emulate" if emulate else "hardware", calibration=cal)
+    session = open_bench(spec, text, target="emulate" if emulate else "hardware", calibration=cal,
+                         visa_library=visa_library)
     try:
         backend = session.backend
         fw = backend.potbank.info  # type: ignore[attr-defined]
@@ -266,6 +273,7 @@ def calibrate(
     threshold: Annotated[float, typer.Option(
         help="Relative disagreement between tomography and calibration that flags an edge.",
         min=0.001)] = 0.03,
+    visa_library: VisaOption = None,
 ) -> None:
     """Calibrate a bench's DAQ channels and every edge's tap -> conductance table, check
     every edge by network tomography, and write the calibration and a PNG report beside
@@ -285,7 +293,8 @@ def calibrate(
     try:
         outcome = run_calibrate(bench, emulate=emulate, edges=edges, verify_only=verify,
                                 calibration_path=calibration, faults=fault or [], seed=seed,
-                                levels=levels, threshold=threshold, progress=show)
+                                levels=levels, threshold=threshold, progress=show,
+                                visa_library=visa_library)
     finally:
         if progress.live.is_started:
             progress.stop()

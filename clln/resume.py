@@ -23,10 +23,11 @@ def bench_info(bench_path: Path, bench_text: str, target: str) -> dict[str, Any]
     return {"bench": {"path": str(bench_path), "text": bench_text, "target": target}}
 
 
-def rebuild(store: RunStore, run: str, *, faults: Faults | None = None
+def rebuild(store: RunStore, run: str, *, faults: Faults | None = None, visa_library: str | None = None
             ) -> tuple[Experiment, BenchSession | None, dict[str, Any]]:
     """The experiment of a stopped run (same protocol text, seed, steps), ready to resume.
-    ``faults`` are injected on an emulated bench's serial link (for soak tests)."""
+    ``faults`` are injected on an emulated bench's serial link (for soak tests);
+    ``visa_library`` opens the bench's SMU (--visa-library)."""
     rec = store.run(run)
     run_id = rec["id"]
     if rec["status"] not in RESUMABLE:
@@ -53,5 +54,6 @@ def rebuild(store: RunStore, run: str, *, faults: Faults | None = None
     spec = parse_bench(bench["text"], bench["path"])
     exp, session = bench_experiment(protocol, spec, bench["text"], source=source,
                                     bench_source=bench["path"], target=bench["target"],
-                                    seed=int(rec["seed"]), steps=steps, faults=faults)
+                                    seed=int(rec["seed"]), steps=steps, faults=faults,
+                                    visa_library=visa_library)
     return exp, session, rec

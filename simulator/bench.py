@@ -15,8 +15,8 @@
   bench has: injected edge faults (:class:`EdgeFaults`: a stuck wiper, an open edge, a
   shorted pot), readings of the AI channels with their inputs grounded, and the
   two-point resistance between two nodes that an SMU on a fixture measures.
-* :class:`EmulatedSmu` answers the SCPI that ``drivers.visa.Smu`` sends (a pyvisa
-  resource look-alike, as pyvisa-sim is for fixed replies) from the bench model.
+* :class:`~clln.simulator.smu.EmulatedSmu` (in ``simulator/smu.py``) is the SMU on the
+  calibration fixture: a Keithley 2400 or 2450 answering from the bench model.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from clln.controller.backend import SteppedEdges
 from clln.controller.errors import ProtocolError
 from clln.simulator.backend import SimulatedBackend
 from clln.simulator.imperfections import adc_read
+from clln.simulator.smu import EmulatedSmu
 
 VERSION = (1, 0)
 OK, UNKNOWN_COMMAND, BAD_LENGTH, OUT_OF_RANGE, NO_HANDSHAKE, INCOMPATIBLE, HARDWARE_FAULT = range(7)
@@ -387,7 +388,8 @@ class EmulatedBench:
     def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
                  ai_nodes: np.ndarray, faults: Faults | None = None,
                  log_path: str | Path | None = None,
-                 smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0) -> None:
+                 smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0,
+                 smu_model: str = "2400") -> None:
         assert model.edges.kind == "stepped"
         self.log = TrafficLog(log_path)
         self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
@@ -399,7 +401,8 @@ class EmulatedBench:
         if smu_nodes is not None:
             if not isinstance(model, BenchModel):
                 raise TypeError("an emulated SMU needs a BenchModel")
-            self.smu = EmulatedSmu(model, smu_nodes, sync=self.sync_taps, seed=smu_seed)
+            self.smu = EmulatedSmu(model, smu_nodes, sync=self.sync_taps, seed=smu_seed,
+                                   instrument=smu_model)
 
     def sync_taps(self) -> None:
         """Put the model's edges at the firmware's taps (the DAQ does this per acquisition)."""
@@ -587,100 +590,3 @@ class BenchModel(SimulatedBackend):
         v = np.zeros(n)
         v[keep] = np.linalg.solve(lap[np.ix_(keep, keep)], rhs[keep])
         return float(v[a] - v[b])
-
-
-class EmulatedSmu:
-    """A source-measure unit on a fixture across two nodes, as a pyvisa resource
-    look-alike: the SCPI subset of ``drivers.visa.Smu`` (Keithley 2400 style), answered
-    from the bench model.
-
-    ``:MEAS:RES?`` in manual-ohms mode (source current, measure voltage, 4-wire) returns
-    the model's two-point resistance between the fixture nodes with every output at
-    0 V, times (1 + gain error) and with relative noise; beyond the voltage compliance
-    it returns the overflow value 9.91e37. Each reading advances the model's clock by
-    ``reading_time``.
-
-    Parameters
-    ----------
-    model : the bench model.
-    nodes : (a, b) fixture nodes.
-    sync : puts the model at the firmware's taps before a reading.
-    gain_error : relative gain error; drawn uniform in +-3e-4 from ``seed`` when None
-        (a Keithley 2400's 4-wire ohms accuracy on the 10 kOhm range is ~0.03 %).
-    noise : relative rms noise per reading.
-    reading_time : seconds per reading (integration, settling, GPIB).
-    """
-
-    IDN = "KEITHLEY INSTRUMENTS INC.,MODEL 2400,EMULATED,C30 (clln bench emulator)"
-
-    def __init__(self, model: BenchModel, nodes: tuple[int, int], *, sync: Callable[[], None],
-                 gain_error: float | None = None, noise: float = 3e-5, reading_time: float = 0.2,
-                 seed: int = 0) -> None:
-        self.model = model
-        self.nodes = (int(nodes[0]), int(nodes[1]))
-        self.sync = sync
-        self._rng = np.random.default_rng(seed)
-        self.gain_error = float(self._rng.uniform(-3e-4, 3e-4)) if gain_error is None else gain_error
-        self.noise = noise
-        self.reading_time = reading_time
-        self.timeout = 2000
-        self.readings = 0
-        self._errors: list[str] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.function, self.current, self.compliance = "VOLT", 0.0, 21.0
-        self.mode, self.sense, self.output = "AUTO", "RES", False
-        self.four_wire = False
-
-    def write(self, command: str) -> None:
-        head, _, arg = command.strip().partition(" ")
-        head = head.upper()
-        try:
-            if head == "*RST":
-                self._reset()
-            elif head == ":SOUR:FUNC":
-                self.function = {"CURR": "CURR", "VOLT": "VOLT"}[arg.upper()]
-            elif head == ":SOUR:CURR":
-                self.current = float(arg)
-            elif head == ":SENS:VOLT:PROT":
-                self.compliance = float(arg)
-            elif head == ":SENS:FUNC":
-                self.sense = arg.strip('"').upper()
-            elif head == ":SENS:RES:MODE":
-                self.mode = {"MAN": "MAN", "AUTO": "AUTO"}[arg.upper()]
-            elif head == ":SYST:RSEN":
-                self.four_wire = arg.upper() in ("ON", "1")
-            elif head == ":OUTP":
-                self.output = arg.upper() in ("ON", "1")
-            else:
-                self._errors.append('-113,"Undefined header"')
-        except (KeyError, ValueError):
-            self._errors.append('-224,"Illegal parameter value"')
-
-    def query(self, command: str) -> str:
-        q = command.strip().upper()
-        if q == "*IDN?":
-            return self.IDN
-        if q == ":SYST:ERR?":
-            return self._errors.pop(0) if self._errors else '0,"No error"'
-        if q == ":MEAS:RES?":
-            return self._measure()
-        self._errors.append('-113,"Undefined header"')
-        return ""
-
-    def _measure(self) -> str:
-        if self.function != "CURR" or self.mode != "MAN" or self.sense != "RES" or not self.four_wire:
-            self._errors.append('-221,"Settings conflict"')
-            return "+9.910000E+37"
-        self.sync()
-        self.model.clock.now += self.reading_time
-        self.readings += 1
-        true = self.model.two_point_resistance(*self.nodes)
-        if not self.output or abs(self.current * true) > self.compliance:
-            return "+9.910000E+37"
-        reading = true * (1.0 + self.gain_error) * (1.0 + self.noise * self._rng.standard_normal())
-        return f"{reading:+.7E}"
-
-    def close(self) -> None:
-        self.output = False

@@ -36,7 +36,7 @@ from clln.controller.calibration import (
     survey,
 )
 from clln.drivers.errors import DriverError
-from clln.drivers.visa import FixtureMeter, Smu
+from clln.drivers.visa import FixtureMeter, Keithley2400
 from clln.simulator.bench import BenchModel, EdgeFaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,18 +287,24 @@ def test_edge_faults_in_the_model() -> None:
             EdgeFaults.parse([bad], 16, 129)
 
 
-def exchange(reply: str) -> list[tuple[str, str | None]]:
-    return [(":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None), (":SENS:VOLT:PROT 1", None),
-            (':SENS:FUNC "RES"', None), (":SENS:RES:MODE MAN", None), (":SYST:RSEN ON", None),
-            (":OUTP ON", None), (":MEAS:RES?", reply), (":OUTP OFF", None)]
+def exchange(reply: str, tripped: str = "0") -> list[tuple[str, str | None]]:
+    """The Keithley 2400 manual-ohms exchange of one reading (2400 Series User's Manual,
+    Table 4-2 and sections 17-18): set-up, error queue, output on, one :READ?, output off."""
+    return [("*RST", None), ("*CLS", None), (":OUTP:SMOD HIMP", None), (':SENS:FUNC "RES"', None),
+            (":SENS:RES:MODE MAN", None), (":SOUR:FUNC CURR", None), (":SOUR:CURR 5e-05", None),
+            (":SENS:VOLT:PROT 1", None), (":SYST:RSEN ON", None), (":FORM:ELEM RES", None),
+            (":SYST:ERR?", '0,"No error"'), (":OUTP ON", None), (":READ?", reply),
+            (":SENS:VOLT:PROT:TRIP?", tripped), (":OUTP OFF", None)]
 
 
 def test_smu_resistance_exchange_and_overflow() -> None:
     script = Script(exchange("+5.123400E+02"))
-    assert Smu(script).measure_resistance(5e-5, compliance_v=1.0) == pytest.approx(512.34)
+    assert Keithley2400(script).measure_resistance(5e-5, compliance_v=1.0) == pytest.approx(512.34)
     assert not script.pairs
     with pytest.raises(DriverError, match="compliance"):
-        Smu(Script(exchange("+9.910000E+37"))).measure_resistance(5e-5, compliance_v=1.0)
+        Keithley2400(Script(exchange("+9.900000E+37"))).measure_resistance(5e-5, compliance_v=1.0)
+    with pytest.raises(DriverError, match="compliance"):
+        Keithley2400(Script(exchange("+2.000000E+04", "1"))).measure_resistance(5e-5, compliance_v=1.0)
 
 
 def test_emulated_smu_answers_the_driver_from_the_bench_model() -> None:
@@ -312,11 +318,12 @@ def test_emulated_smu_answers_the_driver_from_the_bench_model() -> None:
         smu = session.emulator.smu
         assert ohms == pytest.approx(model.two_point_resistance(4, 7), rel=5 * abs(smu.gain_error) + 2e-4)
         assert smu.readings == 1 and model.clock.now >= smu.reading_time
-        tight = FixtureMeter(Smu(smu), (4, 7), current=1e-2, compliance=1.0)
+        assert not smu.loads_network  # output off, relay open
+        tight = FixtureMeter(Keithley2400(smu), (4, 7), current=1e-2, compliance=1.0)
         with pytest.raises(DriverError, match="overflowed"):
             tight.measure()
         with pytest.raises(LimitError, match="nothing was sent"):
-            FixtureMeter(Smu(smu), (4, 7), current=5e-5, compliance=5.0, guard=meter.guard).measure()  # type: ignore[attr-defined]
+            FixtureMeter(Keithley2400(smu), (4, 7), current=5e-5, compliance=5.0, guard=meter.guard).measure()  # type: ignore[attr-defined]
         assert smu.readings == 2
         smu.write(":BOGUS 1")
         assert smu.query(":SYST:ERR?").startswith("-113")
