@@ -134,13 +134,14 @@ def open_bench(
     bench: Bench, bench_text: str, *, target: Target, initial_taps: np.ndarray | None = None,
     noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
     connect: bool = True, calibration: Calibration | None = None,
-    edge_faults: EdgeFaults | None = None,
+    edge_faults: EdgeFaults | None = None, controller: Any = None,
 ) -> BenchSession:
     """Open the bench through its drivers (real hardware or the emulator), or its model.
 
     ``calibration`` gives the tap tables and DAQ channel corrections (datasheet tables and
     no corrections without one); ``edge_faults`` are injected into the emulated bench's
-    model (a stuck wiper, an open edge, a shorted pot).
+    model (a stuck wiper, an open edge, a shorted pot); ``controller`` replaces the emulated
+    bench's Python firmware (see :class:`~clln.simulator.bench.EmulatedBench`).
     """
     net = bench_network(bench)
     edges = nominal_edges(bench)
@@ -160,7 +161,7 @@ def open_bench(
         emulator = EmulatedBench(model, n_pots=max(chain) + 1, chain=chain, ai_nodes=np.arange(bench.nodes),
                                  faults=faults, log_path=traffic_log,
                                  smu_nodes=None if bench.smu is None else bench.smu.nodes,
-                                 smu_seed=bench.emulator.seed)
+                                 smu_seed=bench.emulator.seed, controller=controller)
         daq: Any = emulator.daq
         port = emulator.port
     else:
@@ -220,7 +221,7 @@ def bench_experiment(
     protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
     target: Target, seed: int | None = None, steps: int | None = None,
     faults: Faults | None = None, traffic_log: str | Path | None = None,
-    calibration: Calibration | Literal["bench", "none"] = "bench",
+    calibration: Calibration | Literal["bench", "none"] = "bench", controller: Any = None,
 ) -> tuple[Experiment, BenchSession]:
     """The protocol's task and training on the bench's network, edges and node roles.
 
@@ -274,7 +275,8 @@ def bench_experiment(
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: training.scheme: {exc}") from None
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
-                         faults=faults, traffic_log=traffic_log, calibration=calibration)
+                         faults=faults, traffic_log=traffic_log, calibration=calibration,
+                         controller=controller)
     try:
         exp = Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch, scheme)
     except BaseException:

@@ -1,0 +1,169 @@
+"""The compiled firmware (drivers/firmware/potbank, built for the Mega 2560) under simavr,
+with MCP4131 models on its chip-select pins, driven by the project's serial driver."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_tool
+
+from clln.drivers.errors import FirmwareError
+from clln.drivers.potbank import PotBank, open_port
+from clln.drivers.wire import FrameReader, Packet
+from clln.simulator import avr
+
+BOOT_REPLY = 0x89
+PARK_TAP = 128  # MCP4131 full scale 0x080: W = A, the highest W-B resistance
+
+
+@pytest.fixture(scope="session")
+def avr_build(tmp_path_factory: pytest.TempPathFactory) -> avr.Build:
+    require_tool("make", "avr-gcc", "avr-size", "cc", "simavr")
+    missing = avr.missing_tools()
+    if missing:
+        require_tool(*missing)
+    return avr.build(tmp_path_factory.mktemp("avr"))
+
+
+@pytest.fixture
+def sim(avr_build: avr.Build) -> Iterator[avr.SimavrPotBank]:
+    bank = avr.SimavrPotBank(avr_build)
+    try:
+        yield bank
+    finally:
+        bank.close()
+
+
+@pytest.fixture
+def bank(sim: avr.SimavrPotBank) -> Iterator[PotBank]:
+    port = open_port(sim.path)
+    try:
+        yield PotBank(port, reply_timeout=0.2)
+    finally:
+        port.close()
+
+
+def boot_packets(port, seconds: float) -> list[Packet]:  # noqa: ANN001
+    """Unsolicited BOOT packets read from the port for ``seconds``."""
+    reader = FrameReader()
+    found: list[Packet] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not found:
+        data = port.read(64)
+        found += [p for p in reader.feed(data) if p.cmd == BOOT_REPLY]
+    return found
+
+
+def boot_fields(packet: Packet) -> dict[str, int]:
+    assert packet.seq == 0 and len(packet.payload) == 5
+    status, cause, major, minor, parked = struct.unpack("<5B", packet.payload)
+    return {"status": status, "cause": cause, "version": (major, minor), "parked": parked}
+
+
+def test_firmware_builds_for_the_mega_2560_and_the_uno(avr_build: avr.Build, tmp_path: Path) -> None:
+    flash, ram = map(int, re.search(r"flash (\d+) bytes, static RAM (\d+)", avr_build.size).groups())
+    assert flash < 253952 and ram < 8192 - 1024, avr_build.size  # Mega 2560: bootloader, stack
+    uno = avr.build(tmp_path, board="uno", n_pots=15)
+    flash, ram = map(int, re.search(r"flash (\d+) bytes, static RAM (\d+)", uno.size).groups())
+    assert flash < 32256 and ram < 2048 - 512, uno.size
+    # one chip-select pin per pot: 16 pots do not fit an Uno, and the build says so
+    with pytest.raises(avr.SimavrError, match="more pots than chip-select pins"):
+        avr.build(tmp_path, board="uno", n_pots=16)
+
+
+def test_handshake_and_verified_writes(sim: avr.SimavrPotBank, bank: PotBank) -> None:
+    info = bank.connect()
+    assert info.version == (1, 1) and info.n_pots == 16 and info.n_taps == 129
+    assert info.park_tap == PARK_TAP and info.name == "clln potbank MCP4131 mega2560"
+    sim.sync()
+    assert np.array_equal(sim.taps, np.full(16, PARK_TAP))  # parked at power-on
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        taps = rng.integers(0, 129, 16)
+        bank.set_all(taps)  # the driver verifies it with GET_ALL (read from the parts)
+        assert np.array_equal(bank.get_all(), taps)
+        sim.sync()
+        assert np.array_equal(sim.taps, taps)  # what the MCP4131 models hold
+    bad = taps.copy()
+    bad[5] = 129
+    with pytest.raises(FirmwareError, match="OUT_OF_RANGE"):
+        bank._exchange(0x02, struct.pack("<16H", *bad.tolist()))  # past the driver's own check
+    sim.sync()
+    assert np.array_equal(sim.taps, taps) and np.array_equal(bank.get_all(), taps)
+    with pytest.raises(FirmwareError, match="UNKNOWN_COMMAND"):
+        bank._exchange(0x09)  # BOOT is never a request
+    status = bank.status()
+    assert status.handshake and not status.parked and status.crc_errors == 0
+
+
+def test_watchdog_park_is_seen_by_the_host(sim: avr.SimavrPotBank, bank: PotBank) -> None:
+    bank.connect()
+    bank.set_watchdog(300)
+    taps = np.arange(16) * 8
+    bank.set_all(taps)
+    time.sleep(0.6)  # the host stays silent for twice the watchdog time
+    status = bank.status()
+    assert status.parked and status.watchdog_tripped
+    sim.sync()
+    assert np.array_equal(sim.taps, np.full(16, PARK_TAP))
+    assert np.array_equal(bank.get_all(), np.full(16, PARK_TAP))
+
+
+def test_external_reset_keeps_the_taps_and_sends_boot(sim: avr.SimavrPotBank, bank: PotBank) -> None:
+    bank.connect()
+    taps = np.arange(16) * 3 + 40
+    bank.set_all(taps)
+    changes = len(sim.wiper_log)
+    sim.reset("external")  # the USB adapter's DTR pulse on the reset pin
+    (boot,) = boot_packets(bank.transport, 2.0)
+    assert boot_fields(boot) == {"status": 0, "cause": 2, "version": (1, 1), "parked": 0}
+    bank.connect()  # a new HELLO within the watchdog time disarms the boot guard
+    assert np.array_equal(bank.get_all(), taps)  # read back from the parts
+    assert not bank.status().parked
+    time.sleep(0.3)
+    sim.sync()
+    assert np.array_equal(sim.taps, taps) and len(sim.wiper_log) == changes  # no wiper moved
+
+
+def test_boot_guard_parks_without_a_hello(sim: avr.SimavrPotBank, bank: PotBank) -> None:
+    bank.connect()
+    bank.set_watchdog(0)  # a reset brings the default 2000 ms back
+    bank.set_all(np.full(16, 10))
+    sim.reset("watchdog")
+    (boot,) = boot_packets(bank.transport, 2.0)
+    assert boot_fields(boot)["cause"] == 8 and boot_fields(boot)["parked"] == 0
+    time.sleep(1.0)
+    sim.sync()
+    assert np.array_equal(sim.taps, np.full(16, 10))  # kept while the guard waits
+    time.sleep(1.4)  # 2.4 s after boot: past the 2000 ms guard
+    sim.sync()
+    assert np.array_equal(sim.taps, np.full(16, PARK_TAP))
+    bank.connect()
+    status = bank.status()
+    assert status.parked and status.watchdog_tripped
+
+
+@pytest.mark.parametrize("cause, code", [("power", 1), ("brownout", 4)])
+def test_power_on_and_brown_out_park(sim: avr.SimavrPotBank, bank: PotBank, cause: str, code: int) -> None:
+    bank.connect()
+    bank.set_all(np.full(16, 20))
+    sim.reset(cause)
+    (boot,) = boot_packets(bank.transport, 2.0)
+    assert boot_fields(boot) == {"status": 0, "cause": code, "version": (1, 1), "parked": 1}
+    sim.sync()
+    assert np.array_equal(sim.taps, np.full(16, PARK_TAP))
+    if cause == "power":  # the parts came up at their power-on mid-scale before the park
+        assert any(v == 0x40 for _, v, _ in sim.wiper_log[-32:])
+
+
+def test_harness_rejects_a_bad_chip_select(avr_build: avr.Build) -> None:
+    proc = subprocess.run([str(avr_build.harness), str(avr_build.elf), "Z9"], capture_output=True,
+                          text=True, timeout=10)
+    assert proc.returncode == 2 and "bad argument Z9" in proc.stderr
