@@ -69,6 +69,6 @@ class Board:
 
 
 BOARDS = {
-    "mega2560": Board("mega2560", "atmega2560", ram=8192, cs_pins=44, fixed_ram=275, stack_reserve=1024),
-    "uno": Board("uno", "atmega328p", ram=2048, cs_pins=15, fixed_ram=271, stack_reserve=512),
+    "mega2560": Board("mega2560", "atmega2560", ram=8192, cs_pins=44, fixed_ram=277, stack_reserve=1024),
+    "uno": Board("uno", "atmega328p", ram=2048, cs_pins=15, fixed_ram=273, stack_reserve=512),
 }

@@ -60,12 +60,13 @@ def _make(directory: Path, *args: str) -> str:
     return proc.stdout
 
 
-def build(out: str | Path, *, board: str = "mega2560", n_pots: int = 16) -> Build:
-    """Compile the firmware (for ``board``) and the harness into ``out``; up-to-date
-    files are not rebuilt."""
+def build(out: str | Path, *, board: str = "mega2560", n_pots: int = 16, defines: str = "") -> Build:
+    """Compile the firmware (for ``board``, with extra ``-D`` ``defines``) and the harness
+    into ``out``; up-to-date files are not rebuilt."""
     out = Path(out)
-    fw_dir = out / f"{board}-{n_pots}"
-    size = _make(FIRMWARE / "potbank", f"BOARD={board}", f"N_POTS={n_pots}", f"BUILD={fw_dir}")
+    fw_dir = out / f"{board}-{n_pots}{'-' + defines.replace(' ', '') if defines else ''}"
+    size = _make(FIRMWARE / "potbank", f"BOARD={board}", f"N_POTS={n_pots}", f"BUILD={fw_dir}",
+                 f"EXTRA={defines}")
     _make(FIRMWARE / "simavr", f"BUILD={out}")
     return Build(fw_dir / "potbank.elf", out / "potbank_sim", size.strip().splitlines()[-1])
 
@@ -101,6 +102,7 @@ class SimavrPotBank:
     taps : (n_pots,) wiper register of every MCP4131 model, as last reported.
     wiper_log : every wiper change, ``(pot, value, simulated ms since reset)``.
     resets : MCUSR cause of every reset so far (the first is the power-on).
+    slow_reads : reads clocked faster than the MCP4131 allows over its shared pin.
     """
 
     def __init__(self, build: Build, cs: tuple[str, ...] = MEGA2560_CS, *, mcu: str = "atmega2560",
@@ -108,6 +110,7 @@ class SimavrPotBank:
         self.taps = np.full(len(cs), -1, dtype=np.int64)
         self.wiper_log: list[tuple[int, int, float]] = []
         self.resets: list[int] = []
+        self.slow_reads = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition()
         self._synced: set[str] = set()
@@ -148,6 +151,8 @@ class SimavrPotBank:
                     self.path = parts[1]
                 elif parts[0] == "RESET" and len(parts) == 2:
                     self.resets.append(int(parts[1]))
+                elif parts[0] == "SLOW":
+                    self.slow_reads += 1
                 elif parts[0] == "S" and len(parts) == 2:
                     self._synced.add(parts[1])
                 self._cond.notify_all()

@@ -111,6 +111,24 @@ def test_handshake_and_verified_writes(sim: avr.SimavrPotBank, bank: PotBank) ->
         bank._exchange(0x09)  # BOOT is never a request
     status = bank.status()
     assert status.handshake and not status.parked and status.crc_errors == 0
+    assert sim.slow_reads == 0  # every read-back within the part's 250 kHz
+
+
+def test_read_back_faster_than_the_part_allows_fails(avr_build: avr.Build, tmp_path: Path) -> None:
+    """The model holds the firmware to DS22060 Table 1-3: a firmware that reads over the
+    shared SDI/SDO pin at 1 MHz gets its data a bit late, and SET_ALL reports it."""
+    fast = avr.build(tmp_path, defines="-DPOTBANK_READ_HZ=1000000")
+    sim = avr.SimavrPotBank(fast)
+    port = open_port(sim.path)
+    try:
+        bank = PotBank(port, reply_timeout=0.2)
+        bank.connect()
+        with pytest.raises(FirmwareError, match="HARDWARE_FAULT"):
+            bank._exchange(0x02, struct.pack("<16H", *range(16)))
+        assert sim.slow_reads >= 16
+    finally:
+        port.close()
+        sim.close()
 
 
 def test_watchdog_park_is_seen_by_the_host(sim: avr.SimavrPotBank, bank: PotBank) -> None:

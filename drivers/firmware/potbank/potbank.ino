@@ -30,7 +30,13 @@ const uint8_t CS_TABLE[] PROGMEM = {2, 3, 4, 5, 6, 7, 8, 9, 10,  // D11-13: SPI
 #endif
 static_assert(N_POTS <= sizeof(CS_TABLE), "more pots than chip-select pins on this board");
 
-const SPISettings MCP4131_SPI(1000000, MSBFIRST, SPI_MODE0);
+// SPI mode 0,0. Writes at 1 MHz (the part takes 10 MHz); reads at 250 kHz, the datasheet's
+// limit for a read over the shared SDI/SDO pin (DS22060 Table 1-3).
+const SPISettings MCP4131_WRITE(1000000, MSBFIRST, SPI_MODE0);
+#ifndef POTBANK_READ_HZ
+#define POTBANK_READ_HZ 250000
+#endif
+const SPISettings MCP4131_READ(POTBANK_READ_HZ, MSBFIRST, SPI_MODE0);
 
 // The reset cause: MCUSR saved (and cleared, with the watchdog stopped) before the C
 // runtime starts. The stock bootloaders clear MCUSR themselves before the sketch runs;
@@ -58,8 +64,8 @@ uint8_t cs_pin(uint16_t pot) { return pgm_read_byte(&CS_TABLE[pot]); }
 
 // One 16-bit MCP4131 command (DS22060 §7): AD3..0 C1..0 D9..D0. Returns the 16 bits seen
 // on MISO: the command's own bits until the part drives the shared pin.
-uint16_t mcp4131(uint16_t pot, uint16_t command) {
-  SPI.beginTransaction(MCP4131_SPI);
+uint16_t mcp4131(uint16_t pot, uint16_t command, const SPISettings& speed) {
+  SPI.beginTransaction(speed);
   digitalWrite(cs_pin(pot), LOW);
   uint16_t r = SPI.transfer16(command);
   digitalWrite(cs_pin(pot), HIGH);
@@ -68,13 +74,15 @@ uint16_t mcp4131(uint16_t pot, uint16_t command) {
 }
 
 // Write data (C = 00) to volatile wiper 0 (address 0).
-void write_tap(uint16_t pot, uint16_t tap) { mcp4131(pot, (0x0 << 12) | (0b00 << 10) | (tap & 0x1FF)); }
+void write_tap(uint16_t pot, uint16_t tap) {
+  mcp4131(pot, (0x0 << 12) | (0b00 << 10) | (tap & 0x1FF), MCP4131_WRITE);
+}
 
 // Read data (C = 11) from volatile wiper 0; the data bits are sent as 1s so the part can
 // pull the shared pin low. Bit 9 is CMDERR (1 = valid command): 0 means no part answered
 // (no read-back resistor, no part) and gives 0xFFFF, which is never a tap.
 int32_t read_tap(uint16_t pot) {
-  uint16_t r = mcp4131(pot, (0x0 << 12) | (0b11 << 10) | 0x3FF);
+  uint16_t r = mcp4131(pot, (0x0 << 12) | (0b11 << 10) | 0x3FF, MCP4131_READ);
   return (r & 0x200) ? (int32_t)(r & 0x1FF) : 0xFFFF;
 }
 

@@ -10,6 +10,8 @@
  *                              simulated time ms since the last reset
  *   S <token>                  answer to "sync <token>": every earlier W line is out
  *   RESET <cause>              the MCU was reset (MCUSR bits)
+ *   SLOW <pot> <sck>           a read over the shared SDI/SDO pin clocked faster than the
+ *                              part allows (its data came back one bit late)
  * stdin commands:
  *   reset external|watchdog|brownout|power   reset the MCU with that MCUSR cause; "power"
  *                              (a power cycle) also puts every pot back to its power-on value
@@ -31,7 +33,10 @@
  * chip select aborts a partial command. The wiper register holds 9 bits (0x000-0x1FF);
  * 0x080 is full scale (W = A) and 0x081-0x1FF act as full scale; increment stops at
  * 0x080, decrement at 0x000, and both are ignored above 0x080. Power-on value 0x040.
- * The SPI must be in mode 0,0 or 1,1, MSB first.
+ * The SPI must be in mode 0,0 or 1,1, MSB first. A read over the shared pin is
+ * specified up to 250 kHz SCK (DS22060 Table 1-3: the part's output is valid only 1.6 us
+ * after the falling edge): at a faster clock the model's data bits arrive one clock late,
+ * as the master would sample them, and a line "SLOW <pot> <sck Hz>" goes to stdout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -127,6 +132,16 @@ static uint16_t read_register(mcp4131_t* p, unsigned addr) {
   return 0x1F0;  /* STATUS: reserved bits read 1, no EEPROM write, not shut down */
 }
 
+#define MAX_READ_SCK 250000ul
+
+/* SCK of the master: F_CPU / 4, 16, 64, 128 by SPR1:0, doubled by SPI2X. */
+static unsigned long sck_hz(void) {
+  static const unsigned div[4] = {4, 16, 64, 128};
+  uint8_t spcr = avr->data[0x4C], spsr = avr->data[0x4D];
+  unsigned long f = avr->frequency / div[spcr & 3];
+  return (spsr & 1) ? 2 * f : f;
+}
+
 /* One clock: the master's MOSI bit in, the MISO bit it samples out. */
 static int clock_bit(mcp4131_t* p, int mosi) {
   if (p->error) return 0;
@@ -148,7 +163,12 @@ static int clock_bit(mcp4131_t* p, int mosi) {
   }
   int data_bit = 15 - pos;  /* D8 at clock 8 ... D0 at clock 16 */
   if (cmd == 3) {
-    int out = (read_register(p, addr) >> data_bit) & 1;
+    uint16_t value = read_register(p, addr);
+    int out = (value >> data_bit) & 1;
+    if (sck_hz() > MAX_READ_SCK) {  /* sampled before the part's output settles: the previous bit */
+      out = data_bit == 8 ? 1 : (value >> (data_bit + 1)) & 1;
+      if (pos == 15) { printf("SLOW %d %lu\n", p->index, sck_hz()); fflush(stdout); }
+    }
     if (pos == 15) { p->pos = 0; p->shift = 0; }
     return out;
   }
