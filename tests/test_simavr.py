@@ -131,12 +131,26 @@ def test_read_back_faster_than_the_part_allows_fails(avr_build: avr.Build, tmp_p
         sim.close()
 
 
+def wait_parked(sim: avr.SimavrPotBank, timeout: float = 10.0) -> float:
+    """Simulated time (ms since the last reset) at which every model reached the park
+    tap, polled without a word to the firmware."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sim.sync()
+        if np.array_equal(sim.taps, np.full(16, PARK_TAP)):
+            return max(ms for pot, value, ms in sim.wiper_log[-16:])
+        time.sleep(0.05)
+    raise AssertionError(f"not parked: {sim.taps}")
+
+
 def test_watchdog_park_is_seen_by_the_host(sim: avr.SimavrPotBank, bank: PotBank) -> None:
     bank.connect()
     bank.set_watchdog(300)
     taps = np.arange(16) * 8
     bank.set_all(taps)
-    time.sleep(0.6)  # the host stays silent for twice the watchdog time
+    last_frame_ms = sim.wiper_log[-1][2]  # the GET_ALL that verified it came a little later
+    parked_ms = wait_parked(sim)  # the host stays silent
+    assert 300 < parked_ms - last_frame_ms < 300 + 100
     status = bank.status()
     assert status.parked and status.watchdog_tripped
     sim.sync()
@@ -167,12 +181,10 @@ def test_boot_guard_parks_without_a_hello(sim: avr.SimavrPotBank, bank: PotBank)
     sim.reset("watchdog")
     (boot,) = boot_packets(bank.transport, 2.0)
     assert boot_fields(boot)["cause"] == 8 and boot_fields(boot)["parked"] == 0
-    time.sleep(1.0)
+    time.sleep(0.5)
     sim.sync()
     assert np.array_equal(sim.taps, np.full(16, 10))  # kept while the guard waits
-    time.sleep(1.4)  # 2.4 s after boot: past the 2000 ms guard
-    sim.sync()
-    assert np.array_equal(sim.taps, np.full(16, PARK_TAP))
+    assert 2000 < wait_parked(sim) < 2000 + 50  # parked by the guard, simulated ms after boot
     bank.connect()
     status = bank.status()
     assert status.parked and status.watchdog_tripped
