@@ -95,6 +95,8 @@ class SimavrPotBank:
     cs : chip-select pins, port letter and bit, in chain order (the Mega 2560 firmware's
         by default).
     mcu, frequency : the simulated part.
+    bootloader : as behind a stock Arduino bootloader, which clears MCUSR before the
+        firmware starts (the firmware then infers the reset cause, PROTOCOL.md §7.1).
 
     Attributes
     ----------
@@ -106,7 +108,8 @@ class SimavrPotBank:
     """
 
     def __init__(self, build: Build, cs: tuple[str, ...] = MEGA2560_CS, *, mcu: str = "atmega2560",
-                 frequency: int = 16_000_000, startup_timeout: float = 10.0) -> None:
+                 frequency: int = 16_000_000, bootloader: bool = False,
+                 startup_timeout: float = 10.0) -> None:
         self.taps = np.full(len(cs), -1, dtype=np.int64)
         self.wiper_log: list[tuple[int, int, float]] = []
         self.resets: list[int] = []
@@ -117,7 +120,8 @@ class SimavrPotBank:
         self._token = 0
         self._stderr: list[str] = []
         self._proc = subprocess.Popen(
-            [str(build.harness), str(build.elf), "-m", mcu, "-f", str(frequency), *cs],
+            [str(build.harness), str(build.elf), "-m", mcu, "-f", str(frequency),
+             *(["-b"] if bootloader else []), *cs],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1)
         self.path = ""

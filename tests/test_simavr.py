@@ -203,6 +203,30 @@ def test_power_on_and_brown_out_park(sim: avr.SimavrPotBank, bank: PotBank, caus
         assert any(v == 0x40 for _, v, _ in sim.wiper_log[-32:])
 
 
+def test_reset_cause_behind_a_stock_bootloader(avr_build: avr.Build) -> None:
+    """The stock bootloaders clear MCUSR: the firmware tells a reset from a power cycle by
+    its marker in RAM, which a power cycle scrambles."""
+    sim = avr.SimavrPotBank(avr_build, bootloader=True)
+    port = open_port(sim.path)
+    try:
+        bank = PotBank(port, reply_timeout=0.2)
+        bank.connect()
+        bank.set_all(np.full(16, 33))
+        sim.reset("external")
+        (boot,) = boot_packets(port, 2.0)
+        assert boot_fields(boot)["cause"] == 2 and boot_fields(boot)["parked"] == 0
+        bank.connect()
+        assert np.array_equal(bank.get_all(), np.full(16, 33))
+        sim.reset("power")
+        (boot,) = boot_packets(port, 2.0)
+        assert boot_fields(boot)["cause"] == 1 and boot_fields(boot)["parked"] == 1
+        sim.sync()
+        assert np.array_equal(sim.taps, np.full(16, PARK_TAP))
+    finally:
+        port.close()
+        sim.close()
+
+
 def test_harness_rejects_a_bad_chip_select(avr_build: avr.Build) -> None:
     proc = subprocess.run([str(avr_build.harness), str(avr_build.elf), "Z9"], capture_output=True,
                           text=True, timeout=10)

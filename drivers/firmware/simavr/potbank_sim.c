@@ -2,7 +2,10 @@
  * potbank_sim: runs the compiled potentiometer-controller firmware (potbank.elf) under
  * simavr, with UART0 on a pseudo-terminal and one MCP4131 model on each chip-select pin.
  *
- *   potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] CS...      CS = port letter and bit, e.g. A0 C7
+ *   potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] [-b] CS...  CS = port letter and bit, e.g. A0 C7
+ *
+ * -b: as behind a stock Arduino bootloader, which reads and clears MCUSR before the
+ * sketch starts: the firmware sees MCUSR = 0 after every reset.
  *
  * stdout, one line each, flushed:
  *   PTY <path>                 the tty the host opens (UART0 at the firmware's baud rate)
@@ -15,6 +18,7 @@
  * stdin commands:
  *   reset external|watchdog|brownout|power   reset the MCU with that MCUSR cause; "power"
  *                              (a power cycle) also puts every pot back to its power-on value
+ *                              and leaves the SRAM with arbitrary contents
  *   sync <token>
  *   quit
  *
@@ -78,6 +82,7 @@ static mcp4131_t pots[MAX_POTS];
 static int n_pots;
 static avr_irq_t* spi_in;
 static avr_cycle_count_t reset_cycle;
+static int bootloader;  /* -b: MCUSR reads 0 in the sketch */
 static uint64_t reset_wall_ns;
 
 static uint64_t wall_ns(void) {
@@ -235,7 +240,14 @@ static void do_reset(uint8_t cause, int power) {
     for (int i = 0; i < n_pots; i++) { wiper_changed(&pots[i], POR_WIPER); pots[i].tcon = 0x1FF; }
   avr_reset(avr);
   attach();
-  if (avr->reset_flags.porf.reg) avr->data[avr->reset_flags.porf.reg] = cause;
+  if (power) {  /* SRAM comes up with arbitrary contents after a power cycle */
+    static uint32_t noise = 0x2545F491u;
+    for (unsigned a = avr->ioend + 1u; a <= avr->ramend; a++) {
+      noise ^= noise << 13; noise ^= noise >> 17; noise ^= noise << 5;
+      avr->data[a] = (uint8_t)noise;
+    }
+  }
+  if (avr->reset_flags.porf.reg) avr->data[avr->reset_flags.porf.reg] = bootloader ? 0 : cause;
   reset_cycle = avr->cycle;
   reset_wall_ns = wall_ns();
   for (int i = 0; i < n_pots; i++) update_select(&pots[i]);
@@ -290,6 +302,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-m") && i + 1 < argc) mcu = argv[++i];
     else if (!strcmp(argv[i], "-f") && i + 1 < argc) freq = (uint32_t)strtoul(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "-b")) bootloader = 1;
     else if (!elf) elf = argv[i];
     else if (n_pots < MAX_POTS && strlen(argv[i]) == 2 && argv[i][0] >= 'A' && argv[i][0] <= 'L' &&
              argv[i][1] >= '0' && argv[i][1] <= '7') {
@@ -341,7 +354,7 @@ int main(int argc, char** argv) {
   printf("PTY %s\n", pty.pty.slavename);
   for (int i = 0; i < n_pots; i++) printf("W %d %u 0.000\n", i, (unsigned)pots[i].wiper);
   fflush(stdout);
-  do_reset(0x01, 0);  /* power-on (the pots are at their power-on value already) */
+  do_reset(0x01, 1);  /* power-on */
 
   double behind_ms = 0;
   for (;;) {
