@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clln.benchrun import emulated_trajectory
 from clln.simulator import avr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,11 @@ def main() -> None:
     print(f"build: {time.perf_counter() - t0:.1f} s; {build.size}")
 
     t0 = time.perf_counter()
-    python = avr.emulated_trajectory(protocol, bench, args.steps)
+    python = emulated_trajectory(protocol, bench, args.steps)
     t_python = time.perf_counter() - t0
     sim = avr.SimavrPotBank(build)
     t0 = time.perf_counter()
-    compiled = avr.emulated_trajectory(protocol, bench, args.steps, controller=sim)
+    compiled = emulated_trajectory(protocol, bench, args.steps, controller=sim)
     t_sim = time.perf_counter() - t0
 
     differ = [k for k, (a, b) in enumerate(zip(python, compiled)) if not np.array_equal(a, b)]

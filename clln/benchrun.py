@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clln.benchfile import Bench, bench_hash, hardware_hash
+from clln.benchfile import Bench, bench_hash, hardware_hash, parse_bench
 from clln.compose import Experiment, build_scheme, build_task
 from clln.controller.backend import NetworkBackend, SteppedEdges
 from clln.controller.calibration import (
@@ -24,11 +24,11 @@ from clln.controller.errors import ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
-from clln.controller.trainer import TrainConfig
+from clln.controller.trainer import TrainConfig, Trainer
 from clln.drivers.daq import DaqConfig, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
-from clln.protocol import Protocol
+from clln.protocol import Protocol, parse_protocol
 from clln.simulator import make_imperfections
 from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults
 
@@ -283,3 +283,29 @@ def bench_experiment(
         session.close()
         raise
     return exp, session
+
+
+def emulated_trajectory(protocol_text: str, bench_text: str, steps: int, *,
+                        controller: Any = None, source: str = "protocol",
+                        bench_source: str = "bench") -> list[np.ndarray]:
+    """Taps of every edge after every training step of a protocol on the emulated bench
+    (``--emulate``), through the real driver stack: behind the Python firmware, or behind
+    ``controller`` (e.g. a :class:`~clln.simulator.avr.SimavrPotBank`, closed with the
+    session). The taps are those the controller's pots hold (what the emulated DAQ
+    measures), in edge order."""
+    exp, session = bench_experiment(
+        parse_protocol(protocol_text, source), parse_bench(bench_text, bench_source), bench_text,
+        source=source, bench_source=bench_source, target="emulate", steps=steps,
+        controller=controller)
+    emulator = session.emulator
+    assert emulator is not None
+    taps: list[np.ndarray] = []
+    try:
+        def record(_: object) -> None:
+            with emulator.firmware.lock:
+                taps.append(np.array(emulator.firmware.taps[emulator.chain]))
+
+        Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng).run([record])
+    finally:
+        session.close()
+    return taps

@@ -221,30 +221,3 @@ def default_build_dir() -> Path:
     env = os.environ.get("CLLN_AVR_BUILD")
     return Path(env) if env else Path("/tmp") / f"clln-avr-{os.getuid()}"
 
-
-def emulated_trajectory(protocol_text: str, bench_text: str, steps: int, *,
-                        controller: Any = None, source: str = "protocol",
-                        bench_source: str = "bench") -> list[np.ndarray]:
-    """Taps of every edge after every training step of a protocol on the emulated bench
-    (``--emulate``), through the real driver stack: behind the Python firmware, or behind
-    ``controller`` (e.g. a :class:`SimavrPotBank`, closed with the session)."""
-    from clln.benchfile import parse_bench
-    from clln.benchrun import bench_experiment
-    from clln.controller import Trainer
-    from clln.protocol import parse_protocol
-
-    exp, session = bench_experiment(
-        parse_protocol(protocol_text, source), parse_bench(bench_text, bench_source), bench_text,
-        source=source, bench_source=bench_source, target="emulate", steps=steps,
-        controller=controller)
-    taps: list[np.ndarray] = []
-    try:
-        def record(_: object) -> None:
-            state = exp.backend.read_edges()
-            assert state.taps is not None
-            taps.append(state.taps.copy())
-
-        Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng).run([record])
-    finally:
-        session.close()
-    return taps

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import require_tool
 
+from clln.benchrun import emulated_trajectory
 from clln.drivers.boards import BOARDS
 from clln.drivers.errors import FirmwareError
 from clln.drivers.potbank import PotBank, open_port
@@ -244,9 +245,9 @@ def test_training_under_simavr_matches_the_python_emulator(avr_build: avr.Build)
     bench = (ROOT / "protocols" / "benches" / "example-16.toml").read_text().replace(
         "seed = 1\n", "seed = 1\n[emulator.parameters]\nai_noise_rms = 0.0\n", 1)
     steps = 25
-    python = avr.emulated_trajectory(protocol, bench, steps)
+    python = emulated_trajectory(protocol, bench, steps)
     sim = avr.SimavrPotBank(avr_build)
-    compiled = avr.emulated_trajectory(protocol, bench, steps, controller=sim)
+    compiled = emulated_trajectory(protocol, bench, steps, controller=sim)
     assert len(python) == len(compiled) == steps
     assert all(np.array_equal(a, b) for a, b in zip(python, compiled))
     assert len({a.tobytes() for a in python}) > 5  # the taps did move
