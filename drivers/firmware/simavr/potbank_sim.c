@@ -72,6 +72,7 @@ typedef struct {
   int selected;       /* chip select low (pin driven low as an output) */
   int pos;            /* clocks into the current command */
   uint16_t shift;     /* bits received in the current command */
+  uint16_t data;      /* data bits of a write command received so far */
   int error;          /* CMDERR latched until chip select goes high */
   uint16_t wiper;     /* volatile wiper 0, 9 bits */
   uint16_t tcon;
@@ -178,13 +179,12 @@ static int clock_bit(mcp4131_t* p, int mosi) {
     return out;
   }
   /* write data: D8:D0 from MOSI (D9, at clock 7, is the CMDERR slot) */
-  static uint16_t data;
-  if (pos == 7) data = 0;
-  data = (uint16_t)((data << 1) | mosi);
+  if (pos == 7) p->data = 0;
+  p->data = (uint16_t)((p->data << 1) | mosi);
   if (pos == 15) {
     p->pos = 0; p->shift = 0;
-    if (addr == 0x0) wiper_changed(p, data & 0x1FF);
-    else p->tcon = data & 0x1FF;
+    if (addr == 0x0) wiper_changed(p, p->data & 0x1FF);
+    else p->tcon = p->data & 0x1FF;
   }
   return mosi;
 }
