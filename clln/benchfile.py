@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clln.drivers.boards import BOARDS
 from clln.drivers.chips import CHIPS
 from clln.drivers.visa import VISA_BACKENDS
 from clln.protocol import read_file, read_toml, validate
@@ -48,6 +49,7 @@ class SerialSpec(_Strict):
     retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 20
     reply_timeout: Positive = 0.05
     watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
+    board: Literal["mega2560", "uno"] = "mega2560"  # the controller's board (drivers/boards.py)
 
 
 class PotSpec(_Strict):
@@ -194,6 +196,12 @@ class Bench(_Strict):
             if self.smu.current > self.limits.max_edge_current:
                 raise ValueError(f"smu.current = {self.smu.current:g} A exceeds "
                                  f"limits.max_edge_current = {self.limits.max_edge_current:g} A")
+        board = BOARDS[self.serial.board]
+        problem = board.problem(max(chains) + 1)
+        if problem is not None:
+            allowed = ", ".join(f"{b.name} (up to {b.max_pots()} pots)" for b in BOARDS.values())
+            raise ValueError(f"serial.board = {board.name!r} cannot hold the chain: {problem}; "
+                             f"allowed: {allowed}")
         chip = CHIPS[self.pots.chip]
         if self.limits.max_edge_current > chip.max_current:
             raise ValueError(f"limits.max_edge_current = {self.limits.max_edge_current:g} A exceeds the "

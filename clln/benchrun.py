@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clln.benchfile import Bench, bench_hash, hardware_hash
+from clln.benchfile import Bench, bench_hash, hardware_hash, parse_bench
 from clln.compose import Experiment, build_scheme, build_task
 from clln.controller.backend import NetworkBackend, SteppedEdges
 from clln.controller.calibration import (
@@ -24,11 +24,11 @@ from clln.controller.errors import ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
-from clln.controller.trainer import TrainConfig
+from clln.controller.trainer import TrainConfig, Trainer
 from clln.drivers.daq import DaqConfig, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
-from clln.protocol import Protocol
+from clln.protocol import Protocol, parse_protocol
 from clln.simulator import make_imperfections
 from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults
 
@@ -157,12 +157,14 @@ def open_bench(
     noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
     connect: bool = True, calibration: Calibration | None = None,
     edge_faults: EdgeFaults | None = None, visa_library: str | None = None,
+    controller: Any = None,
 ) -> BenchSession:
     """Open the bench through its drivers (real hardware or the emulator), or its model.
 
     ``calibration`` gives the tap tables and DAQ channel corrections (datasheet tables and
     no corrections without one); ``edge_faults`` are injected into the emulated bench's
-    model (a stuck wiper, an open edge, a shorted pot). On connecting, the bench's SMU
+    model (a stuck wiper, an open edge, a shorted pot); ``controller`` replaces the emulated
+    bench's Python firmware (see :class:`~clln.simulator.bench.EmulatedBench`). On connecting, the bench's SMU
     (``[smu]``, opened with ``visa_library``, see :meth:`BenchSession.open_smu`) is parked
     so that it does not load the network.
     """
@@ -185,7 +187,7 @@ def open_bench(
                                  faults=faults, log_path=traffic_log,
                                  smu_nodes=None if bench.smu is None else bench.smu.nodes,
                                  smu_seed=bench.emulator.seed,
-                                 smu_model="2400" if bench.smu is None else bench.smu.model)
+                                 smu_model="2400" if bench.smu is None else bench.smu.model, controller=controller)
         daq: Any = emulator.daq
         port = emulator.port
     else:
@@ -251,6 +253,7 @@ def bench_experiment(
     target: Target, seed: int | None = None, steps: int | None = None,
     faults: Faults | None = None, traffic_log: str | Path | None = None,
     calibration: Calibration | Literal["bench", "none"] = "bench", visa_library: str | None = None,
+    controller: Any = None,
 ) -> tuple[Experiment, BenchSession]:
     """The protocol's task and training on the bench's network, edges and node roles.
 
@@ -305,10 +308,36 @@ def bench_experiment(
             raise ProtocolError(f"{source}: training.scheme: {exc}") from None
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
                          faults=faults, traffic_log=traffic_log, calibration=calibration,
-                         visa_library=visa_library)
+                         visa_library=visa_library, controller=controller)
     try:
         exp = Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch, scheme)
     except BaseException:
         session.close()
         raise
     return exp, session
+
+
+def emulated_trajectory(protocol_text: str, bench_text: str, steps: int, *,
+                        controller: Any = None, source: str = "protocol",
+                        bench_source: str = "bench") -> list[np.ndarray]:
+    """Taps of every edge after every training step of a protocol on the emulated bench
+    (``--emulate``), through the real driver stack: behind the Python firmware, or behind
+    ``controller`` (e.g. a :class:`~clln.simulator.avr.SimavrPotBank`, closed with the
+    session). The taps are those the controller's pots hold (what the emulated DAQ
+    measures), in edge order."""
+    exp, session = bench_experiment(
+        parse_protocol(protocol_text, source), parse_bench(bench_text, bench_source), bench_text,
+        source=source, bench_source=bench_source, target="emulate", steps=steps,
+        controller=controller)
+    emulator = session.emulator
+    assert emulator is not None
+    taps: list[np.ndarray] = []
+    try:
+        def record(_: object) -> None:
+            with emulator.firmware.lock:
+                taps.append(np.array(emulator.firmware.taps[emulator.chain]))
+
+        Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng).run([record])
+    finally:
+        session.close()
+    return taps

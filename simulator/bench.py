@@ -383,17 +383,23 @@ class EmulatedBench:
     ai_nodes : (n_ai,) node read by each AI channel.
     faults : faults on the serial link.
     log_path : optional file receiving the traffic log as JSON lines.
+    controller : a potentiometer controller already served on a tty, used instead of the
+        Python firmware: an object with ``path``, ``taps``, ``lock`` and ``close()``, such
+        as :class:`clln.simulator.avr.SimavrPotBank` (the compiled firmware under simavr).
     """
 
     def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
                  ai_nodes: np.ndarray, faults: Faults | None = None,
                  log_path: str | Path | None = None,
                  smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0,
-                 smu_model: str = "2400") -> None:
+                 smu_model: str = "2400", controller: Any = None) -> None:
         assert model.edges.kind == "stepped"
         self.log = TrafficLog(log_path)
-        self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
-        self.link = PtyLink(self.firmware, faults=faults, log=self.log)
+        if controller is None:
+            self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
+            self.link = PtyLink(self.firmware, faults=faults, log=self.log)
+        else:
+            self.firmware = self.link = controller
         self.daq = EmulatedDaq(model, self.firmware, ai_nodes, chain, self.log)
         self.model = model
         self.chain = np.asarray(chain, dtype=np.int64)

@@ -46,7 +46,7 @@ def bank(binary: Path) -> Iterator[PotBank]:
 
 def test_c_firmware_interoperates_with_the_driver(bank: PotBank) -> None:
     info = bank.connect()
-    assert info.version == (1, 0) and info.n_pots == 16 and info.n_taps == 129
+    assert info.version == (1, 1) and info.n_pots == 16 and info.n_taps == 129
     assert info.park_tap == 128 and info.name == "clln potbank host build"
     assert np.array_equal(bank.get_all(), np.full(16, 128))  # parked at power-up
     rng = np.random.default_rng(0)

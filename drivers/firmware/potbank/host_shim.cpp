@@ -18,6 +18,7 @@ static uint32_t now_ms() {
 
 int main() {
   potbank::Controller<16> c({write_tap, read_tap, send, now_ms}, 129, "clln potbank host build");
+  c.begin(potbank::RESET_POWER_ON);  // a fresh process is a power-on: parks, sends BOOT
   uint8_t buf[256];
   for (;;) {
     pollfd p{0, POLLIN, 0};

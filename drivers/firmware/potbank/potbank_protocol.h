@@ -1,19 +1,23 @@
-// clln potentiometer controller: protocol core (drivers/firmware/PROTOCOL.md, v1.0).
-// Portable C++ (no Arduino headers): the sketch potbank.ino supplies the hardware
+// clln potentiometer controller: protocol core (drivers/firmware/PROTOCOL.md, v1.1).
+// Portable C++11 (no Arduino headers): the sketch potbank.ino supplies the hardware
 // hooks; tests build it on the host with a serial shim and talk to it with the
-// Python driver.
+// Python driver. Identifiers carry prefixes (CMD_, ST_, RESET_) because avr-libc
+// defines register macros such as PING, PINA and PORTB.
 #pragma once
 #include <stdint.h>
 #include <string.h>
 
 namespace potbank {
 
-const uint8_t VERSION_MAJOR = 1, VERSION_MINOR = 0;
-const uint16_t MAX_PAYLOAD = 512;
-const uint16_t MAX_FRAME = 600;
-enum Status : uint8_t { OK = 0, UNKNOWN_COMMAND, BAD_LENGTH, OUT_OF_RANGE, NO_HANDSHAKE,
-                        INCOMPATIBLE, HARDWARE_FAULT };
-enum Cmd : uint8_t { HELLO = 1, SET_ALL, GET_ALL, SET_ONE, PARK, PING, SET_WATCHDOG, GET_STATUS };
+const uint8_t VERSION_MAJOR = 1, VERSION_MINOR = 1;
+enum Status : uint8_t { ST_OK = 0, ST_UNKNOWN_COMMAND, ST_BAD_LENGTH, ST_OUT_OF_RANGE,
+                        ST_NO_HANDSHAKE, ST_INCOMPATIBLE, ST_HARDWARE_FAULT };
+enum Cmd : uint8_t { CMD_HELLO = 1, CMD_SET_ALL, CMD_GET_ALL, CMD_SET_ONE, CMD_PARK, CMD_PING,
+                     CMD_SET_WATCHDOG, CMD_GET_STATUS, CMD_BOOT, CMD_REPLY = 0x80 };
+// Reset cause bits of the BOOT packet: the AVR's MCUSR bits PORF, EXTRF, BORF, WDRF.
+enum ResetCause : uint8_t { RESET_POWER_ON = 1, RESET_EXTERNAL = 2, RESET_BROWN_OUT = 4,
+                            RESET_WATCHDOG = 8 };
+const uint8_t NAME_MAX = 64;
 
 // Hardware the protocol drives (implemented by the sketch or the host shim).
 struct Hooks {
@@ -63,31 +67,63 @@ uint16_t cobs_encode(const uint8_t* in, uint16_t n, uint8_t* out) {
   return o;
 }
 
+// Buffer sizes of a controller with n pots (PROTOCOL.md §2, §9): the largest payload is
+// GET_ALL's reply (1 + 2n bytes) or HELLO's (11 + NAME_MAX), the largest request SET_ALL's
+// (2n); a packet adds 6 bytes, COBS one byte per 254 plus one.
+constexpr uint16_t max_payload(uint16_t n) { return 2 * n + 1 > 11 + NAME_MAX ? 2 * n + 1 : 11 + NAME_MAX; }
+constexpr uint16_t max_frame(uint16_t packet) { return packet + packet / 254 + 1; }
+
 template <uint16_t N_POTS>
 class Controller {
  public:
+  static_assert(N_POTS >= 1 && N_POTS <= 256, "SET_ALL carries 1..256 pots");
+  static const uint16_t PAYLOAD = max_payload(N_POTS);
+  static const uint16_t REQUEST_FRAME = max_frame(2 * N_POTS + 6);  // longer is garbage
+  static const uint16_t REPLY_FRAME = max_frame(PAYLOAD + 6);
+
   Controller(Hooks hooks, uint16_t n_taps, const char* name)
-      : hw_(hooks), n_taps_(n_taps), park_tap_(n_taps - 1), name_(name) {
+      : hw_(hooks), n_taps_(n_taps), park_tap_(n_taps - 1), name_(name) {}
+
+  // Start-up (PROTOCOL.md §7.1), once the serial port is up. After a power-on or
+  // brown-out reset every pot is parked. After an external-pin or watchdog reset the
+  // pots kept their power and their wipers: they are read back and kept, and the boot
+  // guard parks them unless a valid HELLO arrives within the watchdog time. Then the
+  // BOOT packet reports the reset cause and whether the pots were parked.
+  void begin(uint8_t reset_cause) {
     start_ = last_valid_ = hw_.millis();
-    for (uint16_t i = 0; i < N_POTS; i++) { taps_[i] = park_tap_; hw_.write_tap(i, park_tap_); }
+    bool warm = (reset_cause & (RESET_EXTERNAL | RESET_WATCHDOG)) &&
+                !(reset_cause & (RESET_POWER_ON | RESET_BROWN_OUT));
+    for (uint16_t i = 0; warm && i < N_POTS; i++) {
+      int32_t tap = hw_.read_tap(i);
+      if (tap < 0 || tap >= n_taps_) warm = false;  // no read-back, or not a tap we set
+      else taps_[i] = tap;
+    }
+    if (warm) { parked_ = false; boot_guard_ = true; } else park();
+    uint8_t* r = out_ + 4;
+    r[0] = ST_OK; r[1] = reset_cause; r[2] = VERSION_MAJOR; r[3] = VERSION_MINOR; r[4] = parked_;
+    send_packet(0, CMD_BOOT | CMD_REPLY, 5);
   }
 
   void receive(uint8_t byte) {
     if (byte != 0) {
       if (discarding_) return;
-      if (len_ < MAX_FRAME) { buf_[len_++] = byte; return; }
+      if (len_ < REQUEST_FRAME) { buf_[len_++] = byte; return; }
       len_ = 0; discarding_ = true; bump(crc_errors_); return;
     }
     if (discarding_) { discarding_ = false; return; }
-    if (len_) frame(buf_, len_);
+    if (len_) frame(len_);
     len_ = 0;
   }
 
-  void tick() {  // the watchdog (PROTOCOL.md §7)
-    if (handshake_ && watchdog_ms_ && !parked_ && hw_.millis() - last_valid_ > watchdog_ms_) {
+  void tick() {  // the watchdog and the boot guard (PROTOCOL.md §7)
+    uint32_t now = hw_.millis();
+    if (handshake_ && watchdog_ms_ && !parked_ && now - last_valid_ > watchdog_ms_) {
       park(); tripped_ = true;
     }
+    if (boot_guard_ && now - start_ > BOOT_GUARD_MS) { park(); tripped_ = true; }
   }
+
+  static const uint16_t BOOT_GUARD_MS = 2000;
 
  private:
   static void bump(uint16_t& c) { if (c < 0xFFFF) c++; }
@@ -95,30 +131,37 @@ class Controller {
   void park() {
     for (uint16_t i = 0; i < N_POTS; i++) { taps_[i] = park_tap_; hw_.write_tap(i, park_tap_); }
     parked_ = true;
+    boot_guard_ = false;
   }
 
-  void frame(const uint8_t* enc, uint16_t n) {
-    int32_t m = cobs_decode(enc, n, pkt_);
+  // Frame out_[0..4+n) as a packet (header filled here) into reply_ and send it.
+  void send_packet(uint8_t seq, uint8_t cmd, uint16_t n) {
+    out_[0] = seq; out_[1] = cmd; out_[2] = n & 0xFF; out_[3] = n >> 8;
+    uint16_t c = crc16(out_, 4 + n);
+    out_[4 + n] = c >> 8; out_[5 + n] = c & 0xFF;
+    reply_len_ = cobs_encode(out_, 6 + n, reply_);
+    reply_[reply_len_++] = 0;
+    hw_.send(reply_, reply_len_);
+  }
+
+  void frame(uint16_t n) {
+    int32_t m = cobs_decode(buf_, n, buf_);  // in place: the output never overtakes the input
+    uint8_t* pkt = buf_;
     if (m < 6) { bump(crc_errors_); return; }
-    uint16_t len = pkt_[2] | (pkt_[3] << 8);
-    uint16_t crc = (pkt_[m - 2] << 8) | pkt_[m - 1];
-    if (len != m - 6 || crc16(pkt_, m - 2) != crc) { bump(crc_errors_); return; }
-    uint8_t seq = pkt_[0], cmd = pkt_[1];
-    if (cmd & 0x80) return;
+    uint16_t len = pkt[2] | (pkt[3] << 8);
+    uint16_t crc = (pkt[m - 2] << 8) | pkt[m - 1];
+    if (len != m - 6 || crc16(pkt, m - 2) != crc) { bump(crc_errors_); return; }
+    uint8_t seq = pkt[0], cmd = pkt[1];
+    if (cmd & CMD_REPLY) return;
     last_valid_ = hw_.millis();
     bump(frames_ok_);
     if (have_last_ && seq == last_seq_ && cmd == last_cmd_ && crc == last_crc_) {
       hw_.send(reply_, reply_len_);  // a retry: the same reply, not executed again
       return;
     }
-    uint16_t r = execute(cmd, pkt_ + 4, len, out_ + 4);
-    out_[0] = seq; out_[1] = cmd | 0x80; out_[2] = r & 0xFF; out_[3] = r >> 8;
-    uint16_t c = crc16(out_, 4 + r);
-    out_[4 + r] = c >> 8; out_[5 + r] = c & 0xFF;
-    reply_len_ = cobs_encode(out_, 6 + r, reply_);
-    reply_[reply_len_++] = 0;
+    uint16_t r = execute(cmd, pkt + 4, len, out_ + 4);
     have_last_ = true; last_seq_ = seq; last_cmd_ = cmd; last_crc_ = crc;
-    hw_.send(reply_, reply_len_);
+    send_packet(seq, cmd | CMD_REPLY, r);
   }
 
   static void put16(uint8_t* p, uint16_t v) { p[0] = v & 0xFF; p[1] = v >> 8; }
@@ -126,20 +169,20 @@ class Controller {
 
   uint16_t execute(uint8_t cmd, const uint8_t* p, uint16_t n, uint8_t* r) {
     switch (cmd) {
-      case HELLO: {
-        if (n != 2) { r[0] = BAD_LENGTH; return 1; }
-        r[0] = p[0] == VERSION_MAJOR ? OK : INCOMPATIBLE;
-        if (r[0] == OK) handshake_ = true;
+      case CMD_HELLO: {
+        if (n != 2) { r[0] = ST_BAD_LENGTH; return 1; }
+        r[0] = p[0] == VERSION_MAJOR ? ST_OK : ST_INCOMPATIBLE;
+        if (r[0] == ST_OK) { handshake_ = true; boot_guard_ = false; }
         r[1] = VERSION_MAJOR; r[2] = VERSION_MINOR;
         put16(r + 3, N_POTS); put16(r + 5, n_taps_); put16(r + 7, park_tap_); put16(r + 9, watchdog_ms_);
-        uint16_t k = strlen(name_); if (k > 64) k = 64;
+        uint16_t k = strlen(name_); if (k > NAME_MAX) k = NAME_MAX;
         memcpy(r + 11, name_, k);
         return 11 + k;
       }
-      case PING: r[0] = n ? BAD_LENGTH : OK; return 1;
-      case GET_STATUS: {
-        if (n) { r[0] = BAD_LENGTH; return 1; }
-        r[0] = OK;
+      case CMD_PING: r[0] = n ? ST_BAD_LENGTH : ST_OK; return 1;
+      case CMD_GET_STATUS: {
+        if (n) { r[0] = ST_BAD_LENGTH; return 1; }
+        r[0] = ST_OK;
         r[1] = (parked_ ? 1 : 0) | (tripped_ ? 2 : 0) | (handshake_ ? 4 : 0);
         tripped_ = false;
         put16(r + 2, crc_errors_); put16(r + 4, frames_ok_);
@@ -147,51 +190,51 @@ class Controller {
         r[6] = up; r[7] = up >> 8; r[8] = up >> 16; r[9] = up >> 24;
         return 10;
       }
-      case SET_ALL: case GET_ALL: case SET_ONE: case PARK: case SET_WATCHDOG: break;
-      default: r[0] = UNKNOWN_COMMAND; return 1;
+      case CMD_SET_ALL: case CMD_GET_ALL: case CMD_SET_ONE: case CMD_PARK: case CMD_SET_WATCHDOG: break;
+      default: r[0] = ST_UNKNOWN_COMMAND; return 1;  // CMD_BOOT too: it is never a request
     }
-    if (!handshake_) { r[0] = NO_HANDSHAKE; return 1; }
+    if (!handshake_) { r[0] = ST_NO_HANDSHAKE; return 1; }
     switch (cmd) {
-      case SET_ALL: {
-        if (n != 2 * N_POTS) { r[0] = BAD_LENGTH; return 1; }
-        for (uint16_t i = 0; i < N_POTS; i++) if (get16(p + 2 * i) >= n_taps_) { r[0] = OUT_OF_RANGE; return 1; }
-        r[0] = OK;
+      case CMD_SET_ALL: {
+        if (n != 2 * N_POTS) { r[0] = ST_BAD_LENGTH; return 1; }
+        for (uint16_t i = 0; i < N_POTS; i++) if (get16(p + 2 * i) >= n_taps_) { r[0] = ST_OUT_OF_RANGE; return 1; }
+        r[0] = ST_OK;
         for (uint16_t i = 0; i < N_POTS; i++) {
           taps_[i] = get16(p + 2 * i);
           hw_.write_tap(i, taps_[i]);
           int32_t back = hw_.read_tap(i);
-          if (back >= 0 && back != taps_[i]) r[0] = HARDWARE_FAULT;
+          if (back >= 0 && back != taps_[i]) r[0] = ST_HARDWARE_FAULT;
         }
         parked_ = false;
         return 1;
       }
-      case GET_ALL: {
-        if (n) { r[0] = BAD_LENGTH; return 1; }
-        r[0] = OK;
+      case CMD_GET_ALL: {
+        if (n) { r[0] = ST_BAD_LENGTH; return 1; }
+        r[0] = ST_OK;
         for (uint16_t i = 0; i < N_POTS; i++) {
           int32_t back = hw_.read_tap(i);
           put16(r + 1 + 2 * i, back >= 0 ? (uint16_t)back : taps_[i]);
         }
         return 1 + 2 * N_POTS;
       }
-      case SET_ONE: {
-        if (n != 4) { r[0] = BAD_LENGTH; return 1; }
+      case CMD_SET_ONE: {
+        if (n != 4) { r[0] = ST_BAD_LENGTH; return 1; }
         uint16_t i = get16(p), t = get16(p + 2);
-        if (i >= N_POTS || t >= n_taps_) { r[0] = OUT_OF_RANGE; return 1; }
+        if (i >= N_POTS || t >= n_taps_) { r[0] = ST_OUT_OF_RANGE; return 1; }
         taps_[i] = t; hw_.write_tap(i, t); parked_ = false;
         int32_t back = hw_.read_tap(i);
-        r[0] = (back >= 0 && back != t) ? HARDWARE_FAULT : OK;
+        r[0] = (back >= 0 && back != t) ? ST_HARDWARE_FAULT : ST_OK;
         return 1;
       }
-      case PARK: if (n) { r[0] = BAD_LENGTH; return 1; } park(); r[0] = OK; return 1;
-      case SET_WATCHDOG: {
-        if (n != 2) { r[0] = BAD_LENGTH; return 1; }
+      case CMD_PARK: if (n) { r[0] = ST_BAD_LENGTH; return 1; } park(); r[0] = ST_OK; return 1;
+      case CMD_SET_WATCHDOG: {
+        if (n != 2) { r[0] = ST_BAD_LENGTH; return 1; }
         uint16_t ms = get16(p);
-        if (ms > 0 && ms < 100) { r[0] = OUT_OF_RANGE; return 1; }
-        watchdog_ms_ = ms; r[0] = OK; return 1;
+        if (ms > 0 && ms < 100) { r[0] = ST_OUT_OF_RANGE; return 1; }
+        watchdog_ms_ = ms; r[0] = ST_OK; return 1;
       }
     }
-    r[0] = UNKNOWN_COMMAND;
+    r[0] = ST_UNKNOWN_COMMAND;
     return 1;
   }
 
@@ -199,9 +242,10 @@ class Controller {
   uint16_t n_taps_, park_tap_;
   const char* name_;
   uint16_t taps_[N_POTS];
-  uint8_t buf_[MAX_FRAME + 1], pkt_[MAX_FRAME + 1], out_[MAX_PAYLOAD + 8], reply_[MAX_FRAME + 8];
+  uint8_t buf_[REQUEST_FRAME], out_[PAYLOAD + 6], reply_[REPLY_FRAME + 1];
   uint16_t len_ = 0, reply_len_ = 0, watchdog_ms_ = 2000, crc_errors_ = 0, frames_ok_ = 0, last_crc_ = 0;
   bool discarding_ = false, handshake_ = false, parked_ = true, tripped_ = false, have_last_ = false;
+  bool boot_guard_ = false;
   uint8_t last_seq_ = 0, last_cmd_ = 0;
   uint32_t start_ = 0, last_valid_ = 0;
 };
