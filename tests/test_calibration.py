@@ -15,7 +15,6 @@ from exchanges import Script
 from clln.benchfile import hardware_hash, parse_bench
 from clln.benchrun import bench_calibration, bench_model, bench_network, nominal_edges, open_bench
 from clln.controller import LimitError, ProtocolError, SteppedEdges
-from clln.controller.errors import UserError
 from clln.controller.calibration import (
     Calibration,
     CalibrationWarning,
@@ -35,6 +34,7 @@ from clln.controller.calibration import (
     solve_tomography,
     survey,
 )
+from clln.controller.errors import UserError
 from clln.drivers.errors import DriverError
 from clln.drivers.visa import FixtureMeter, Keithley2400
 from clln.simulator.bench import BenchModel, EdgeFaults
