@@ -156,7 +156,7 @@ def test_check_reads_every_channel_and_edge() -> None:
     result = cli("check", str(BENCH), "--emulate")
     assert result.returncode == 0, result.stderr
     assert "check passed: 9 AI channels and 16 edges read" in result.stdout
-    assert "clln bench emulator" in result.stdout and "protocol 1.0" in result.stdout
+    assert "clln bench emulator" in result.stdout and "protocol 1.1" in result.stdout
 
 
 def test_check_of_a_missing_port_is_one_line() -> None:

@@ -67,7 +67,7 @@ HELLO_REPLY = b"\x00" + struct.pack("<BBHHHH", 1, 0, 2, 129, 128, 2000) + b"fw"
 
 
 def connected(pairs: list[tuple[bytes, bytes | None]]) -> tuple[PotBank, ExpectedExchange]:
-    link = ExpectedExchange([(req(0, Cmd.HELLO, b"\x01\x00"), rep(0, Cmd.HELLO, HELLO_REPLY)), *pairs])
+    link = ExpectedExchange([(req(0, Cmd.HELLO, b"\x01\x01"), rep(0, Cmd.HELLO, HELLO_REPLY)), *pairs])
     bank = PotBank(link, reply_timeout=0.01, retries=2)
     info = bank.connect()
     assert info.n_pots == 2 and info.n_taps == 129 and info.name == "fw"
@@ -131,7 +131,7 @@ def test_error_status_is_raised_with_its_name() -> None:
 
 
 def test_incompatible_firmware_is_refused() -> None:
-    link = ExpectedExchange([(req(0, Cmd.HELLO, b"\x01\x00"),
+    link = ExpectedExchange([(req(0, Cmd.HELLO, b"\x01\x01"),
                               rep(0, Cmd.HELLO, b"\x05" + HELLO_REPLY[1:].replace(b"\x01", b"\x02", 1)))])
     with pytest.raises(IncompatibleFirmware, match="update its firmware"):
         PotBank(link, reply_timeout=0.01).connect()
