@@ -102,6 +102,29 @@ def test_a_silent_host_pauses_the_run_before_measuring_a_parked_network(tmp_path
     assert done["status"] == "completed" and done["steps_done"] == 60
 
 
+@pytest.mark.parametrize(("cause", "says"), [("external", "restarted mid-run (external reset)"),
+                                             ("brown-out", "restarted mid-run (brown-out) and parked")])
+def test_a_controller_reset_mid_run_pauses_it(tmp_path: Path, cause: str, says: str) -> None:
+    exp, session = emulated(DEMO, 40, BENCH.read_text())
+    emulator = session.emulator
+
+    def reset(rec: object) -> None:
+        if rec.step == 12:
+            emulator.link.reset(cause)
+            time.sleep(0.2)  # the bootloader's delay, then BOOT
+
+    store = RunStore(tmp_path)
+    try:
+        with pytest.raises(FirmwareParked) as err:
+            run_training(exp, store, protocol_text=DEMO.read_text(), protocol_path=None, callbacks=[reset])
+        assert says in str(err.value)
+        rec = store.run("latest")
+        assert rec["status"] == "paused" and rec["steps_done"] == 12
+        assert emulator.daq.parked_acquisitions == 0
+    finally:
+        session.close()
+
+
 def test_a_busy_host_keeps_the_watchdog_fed_and_the_run_reproduces() -> None:
     """The main thread busy for 1.5x the watchdog after two steps (a slow store, a long
     evaluation): the keep-alive pings, nothing parks, the taps are those of a run without
