@@ -284,7 +284,7 @@ class PotBank:
     def _silence(self, waited: float) -> str:
         baud = getattr(self.transport, "baudrate", "?")
         boot = (f"no BOOT packet within {self.boot_timeout:g} s of opening, " if self.expect_boot
-                else "DTR held low ([serial] reset_on_open = false), ")
+                else "opened without a reset, ")
         return (f"potentiometer controller on {self.port} did not answer the handshake ({boot}"
                 f"{waited:.1f} s in all at {baud} baud): check that {self.port} is its port "
                 f"(ls -l /dev/serial/by-id), that the firmware is flashed (drivers/firmware), "

@@ -130,7 +130,8 @@ class PotFirmware:
         Every volatile state is lost (handshake, watchdog setting, counters, the replay
         memory). On power-on or brown-out the pots power up at their park tap; on an
         external or watchdog reset they kept power, so their taps are kept (read back)
-        and parked only if no HELLO arrives within the boot guard's 2000 ms. The
+        and parked (parked and tripped flags set) only if no HELLO arrives within the
+        boot guard's 2000 ms. The
         firmware is deaf for ``boot_delay`` s, then sends BOOT.
         """
         if cause not in RESET_CAUSE:
@@ -195,6 +196,7 @@ class PotFirmware:
                 self._guard_until = None
                 if not self.handshake and not self.parked:
                     self._park()
+                    self.tripped = True
             if (self.handshake and self.watchdog_ms and not self.parked
                     and (now - self._last_valid) * 1000 > self.watchdog_ms):
                 self._park()

@@ -280,7 +280,7 @@ def test_boot_packet_and_boot_guard_of_the_emulated_firmware() -> None:
     assert not fw.parked  # within the guard's 2000 ms
     clock.now = 2.6
     fw.tick()
-    assert fw.parked and fw.taps.tolist() == [128, 128]  # no HELLO came: parked
+    assert fw.parked and fw.tripped and fw.taps.tolist() == [128, 128]  # no HELLO came: parked
     reply = decode_frame(fw.receive(b"\x00" + encode_packet(Packet(1, Cmd.BOOT)))[:-1])
     assert reply.payload == b"\x01"  # a request with CMD 0x09 is UNKNOWN_COMMAND
 
