@@ -60,7 +60,8 @@ class SerialSpec(_Strict):
     reply_timeout: Annotated[float, Field(gt=0, le=10, strict=True)] = 0.05
     watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
     reset_on_open: Annotated[bool, Field(strict=True)] = True  # false: open with DTR held low
-    boot_timeout: Annotated[float, Field(ge=0, le=30, strict=True)] = 2.5  # s to wait for BOOT
+    # s to wait for the BOOT packet after opening (an Arduino's bootloader takes up to ~2 s)
+    boot_timeout: Annotated[float, Field(ge=0, le=30, strict=True)] = 2.5
 
     @field_validator("port")
     @classmethod

@@ -148,6 +148,9 @@ class HardwareBackend:
                 f"{self._edges.n_taps} taps"
             )
         self.info["firmware"] = {"name": fw.name, "version": list(fw.version), "n_pots": fw.n_pots}
+        boot = self.potbank.boot
+        if boot is not None:  # the open reset the board: why, and whether it kept the taps
+            self.info["firmware"]["boot"] = {"reset_cause": boot.causes, "parked": boot.parked}
         self.potbank.set_watchdog(self.watchdog_ms)
         parked = self.potbank.status().parked  # also clears a watchdog trip from before
         self._bank = self.potbank.get_all()

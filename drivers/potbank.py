@@ -47,10 +47,6 @@ from clln.drivers.wire import (
     is_boot,
 )
 
-BOOT_TIMEOUT = 2.5
-"""Seconds to wait for the BOOT packet after opening the port (an Arduino's bootloader
-waits up to about 2 s after a DTR reset before it starts the firmware)."""
-
 
 @dataclass(frozen=True)
 class FirmwareInfo:

@@ -99,8 +99,8 @@ class PotFirmware:
     def __init__(self, n_pots: int, n_taps: int, *, park_tap: int | None = None,
                  name: str = "clln bench emulator", clock: Callable[[], float] = time.monotonic,
                  boot_delay: float = 0.0) -> None:
-        if not (1 <= n_pots <= 256 and 2 <= n_taps <= 65535):
-            raise ValueError(f"an emulated controller has 1..256 pots of 2..65535 taps, not {n_pots} x {n_taps}")
+        if not (1 <= n_pots <= 255 and 2 <= n_taps <= 65535):  # GET_ALL's reply holds 255 taps
+            raise ValueError(f"an emulated controller has 1..255 pots of 2..65535 taps, not {n_pots} x {n_taps}")
         self.n_pots, self.n_taps = n_pots, n_taps
         self.park_tap = n_taps - 1 if park_tap is None else park_tap
         self.name = name
