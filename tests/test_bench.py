@@ -180,8 +180,8 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ('port = "/dev/ttyACM0"', 'port = "ttyACM0"', "serial.port: must be an absolute device path"),
     ("baudrate = 115200", "baudrate = 1000000000000", "serial.baudrate: 1000000000000 is not one of 300,"),
     ("baudrate = 115200", "baudrate = 0", "serial.baudrate: 0 is not one of"),
-    ("watchdog_ms = 2000", "watchdog_ms = 2000\nboot_timeout = 31.0", "serial.boot_timeout"),
-    ("watchdog_ms = 2000", "watchdog_ms = 2000\nreset_on_open = 1", "serial.reset_on_open"),
+    ("boot_timeout = 2.5", "boot_timeout = 31.0", "serial.boot_timeout"),
+    ("reset_on_open = true", "reset_on_open = 1", "serial.reset_on_open"),
     ("chain = 15", "chain = 255", "edges.15.chain: Input should be less than or equal to 254"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
