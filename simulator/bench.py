@@ -131,8 +131,7 @@ class PotFirmware:
         memory). On power-on or brown-out the pots power up at their park tap; on an
         external or watchdog reset they kept power, so their taps are kept (read back)
         and parked (parked and tripped flags set) only if no HELLO arrives within the
-        boot guard's 2000 ms. The
-        firmware is deaf for ``boot_delay`` s, then sends BOOT.
+        boot guard's 2000 ms. The firmware is deaf for ``boot_delay`` s, then sends BOOT.
         """
         if cause not in RESET_CAUSE:
             raise ValueError(f"reset cause {cause!r}; allowed: {', '.join(RESET_CAUSE)}")
@@ -384,7 +383,7 @@ class PtyLink:
                 ready, _, _ = select.select([self._master], [], [], 0.005)
             except (OSError, ValueError):
                 return
-            unprompted = self.firmware.tick()
+            unprompted = self.faults.apply(self.firmware.tick())
             if unprompted:
                 self.log.add("serial-out", data=unprompted.hex())
                 try:
