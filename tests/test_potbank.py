@@ -264,6 +264,18 @@ def test_a_power_on_reset_parks_and_says_so(running) -> None:
         bank.close()
 
 
+def test_a_1_0_firmware_without_boot_is_accepted_after_the_wait() -> None:
+    """No BOOT within boot_timeout (a 1.0 firmware, or no auto-reset): HELLO then, and a
+    1.0 reply is compatible with this 1.1 host."""
+    reply_1_0 = b"\x00" + struct.pack("<BBHHHH", 1, 0, 2, 129, 128, 2000) + b"old"
+    link = ExpectedExchange([(req(0, Cmd.HELLO, b"\x01\x01"), rep(0, Cmd.HELLO, reply_1_0))])
+    bank = PotBank(link, reply_timeout=0.01, boot_timeout=0.1, expect_boot=True)
+    t0 = time.monotonic()
+    assert bank.connect().version == (1, 0)
+    assert time.monotonic() - t0 >= 0.1 and bank.boot is None
+    link.done()
+
+
 def test_boot_packet_and_boot_guard_of_the_emulated_firmware() -> None:
     clock = FakeClock()
     fw = PotFirmware(2, 129, clock=clock, boot_delay=0.5)
