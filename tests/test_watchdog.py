@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "protocols" / "benches" / "example-16.toml"
 DEMO = ROOT / "protocols" / "demo.toml"
 REGRESSION = ROOT / "protocols" / "bench-regression-2x2.toml"
-WATCHDOG_S = 0.5
+WATCHDOG_S = 1.0  # shortened from 2000 ms; the keep-alive pings after 250 ms idle
 
 
 def bench_text(watchdog_ms: int = int(WATCHDOG_S * 1000)) -> str:
