@@ -74,6 +74,13 @@ class SerialSpec(_Strict):
                              "/dev/serial/by-id/..., or COM1..COM999")
         return port
 
+    @field_validator("watchdog_ms")
+    @classmethod
+    def _watchdog_range(cls, ms: int) -> int:
+        if 0 < ms < 100:
+            raise ValueError(f"{ms} ms is too short: 0 (watchdog off) or 100..65535 ms (PROTOCOL.md §5.7)")
+        return ms
+
     @field_validator("baudrate")
     @classmethod
     def _standard_rate(cls, rate: int) -> int:

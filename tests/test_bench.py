@@ -183,6 +183,7 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("boot_timeout = 2.5", "boot_timeout = 31.0", "serial.boot_timeout"),
     ("reset_on_open = true", "reset_on_open = 1", "serial.reset_on_open"),
     ("chain = 15", "chain = 255", "edges.15.chain: Input should be less than or equal to 254"),
+    ("watchdog_ms = 2000", "watchdog_ms = 50", "serial.watchdog_ms: 50 ms is too short"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
     from clln.controller import ProtocolError
