@@ -92,7 +92,12 @@ def open_port(port: str, baudrate: int = 115200, *, reset_on_open: bool = True,
         transport.dtr = reset_on_open  # set before open(): the line is driven as the port opens
         transport.open()
     except (serial.SerialException, OSError, ValueError, OverflowError) as exc:
-        raise DeviceNotFound(f"serial port {port!r}: cannot open ({exc})") from None
+        reason = str(exc)
+        hint = ("; is the controller plugged in? its stable name is under /dev/serial/by-id"
+                if "No such file" in reason else
+                "; add your user to the port's group (dialout on Debian) and log in again"
+                if "Permission denied" in reason else "")
+        raise DeviceNotFound(f"serial port {port!r}: cannot open ({reason}){hint}") from None
     return transport
 
 
