@@ -360,3 +360,24 @@ def test_a_silent_port_is_a_user_error_with_hints() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_the_longest_chain_fits_the_frame_limit() -> None:
+    """255 pots: GET_ALL's reply (status + 510 bytes) fits a 512-byte payload; 256 would not,
+    so the bench file refuses chain positions above 254 and the emulator more than 255 pots."""
+    from clln.benchfile import MAX_CHAIN
+
+    assert 1 + 2 * MAX_CHAIN <= 512 < 1 + 2 * (MAX_CHAIN + 1)
+    firmware = PotFirmware(MAX_CHAIN, 129)
+    link = PtyLink(firmware)
+    try:
+        bank = PotBank(open_port(link.path))
+        assert bank.connect().n_pots == MAX_CHAIN
+        taps = np.random.default_rng(0).integers(0, 129, MAX_CHAIN)
+        bank.set_all(taps)
+        assert np.array_equal(firmware.taps, taps) and bank.retries_used == 0
+        bank.close()
+    finally:
+        link.close()
+    with pytest.raises(ValueError, match="1..255 pots"):
+        PotFirmware(MAX_CHAIN + 1, 129)
