@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,6 +18,9 @@ from clln.protocol import read_file, read_toml, validate
 from clln.simulator.imperfections import Imperfections
 
 FORMAT_VERSION = 1
+MAX_CHAIN = 255
+"""Pots a bench's chain may hold: GET_ALL answers with a status byte and every tap (2 bytes
+each) in one reply, and a packet carries at most 512 payload bytes (PROTOCOL.md §2)."""
 Positive = Annotated[float, Field(gt=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Index = Annotated[int, Field(ge=0, strict=True)]
@@ -41,15 +45,51 @@ class DaqSpec(_Strict):
     timeout: Positive = 10.0
 
 
+BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 28800, 38400, 57600, 76800,
+              115200, 230400, 250000, 460800, 500000, 921600, 1000000, 2000000)
+"""Baud rates a bench file may name: the standard ones up to the 2 Mbaud an AVR at 16 MHz
+reaches."""
+DEVICE_PATH = re.compile(r"/[^\x00-\x1f]*[^/\x00-\x1f]|COM[1-9][0-9]{0,2}|\\\\\.\\COM[1-9][0-9]{0,2}")
+"""An absolute device path (/dev/ttyACM0, /dev/serial/by-id/...) or a Windows COM port."""
+
+
 class SerialSpec(_Strict):
     """``[serial]``: the potentiometer controller's port."""
 
-    port: Name
-    baudrate: PositiveInt = 115200
+    port: Name  # a device path, never a pyserial URL
+    baudrate: Annotated[int, Field(strict=True)] = 115200
     retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 20
-    reply_timeout: Positive = 0.05
+    reply_timeout: Annotated[float, Field(gt=0, le=10, strict=True)] = 0.05
     watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
     board: Literal["mega2560", "uno"] = "mega2560"  # the controller's board (drivers/boards.py)
+    reset_on_open: Annotated[bool, Field(strict=True)] = True  # false: open with DTR held low
+    # s to wait for the BOOT packet after opening (an Arduino's bootloader takes up to ~2 s)
+    boot_timeout: Annotated[float, Field(ge=0, le=30, strict=True)] = 2.5
+
+    @field_validator("port")
+    @classmethod
+    def _device_path(cls, port: str) -> str:
+        if "://" in port:
+            raise ValueError(f"must be a device path such as /dev/ttyACM0 or COM3, not a URL "
+                             f"({port.split('://')[0][:20]!r} scheme)")
+        if not DEVICE_PATH.fullmatch(port):
+            raise ValueError("must be an absolute device path such as /dev/ttyACM0 or "
+                             "/dev/serial/by-id/..., or COM1..COM999")
+        return port
+
+    @field_validator("watchdog_ms")
+    @classmethod
+    def _watchdog_range(cls, ms: int) -> int:
+        if 0 < ms < 100:
+            raise ValueError(f"{ms} ms is too short: 0 (watchdog off) or 100..65535 ms (PROTOCOL.md §5.7)")
+        return ms
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_rate(cls, rate: int) -> int:
+        if rate not in BAUD_RATES:
+            raise ValueError(f"{rate} is not one of {', '.join(map(str, BAUD_RATES))}")
+        return rate
 
 
 class PotSpec(_Strict):
@@ -81,7 +121,7 @@ class EdgeSpec(_Strict):
     """``[[edges]]``: one edge: its two nodes and its potentiometer's chain position."""
 
     nodes: tuple[Index, Index]
-    chain: Annotated[int, Field(ge=0, le=255, strict=True)]  # SET_ALL carries at most 256 pots
+    chain: Annotated[int, Field(ge=0, le=MAX_CHAIN - 1, strict=True)]  # one SET_ALL frame carries them all
 
 
 class DrivenSpec(_Strict):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import serial
 
 from clln.benchfile import Bench, bench_hash, hardware_hash, parse_bench
 from clln.compose import Experiment, build_scheme, build_task
@@ -189,17 +190,19 @@ def open_bench(
                                  smu_seed=bench.emulator.seed,
                                  smu_model="2400" if bench.smu is None else bench.smu.model, controller=controller)
         daq: Any = emulator.daq
-        port = emulator.port
+        port, port_class = emulator.port, emulator.port_class
     else:
         d = bench.daq
         daq = NidaqmxDaq(DaqConfig(
             d.device, tuple(bench.sources.ao + bench.clamps.ao), tuple(bench.ai), d.terminal_config,
             d.clamp_switch, d.ao_range, d.ai_range, d.sample_rate, d.settle_samples,
             d.average_samples, d.timeout))
-        port = bench.serial.port
+        port, port_class = bench.serial.port, serial.Serial
+    ser = bench.serial
     try:
-        potbank = PotBank(open_port(port, bench.serial.baudrate), reply_timeout=bench.serial.reply_timeout,
-                          retries=bench.serial.retries)
+        potbank = PotBank(open_port(port, ser.baudrate, reset_on_open=ser.reset_on_open, port_class=port_class),
+                          reply_timeout=ser.reply_timeout, retries=ser.retries,
+                          boot_timeout=ser.boot_timeout, expect_boot=ser.reset_on_open)
         backend = HardwareBackend(
             net, daq, potbank, edges, chain=chain, ai_of_node=ai_of_node,
             limits=Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current),

@@ -43,3 +43,17 @@ class DaqError(DriverError):
 
 class DeviceLost(DriverError):
     """A device that was connected went away (unplugged, powered off)."""
+
+
+class FirmwareParked(DriverError):
+    """The potentiometer controller parked its pots (its watchdog tripped) behind the host's
+    back: the network is not the one the host set, so nothing more is measured on it."""
+
+
+class FirmwareReset(FirmwareParked):
+    """The potentiometer controller restarted after the handshake (a BOOT packet, or a
+    status without handshake, arrived mid-run)."""
+
+
+class ControllerSilent(UserError):
+    """The potentiometer controller never answered the handshake on the bench file's port."""

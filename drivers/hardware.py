@@ -5,6 +5,11 @@ written: |V| at every driven node, and the worst-case current through every edge
 over its whole tap range. ``safe()`` drives every output to 0 V and opens the clamp
 switches; it is idempotent.
 
+The potentiometer controller's watchdog is kept fed by the driver's keep-alive thread,
+and its status is read before every measurement batch: a parked or restarted controller
+raises :class:`~clln.drivers.errors.FirmwareParked` (a hardware fault: the run pauses)
+before anything is measured.
+
 With a :class:`~clln.controller.calibration.Calibration` the backend's tap tables are
 the calibrated ones (conductance targets become taps through them), AO commands are
 corrected for the channels' gains and offsets, AI readings likewise, and ``describe()``
@@ -143,11 +148,18 @@ class HardwareBackend:
                 f"{self._edges.n_taps} taps"
             )
         self.info["firmware"] = {"name": fw.name, "version": list(fw.version), "n_pots": fw.n_pots}
+        boot = self.potbank.boot
+        if boot is not None:  # the open reset the board: why, and whether it kept the taps
+            self.info["firmware"]["boot"] = {"reset_cause": boot.causes, "parked": boot.parked}
         self.potbank.set_watchdog(self.watchdog_ms)
+        parked = self.potbank.status().parked  # also clears a watchdog trip from before
         self._bank = self.potbank.get_all()
         self._taps = self._bank[self.chain]
         if self.initial_taps is not None:
             self._write(self.initial_taps)
+        elif parked:  # the park taps become the taps the host set, knowingly
+            self._write(self._taps)
+        self.potbank.start_keepalive(self.watchdog_ms / 4000)  # PING after a quarter watchdog idle
 
     def _write(self, taps: np.ndarray) -> None:
         """Write the edges' taps (the bank's other pots unchanged), verified by read-back."""
@@ -180,6 +192,7 @@ class HardwareBackend:
                         else clamps])
         ao = self.channels.commands(ao)  # what the AO channels must be told to put that out
         check_limits(ao, self._edges.table, self.limits)
+        self.potbank.check_running()  # never measure a parked or restarted bank
         self.is_safe = False
         try:
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
@@ -205,6 +218,7 @@ class HardwareBackend:
         if ao.shape[1] != n_ao:
             raise ValueError(f"ao must be (B, {n_ao}), got {ao.shape}")
         check_limits(ao, self._edges.table, self.limits, where="calibration")
+        self.potbank.check_running()
         self.is_safe = False
         readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps_engaged)
         return np.asarray(readings)[:, self.ai_of_node], stamps

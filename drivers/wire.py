@@ -10,7 +10,7 @@ from cobs import cobs
 
 from clln.drivers.errors import FrameError
 
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)
 MAX_PAYLOAD = 512
 MAX_FRAME = 600  # encoded bytes kept before a delimiter; longer is garbage
 DELIMITER = b"\x00"
@@ -27,6 +27,7 @@ class Cmd:
     PING = 0x06
     SET_WATCHDOG = 0x07
     GET_STATUS = 0x08
+    BOOT = 0x09  # sent unsolicited by the firmware after a reset, with the reply bit
     REPLY = 0x80
 
 
@@ -43,6 +44,38 @@ class Packet:
     seq: int
     cmd: int
     payload: bytes = b""
+
+
+RESET_CAUSES = {0x01: "power-on", 0x02: "external reset", 0x04: "brown-out", 0x08: "watchdog"}
+"""``reset_cause`` bits of the BOOT packet (the AVR's MCUSR)."""
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    """What a ``BOOT`` packet said: why the firmware restarted and whether it parked the pots."""
+
+    reset_cause: int
+    version: tuple[int, int]
+    parked: bool
+
+    @property
+    def causes(self) -> str:
+        """The reset causes in words ("external reset", "power-on, brown-out", ...)."""
+        names = [name for bit, name in RESET_CAUSES.items() if self.reset_cause & bit]
+        return ", ".join(names) or f"unknown cause {self.reset_cause:#04x}"
+
+    @classmethod
+    def from_packet(cls, packet: Packet) -> BootInfo:
+        """Parse a BOOT packet; FrameError if it is too short."""
+        p = packet.payload
+        if len(p) < 5:
+            raise FrameError(f"BOOT packet of {len(p)} payload bytes, expected 5")
+        return cls(p[1], (p[2], p[3]), bool(p[4]))
+
+
+def is_boot(packet: Packet) -> bool:
+    """Whether a packet is the firmware's unsolicited BOOT announcement."""
+    return packet.seq == 0 and packet.cmd == (Cmd.BOOT | Cmd.REPLY)
 
 
 def crc16(data: bytes) -> int:

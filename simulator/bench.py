@@ -2,10 +2,13 @@
 
 * :class:`PotFirmware` implements the potentiometer controller's side of
   ``drivers/firmware/PROTOCOL.md`` (written from that document, independently of the
-  host driver), including sequence-number replay, status codes and the watchdog.
+  host driver), including sequence-number replay, status codes, the watchdog and what
+  a reset does (deaf during the bootloader's delay, then a BOOT packet; taps kept on an
+  external or watchdog reset, parked on power-on or brown-out).
 * :class:`PtyLink` serves it on a pseudo-terminal, so the host driver opens a real
   tty path; it can drop, corrupt and delay bytes, and go deaf for a while (a USB
-  hiccup), and it keeps a traffic log.
+  hiccup), and it keeps a traffic log. Its :meth:`PtyLink.port_class` is a pyserial
+  class whose DTR line is wired to the controller's reset pin, as on an Arduino.
 * :class:`EmulatedDaq` answers the DAQ adapter's small interface
   (``acquire``/``zero``/``close``) from the same bench model the simulator uses
   (a :class:`~clln.simulator.backend.SimulatedBackend` whose taps follow the
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import serial
 from cobs import cobs
 
 from clln.controller.backend import SteppedEdges
@@ -43,9 +47,11 @@ from clln.simulator.backend import SimulatedBackend
 from clln.simulator.imperfections import adc_read
 from clln.simulator.smu import EmulatedSmu
 
-VERSION = (1, 0)
+VERSION = (1, 1)
 OK, UNKNOWN_COMMAND, BAD_LENGTH, OUT_OF_RANGE, NO_HANDSHAKE, INCOMPATIBLE, HARDWARE_FAULT = range(7)
-HELLO, SET_ALL, GET_ALL, SET_ONE, PARK, PING, SET_WATCHDOG, GET_STATUS = range(1, 9)
+HELLO, SET_ALL, GET_ALL, SET_ONE, PARK, PING, SET_WATCHDOG, GET_STATUS, BOOT = range(1, 10)
+RESET_CAUSE = {"power-on": 0x01, "external": 0x02, "brown-out": 0x04, "watchdog": 0x08}  # MCUSR bits
+BOOT_WATCHDOG_MS = 2000  # watchdog armed at every start; also the boot guard's time
 
 
 class TrafficLog:
@@ -83,13 +89,19 @@ class PotFirmware:
     ----------
     n_pots, n_taps : bank size and taps per pot.
     park_tap : safe tap (highest resistance); n_taps - 1 by default.
-    clock : monotonic clock (s), for the watchdog and uptime.
+    clock : monotonic clock (s), for the watchdog, the boot delay and uptime.
+    boot_delay : seconds from a reset until the firmware runs (the bootloader's wait);
+        bytes arriving meanwhile are lost.
+
+    Construction is a power-on long ago: pots parked, no BOOT pending. :meth:`reset`
+    restarts it; :meth:`tick` returns what it sends unprompted (the BOOT packet).
     """
 
     def __init__(self, n_pots: int, n_taps: int, *, park_tap: int | None = None,
-                 name: str = "clln bench emulator", clock: Callable[[], float] = time.monotonic) -> None:
-        if not (1 <= n_pots <= 256 and 2 <= n_taps <= 65535):
-            raise ValueError(f"an emulated controller has 1..256 pots of 2..65535 taps, not {n_pots} x {n_taps}")
+                 name: str = "clln bench emulator", clock: Callable[[], float] = time.monotonic,
+                 boot_delay: float = 0.0) -> None:
+        if not (1 <= n_pots <= 255 and 2 <= n_taps <= 65535):  # GET_ALL's reply holds 255 taps
+            raise ValueError(f"an emulated controller has 1..255 pots of 2..65535 taps, not {n_pots} x {n_taps}")
         self.n_pots, self.n_taps = n_pots, n_taps
         self.park_tap = n_taps - 1 if park_tap is None else park_tap
         self.name = name
@@ -98,20 +110,61 @@ class PotFirmware:
         self.parked = True
         self.tripped = False
         self.handshake = False
-        self.watchdog_ms = 2000
+        self.watchdog_ms = BOOT_WATCHDOG_MS
         self.crc_errors = 0
         self.frames_ok = 0
         self.writes = 0  # SET_ALL / SET_ONE / PARK executed
+        self.boot_delay = boot_delay
+        self.resets = 0
         self._start = clock()
         self._last_valid = clock()
         self._buffer = bytearray()
         self._last: tuple[int, int, bytes, bytes] | None = None  # seq, cmd, crc, reply frame
+        self._booting_until: float | None = None  # a reset in progress: BOOT goes out then
+        self._boot_cause = 0
+        self._guard_until: float | None = None  # kept taps are parked then without a HELLO
         self.lock = threading.Lock()
+
+    def reset(self, cause: str = "external", *, boot_delay: float | None = None) -> None:
+        """Reset the microcontroller (``cause``: power-on, external, brown-out, watchdog).
+
+        Every volatile state is lost (handshake, watchdog setting, counters, the replay
+        memory). On power-on or brown-out the pots power up at their park tap; on an
+        external or watchdog reset they kept power, so their taps are kept (read back)
+        and parked (parked and tripped flags set) only if no HELLO arrives within the
+        boot guard's 2000 ms. The firmware is deaf for ``boot_delay`` s, then sends BOOT.
+        """
+        if cause not in RESET_CAUSE:
+            raise ValueError(f"reset cause {cause!r}; allowed: {', '.join(RESET_CAUSE)}")
+        with self.lock:
+            now = self.clock()
+            delay = self.boot_delay if boot_delay is None else boot_delay
+            keep = cause in ("external", "watchdog")
+            if not keep:
+                self.taps[:] = self.park_tap
+            self.parked = not keep
+            self.tripped = self.handshake = False
+            self.watchdog_ms = BOOT_WATCHDOG_MS
+            self.crc_errors = self.frames_ok = 0
+            self._buffer.clear()
+            self._last = None
+            self._start = now + delay
+            self._booting_until = now + delay
+            self._boot_cause = RESET_CAUSE[cause]
+            self._guard_until = None
+            self.resets += 1
+
+    @property
+    def booting(self) -> bool:
+        """A reset is in progress (the bootloader holds the line)."""
+        return self._booting_until is not None
 
     def receive(self, data: bytes) -> bytes:
         """Process bytes from the host; return the bytes to send back."""
         out = bytearray()
         with self.lock:
+            if self._booting_until is not None:
+                return b""  # the bootloader has the UART: the bytes are lost
             for byte in data:
                 if byte != 0:
                     self._buffer.append(byte)
@@ -124,13 +177,36 @@ class PotFirmware:
                     out += self._frame(frame)
         return bytes(out)
 
-    def tick(self) -> None:
-        """Watchdog: park the bank when the host has been silent too long."""
+    def tick(self) -> bytes:
+        """Time passes: the end of a boot (returns the BOOT packet to send), the boot
+        guard, and the watchdog, which parks the bank when the host has been silent too
+        long. Returns the bytes to send unprompted (usually none)."""
         with self.lock:
+            now = self.clock()
+            if self._booting_until is not None:
+                if now < self._booting_until:
+                    return b""
+                self._booting_until = None
+                self._last_valid = now
+                if not self.parked:
+                    self._guard_until = now + BOOT_WATCHDOG_MS / 1000
+                payload = bytes([OK, self._boot_cause, *VERSION, int(self.parked)])
+                return self._encode(0, BOOT | 0x80, payload)
+            if self._guard_until is not None and now > self._guard_until:
+                self._guard_until = None
+                if not self.handshake and not self.parked:
+                    self._park()
+                    self.tripped = True
             if (self.handshake and self.watchdog_ms and not self.parked
-                    and (self.clock() - self._last_valid) * 1000 > self.watchdog_ms):
+                    and (now - self._last_valid) * 1000 > self.watchdog_ms):
                 self._park()
                 self.tripped = True
+            return b""
+
+    @staticmethod
+    def _encode(seq: int, cmd: int, payload: bytes) -> bytes:
+        body = bytes([seq, cmd]) + len(payload).to_bytes(2, "little") + payload
+        return cobs.encode(body + binascii.crc_hqx(body, 0xFFFF).to_bytes(2, "big")) + b"\x00"
 
     def _park(self) -> None:
         self.taps[:] = self.park_tap
@@ -155,8 +231,7 @@ class PotFirmware:
         if self._last is not None and self._last[:3] == (seq, cmd, crc):
             return self._last[3]  # a retry: same reply, not executed again
         reply = self._execute(cmd, payload)
-        body = bytes([seq, cmd | 0x80]) + len(reply).to_bytes(2, "little") + reply
-        encoded = cobs.encode(body + binascii.crc_hqx(body, 0xFFFF).to_bytes(2, "big")) + b"\x00"
+        encoded = self._encode(seq, cmd | 0x80, reply)
         self._last = (seq, cmd, crc, encoded)
         return encoded
 
@@ -166,6 +241,8 @@ class PotFirmware:
                 return bytes([BAD_LENGTH])
             status = OK if p[0] == VERSION[0] else INCOMPATIBLE
             self.handshake = self.handshake or status == OK
+            if self.handshake:
+                self._guard_until = None
             return bytes([status]) + struct.pack("<BBHHHH", *VERSION, self.n_pots, self.n_taps,
                                                  self.park_tap, self.watchdog_ms) + self.name.encode()[:64]
         if cmd == PING:
@@ -253,9 +330,10 @@ class Faults:
 class PtyLink:
     """Serves a :class:`PotFirmware` on a pseudo-terminal in a background thread.
 
-    ``path`` is the tty the host opens (e.g. with pyserial). ``deafen(seconds)``
+    ``path`` is the tty the host opens (e.g. with pyserial; with :meth:`port_class`, the
+    open resets the controller as an Arduino's DTR auto-reset does). ``deafen(seconds)``
     makes the controller ignore the line for a while (a disconnect the host sees as
-    timeouts); ``close()`` ends the link.
+    timeouts); ``reset(cause)`` resets it; ``close()`` ends the link.
     """
 
     def __init__(self, firmware: PotFirmware, *, faults: Faults | None = None,
@@ -275,13 +353,44 @@ class PtyLink:
         self._deaf_until = time.monotonic() + seconds
         self.log.add("event", what=f"link down for {seconds} s")
 
+    def reset(self, cause: str = "external") -> None:
+        """Reset the emulated microcontroller (see :meth:`PotFirmware.reset`)."""
+        self.firmware.reset(cause)
+        self.log.add("event", what=f"reset ({cause})")
+
+    def port_class(self) -> type[serial.Serial]:
+        """A pyserial class for :attr:`path` whose DTR line drives the controller's reset
+        pin through a capacitor, as on an Arduino: asserting DTR (opening the port with
+        ``dtr`` true, pyserial's default) resets it; a port opened with DTR low does not."""
+        link = self
+
+        class EmulatedPort(serial.Serial):
+            _line = False
+
+            def _update_dtr_state(self) -> None:  # a pty has no modem lines: model the wire
+                if self._dtr_state and not self._line:
+                    link.reset("external")
+                self._line = bool(self._dtr_state)
+
+            def close(self) -> None:
+                self._line = False
+                super().close()
+
+        return EmulatedPort
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._master], [], [], 0.005)
             except (OSError, ValueError):
                 return
-            self.firmware.tick()
+            unprompted = self.faults.apply(self.firmware.tick())
+            if unprompted:
+                self.log.add("serial-out", data=unprompted.hex())
+                try:
+                    os.write(self._master, unprompted)
+                except OSError:
+                    return
             if not ready:
                 continue
             try:
@@ -339,14 +448,18 @@ class EmulatedDaq:
         self.ao_levels = np.zeros(self.n_ao)
         self.clamps_engaged = False
         self.acquisitions = 0
+        self.parked_acquisitions = 0  # measurements taken while the controller was parked
 
     def acquire(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
         """(B, n_ai) readings and (B,) timestamps for B boundary conditions ao (B, n_ao)."""
         ao = np.atleast_2d(np.asarray(ao, dtype=float))
         with self.firmware.lock:
             taps = self.firmware.taps[self.chain]
+            parked = self.firmware.parked or self.firmware.booting
         self.model.set_taps(taps)
-        self.log.add("ao", levels=ao[-1].tolist(), samples=int(ao.shape[0]), clamps=clamps_engaged)
+        self.parked_acquisitions += parked
+        self.log.add("ao", levels=ao[-1].tolist(), samples=int(ao.shape[0]), clamps=clamps_engaged,
+                     parked=parked)
         sources = ao[:, : self.n_sources]
         clamps = ao[:, self.n_sources:] if clamps_engaged else None
         meas = self.model.measure(sources, clamps)
@@ -386,17 +499,20 @@ class EmulatedBench:
     controller : a potentiometer controller already served on a tty, used instead of the
         Python firmware: an object with ``path``, ``taps``, ``lock`` and ``close()``, such
         as :class:`clln.simulator.avr.SimavrPotBank` (the compiled firmware under simavr).
+    boot_delay : seconds the emulated controller is deaf after a reset (its bootloader).
     """
 
     def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
                  ai_nodes: np.ndarray, faults: Faults | None = None,
                  log_path: str | Path | None = None,
                  smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0,
-                 smu_model: str = "2400", controller: Any = None) -> None:
+                 smu_model: str = "2400", controller: Any = None,
+                 boot_delay: float = 0.05) -> None:
         assert model.edges.kind == "stepped"
         self.log = TrafficLog(log_path)
         if controller is None:
-            self.firmware = PotFirmware(n_pots, model.edges.n_taps)  # type: ignore[union-attr]
+            self.firmware = PotFirmware(n_pots, model.edges.n_taps,  # type: ignore[union-attr]
+                                        boot_delay=boot_delay)
             self.link = PtyLink(self.firmware, faults=faults, log=self.log)
         else:
             self.firmware = self.link = controller
@@ -425,6 +541,11 @@ class EmulatedBench:
     def port(self) -> str:
         """The tty path the host driver opens."""
         return self.link.path
+
+    @property
+    def port_class(self) -> type[serial.Serial]:
+        """The pyserial class that opens :attr:`port` with the Arduino's DTR reset wired."""
+        return self.link.port_class()
 
     def close(self) -> None:
         self.link.close()

@@ -156,7 +156,7 @@ def test_check_reads_every_channel_and_edge() -> None:
     result = cli("check", str(BENCH), "--emulate")
     assert result.returncode == 0, result.stderr
     assert "check passed: 9 AI channels and 16 edges read" in result.stdout
-    assert "clln bench emulator" in result.stdout and "protocol 1.0" in result.stdout
+    assert "clln bench emulator" in result.stdout and "protocol 1.1" in result.stdout
 
 
 def test_check_of_a_missing_port_is_one_line() -> None:
@@ -175,6 +175,15 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("max_edge_current = 2.5e-3", "max_edge_current = 65536.0", "exceeds the MCP4131's rating"),
     ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "exceeds the DAQ ranges"),
     ("nodes = [2, 4]", "nodes = [2, 4]\nresistance = 5", "edges.15.resistance: unknown key; allowed: chain, nodes"),
+    ('port = "/dev/ttyACM0"', 'port = "spy:///dev/ttyACM0?file=x"', "serial.port: must be a device path"),
+    ('port = "/dev/ttyACM0"', 'port = "rfc2217://host:7000"', "serial.port: must be a device path"),
+    ('port = "/dev/ttyACM0"', 'port = "ttyACM0"', "serial.port: must be an absolute device path"),
+    ("baudrate = 115200", "baudrate = 1000000000000", "serial.baudrate: 1000000000000 is not one of 300,"),
+    ("baudrate = 115200", "baudrate = 0", "serial.baudrate: 0 is not one of"),
+    ("boot_timeout = 2.5", "boot_timeout = 31.0", "serial.boot_timeout"),
+    ("reset_on_open = true", "reset_on_open = 1", "serial.reset_on_open"),
+    ("chain = 15", "chain = 255", "edges.15.chain: Input should be less than or equal to 254"),
+    ("watchdog_ms = 2000", "watchdog_ms = 50", "serial.watchdog_ms: 50 ms is too short"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
     from clln.controller import ProtocolError

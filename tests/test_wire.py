@@ -85,7 +85,7 @@ def test_firmware_commands_and_status_codes() -> None:
     fw = PotFirmware(4, 129, clock=FakeClock())
     assert ask(fw, 0, Cmd.SET_ALL, struct.pack("<4H", 1, 2, 3, 4)).payload == b"\x04"  # NO_HANDSHAKE
     hello = ask(fw, 1, Cmd.HELLO, bytes([1, 0])).payload
-    assert hello[0] == 0 and struct.unpack_from("<BBHHHH", hello, 1) == (1, 0, 4, 129, 128, 2000)
+    assert hello[0] == 0 and struct.unpack_from("<BBHHHH", hello, 1) == (1, 1, 4, 129, 128, 2000)
     assert ask(fw, 2, Cmd.SET_ALL, struct.pack("<4H", 1, 2, 3, 4)).payload == b"\x00"
     assert fw.taps.tolist() == [1, 2, 3, 4]
     assert ask(fw, 3, Cmd.SET_ALL, struct.pack("<4H", 1, 2, 3, 129)).payload == b"\x03"
