@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import serial
+
+from clln.simulator.bench import dtr_reset_port_class
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "drivers" / "firmware"
 TOOLS = ("make", "avr-gcc", "avr-size", "cc")
 # Chip selects of the reference firmware on the Mega 2560: digital pins 22-29 are PA0-PA7
 # and 30-37 are PC7-PC0 (the board's schematic); 16 pots.
 MEGA2560_CS = tuple(f"A{b}" for b in range(8)) + tuple(f"C{b}" for b in range(7, -1, -1))
+MCP4131_TAPS = 129  # wiper positions 0..128 (DS22060)
 RESET_CAUSES = ("power", "external", "brownout", "watchdog")
 
 
@@ -199,6 +203,22 @@ class SimavrPotBank:
     @property
     def stderr(self) -> str:
         return "".join(self._stderr)
+
+    @property
+    def parked(self) -> bool:
+        """Whether every pot sits at the firmware's park tap (n_taps - 1 of the 129-tap
+        MCP4131): a parked network, seen from the parts rather than from the firmware.
+        Read it under :attr:`lock`, as the taps."""
+        return bool(np.all(self.taps == MCP4131_TAPS - 1))
+
+    # The pots hold their wipers through a reset, so a network under a booting firmware is
+    # no different from a running one: only :attr:`parked` tells a measurement apart.
+    booting = False
+
+    def port_class(self) -> type[serial.Serial]:
+        """A pyserial class for :attr:`path` whose DTR line resets the simulated board, as
+        an Arduino's auto-reset does (see :func:`clln.simulator.bench.dtr_reset_port_class`)."""
+        return dtr_reset_port_class(self.reset)
 
     def close(self) -> None:
         if self._proc.poll() is None:

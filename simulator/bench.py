@@ -327,6 +327,27 @@ class Faults:
         return arr[keep].tobytes()
 
 
+def dtr_reset_port_class(reset: Callable[[str], object]) -> type[serial.Serial]:
+    """A pyserial class whose DTR line drives a controller's reset pin through a
+    capacitor, as on an Arduino: asserting DTR (opening the port with ``dtr`` true,
+    pyserial's default) calls ``reset("external")``; a port opened with DTR low does not.
+    A pty has no modem lines, so this models the wire for the emulated controllers."""
+
+    class EmulatedPort(serial.Serial):
+        _line = False
+
+        def _update_dtr_state(self) -> None:
+            if self._dtr_state and not self._line:
+                reset("external")
+            self._line = bool(self._dtr_state)
+
+        def close(self) -> None:
+            self._line = False
+            super().close()
+
+    return EmulatedPort
+
+
 class PtyLink:
     """Serves a :class:`PotFirmware` on a pseudo-terminal in a background thread.
 
@@ -359,24 +380,9 @@ class PtyLink:
         self.log.add("event", what=f"reset ({cause})")
 
     def port_class(self) -> type[serial.Serial]:
-        """A pyserial class for :attr:`path` whose DTR line drives the controller's reset
-        pin through a capacitor, as on an Arduino: asserting DTR (opening the port with
-        ``dtr`` true, pyserial's default) resets it; a port opened with DTR low does not."""
-        link = self
-
-        class EmulatedPort(serial.Serial):
-            _line = False
-
-            def _update_dtr_state(self) -> None:  # a pty has no modem lines: model the wire
-                if self._dtr_state and not self._line:
-                    link.reset("external")
-                self._line = bool(self._dtr_state)
-
-            def close(self) -> None:
-                self._line = False
-                super().close()
-
-        return EmulatedPort
+        """A pyserial class for :attr:`path` whose DTR line resets the controller (see
+        :func:`dtr_reset_port_class`)."""
+        return dtr_reset_port_class(self.reset)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
