@@ -15,6 +15,7 @@ records the calibration's id. Calibration procedures get raw access through
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,31 @@ from clln.drivers.potbank import PotBank
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard limits of a bench: max |V| at any driven node (V) and max edge current (A)."""
+    """Hard limits of a bench.
+
+    Attributes
+    ----------
+    max_node_voltage : V, max |V| at any driven node.
+    max_edge_current : A, max current through any edge.
+    terminal_window : (low, high) V every potentiometer terminal must stay within
+        (the chip's VSS - 0.3 V ... VDD + 0.3 V); ``chip`` names it in messages.
+    ao_max_current : A each AO channel can source (X-series: 5 mA).
+    ao_edges : per AO channel (sources then clamps), the edges at the node it drives.
+    ao_names : per AO channel, its name (``ao0``) for messages.
+    """
 
     max_node_voltage: float
     max_edge_current: float
+    terminal_window: tuple[float, float] = (-math.inf, math.inf)
+    chip: str = "potentiometer"
+    ao_max_current: float = math.inf
+    ao_edges: tuple[tuple[int, ...], ...] = ()
+    ao_names: tuple[str, ...] = ()
+
+    def ao_loads(self, table: np.ndarray) -> np.ndarray:
+        """(n_ao,) S: the sum of the highest conductances of the edges at each driven node."""
+        gmax = table.max(axis=1)
+        return np.array([float(gmax[list(edges)].sum()) for edges in self.ao_edges])
 
 
 def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where: str = "") -> None:
@@ -42,8 +64,10 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
     could exceed a limit.
 
     Node voltages of a resistor network lie between the extreme boundary voltages, so
-    no edge can see more than their span; the worst edge current is that span times
-    the edge's highest conductance over its tap range (``table`` (m, taps), S).
+    every potentiometer terminal lies within them (with 0 V), no edge can see more than
+    their span, the worst edge current is that span times the edge's highest
+    conductance over its tap range (``table`` (m, taps), S), and the worst current an
+    AO channel sources is that span times the sum over its node's edges.
     """
     values = np.asarray(values, dtype=float)
     prefix = f"{where}: " if where else ""
@@ -55,7 +79,15 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
             f"{prefix}a boundary voltage of {peak:.4g} V exceeds the limit max_node_voltage = "
             f"{limits.max_node_voltage:g} V; nothing was sent"
         )
-    span = max(float(values.max()), 0.0) - min(float(values.min()), 0.0)
+    lo, hi = limits.terminal_window
+    vmin, vmax = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    if vmin < lo or vmax > hi:
+        bad = vmin if vmin < lo else vmax
+        raise LimitError(
+            f"{prefix}a boundary voltage of {bad:.4g} V is outside the {limits.chip}'s terminal "
+            f"window {lo:g} ... {hi:g} V (set by pots.chip, pots.vss, pots.vdd); nothing was sent"
+        )
+    span = vmax - vmin
     gmax = table.max(axis=1)
     worst = int(np.argmax(gmax))
     current = span * float(gmax[worst])
@@ -65,6 +97,25 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
             f"through edge {worst} ({1 / gmax[worst]:.0f} ohm at its lowest tap), above the limit "
             f"max_edge_current = {limits.max_edge_current * 1e3:g} mA; nothing was sent"
         )
+    if limits.ao_edges:
+        loads = limits.ao_loads(table)
+        if values.ndim == 2 and values.shape[1] <= loads.size:
+            # Columns are AO channels (sources, then clamps): channel i at V_i sources at
+            # most its load times the largest difference to any other node's voltage.
+            lo_row = np.minimum(values.min(axis=1, keepdims=True), 0.0)
+            hi_row = np.maximum(values.max(axis=1, keepdims=True), 0.0)
+            drop = np.maximum(values - lo_row, hi_row - values)
+            currents = (drop * loads[: values.shape[1]]).max(axis=0)
+        else:  # a set of voltages any channel may take
+            currents = span * loads
+        k = int(np.argmax(currents))
+        if currents[k] > limits.ao_max_current:
+            raise LimitError(
+                f"{prefix}boundary voltages up to {vmax:.4g} V and down to {vmin:.4g} V could make AO "
+                f"channel {limits.ao_names[k] if limits.ao_names else k} source {currents[k] * 1e3:.3g} mA "
+                f"into its node's {len(limits.ao_edges[k])} edges at their lowest taps, above "
+                f"daq.ao_max_current = {limits.ao_max_current * 1e3:g} mA; nothing was sent"
+            )
 
 
 class HardwareBackend:
@@ -193,9 +244,15 @@ class HardwareBackend:
     def drive_limit(self) -> float:
         """Largest amplitude (V) such that any AO pattern within +-amplitude passes the
         limits: max_node_voltage, and the span (at most twice the amplitude) times the
-        largest conductance in the tap tables within max_edge_current."""
-        gmax = float(self._edges.table.max())
-        return min(self.limits.max_node_voltage, 0.5 * self.limits.max_edge_current / gmax)
+        largest conductance in the tap tables within max_edge_current, the span times the
+        largest AO load within ao_max_current, and +-amplitude within the terminal window."""
+        table = self._edges.table
+        limits = self.limits
+        amplitude = min(limits.max_node_voltage, 0.5 * limits.max_edge_current / float(table.max()),
+                        -limits.terminal_window[0], limits.terminal_window[1])
+        if limits.ao_edges:
+            amplitude = min(amplitude, 0.5 * limits.ao_max_current / float(limits.ao_loads(table).max()))
+        return amplitude
 
     def acquire_raw(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
         """AO commands (B, n_ao) as given (no channel correction); raw readings (B, n) in
@@ -265,8 +322,10 @@ class HardwareBackend:
         self.is_safe = True
 
     def close(self) -> None:
+        """Outputs to 0 V and the DAQ's tasks cleared, then the controller's port closed."""
         try:
-            self.safe()
+            self.daq.close()
+            self.is_safe = True
         finally:
             self.potbank.close()
 

@@ -104,8 +104,10 @@ def test_a_measurement_beyond_the_limits_sends_nothing() -> None:
     try:
         log = session.emulator.log
         before = (len(log.of("ao")), len(log.of("serial-in")))
-        with pytest.raises(LimitError, match="mA through edge"):
-            session.backend.measure(np.array([[1.9, -1.9]]))  # within 2 V, but 3.5 mA at tap 0
+        with pytest.raises(LimitError, match="terminal window -0.3 ... 5.3 V"):
+            session.backend.measure(np.array([[1.9, -1.9]]))  # within 2 V, but below the MCP4131's VSS
+        with pytest.raises(LimitError, match="AO channel ao0 source 5.3 mA into its node's 3 edges"):
+            session.backend.measure(np.array([[1.9, 0.0]]))  # 1.9 V into 3 x 1075 ohm at tap 0
         assert (len(log.of("ao")), len(log.of("serial-in"))) == before
     finally:
         session.close()
@@ -173,7 +175,7 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("chain = 15", "chain = 14", "two edges share a chain position"),
     ("chain = 15", "chain = 428405", "edges.15.chain"),
     ("max_edge_current = 2.5e-3", "max_edge_current = 65536.0", "exceeds the MCP4131's rating"),
-    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "exceeds the DAQ ranges"),
+    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "daq.ai_range: no AI range covers 12 V"),
     ("nodes = [2, 4]", "nodes = [2, 4]\nresistance = 5", "edges.15.resistance: unknown key; allowed: chain, nodes"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
@@ -188,13 +190,14 @@ def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(("scheme", "refused"), [
-    ("[training.scheme.overclamp]\neta = 10.0\n[training.scheme.residuals]\n", True),  # far past 2 V
+    ("[training.scheme.overclamp]\neta = 10.0\n[training.scheme.residuals]\n",
+     "max_node_voltage"),  # far past 2 V
     ("[training.scheme.overclamp]\neta = 10.0\nrails = [0.0, 1.0]\n[training.scheme.residuals]\n",
-     False),  # held within the rails
+     None),  # held within the rails
     ("[training.scheme.overclamp]\neta = 0.8\nsymmetric = true\n[training.scheme.residuals]\n",
-     False),  # the mirrored clamps stay within the limit
+     "terminal window"),  # the mirrored clamps stay within 2 V but go below the MCP4131's VSS
 ])
-def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: bool) -> None:
+def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: str | None) -> None:
     from clln.benchrun import boundary_extremes
 
     text = DEMO.read_text() + "\n" + scheme
@@ -204,9 +207,13 @@ def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, ref
     extremes = boundary_extremes(
         bench_experiment.__globals__["build_task"](proto.task, np.random.default_rng(0), (3, 5), ()),
         proto.training.eta, over)
-    assert (np.abs(extremes).max() > 2.0) == refused
+    assert (np.abs(extremes).max() > 2.0) == (refused == "max_node_voltage")
+    if refused is None:
+        assert extremes.min() >= -0.3
+    elif refused == "terminal window":
+        assert extremes.min() < -0.3
     if refused:
-        with pytest.raises(LimitError, match="over.toml on bench"):
+        with pytest.raises(LimitError, match=f"over.toml on bench.*{refused}"):
             bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench", target="emulate")
     else:
         _, session = bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench",
