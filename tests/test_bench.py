@@ -157,7 +157,7 @@ def test_sigterm_leaves_the_outputs_at_zero_and_the_run_interrupted(tmp_path: Pa
 def test_check_reads_every_channel_and_edge() -> None:
     result = cli("check", str(BENCH), "--emulate")
     assert result.returncode == 0, result.stderr
-    assert "check passed: 9 AI channels and 16 edges read" in result.stdout
+    assert "check passed: 9 AI channels, 16 edges and the chain order match the bench file" in result.stdout
     assert "clln bench emulator" in result.stdout and "protocol 1.0" in result.stdout
 
 
