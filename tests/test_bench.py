@@ -175,7 +175,7 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("chain = 15", "chain = 14", "two edges share a chain position"),
     ("chain = 15", "chain = 428405", "edges.15.chain"),
     ("max_edge_current = 2.5e-3", "max_edge_current = 65536.0", "exceeds the MCP4131's rating"),
-    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "daq.ai_range: no AI range covers 12 V"),
+    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "daq.ai_range: no AI range covers limits.max_node_voltage = 12 V"),
     ("nodes = [2, 4]", "nodes = [2, 4]\nresistance = 5", "edges.15.resistance: unknown key; allowed: chain, nodes"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
