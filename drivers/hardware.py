@@ -241,18 +241,31 @@ class HardwareBackend:
 
     # -- raw access for calibration (clln.controller.calibration.CalibrationTarget) ------
 
-    def drive_limit(self) -> float:
-        """Largest amplitude (V) such that any AO pattern within +-amplitude passes the
-        limits: max_node_voltage, and the span (at most twice the amplitude) times the
-        largest conductance in the tap tables within max_edge_current, the span times the
-        largest AO load within ao_max_current, and +-amplitude within the terminal window."""
+    def drive_window(self) -> tuple[float, float]:
+        """(center, amplitude) V: the widest AO range center +- amplitude such that any
+        pattern within it passes the limits: every value within +-max_node_voltage and
+        the terminal window, and the span of the values and 0 V within what
+        max_edge_current and ao_max_current allow through the tap tables' highest
+        conductances. A window that is symmetric about 0 V gives center 0."""
         table = self._edges.table
         limits = self.limits
-        amplitude = min(limits.max_node_voltage, 0.5 * limits.max_edge_current / float(table.max()),
-                        -limits.terminal_window[0], limits.terminal_window[1])
+        low = max(-limits.max_node_voltage, limits.terminal_window[0])
+        high = min(limits.max_node_voltage, limits.terminal_window[1])
+        span = limits.max_edge_current / float(table.max())
         if limits.ao_edges:
-            amplitude = min(amplitude, 0.5 * limits.ao_max_current / float(limits.ao_loads(table).max()))
-        return amplitude
+            span = min(span, limits.ao_max_current / float(limits.ao_loads(table).max()))
+        width = min(span, high - low)
+        amplitude = 0.5 * width
+        start = min(max(low, -amplitude), high - width)
+        return start + amplitude, amplitude
+
+    def drive_limit(self) -> float:
+        """The amplitude (V) of :meth:`drive_window`."""
+        return self.drive_window()[1]
+
+    def drive_center(self) -> float:
+        """The center (V) of :meth:`drive_window`."""
+        return self.drive_window()[0]
 
     def acquire_raw(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
         """AO commands (B, n_ao) as given (no channel correction); raw readings (B, n) in
