@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clln.benchfile import Bench
+from clln.controller.network import Network
 from clln.drivers.hardware import HardwareBackend, check_limits
 
 OPEN_CONDUCTANCE = 1e-9  # S, an open edge (a broken trace)
@@ -92,17 +93,12 @@ def drive_patterns(n_sources: int, n_clamps: int, amplitude: float) -> list[tupl
     return [(free, False), (amplitude * np.eye(n_ao), True)]
 
 
-def node_voltages(n: int, edges: np.ndarray, g: np.ndarray, held: np.ndarray,
-                  values: np.ndarray) -> np.ndarray:
-    """(B, n) node voltages of a resistor network (edges (m, 2), conductances (m,) S)
-    with the nodes ``held`` at ``values`` (B, len(held)) V, every node leaking to 0 V
-    through the AI input impedance."""
-    lap = np.zeros((n, n))
-    a, b = edges[:, 0], edges[:, 1]
-    np.add.at(lap, (a, a), g)
-    np.add.at(lap, (b, b), g)
-    np.add.at(lap, (a, b), -g)
-    np.add.at(lap, (b, a), -g)
+def node_voltages(incidence: np.ndarray, g: np.ndarray, held: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(B, n) node voltages of a resistor network (dense incidence (m, n) of
+    ``Network.incidence``, conductances (m,) S) with the nodes ``held`` at ``values``
+    (B, len(held)) V, every node leaking to 0 V through the AI input impedance."""
+    n = incidence.shape[1]
+    lap = (incidence.T * g) @ incidence
     lap[np.arange(n), np.arange(n)] += INPUT_LEAK
     free = np.setdiff1d(np.arange(n), held)
     v = np.zeros((values.shape[0], n))
@@ -119,7 +115,7 @@ class BenchMap:
 
     def __init__(self, bench: Bench, table: np.ndarray) -> None:
         self.n = bench.nodes
-        self.edges = np.array([e.nodes for e in bench.edges])
+        self.incidence = Network(bench.nodes, np.array([e.nodes for e in bench.edges])).incidence.toarray()
         self.table = table
         self.sources = np.array(bench.sources.nodes, dtype=np.int64)
         self.clamps = np.array(bench.clamps.nodes, dtype=np.int64)
@@ -144,7 +140,7 @@ class BenchMap:
             held = np.concatenate([self.sources, self.clamps if driven else [], self.grounds]).astype(np.int64)
             values = np.hstack([ao[:, :ns], ao[:, ns:] if driven else np.zeros((ao.shape[0], 0)),
                                 np.zeros((ao.shape[0], self.grounds.size))])
-            out.append(node_voltages(self.n, self.edges, g, held, values))
+            out.append(node_voltages(self.incidence, g, held, values))
         return np.vstack(out)
 
 

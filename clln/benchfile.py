@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from clln.controller.network import Network
 from clln.drivers.chips import CHIPS
 from clln.drivers.daq import DaqConfig, plan_daq
 from clln.protocol import read_file, read_toml, validate
@@ -231,14 +232,8 @@ def node_resistance_max(bench: Bench) -> float:
     highest resistance (Rayleigh monotonicity makes that the worst case), sources and
     grounds held, clamp nodes floating (the free state)."""
     n = bench.nodes
-    g = 1.0 / bench.pots.r_max
-    lap = np.zeros((n, n))
-    for e in bench.edges:
-        a, b = e.nodes
-        lap[a, a] += g
-        lap[b, b] += g
-        lap[a, b] -= g
-        lap[b, a] -= g
+    edges = np.array([e.nodes for e in bench.edges])
+    lap = Network(n, edges).laplacian(np.full(len(edges), 1.0 / bench.pots.r_max)).toarray()
     held = set(bench.sources.nodes) | set(bench.grounds)
     if bench.daq.clamp_switch is None:
         held |= set(bench.clamps.nodes)

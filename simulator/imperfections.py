@@ -22,12 +22,15 @@ Models (all SI units):
   (uniform +-ai_offset_error x range), white noise ai_noise_rms per sample,
   quantization to ai_bits over +-ai_range; each reading averages ``averaging``
   samples, so the noise falls as 1/sqrt(averaging);
+* mains pickup: ``mains_pickup`` V peak at ``mains_frequency`` on every AI sample,
+  each sample at its time (``ai_sample_rate`` per channel, channels ``mux_settle_time``
+  apart), so a window of whole mains periods averages it out;
 * multiplexer settling: channels are scanned in node order; a channel keeps a
   fraction exp(-mux_settle_time / (R_i C_in)) of the previous channel's voltage,
   with R_i the node's Thevenin resistance, approximated by 1 / (sum of the
   conductances at the node) (the source output impedance for driven nodes);
 * DAQ analog outputs (sources and clamps), per channel: gain and offset errors
-  and quantization like the inputs;
+  and quantization like the inputs, over +-ao_range;
 * source output impedance: every driven node is fed through source_impedance
   ohms from its AO channel (a hidden driver node in the physics);
 * twin-network mismatch (``twin = true``): a second copy of the network, with its

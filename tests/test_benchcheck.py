@@ -64,8 +64,8 @@ def test_check_refuses_faults_on_real_hardware() -> None:
 def test_node_voltages_match_a_hand_solved_ladder() -> None:
     """Source 1 V at node 0, ground at node 2, 1 kOhm and 3 kOhm in series, and a
     floating node 3 hanging from node 1 by 5 kOhm: node 1 sits at 3/4 V, node 3 too."""
-    edges = np.array([[0, 1], [1, 2], [1, 3]])
+    incidence = np.array([[1, -1, 0, 0], [0, 1, -1, 0], [0, 1, 0, -1]], dtype=float)
     g = 1.0 / np.array([1e3, 3e3, 5e3])
-    v = node_voltages(4, edges, g, np.array([0, 2]), np.array([[1.0, 0.0], [2.0, 0.0]]))
+    v = node_voltages(incidence, g, np.array([0, 2]), np.array([[1.0, 0.0], [2.0, 0.0]]))
     assert np.allclose(v[0], [1.0, 0.75, 0.0, 0.75], atol=1e-6)
     assert np.allclose(v[1], 2 * v[0])
