@@ -183,8 +183,8 @@ class HardwareBackend:
     # -- connection ----------------------------------------------------------
 
     def connect(self) -> None:
-        """Handshake with the potentiometer controller, check it fits, write the
-        initial taps (verified)."""
+        """Handshake with the potentiometer controller, check it fits, open the DAQ's
+        tasks, write the initial taps (verified)."""
         fw = self.potbank.connect()
         m = self._network.n_edges
         if fw.n_pots <= int(self.chain.max()) or fw.n_taps != self._edges.n_taps:
@@ -194,6 +194,9 @@ class HardwareBackend:
                 f"{self._edges.n_taps} taps"
             )
         self.info["firmware"] = {"name": fw.name, "version": list(fw.version), "n_pots": fw.n_pots}
+        open_daq = getattr(self.daq, "open", None)
+        if open_daq is not None:  # the DAQ's tasks: created and committed once per run
+            open_daq()
         self.potbank.set_watchdog(self.watchdog_ms)
         self._bank = self.potbank.get_all()
         self._taps = self._bank[self.chain]

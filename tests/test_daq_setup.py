@@ -165,3 +165,42 @@ def test_the_example_bench_files_daq_set_up() -> None:
     assert (cfg.ai_range, cfg.ao_range, cfg.average_samples, cfg.sample_rate) == (2.0, 5.0, 200, 10_000.0)
     # 16 bits of settling through the worst node: ln(2^16) R C, rounded up to 10 ns
     assert 1 / cfg.convert_rate == pytest.approx(math.log(2**16) * node_resistance_max(bench) * 100e-12, abs=1e-8)
+
+
+def test_a_bench_run_creates_and_commits_its_daq_tasks_once_and_clears_them_at_close() -> None:
+    """The hardware backend on the NI driver (autospecs of nidaqmx) and the emulated
+    controller: 40 measurements, three tasks, three commits, three clears."""
+    from test_daq import commits, fake_api
+
+    from clln.benchrun import bench_limits, bench_model
+    from clln.drivers.daq import NidaqmxDaq
+    from clln.drivers.hardware import HardwareBackend
+    from clln.drivers.potbank import PotBank, open_port
+    from clln.simulator.bench import EmulatedBench
+
+    bench = parse_bench(TEXT, "b")
+    chain = np.array([e.chain for e in bench.edges])
+    emulator = EmulatedBench(bench_model(bench, np.full(16, 128)), n_pots=16, chain=chain,
+                             ai_nodes=np.arange(9))
+    tasks: list[object] = []
+    cfg = daq_config(bench)
+    api = fake_api(tasks, np.zeros((9, 200 * cfg.samples_per_step)))
+    backend = HardwareBackend(bench_network(bench), NidaqmxDaq(cfg, api=api),
+                              PotBank(open_port(emulator.port, 115200)), nominal_edges(bench),
+                              chain=chain, ai_of_node=np.arange(9), limits=bench_limits(bench),
+                              initial_taps=np.full(16, 64))
+    try:
+        backend.connect()
+        assert len(tasks) == 3  # opened with the bench, before any measurement
+        for k in range(20):
+            backend.measure(np.full((30, 2), 0.5))
+            rows = 100 if k % 5 == 0 else 30
+            backend.measure(np.full((rows, 2), 0.5), np.full((rows, 2), 0.4))
+    finally:
+        backend.close()
+        emulator.close()
+    assert api.Task.call_count == 3 and [commits(t) for t in tasks] == [1, 2, 2]  # one buffer growth
+    assert all(t.close.call_count == 1 for t in tasks)
+    do_task, ao_task, _ = tasks
+    assert ao_task.start.call_count == 41  # 40 measurements and the zeroing at close
+    assert do_task.write.call_args_list[-1].args == (False,)  # clamps open at the end
