@@ -271,6 +271,11 @@ class NidaqmxDaq:
         return self._api
 
     @property
+    def clamps_switched(self) -> bool:
+        """Whether switches disconnect the clamp outputs in free measurements."""
+        return bool(self._lines)
+
+    @property
     def is_open(self) -> bool:
         return bool(self._tasks)
 

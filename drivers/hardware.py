@@ -233,7 +233,11 @@ class HardwareBackend:
         ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
                         else clamps])
         ao = self.channels.commands(ao)  # what the AO channels must be told to put that out
-        check_limits(ao, self._edges.table, self.limits)
+        # Free state: open switches disconnect the clamp outputs; without switches they
+        # hold their nodes (at 0 V) and count.
+        connected = ao if clamps is not None or not getattr(self.daq, "clamps_switched", True) \
+            else ao[:, :len(roles.sources)]
+        check_limits(connected, self._edges.table, self.limits)
         self.is_safe = False
         try:
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)

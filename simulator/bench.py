@@ -362,6 +362,11 @@ class EmulatedDaq:
         self.acquisitions += 1
         return meas.voltages[:, self.ai_nodes], meas.timestamps
 
+    @property
+    def clamps_switched(self) -> bool:
+        """Whether switches disconnect the clamp outputs in free measurements."""
+        return self.clamp_switch
+
     def read_grounded(self, repeats: int) -> np.ndarray:
         """(repeats, n_ai) readings, V, of every AI channel with its input grounded."""
         if not isinstance(self.model, BenchModel):

@@ -16,7 +16,7 @@ import pytest
 
 from clln.benchfile import daq_config, load_bench, node_resistance_max, parse_bench
 from clln.benchrun import bench_network, daq_parameters, nominal_edges, open_bench
-from clln.controller import ProtocolError
+from clln.controller import LimitError, ProtocolError
 from clln.simulator import make_imperfections
 from clln.simulator.bench import BenchModel
 
@@ -109,6 +109,11 @@ def test_without_a_clamp_switch_the_bench_is_refused_unless_declared_and_then_cl
         assert np.all(np.abs(v_held[[3, 5]]) < 1e-3)  # the clamp outputs hold them at 0 V
         assert np.all(v_free[[3, 5]] > 0.1)  # truly free
         assert "held at 0 V" in held.backend.describe()["free_state"]
+        # 1.5 V on source node 0: open switches leave clamp node 3's output out of it; a
+        # clamp output holding node 3 at 0 V would source 1.5 V into 4 edges of 1075 ohm
+        switched.backend.measure(np.array([[1.5, 0.0]]))
+        with pytest.raises(LimitError, match="AO channel ao2 source 5.58 mA into its node's 4 edges"):
+            held.backend.measure(np.array([[1.5, 0.0]]))
     finally:
         held.close()
         switched.close()
