@@ -163,6 +163,18 @@ def _predict_all(bmap: BenchMap, settings: np.ndarray, blocks: list[tuple[np.nda
     return out[:, :, list(state.ai)]
 
 
+def _chain_pairs(measured: np.ndarray, predicted: np.ndarray, all_up_to: int = 24) -> list[tuple[int, int]]:
+    """Pairs of edges whose pots may be swapped: every pair on a small bench; on a large
+    one the pairs (j, k) where the setting that lowers edge j reads most like the one
+    predicted to lower edge k (settings 1 + j lower edge j)."""
+    m = measured.shape[0] - 1
+    if m <= all_up_to:
+        return list(itertools.combinations(range(m), 2))
+    diff = measured[1:, None] - predicted[None, 1:]  # (m, m, patterns, n_ai)
+    best = np.sqrt(np.mean(diff**2, axis=(2, 3))).argmin(axis=1)
+    return sorted({(min(j, int(k)), max(j, int(k))) for j, k in enumerate(best) if k != j})
+
+
 def find_faults(bmap: BenchMap, settings: np.ndarray, blocks: list[tuple[np.ndarray, bool]],
                 measured: np.ndarray, *, max_faults: int = 6) -> tuple[list[Fault], float, float]:
     """The faults that explain ``measured`` (settings, patterns, n_ai) V, greedily;
@@ -185,7 +197,7 @@ def find_faults(bmap: BenchMap, settings: np.ndarray, blocks: list[tuple[np.ndar
             pred[:, :, [a, b]] = current[:, :, [b, a]]
             candidates.append((rms(pred), Fault("swap-ai", (a, b)), _State(tuple(ai), state.chain,
                                                                            state.opened, state.shorted), pred))
-        for j, k in itertools.combinations(range(m), 2):
+        for j, k in _chain_pairs(measured, current):
             chain = list(state.chain)
             chain[j], chain[k] = chain[k], chain[j]
             trial = _State(state.ai, tuple(chain), state.opened, state.shorted)

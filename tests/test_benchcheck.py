@@ -69,3 +69,16 @@ def test_node_voltages_match_a_hand_solved_ladder() -> None:
     v = node_voltages(incidence, g, np.array([0, 2]), np.array([[1.0, 0.0], [2.0, 0.0]]))
     assert np.allclose(v[0], [1.0, 0.75, 0.0, 0.75], atol=1e-6)
     assert np.allclose(v[1], 2 * v[0])
+
+
+def test_on_a_large_bench_the_swapped_pair_is_among_the_proposed_ones() -> None:
+    """Beyond 24 edges the check tries only the chain pairs the readings point at."""
+    from clln.benchcheck import _chain_pairs
+
+    rng = np.random.default_rng(0)
+    m = 40
+    predicted = rng.normal(size=(m + 1, 6, 9))
+    measured = predicted.copy()
+    measured[1 + 7], measured[1 + 31] = predicted[1 + 31], predicted[1 + 7]  # pots 7 and 31 swapped
+    assert _chain_pairs(measured, predicted) == [(7, 31)]
+    assert len(_chain_pairs(measured[:11], predicted[:11])) == 45  # 10 edges: every pair
