@@ -145,7 +145,9 @@ class SmuSpec(_Strict):
 
 
 class EmulatorSpec(_Strict):
-    """``[emulator]``: the bench model used by ``--emulate``."""
+    """``[emulator]``: the bench model used by ``--emulate``. Its DAQ figures that the
+    ``[daq]`` set-up decides (ranges, averaging, convert interval, sample timing, mains
+    frequency) come from there (``clln.benchrun.daq_parameters``)."""
 
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "pot-bench"
     seed: Index = 0
