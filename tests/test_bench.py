@@ -177,6 +177,16 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("max_edge_current = 2.5e-3", "max_edge_current = 65536.0", "exceeds the MCP4131's rating"),
     ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "daq.ai_range: no AI range covers limits.max_node_voltage = 12 V"),
     ("nodes = [2, 4]", "nodes = [2, 4]\nresistance = 5", "edges.15.resistance: unknown key; allowed: chain, nodes"),
+    # the DAQ set-up (drivers.daq.plan_daq) and the pots' supply
+    ("mains_frequency = 50", "mains_frequency = 55", "daq.mains_frequency: 55 is not allowed; allowed: 50 or 60"),
+    ("mains_frequency = 50", "", "daq.mains_frequency: required key is missing"),
+    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/line0"\nclamps_driven_during_free = true',
+     "contradicts daq.clamp_switch"),
+    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/lines"', "daq.clamp_switch: 'port0/lines' is not"),
+    ("sample_rate = 10000.0", "sample_rate = 20000.0", "daq.sample_rate: 20000 S/s leaves"),
+    ("sample_rate = 10000.0", "sample_rate = 9999.0", "daq.sample_rate: 9999 S/s has no whole number"),
+    ('device = "Dev1"', 'device = "Dev1"\nai_range = 1.0', "daq.ai_range: 1 V is not allowed; allowed: 2, 5, 10"),
+    ("r_series = 1000.0", "r_series = 1000.0\nvdd = 6.0", "pots.vdd - pots.vss = 6 V; allowed for the MCP4131"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
     from clln.controller import ProtocolError

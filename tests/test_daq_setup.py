@@ -119,25 +119,6 @@ def test_without_a_clamp_switch_the_bench_is_refused_unless_declared_and_then_cl
         switched.close()
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("mains_frequency = 50", "mains_frequency = 55", "daq.mains_frequency: 55 is not allowed; allowed: 50 or 60"),
-    ("mains_frequency = 50", "", "daq.mains_frequency: required key is missing"),
-    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/line0"\nclamps_driven_during_free = true',
-     "contradicts daq.clamp_switch"),
-    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/lines"', "daq.clamp_switch: 'port0/lines' is not"),
-    ("sample_rate = 10000.0", "sample_rate = 20000.0", "daq.sample_rate: 20000 S/s leaves"),
-    ("sample_rate = 10000.0", "sample_rate = 9999.0", "daq.sample_rate: 9999 S/s has no whole number"),
-    ('device = "Dev1"', 'device = "Dev1"\nai_range = 1.0', "daq.ai_range: 1 V is not allowed; allowed: 2, 5, 10"),
-    ("r_series = 1000.0", "r_series = 1000.0\nvdd = 6.0", "pots.vdd - pots.vss = 6 V; allowed for the MCP4131"),
-])
-def test_a_daq_set_up_that_cannot_work_names_the_key(old: str, new: str, message: str) -> None:
-    assert old in TEXT
-    with pytest.raises(ProtocolError) as err:
-        parse_bench(TEXT.replace(old, new), "b.toml")
-    assert str(err.value).startswith("b.toml: ") and message in str(err.value)
-    assert "\n" not in str(err.value)
-
-
 def test_mains_frequency_other_than_50_or_60_exits_2_before_anything_opens(tmp_path: Path) -> None:
     bad = tmp_path / "bench.toml"
     bad.write_text(TEXT.replace("mains_frequency = 50", "mains_frequency = 55"))
