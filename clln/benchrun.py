@@ -25,7 +25,7 @@ from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
 from clln.controller.trainer import TrainConfig
-from clln.drivers.daq import NidaqmxDaq
+from clln.drivers.daq import AI_OVERRANGE, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
 from clln.protocol import Protocol
@@ -64,9 +64,10 @@ def bench_limits(bench: Bench) -> Limits:
 
 def daq_parameters(bench: Bench) -> dict[str, Any]:
     """The bench model's DAQ parameters as the DAQ is set up (``drivers.daq.plan_daq``):
-    ranges, averaging window, convert interval, sample timing and mains frequency."""
+    ranges (the AI range's ADC span includes its 5 % over-range), averaging window,
+    convert interval, sample timing and mains frequency."""
     cfg = daq_config(bench)
-    return {"ai_range": cfg.ai_range, "ao_range": cfg.ao_range, "averaging": cfg.average_samples,
+    return {"ai_range": cfg.ai_range * (1.0 + AI_OVERRANGE), "ao_range": cfg.ao_range, "averaging": cfg.average_samples,
             "mux_settle_time": cfg.convert_interval, "ai_capacitance": bench.daq.ai_input_capacitance,
             "ai_sample_rate": cfg.sample_rate, "settle_time": cfg.seconds_per_step,
             "mains_frequency": float(cfg.mains_frequency or 50.0)}

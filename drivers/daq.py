@@ -43,6 +43,9 @@ TerminalConfig = Literal["RSE", "NRSE", "DIFF", "PSEUDO_DIFF"]
 AI_RANGES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 AO_RANGES = (5.0, 10.0)
 AI_BITS = 16
+# Each X-series AI range digitizes 5 % beyond its nominal span (the X Series User Manual's
+# "nominal resolution assuming 5 % over range": 64 uV on +-2 V, 320 uV on +-10 V).
+AI_OVERRANGE = 0.05
 # Time constants for a full-scale step to settle to one LSB of a 16-bit converter.
 SETTLING_TIME_CONSTANTS = math.log(2**AI_BITS)
 

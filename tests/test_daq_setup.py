@@ -88,10 +88,12 @@ def test_quantization_is_on_the_configured_range() -> None:
     cfg = daq_config(parse_bench(TEXT, "b"))
     assert cfg.ai_range == 2.0
     readings = model(preset="pot-bench", ai_noise_rms=0.0).measure(SOURCES).voltages
-    codes = readings / (2 * 2.0 / 2**16)
+    lsb = 2 * 2.0 * 1.05 / 2**16  # 16 bits over +-2 V and its 5 % over-range
+    assert lsb == pytest.approx(64e-6, rel=2e-3)  # NI's nominal resolution of the +-2 V range
+    codes = readings / lsb
     assert np.allclose(codes, np.round(codes), atol=1e-6)
-    coarse = readings / (2 * 10.0 / 2**16)
-    assert not np.allclose(coarse, np.round(coarse), atol=1e-3)
+    coarse = readings / (lsb * 5)  # the +-10 V range's 320 uV
+    assert not np.allclose(coarse, np.round(coarse), atol=1e-2)
 
 
 def test_without_a_clamp_switch_the_bench_is_refused_unless_declared_and_then_clamps_hold_0_v() -> None:
