@@ -254,7 +254,7 @@ def check(
                       f"{out.resistance[j]:.0f}")
     console.print(edges)
     console.print(f"{r.patterns} patterns at {r.settings} tap settings; readings differ from the map by "
-                  f"{r.rms_before * 1e3:.3g} mV rms"
+                  f"{r.rms_before * 1e3:.3g} mV rms at the worst setting"
                   + (f", {r.rms_after * 1e3:.3g} mV with the faults below" if r.faults else ""),
                   highlight=False)
     for line in r.lines:

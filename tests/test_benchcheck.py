@@ -46,9 +46,9 @@ def test_check_explains_each_fault_and_passes_a_sound_bench(faults: list[str], e
     out = check_bench(BENCH, emulate=True, faults=faults)
     r = out.result
     assert len(r.lines) == len(expected)
-    for line, start in zip(r.lines, expected, strict=True):
-        assert line.startswith(start)
-    # Only part tolerance is left: about 1 % of the drive on this uncalibrated bench.
+    for start in expected:
+        assert sum(line.startswith(start) for line in r.lines) == 1
+    # Only part tolerance is left: 1-2 % of the drive on this uncalibrated bench.
     assert r.rms_after < 0.02 * r.amplitude
     assert r.patterns == 17 * 6 and r.settings == 17
     assert np.all(out.taps == 128)  # the taps found are put back
@@ -66,9 +66,11 @@ def test_node_voltages_match_a_hand_solved_ladder() -> None:
     floating node 3 hanging from node 1 by 5 kOhm: node 1 sits at 3/4 V, node 3 too."""
     incidence = np.array([[1, -1, 0, 0], [0, 1, -1, 0], [0, 1, 0, -1]], dtype=float)
     g = 1.0 / np.array([1e3, 3e3, 5e3])
-    v = node_voltages(incidence, g, np.array([0, 2]), np.array([[1.0, 0.0], [2.0, 0.0]]))
-    assert np.allclose(v[0], [1.0, 0.75, 0.0, 0.75], atol=1e-6)
-    assert np.allclose(v[1], 2 * v[0])
+    v = node_voltages(incidence, np.vstack([g, 2 * g]), np.array([0, 2]), np.array([[1.0, 0.0], [2.0, 0.0]]))
+    assert v.shape == (2, 2, 4)
+    assert np.allclose(v[0, 0], [1.0, 0.75, 0.0, 0.75], atol=1e-6)
+    assert np.allclose(v[0, 1], 2 * v[0, 0])
+    assert np.allclose(v[1], v[0], atol=1e-6)  # scaling every conductance changes no voltage
 
 
 def test_on_a_large_bench_the_swapped_pair_is_among_the_proposed_ones() -> None:
