@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from clln.benchfile import Bench
+from clln.controller.errors import LimitError
 from clln.controller.network import Network
 from clln.drivers.hardware import HardwareBackend, check_limits
 
@@ -250,9 +251,9 @@ def check_amplitude(backend: HardwareBackend, blocks: Callable[[float], list[tup
             for ao, _engaged in blocks(amplitude):
                 check_limits(ao, table, backend.limits)
             return amplitude
-        except Exception:  # noqa: BLE001 - a LimitError: try a smaller drive
+        except LimitError:  # try a smaller drive
             amplitude *= 0.8
-    raise RuntimeError("no drive amplitude passes the bench's limits")
+    raise LimitError("no test drive passes the bench's limits: check [limits] and daq.ao_max_current")
 
 
 def run_check(backend: HardwareBackend, bench: Bench, *,
