@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.sparse.csgraph import dijkstra
 
 from clln.controller.network import Network
 from clln.drivers.chips import CHIPS
@@ -235,13 +236,19 @@ def node_resistance_max(bench: Bench) -> float:
     grounds held, clamp nodes floating (the free state)."""
     n = bench.nodes
     edges = np.array([e.nodes for e in bench.edges])
-    lap = Network(n, edges).laplacian(np.full(len(edges), 1.0 / bench.pots.r_max)).toarray()
+    net = Network(n, edges)
     held = set(bench.sources.nodes) | set(bench.grounds)
     if bench.daq.clamp_switch is None:
         held |= set(bench.clamps.nodes)
     free = [k for k in range(n) if k not in held]
     if not free:
         return 0.0
+    if n > 1024:  # too large to invert densely: one path's resistance bounds it (Rayleigh)
+        adjacency = abs(net.laplacian(np.ones(len(edges))))
+        hops = dijkstra(adjacency, unweighted=True, indices=sorted(held), min_only=True)
+        finite = hops[np.isfinite(hops)]
+        return float(finite.max() * bench.pots.r_max) if finite.size else 0.0
+    lap = net.laplacian(np.full(len(edges), 1.0 / bench.pots.r_max)).toarray()
     sub = lap[np.ix_(free, free)]
     try:
         return float(np.max(np.diag(np.linalg.inv(sub))))
