@@ -14,7 +14,8 @@ Per step, measured on this machine:
 Modelled I/O per step, what the real bench would take:
 
 * DAQ: every acquisition holds each of its B boundary conditions for
-  ``settle_samples + average_samples`` sample periods (``[daq]`` of the bench file);
+  ``settle_samples + average_samples`` sample periods (the DAQ set-up planned from the
+  bench file's ``[daq]``, ``clln.benchfile.daq_config``);
 * serial: every byte that crossed the emulated line (both directions, from the traffic
   log) at the bench file's baud rate, 10 bits per byte.
 
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clln.benchfile import parse_bench
+from clln.benchfile import daq_config, parse_bench
 from clln.benchrun import bench_experiment
 from clln.compose import run_training
 from clln.controller.store import RunStore
@@ -91,7 +92,7 @@ def measure(protocol: Path, steps: int, runs_dir: Path) -> dict[str, float]:
     entries = emulator.log.entries[marks["log0"]:]
     serial_bytes = sum(len(e["data"]) // 2 for e in entries if e["channel"].startswith("serial"))
     rows = sum(e["samples"] for e in entries if e["channel"] == "ao")
-    daq = bench.daq
+    daq = daq_config(bench)  # the planned set-up: samples per step from whole mains periods
     wall = marks["t1"] - marks["t0"]
     out = {name: timer.total / n for name, timer in timers.items()}
     out["wall"] = wall / n

@@ -9,10 +9,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from scipy.sparse.csgraph import dijkstra
 
+from clln.controller.network import Network
 from clln.drivers.boards import BOARDS
 from clln.drivers.chips import CHIPS
+from clln.drivers.daq import DaqConfig, plan_daq
 from clln.drivers.visa import VISA_BACKENDS
 from clln.protocol import read_file, read_toml, validate
 from clln.simulator.imperfections import Imperfections
@@ -32,16 +36,22 @@ class _Strict(BaseModel):
 
 
 class DaqSpec(_Strict):
-    """``[daq]``: the NI-DAQ device and its timing."""
+    """``[daq]``: the NI-DAQ device, its wiring and timing (``drivers.daq.plan_daq``
+    derives the ranges, the averaging window and the convert rate from these)."""
 
     device: Name
     terminal_config: Literal["RSE", "NRSE", "DIFF", "PSEUDO_DIFF"] = "RSE"
-    sample_rate: Positive = 10_000.0
+    mains_frequency: Literal[50, 60]            # Hz; readings average whole periods of it
+    mains_cycles: Annotated[int, Field(ge=1, le=60, strict=True)] = 1  # at least this many periods
+    sample_rate: Positive = 10_000.0            # samples/s per channel
     settle_samples: Annotated[int, Field(ge=0, strict=True)] = 20
-    average_samples: PositiveInt = 16
-    ai_range: Positive = 10.0
-    ao_range: Positive = 10.0
-    clamp_switch: Name | None = None
+    ai_range: Positive | None = None            # +-V; None: the smallest covering the limits
+    ao_range: Positive | None = None
+    clamp_switch: Name | None = None            # DO line(s), e.g. "port0/line0" or "port0/line0:1"
+    clamps_driven_during_free: Annotated[bool, Field(strict=True)] = False
+    ao_max_current: Positive = 5e-3             # A each AO channel can source (X-series: 5 mA)
+    ai_input_capacitance: Positive = 100e-12    # F, charged by the multiplexer (X-series: 100 pF)
+    max_aggregate_rate: Positive = 1e6          # conversions/s over all AI channels (USB-6363)
     timeout: Positive = 10.0
 
 
@@ -99,14 +109,37 @@ class PotSpec(_Strict):
     r_ab: Positive
     r_series: Annotated[float, Field(ge=0, strict=True)] = 1000.0
     r_wiper: Annotated[float, Field(ge=0, strict=True)] | None = None
+    vss: Annotated[float, Field(strict=True)] | None = None   # V, the chip's supply (default:
+    vdd: Annotated[float, Field(strict=True)] | None = None   # its usual one, e.g. 0 and 5 V)
 
     @model_validator(mode="after")
     def _r_ab_of_chip(self) -> PotSpec:
-        options = CHIPS[self.chip].r_ab_options
+        chip = CHIPS[self.chip]
+        options = chip.r_ab_options
         if self.r_ab not in options:
             raise ValueError(f"{self.chip} comes with r_ab in {', '.join(f'{o:g}' for o in options)} ohm, "
                              f"not {self.r_ab:g}")
+        vss, vdd = self.supply
+        if not 0 < vdd - vss <= chip.max_supply_span:
+            raise ValueError(f"pots.vdd - pots.vss = {vdd - vss:g} V; allowed for the {chip.name}: "
+                             f"above 0 and at most {chip.max_supply_span:g} V")
         return self
+
+    @property
+    def supply(self) -> tuple[float, float]:
+        """(VSS, VDD) of the potentiometers, V."""
+        usual = CHIPS[self.chip].supply
+        return (usual[0] if self.vss is None else self.vss, usual[1] if self.vdd is None else self.vdd)
+
+    @property
+    def terminal_window(self) -> tuple[float, float]:
+        """(low, high) V every potentiometer terminal must stay within."""
+        return CHIPS[self.chip].terminal_window(*self.supply)
+
+    @property
+    def r_max(self) -> float:
+        """Highest resistance an edge can have (ohm): series + wiper + R_AB at its tolerance."""
+        return self.r_series + self.wiper + self.r_ab * (1.0 + CHIPS[self.chip].tolerance)
 
     @property
     def taps(self) -> int:
@@ -172,7 +205,9 @@ class SmuSpec(_Strict):
 
 
 class EmulatorSpec(_Strict):
-    """``[emulator]``: the bench model used by ``--emulate``."""
+    """``[emulator]``: the bench model used by ``--emulate``. Its DAQ figures that the
+    ``[daq]`` set-up decides (ranges, averaging, convert interval, sample timing, mains
+    frequency) come from there (``clln.benchrun.daq_parameters``)."""
 
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "pot-bench"
     seed: Index = 0
@@ -246,10 +281,58 @@ class Bench(_Strict):
         if self.limits.max_edge_current > chip.max_current:
             raise ValueError(f"limits.max_edge_current = {self.limits.max_edge_current:g} A exceeds the "
                              f"{chip.name}'s rating of {chip.max_current:g} A")
-        if self.limits.max_node_voltage > min(self.daq.ao_range, self.daq.ai_range):
-            raise ValueError(f"limits.max_node_voltage = {self.limits.max_node_voltage:g} V exceeds the "
-                             f"DAQ ranges (ao_range {self.daq.ao_range:g} V, ai_range {self.daq.ai_range:g} V)")
+        d = self.daq
+        if d.clamp_switch is None and not d.clamps_driven_during_free:
+            raise ValueError(
+                "daq.clamp_switch: required: without a switch the clamp outputs hold the clamp nodes "
+                "during free measurements, so the free state is not free; name the switch's DO line(s) "
+                "(e.g. clamp_switch = \"port0/line0\"), or declare daq.clamps_driven_during_free = true "
+                "to measure the free state with the clamp nodes held at 0 V")
+        if d.clamp_switch is not None and d.clamps_driven_during_free:
+            raise ValueError("daq.clamps_driven_during_free = true contradicts daq.clamp_switch: "
+                             "remove one of them")
+        daq_config(self)  # a DAQ set-up that works, or one line naming the [daq] key
         return self
+
+
+def node_resistance_max(bench: Bench) -> float:
+    """The highest Thevenin resistance (ohm) an AI channel can see: every edge at its
+    highest resistance (Rayleigh monotonicity makes that the worst case), sources and
+    grounds held, clamp nodes floating (the free state)."""
+    n = bench.nodes
+    edges = np.array([e.nodes for e in bench.edges])
+    net = Network(n, edges)
+    held = set(bench.sources.nodes) | set(bench.grounds)
+    if bench.daq.clamp_switch is None:
+        held |= set(bench.clamps.nodes)
+    free = [k for k in range(n) if k not in held]
+    if not free:
+        return 0.0
+    if n > 1024:  # too large to invert densely: one path's resistance bounds it (Rayleigh)
+        adjacency = abs(net.laplacian(np.ones(len(edges))))
+        hops = dijkstra(adjacency, unweighted=True, indices=sorted(held), min_only=True)
+        finite = hops[np.isfinite(hops)]
+        return float(finite.max() * bench.pots.r_max) if finite.size else 0.0
+    lap = net.laplacian(np.full(len(edges), 1.0 / bench.pots.r_max)).toarray()
+    sub = lap[np.ix_(free, free)]
+    try:
+        return float(np.max(np.diag(np.linalg.inv(sub))))
+    except np.linalg.LinAlgError:  # a part with no held node: bounded by its own edges
+        degree = np.diag(sub)
+        return float(1.0 / degree[degree > 0].min()) if np.any(degree > 0) else 0.0
+
+
+def daq_config(bench: Bench) -> DaqConfig:
+    """The bench's DAQ set-up (``drivers.daq.plan_daq``); ValueError naming the key."""
+    d = bench.daq
+    return plan_daq(
+        d.device, tuple(bench.sources.ao + bench.clamps.ao), tuple(bench.ai),
+        max_node_voltage=bench.limits.max_node_voltage, mains_frequency=float(d.mains_frequency),
+        node_resistance=node_resistance_max(bench), sample_rate=d.sample_rate,
+        settle_samples=d.settle_samples, mains_cycles=d.mains_cycles,
+        input_capacitance=d.ai_input_capacitance, max_aggregate_rate=d.max_aggregate_rate,
+        terminal_config=d.terminal_config, clamp_switch=d.clamp_switch, ai_range=d.ai_range,
+        ao_range=d.ao_range, timeout=d.timeout)
 
 
 def parse_bench(text: str, source: str = "<bench>") -> Bench:
@@ -282,4 +365,6 @@ _HARDWARE = {
 def hardware_hash(bench: Bench) -> str:
     """SHA-256 of the bench's hardware description (what ties a calibration to a bench)."""
     data = bench.model_dump(mode="json", include=_HARDWARE)  # type: ignore[arg-type]
+    cfg = daq_config(bench)
+    data["daq"].update(ai_range=cfg.ai_range, ao_range=cfg.ao_range)  # the ranges in use
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

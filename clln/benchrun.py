@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import serial
 
-from clln.benchfile import Bench, bench_hash, hardware_hash, parse_bench
+from clln.benchfile import Bench, bench_hash, daq_config, hardware_hash, parse_bench
 from clln.compose import Experiment, build_scheme, build_task
 from clln.controller.backend import NetworkBackend, SteppedEdges
 from clln.controller.calibration import (
@@ -26,12 +26,12 @@ from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
 from clln.controller.trainer import TrainConfig, Trainer
-from clln.drivers.daq import DaqConfig, NidaqmxDaq
+from clln.drivers.daq import AI_OVERRANGE, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
 from clln.protocol import Protocol, parse_protocol
 from clln.simulator import make_imperfections
-from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults
+from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults, WiringFaults
 
 Target = Literal["hardware", "emulate", "simulate"]
 
@@ -52,16 +52,41 @@ def nominal_edges(bench: Bench) -> SteppedEdges:
     return SteppedEdges(np.tile(1.0 / resistance, (len(bench.edges), 1)))
 
 
+def bench_limits(bench: Bench) -> Limits:
+    """The bench's hard limits: ``[limits]``, the potentiometers' terminal window and
+    every AO channel's drive (``daq.ao_max_current``) over the edges at its node."""
+    driven = [*bench.sources.nodes, *bench.clamps.nodes]
+    at_node = [tuple(j for j, e in enumerate(bench.edges) if k in e.nodes) for k in driven]
+    return Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current,
+                  terminal_window=bench.pots.terminal_window, chip=bench.pots.chip,
+                  ao_max_current=bench.daq.ao_max_current, ao_edges=tuple(at_node),
+                  ao_names=tuple(bench.sources.ao + bench.clamps.ao))
+
+
+def daq_parameters(bench: Bench) -> dict[str, Any]:
+    """The bench model's DAQ parameters as the DAQ is set up (``drivers.daq.plan_daq``):
+    ranges (the AI range's ADC span includes its 5 % over-range), averaging window,
+    convert interval, sample timing and mains frequency."""
+    cfg = daq_config(bench)
+    return {"ai_range": cfg.ai_range * (1.0 + AI_OVERRANGE), "ao_range": cfg.ao_range, "averaging": cfg.average_samples,
+            "mux_settle_time": cfg.convert_interval, "ai_capacitance": bench.daq.ai_input_capacitance,
+            "ai_sample_rate": cfg.sample_rate, "settle_time": cfg.seconds_per_step,
+            "mains_frequency": float(cfg.mains_frequency or 50.0)}
+
+
 def bench_model(bench: Bench, initial_taps: np.ndarray, *, noise_seed: int = 0,
                 faults: EdgeFaults | None = None, edges: SteppedEdges | None = None) -> BenchModel:
     """The simulator's model of the bench (``[emulator]``: preset, its seed, overrides),
-    with optional edge faults; ``edges`` are the tables the controller believes
-    (nominal unless given)."""
+    with the DAQ set up as the bench file says (:func:`daq_parameters`, which take
+    precedence over the preset and the overrides: the model measures as the DAQ is
+    configured) and optional edge faults; ``edges`` are the tables the controller
+    believes (nominal unless given)."""
     em = bench.emulator
     p = bench.pots
+    daq = daq_parameters(bench) if em.preset != "ideal" else {}
     return BenchModel(
         bench_network(bench), edges or nominal_edges(bench), initial_taps,
-        imperfections=make_imperfections(em.preset, em.overrides),
+        imperfections=make_imperfections(em.preset, {**em.overrides, **daq}),
         pot=(p.taps, p.r_ab, p.wiper, p.r_series), bench_seed=em.seed, noise_seed=noise_seed,
         preset=em.preset, faults=faults,
     )
@@ -157,24 +182,25 @@ def open_bench(
     bench: Bench, bench_text: str, *, target: Target, initial_taps: np.ndarray | None = None,
     noise_seed: int = 0, faults: Faults | None = None, traffic_log: str | Path | None = None,
     connect: bool = True, calibration: Calibration | None = None,
-    edge_faults: EdgeFaults | None = None, visa_library: str | None = None,
-    controller: Any = None,
+    edge_faults: EdgeFaults | None = None, wiring_faults: WiringFaults | None = None,
+    visa_library: str | None = None, controller: Any = None,
 ) -> BenchSession:
     """Open the bench through its drivers (real hardware or the emulator), or its model.
 
     ``calibration`` gives the tap tables and DAQ channel corrections (datasheet tables and
     no corrections without one); ``edge_faults`` are injected into the emulated bench's
-    model (a stuck wiper, an open edge, a shorted pot); ``controller`` replaces the emulated
-    bench's Python firmware (see :class:`~clln.simulator.bench.EmulatedBench`). On connecting, the bench's SMU
-    (``[smu]``, opened with ``visa_library``, see :meth:`BenchSession.open_smu`) is parked
-    so that it does not load the network.
+    model (a stuck wiper, an open edge, a shorted pot), ``wiring_faults`` into its wiring
+    (swapped AI channels, pots swapped in the chain); ``controller`` replaces the emulated
+    bench's Python firmware (see :class:`~clln.simulator.bench.EmulatedBench`). On
+    connecting, the bench's SMU (``[smu]``, opened with ``visa_library``, see
+    :meth:`BenchSession.open_smu`) is parked so that it does not load the network.
     """
     net = bench_network(bench)
     edges = nominal_edges(bench)
     m = net.n_edges
     chain = np.array([e.chain for e in bench.edges])
-    if edge_faults and target == "hardware":
-        raise UserError("edge faults can be injected only into the emulated bench (--emulate)")
+    if (edge_faults and target == "hardware") or (wiring_faults and target != "emulate"):
+        raise UserError("faults can be injected only into the emulated bench (--emulate)")
     if target == "simulate":
         taps = np.full(m, edges.n_taps - 1) if initial_taps is None else initial_taps
         return BenchSession(bench_model(bench, taps, noise_seed=noise_seed, faults=edge_faults,
@@ -188,15 +214,12 @@ def open_bench(
                                  faults=faults, log_path=traffic_log,
                                  smu_nodes=None if bench.smu is None else bench.smu.nodes,
                                  smu_seed=bench.emulator.seed,
-                                 smu_model="2400" if bench.smu is None else bench.smu.model, controller=controller)
+                                 smu_model="2400" if bench.smu is None else bench.smu.model, controller=controller,
+                                 clamp_switch=bench.daq.clamp_switch is not None, wiring=wiring_faults)
         daq: Any = emulator.daq
         port, port_class = emulator.port, emulator.port_class
     else:
-        d = bench.daq
-        daq = NidaqmxDaq(DaqConfig(
-            d.device, tuple(bench.sources.ao + bench.clamps.ao), tuple(bench.ai), d.terminal_config,
-            d.clamp_switch, d.ao_range, d.ai_range, d.sample_rate, d.settle_samples,
-            d.average_samples, d.timeout))
+        daq = NidaqmxDaq(daq_config(bench))
         port, port_class = bench.serial.port, serial.Serial
     ser = bench.serial
     try:
@@ -205,12 +228,15 @@ def open_bench(
                           boot_timeout=ser.boot_timeout, expect_boot=ser.reset_on_open)
         backend = HardwareBackend(
             net, daq, potbank, edges, chain=chain, ai_of_node=ai_of_node,
-            limits=Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current),
+            limits=bench_limits(bench),
             initial_taps=initial_taps, watchdog_ms=bench.serial.watchdog_ms,
             info={"bench": bench.name, "bench_sha256": bench_hash(bench_text),
                   "preset": f"emulated {bench.emulator.preset}" if emulator else "bench",
                   "emulated": emulator is not None, "port": port, "daq": bench.daq.device,
-                  **({"edge_faults": edge_faults.describe()} if edge_faults else {})},
+                  "free_state": ("clamp switches open" if bench.daq.clamp_switch is not None
+                                 else "clamp nodes held at 0 V (no clamp switch)"),
+                  **({"edge_faults": edge_faults.describe()} if edge_faults else {}),
+                  **({"wiring_faults": wiring_faults.describe()} if wiring_faults else {})},
             calibration=calibration,
         )
         session = BenchSession(backend, emulator)
@@ -289,7 +315,7 @@ def bench_experiment(
     task = build_task(spec, rng_task, outputs, output_edges)
     edges = nominal_edges(bench) if calibration is None else calibration.edges
     tr = protocol.training
-    limits = Limits(bench.limits.max_node_voltage, bench.limits.max_edge_current)
+    limits = bench_limits(bench)
     scheme = tr.scheme
     check_limits(boundary_extremes(task, tr.eta, None if scheme is None else scheme.overclamp),
                  edges.table, limits,

@@ -216,42 +216,60 @@ def check(
     bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Check against the emulated bench.")] = False,
     visa_library: VisaOption = None,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="With --emulate: inject a fault: swap-ai:A:B | swap-chain:P:Q | stuck:EDGE[:TAP] | "
+             "open:EDGE | short:EDGE (repeatable).")] = None,
 ) -> None:
-    """Connect to a bench, handshake, read every AI channel and every edge once, print a table."""
-    from clln.benchfile import load_bench
-    from clln.benchrun import bench_calibration, open_bench
+    """Drive test patterns through a bench (each source and clamp in turn, every edge at
+    known taps), compare every AI reading with what the bench file's map predicts, and
+    name swapped AI channels, pots swapped in the chain, open and shorted edges (one line
+    each; exit code 3 when any is found)."""
+    from clln.benchcheck import check_bench
 
-    spec, text = load_bench(bench)
-    cal = bench_calibration(spec, bench)
-    session = open_bench(spec, text, target="emulate" if emulate else "hardware", calibration=cal,
-                         visa_library=visa_library)
+    progress = Progress(TextColumn("[bold]checking"), BarColumn(), MofNCompleteColumn(), console=console,
+                        transient=True)
+
+    def show(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(bar, completed=done, total=total)
+
+    bar = progress.add_task("checking", total=None)
     try:
-        backend = session.backend
-        fw = backend.potbank.info  # type: ignore[attr-defined]
-        zeros = np.zeros((1, len(spec.sources.nodes)))
-        volts = backend.measure(zeros).voltages[0]
-        state = backend.read_edges()
-        backend.safe()
-        console.print(f"[bold]{spec.name}[/]{' (emulated)' if emulate else ''}: firmware "
-                      f"'{fw.name}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
-                      f"{fw.n_taps} taps, watchdog {fw.watchdog_ms} ms; DAQ {spec.daq.device}")
-        nodes = Table("node", "AI", "role", "reading (V)", title="analog inputs, all outputs at 0 V")
-        roles = {**{k: "source" for k in spec.sources.nodes}, **{k: "clamp" for k in spec.clamps.nodes},
-                 **{k: "ground" for k in spec.grounds}}
-        for k in range(spec.nodes):
-            nodes.add_row(str(k), spec.ai[k], roles.get(k, ""), f"{volts[k]:+.6f}")
-        console.print(nodes)
-        table = backend.edges.table  # type: ignore[attr-defined]
-        kind = "calibrated" if cal is not None else "nominal"
-        edges = Table("edge", "nodes", "chain", "tap", f"{kind} R (ohm)",
-                      title=f"edges (read back){f'; calibration {cal.id}' if cal else ''}")
-        for j, e in enumerate(spec.edges):
-            edges.add_row(str(j), f"{e.nodes[0]}-{e.nodes[1]}", str(e.chain), str(state.taps[j]),
-                          f"{1 / table[j, state.taps[j]]:.0f}")
-        console.print(edges)
-        print(f"check passed: {spec.nodes} AI channels and {len(spec.edges)} edges read", flush=True)
+        out = check_bench(bench, emulate=emulate, faults=fault or [], progress=show,
+                          visa_library=visa_library)
     finally:
-        session.close()
+        if progress.live.is_started:
+            progress.stop()
+    spec, fw, r = out.bench, out.firmware, out.result
+    console.print(f"[bold]{spec.name}[/]{' (emulated)' if out.emulated else ''}: firmware "
+                  f"'{fw.name}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
+                  f"{fw.n_taps} taps, watchdog {fw.watchdog_ms} ms; DAQ {spec.daq.device}")
+    nodes = Table("node", "AI", "role", *[f"{ao} at {r.amplitude:g} V" for ao in spec.sources.ao],
+                  title="analog inputs (V), every edge at its highest resistance, clamps open")
+    roles = {**{k: "source" for k in spec.sources.nodes}, **{k: "clamp" for k in spec.clamps.nodes},
+             **{k: "ground" for k in spec.grounds}}
+    for k in range(spec.nodes):
+        nodes.add_row(str(k), spec.ai[k], roles.get(k, ""),
+                      *[f"{r.baseline[i, k]:+.4f}" for i in range(len(spec.sources.ao))])
+    console.print(nodes)
+    kind = "calibrated" if out.calibration_id is not None else "nominal"
+    edges = Table("edge", "nodes", "chain", "tap", f"{kind} R (ohm)",
+                  title=f"edges (read back){f'; calibration {out.calibration_id}' if out.calibration_id else ''}")
+    for j, e in enumerate(spec.edges):
+        edges.add_row(str(j), f"{e.nodes[0]}-{e.nodes[1]}", str(e.chain), str(out.taps[j]),
+                      f"{out.resistance[j]:.0f}")
+    console.print(edges)
+    console.print(f"{r.patterns} patterns at {r.settings} tap settings; readings differ from the map by "
+                  f"{r.rms_before * 1e3:.3g} mV rms at the worst setting"
+                  + (f", {r.rms_after * 1e3:.3g} mV with the faults below" if r.faults else ""),
+                  highlight=False)
+    for line in r.lines:
+        print(f"FAULT: {line}", flush=True)
+    if r.lines:
+        raise typer.Exit(3)
+    print(f"check passed: {spec.nodes} AI channels, {len(spec.edges)} edges and the chain order match "
+          f"the bench file", flush=True)
 
 
 @app.command()

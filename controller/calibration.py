@@ -810,6 +810,9 @@ def survey(target: CalibrationTarget, taps: np.ndarray, *, amplitude: float, row
     net = target.network
     roles = net.roles
     n_src, n_clamp = len(roles.sources), len(roles.clamps)
+    # Patterns center +- amplitude: a bench whose parts take no negative voltage (e.g. an
+    # MCP4131's terminals) centers its window above 0 V (HardwareBackend.drive_window).
+    center = float(target.drive_center()) if hasattr(target, "drive_center") else 0.0
     counts = {"acquisitions": 0, "boundary_conditions": 0, "tap_writes": 0, "meter_readings": 0,
               "grounded_readings": 0}
     total = progress_total if progress_total is not None else len(taps)
@@ -825,10 +828,10 @@ def survey(target: CalibrationTarget, taps: np.ndarray, *, amplitude: float, row
         counts["tap_writes"] += 1
         plans = []
         if n_clamp and rows[0]:
-            plans.append((True, rng.uniform(-amplitude, amplitude, (rows[0], n_src + n_clamp))))
+            plans.append((True, center + rng.uniform(-amplitude, amplitude, (rows[0], n_src + n_clamp))))
         if rows[1]:
             ao = np.zeros((rows[1], n_src + n_clamp))
-            ao[:, :n_src] = rng.uniform(-amplitude, amplitude, (rows[1], n_src))
+            ao[:, :n_src] = center + rng.uniform(-amplitude, amplitude, (rows[1], n_src))
             plans.append((False, ao))
         for clamped, ao in plans:
             raw, _ = target.acquire_raw(ao, clamps_engaged=clamped)

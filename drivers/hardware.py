@@ -20,6 +20,7 @@ records the calibration's id. Calibration procedures get raw access through
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,31 @@ from clln.drivers.potbank import PotBank
 
 @dataclass(frozen=True)
 class Limits:
-    """Hard limits of a bench: max |V| at any driven node (V) and max edge current (A)."""
+    """Hard limits of a bench.
+
+    Attributes
+    ----------
+    max_node_voltage : V, max |V| at any driven node.
+    max_edge_current : A, max current through any edge.
+    terminal_window : (low, high) V every potentiometer terminal must stay within
+        (the chip's VSS - 0.3 V ... VDD + 0.3 V); ``chip`` names it in messages.
+    ao_max_current : A each AO channel can source (X-series: 5 mA).
+    ao_edges : per AO channel (sources then clamps), the edges at the node it drives.
+    ao_names : per AO channel, its name (``ao0``) for messages.
+    """
 
     max_node_voltage: float
     max_edge_current: float
+    terminal_window: tuple[float, float] = (-math.inf, math.inf)
+    chip: str = "potentiometer"
+    ao_max_current: float = math.inf
+    ao_edges: tuple[tuple[int, ...], ...] = ()
+    ao_names: tuple[str, ...] = ()
+
+    def ao_loads(self, table: np.ndarray) -> np.ndarray:
+        """(n_ao,) S: the sum of the highest conductances of the edges at each driven node."""
+        gmax = table.max(axis=1)
+        return np.array([float(gmax[list(edges)].sum()) for edges in self.ao_edges])
 
 
 def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where: str = "") -> None:
@@ -47,8 +69,10 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
     could exceed a limit.
 
     Node voltages of a resistor network lie between the extreme boundary voltages, so
-    no edge can see more than their span; the worst edge current is that span times
-    the edge's highest conductance over its tap range (``table`` (m, taps), S).
+    every potentiometer terminal lies within them (with 0 V), no edge can see more than
+    their span, the worst edge current is that span times the edge's highest
+    conductance over its tap range (``table`` (m, taps), S), and the worst current an
+    AO channel sources is that span times the sum over its node's edges.
     """
     values = np.asarray(values, dtype=float)
     prefix = f"{where}: " if where else ""
@@ -60,7 +84,15 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
             f"{prefix}a boundary voltage of {peak:.4g} V exceeds the limit max_node_voltage = "
             f"{limits.max_node_voltage:g} V; nothing was sent"
         )
-    span = max(float(values.max()), 0.0) - min(float(values.min()), 0.0)
+    lo, hi = limits.terminal_window
+    vmin, vmax = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    if vmin < lo or vmax > hi:
+        bad = vmin if vmin < lo else vmax
+        raise LimitError(
+            f"{prefix}a boundary voltage of {bad:.4g} V is outside the {limits.chip}'s terminal "
+            f"window {lo:g} ... {hi:g} V (set by pots.chip, pots.vss, pots.vdd); nothing was sent"
+        )
+    span = vmax - vmin
     gmax = table.max(axis=1)
     worst = int(np.argmax(gmax))
     current = span * float(gmax[worst])
@@ -70,6 +102,25 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
             f"through edge {worst} ({1 / gmax[worst]:.0f} ohm at its lowest tap), above the limit "
             f"max_edge_current = {limits.max_edge_current * 1e3:g} mA; nothing was sent"
         )
+    if limits.ao_edges:
+        loads = limits.ao_loads(table)
+        if values.ndim == 2 and values.shape[1] <= loads.size:
+            # Columns are AO channels (sources, then clamps): channel i at V_i sources at
+            # most its load times the largest difference to any other node's voltage.
+            lo_row = np.minimum(values.min(axis=1, keepdims=True), 0.0)
+            hi_row = np.maximum(values.max(axis=1, keepdims=True), 0.0)
+            drop = np.maximum(values - lo_row, hi_row - values)
+            currents = (drop * loads[: values.shape[1]]).max(axis=0)
+        else:  # a set of voltages any channel may take
+            currents = span * loads
+        k = int(np.argmax(currents))
+        if currents[k] > limits.ao_max_current:
+            raise LimitError(
+                f"{prefix}boundary voltages up to {vmax:.4g} V and down to {vmin:.4g} V could make AO "
+                f"channel {limits.ao_names[k] if limits.ao_names else k} source {currents[k] * 1e3:.3g} mA "
+                f"into its node's {len(limits.ao_edges[k])} edges at their lowest taps, above "
+                f"daq.ao_max_current = {limits.ao_max_current * 1e3:g} mA; nothing was sent"
+            )
 
 
 class HardwareBackend:
@@ -137,8 +188,8 @@ class HardwareBackend:
     # -- connection ----------------------------------------------------------
 
     def connect(self) -> None:
-        """Handshake with the potentiometer controller, check it fits, write the
-        initial taps (verified)."""
+        """Handshake with the potentiometer controller, check it fits, open the DAQ's
+        tasks, write the initial taps (verified)."""
         fw = self.potbank.connect()
         m = self._network.n_edges
         if fw.n_pots <= int(self.chain.max()) or fw.n_taps != self._edges.n_taps:
@@ -151,6 +202,9 @@ class HardwareBackend:
         boot = self.potbank.boot
         if boot is not None:  # the open reset the board: why, and whether it kept the taps
             self.info["firmware"]["boot"] = {"reset_cause": boot.causes, "parked": boot.parked}
+        open_daq = getattr(self.daq, "open", None)
+        if open_daq is not None:  # the DAQ's tasks: created and committed once per run
+            open_daq()
         self.potbank.set_watchdog(self.watchdog_ms)
         parked = self.potbank.status().parked  # also clears a watchdog trip from before
         self._bank = self.potbank.get_all()
@@ -191,7 +245,11 @@ class HardwareBackend:
         ao = np.hstack([sources, np.zeros((sources.shape[0], len(roles.clamps))) if clamps is None
                         else clamps])
         ao = self.channels.commands(ao)  # what the AO channels must be told to put that out
-        check_limits(ao, self._edges.table, self.limits)
+        # Free state: open switches disconnect the clamp outputs; without switches they
+        # hold their nodes (at 0 V) and count.
+        connected = ao if clamps is not None or not getattr(self.daq, "clamps_switched", True) \
+            else ao[:, :len(roles.sources)]
+        check_limits(connected, self._edges.table, self.limits)
         self.potbank.check_running()  # never measure a parked or restarted bank
         self.is_safe = False
         try:
@@ -203,12 +261,31 @@ class HardwareBackend:
 
     # -- raw access for calibration (clln.controller.calibration.CalibrationTarget) ------
 
+    def drive_window(self) -> tuple[float, float]:
+        """(center, amplitude) V: the widest AO range center +- amplitude such that any
+        pattern within it passes the limits: every value within +-max_node_voltage and
+        the terminal window, and the span of the values and 0 V within what
+        max_edge_current and ao_max_current allow through the tap tables' highest
+        conductances. A window that is symmetric about 0 V gives center 0."""
+        table = self._edges.table
+        limits = self.limits
+        low = max(-limits.max_node_voltage, limits.terminal_window[0])
+        high = min(limits.max_node_voltage, limits.terminal_window[1])
+        span = limits.max_edge_current / float(table.max())
+        if limits.ao_edges:
+            span = min(span, limits.ao_max_current / float(limits.ao_loads(table).max()))
+        width = min(span, high - low)
+        amplitude = 0.5 * width
+        start = min(max(low, -amplitude), high - width)
+        return start + amplitude, amplitude
+
     def drive_limit(self) -> float:
-        """Largest amplitude (V) such that any AO pattern within +-amplitude passes the
-        limits: max_node_voltage, and the span (at most twice the amplitude) times the
-        largest conductance in the tap tables within max_edge_current."""
-        gmax = float(self._edges.table.max())
-        return min(self.limits.max_node_voltage, 0.5 * self.limits.max_edge_current / gmax)
+        """The amplitude (V) of :meth:`drive_window`."""
+        return self.drive_window()[1]
+
+    def drive_center(self) -> float:
+        """The center (V) of :meth:`drive_window`."""
+        return self.drive_window()[0]
 
     def acquire_raw(self, ao: np.ndarray, *, clamps_engaged: bool) -> tuple[np.ndarray, np.ndarray]:
         """AO commands (B, n_ao) as given (no channel correction); raw readings (B, n) in
@@ -279,8 +356,10 @@ class HardwareBackend:
         self.is_safe = True
 
     def close(self) -> None:
+        """Outputs to 0 V and the DAQ's tasks cleared, then the controller's port closed."""
         try:
-            self.safe()
+            self.daq.close()
+            self.is_safe = True
         finally:
             self.potbank.close()
 

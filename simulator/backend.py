@@ -234,7 +234,8 @@ class SimulatedBackend:
         if bench is None or bench.params.exact_readout:
             return Measurement(coefficients, node_basis, stamps, edge_offsets=offsets)
         exact = coefficients @ node_basis.T
-        readings = bench.read(exact, self._node_resistance(twin, clamped=clamps is not None), self._noise)
+        readings = bench.read(exact, self._node_resistance(twin, clamped=clamps is not None), self._noise,
+                              stamps)
         return Measurement(readings, None, stamps, edge_offsets=offsets)
 
     def _node_resistance(self, twin: int, *, clamped: bool) -> np.ndarray:

@@ -438,11 +438,18 @@ class EmulatedDaq:
     ai_nodes : (n_ai,) node read by each AI channel.
     chain : (m,) firmware pot index (chain position) of every edge.
     log : traffic log (AO levels written).
+    clamp_switch : whether switches connect the clamp outputs only when engaged; without
+        them the clamp outputs drive their nodes in every measurement.
+
+    The DAQ's set-up (ranges, averaging window, convert rate, timing) is modelled by the
+    bench model's imperfection parameters, which ``clln.benchrun.bench_model`` takes from
+    the same ``drivers.daq.plan_daq`` set-up the NI driver is given.
     """
 
     def __init__(self, model: SimulatedBackend, firmware: PotFirmware, ai_nodes: np.ndarray,
-                 chain: np.ndarray, log: TrafficLog | None = None) -> None:
+                 chain: np.ndarray, log: TrafficLog | None = None, *, clamp_switch: bool = True) -> None:
         self.model = model
+        self.clamp_switch = clamp_switch
         self.firmware = firmware
         self.ai_nodes = np.asarray(ai_nodes, dtype=np.int64)
         self.chain = np.asarray(chain, dtype=np.int64)
@@ -467,12 +474,18 @@ class EmulatedDaq:
         self.log.add("ao", levels=ao[-1].tolist(), samples=int(ao.shape[0]), clamps=clamps_engaged,
                      parked=parked)
         sources = ao[:, : self.n_sources]
-        clamps = ao[:, self.n_sources:] if clamps_engaged else None
+        # Without a clamp switch the clamp outputs always hold their nodes.
+        clamps = ao[:, self.n_sources:] if clamps_engaged or not self.clamp_switch else None
         meas = self.model.measure(sources, clamps)
         self.ao_levels = ao[-1].copy()  # AO holds the last sample after a finite waveform
         self.clamps_engaged = clamps_engaged
         self.acquisitions += 1
         return meas.voltages[:, self.ai_nodes], meas.timestamps
+
+    @property
+    def clamps_switched(self) -> bool:
+        """Whether switches disconnect the clamp outputs in free measurements."""
+        return self.clamp_switch
 
     def read_grounded(self, repeats: int) -> np.ndarray:
         """(repeats, n_ai) readings, V, of every AI channel with its input grounded."""
@@ -506,6 +519,9 @@ class EmulatedBench:
         Python firmware: an object with ``path``, ``taps``, ``lock`` and ``close()``, such
         as :class:`clln.simulator.avr.SimavrPotBank` (the compiled firmware under simavr).
     boot_delay : seconds the emulated controller is deaf after a reset (its bootloader).
+    clamp_switch : whether the clamp outputs are switched (see :class:`EmulatedDaq`).
+    wiring : wiring mistakes (swapped AI channels, pots swapped in the chain): the
+        emulated bench is wired differently from what ``ai_nodes`` and ``chain`` say.
     """
 
     def __init__(self, model: SimulatedBackend, *, n_pots: int, chain: np.ndarray,
@@ -513,8 +529,11 @@ class EmulatedBench:
                  log_path: str | Path | None = None,
                  smu_nodes: tuple[int, int] | None = None, smu_seed: int = 0,
                  smu_model: str = "2400", controller: Any = None,
-                 boot_delay: float = 0.05) -> None:
+                 boot_delay: float = 0.05, clamp_switch: bool = True,
+                 wiring: WiringFaults | None = None) -> None:
         assert model.edges.kind == "stepped"
+        wiring = wiring or WiringFaults()
+        ai_nodes, chain = wiring.apply(np.asarray(ai_nodes, dtype=np.int64), np.asarray(chain, dtype=np.int64))
         self.log = TrafficLog(log_path)
         if controller is None:
             self.firmware = PotFirmware(n_pots, model.edges.n_taps,  # type: ignore[union-attr]
@@ -522,9 +541,10 @@ class EmulatedBench:
             self.link = PtyLink(self.firmware, faults=faults, log=self.log)
         else:
             self.firmware = self.link = controller
-        self.daq = EmulatedDaq(model, self.firmware, ai_nodes, chain, self.log)
+        self.daq = EmulatedDaq(model, self.firmware, ai_nodes, chain, self.log, clamp_switch=clamp_switch)
         self.model = model
-        self.chain = np.asarray(chain, dtype=np.int64)
+        self.chain = chain
+        self.wiring = wiring
         self.smu: EmulatedSmu | None = None
         if smu_nodes is not None:
             if not isinstance(model, BenchModel):
@@ -555,6 +575,62 @@ class EmulatedBench:
 
     def close(self) -> None:
         self.link.close()
+
+
+@dataclass(frozen=True)
+class WiringFaults:
+    """Wiring mistakes injected into the emulated bench (an emulator option: a bench file
+    describes the wiring as intended).
+
+    Attributes
+    ----------
+    swap_ai : pairs of AI channel indices whose inputs are exchanged (channel a reads the
+        node the map gives to channel b, and the other way round).
+    swap_chain : pairs of chain positions whose pots are exchanged (the pot at position p
+        sits in the edge the map puts at position q).
+    """
+
+    swap_ai: tuple[tuple[int, int], ...] = ()
+    swap_chain: tuple[tuple[int, int], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.swap_ai or self.swap_chain)
+
+    def apply(self, ai_nodes: np.ndarray, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (ai_nodes, chain) the emulated bench really has."""
+        ai_nodes, chain = ai_nodes.copy(), chain.copy()
+        for a, b in self.swap_ai:
+            ai_nodes[[a, b]] = ai_nodes[[b, a]]
+        for p, q in self.swap_chain:
+            at_p, at_q = chain == p, chain == q
+            chain[at_p], chain[at_q] = q, p
+        return ai_nodes, chain
+
+    @classmethod
+    def parse(cls, specs: list[str], ai: list[str], chain: list[int]) -> WiringFaults:
+        """From ``swap-ai:A:B`` (AI channel names or indices) and ``swap-chain:P:Q``
+        (chain positions) strings."""
+        swap_ai: list[tuple[int, int]] = []
+        swap_chain: list[tuple[int, int]] = []
+        for spec in specs:
+            parts = spec.split(":")
+            if len(parts) != 3 or parts[0] not in ("swap-ai", "swap-chain") or parts[1] == parts[2]:
+                raise ProtocolError(f"fault {spec!r}: expected swap-ai:A:B or swap-chain:P:Q with A != B")
+            if parts[0] == "swap-ai":
+                pair = [ai.index(p) if p in ai else int(p) if p.isdigit() else -1 for p in parts[1:]]
+                if not all(0 <= k < len(ai) for k in pair):
+                    raise ProtocolError(f"fault {spec!r}: AI channels are {', '.join(ai)} (or 0..{len(ai) - 1})")
+                swap_ai.append((pair[0], pair[1]))
+            else:
+                pair = [int(p) if p.isdigit() else -1 for p in parts[1:]]
+                if not all(k in chain for k in pair):
+                    raise ProtocolError(f"fault {spec!r}: chain positions in use are "
+                                        f"{', '.join(map(str, sorted(chain)))}")
+                swap_chain.append((pair[0], pair[1]))
+        return cls(tuple(swap_ai), tuple(swap_chain))
+
+    def describe(self) -> dict[str, Any]:
+        return {"swap_ai": [list(p) for p in self.swap_ai], "swap_chain": [list(p) for p in self.swap_chain]}
 
 
 # -- the bench model with what only a physical bench has ---------------------------------

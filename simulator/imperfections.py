@@ -22,12 +22,15 @@ Models (all SI units):
   (uniform +-ai_offset_error x range), white noise ai_noise_rms per sample,
   quantization to ai_bits over +-ai_range; each reading averages ``averaging``
   samples, so the noise falls as 1/sqrt(averaging);
+* mains pickup: ``mains_pickup`` V peak at ``mains_frequency`` on every AI sample,
+  each sample at its time (``ai_sample_rate`` per channel, channels ``mux_settle_time``
+  apart), so a window of whole mains periods averages it out;
 * multiplexer settling: channels are scanned in node order; a channel keeps a
   fraction exp(-mux_settle_time / (R_i C_in)) of the previous channel's voltage,
   with R_i the node's Thevenin resistance, approximated by 1 / (sum of the
   conductances at the node) (the source output impedance for driven nodes);
 * DAQ analog outputs (sources and clamps), per channel: gain and offset errors
-  and quantization like the inputs;
+  and quantization like the inputs, over +-ao_range;
 * source output impedance: every driven node is fed through source_impedance
   ohms from its AO channel (a hidden driver node in the physics);
 * twin-network mismatch (``twin = true``): a second copy of the network, with its
@@ -86,7 +89,11 @@ class Imperfections(BaseModel):
     averaging: Annotated[int, Field(ge=1, strict=True)] = 1
     mux_settle_time: NonNeg = 0.0
     ai_capacitance: NonNeg = 0.0
+    ai_sample_rate: Annotated[float, Field(gt=0, strict=True)] = 10_000.0  # S/s per channel
+    mains_pickup: NonNeg = 0.0      # V peak of mains pickup at every AI input
+    mains_frequency: Annotated[float, Field(gt=0, strict=True)] = 50.0
     # DAQ outputs
+    ao_range: Annotated[float, Field(gt=0, strict=True)] = 10.0
     ao_bits: Annotated[int, Field(ge=0, le=32, strict=True)] = 0
     ao_gain_error: NonNeg = 0.0
     ao_offset_error: NonNeg = 0.0
@@ -103,7 +110,8 @@ class Imperfections(BaseModel):
     def exact_readout(self) -> bool:
         """True when measured voltages are the exact physics (the factored fast path)."""
         return not (self.ai_bits or self.ai_gain_error or self.ai_offset_error
-                    or self.ai_noise_rms or (self.mux_settle_time and self.ai_capacitance))
+                    or self.ai_noise_rms or self.mains_pickup
+                    or (self.mux_settle_time and self.ai_capacitance))
 
     @property
     def exact_drive(self) -> bool:
@@ -178,19 +186,35 @@ def quantize(v: np.ndarray, bits: int, full_range: float) -> np.ndarray:
 
 def adc_read(
     v: np.ndarray, *, gain: np.ndarray, offset: np.ndarray, noise_rms: float, bits: int,
-    full_range: float, averaging: int, rng: np.random.Generator,
+    full_range: float, averaging: int, rng: np.random.Generator, pickup: np.ndarray | None = None,
 ) -> np.ndarray:
     """Readings (B, c) of true voltages v (B, c): each of ``averaging`` samples is
-    v (1 + gain) + offset + noise, quantized; the reading is their mean."""
+    v (1 + gain) + offset + noise (+ ``pickup`` (averaging, B, c), V, when given),
+    quantized; the reading is their mean."""
     ideal = v * (1.0 + gain) + offset
-    if noise_rms == 0 and bits == 0:
-        return ideal
-    if noise_rms == 0:
-        return quantize(ideal, bits, full_range)
+    if pickup is None:
+        if noise_rms == 0 and bits == 0:
+            return ideal
+        if noise_rms == 0:
+            return quantize(ideal, bits, full_range)
     total = np.zeros_like(ideal)
-    for _ in range(averaging):
-        total += quantize(ideal + noise_rms * rng.standard_normal(ideal.shape), bits, full_range)
+    for k in range(averaging):
+        sample = ideal if pickup is None else ideal + pickup[k]
+        if noise_rms:
+            sample = sample + noise_rms * rng.standard_normal(ideal.shape)
+        total += quantize(sample, bits, full_range)
     return total / averaging
+
+
+def mains_pickup(stamps: np.ndarray, channels: int, *, amplitude: float, frequency: float,
+                 sample_rate: float, samples: int, convert_interval: float) -> np.ndarray:
+    """(samples, B, channels) V of mains pickup A sin(2 pi f t) on every AI sample: the
+    window of reading b ends at ``stamps[b]`` (one sample every 1 / sample_rate s), and
+    within a scan channel c is converted c ``convert_interval`` s after the first."""
+    k = np.arange(samples)[:, None, None]
+    t = (stamps[None, :, None] - (samples - k) / sample_rate
+         + np.arange(channels)[None, None, :] * convert_interval)
+    return amplitude * np.sin(2.0 * np.pi * frequency * t)
 
 
 def mux_settle(v: np.ndarray, node_resistance: np.ndarray, settle_time: float,
@@ -281,7 +305,7 @@ class BenchInstance:
             ai_gain=uniform_spread(rng, 0.0, params.ai_gain_error, n_nodes),
             ai_offset=uniform_spread(rng, 0.0, params.ai_offset_error * params.ai_range, n_nodes),
             ao_gain=uniform_spread(rng, 0.0, params.ao_gain_error, n_ao),
-            ao_offset=uniform_spread(rng, 0.0, params.ao_offset_error * params.ai_range, n_ao),
+            ao_offset=uniform_spread(rng, 0.0, params.ao_offset_error * params.ao_range, n_ao),
             bias=params.learning_bias * rng.standard_normal(m) + params.learning_bias_mean,
             asymmetry=(uniform_spread(rng, 0.0, params.actuator_asymmetry, len(twins) * m)
                        .reshape(len(twins), m) if params.actuator_asymmetry else None),
@@ -319,14 +343,22 @@ class BenchInstance:
         """Voltages (B, c) the AO channels ``channels`` actually put out for ``volts``."""
         p = self.params
         out = volts * (1.0 + self.ao_gain[channels]) + self.ao_offset[channels]
-        return quantize(out, p.ao_bits, p.ai_range)
+        return quantize(out, p.ao_bits, p.ao_range)
 
-    def read(self, v: np.ndarray, node_resistance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Readings (B, n) of the true node voltages v (B, n) through the AI channels."""
+    def read(self, v: np.ndarray, node_resistance: np.ndarray, rng: np.random.Generator,
+             stamps: np.ndarray | None = None) -> np.ndarray:
+        """Readings (B, n) of the true node voltages v (B, n) through the AI channels;
+        ``stamps`` (B,) s are the ends of the readings' averaging windows (for mains pickup)."""
         p = self.params
         settled = mux_settle(v, node_resistance, p.mux_settle_time, p.ai_capacitance)
+        pickup = None
+        if p.mains_pickup and stamps is not None:
+            pickup = mains_pickup(np.asarray(stamps, dtype=float), v.shape[-1], amplitude=p.mains_pickup,
+                                  frequency=p.mains_frequency, sample_rate=p.ai_sample_rate,
+                                  samples=p.averaging, convert_interval=p.mux_settle_time)
         return adc_read(settled, gain=self.ai_gain, offset=self.ai_offset, noise_rms=p.ai_noise_rms,
-                        bits=p.ai_bits, full_range=p.ai_range, averaging=p.averaging, rng=rng)
+                        bits=p.ai_bits, full_range=p.ai_range, averaging=p.averaging, rng=rng,
+                        pickup=pickup)
 
     def describe(self) -> dict[str, Any]:
         return self.params.model_dump()

@@ -104,8 +104,10 @@ def test_a_measurement_beyond_the_limits_sends_nothing() -> None:
     try:
         log = session.emulator.log
         before = (len(log.of("ao")), len(log.of("serial-in")))
-        with pytest.raises(LimitError, match="mA through edge"):
-            session.backend.measure(np.array([[1.9, -1.9]]))  # within 2 V, but 3.5 mA at tap 0
+        with pytest.raises(LimitError, match="terminal window -0.3 ... 5.3 V"):
+            session.backend.measure(np.array([[1.9, -1.9]]))  # within 2 V, but below the MCP4131's VSS
+        with pytest.raises(LimitError, match="AO channel ao0 source 5.3 mA into its node's 3 edges"):
+            session.backend.measure(np.array([[1.9, 0.0]]))  # 1.9 V into 3 x 1075 ohm at tap 0
         assert (len(log.of("ao")), len(log.of("serial-in"))) == before
     finally:
         session.close()
@@ -155,7 +157,7 @@ def test_sigterm_leaves_the_outputs_at_zero_and_the_run_interrupted(tmp_path: Pa
 def test_check_reads_every_channel_and_edge() -> None:
     result = cli("check", str(BENCH), "--emulate")
     assert result.returncode == 0, result.stderr
-    assert "check passed: 9 AI channels and 16 edges read" in result.stdout
+    assert "check passed: 9 AI channels, 16 edges and the chain order match the bench file" in result.stdout
     assert "clln bench emulator" in result.stdout and "protocol 1.1" in result.stdout
 
 
@@ -173,7 +175,7 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("chain = 15", "chain = 14", "two edges share a chain position"),
     ("chain = 15", "chain = 428405", "edges.15.chain"),
     ("max_edge_current = 2.5e-3", "max_edge_current = 65536.0", "exceeds the MCP4131's rating"),
-    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "exceeds the DAQ ranges"),
+    ("max_node_voltage = 2.0", "max_node_voltage = 12.0", "daq.ai_range: no AI range covers limits.max_node_voltage = 12 V"),
     ("nodes = [2, 4]", "nodes = [2, 4]\nresistance = 5", "edges.15.resistance: unknown key; allowed: chain, nodes"),
     ('port = "/dev/ttyACM0"', 'port = "spy:///dev/ttyACM0?file=x"', "serial.port: must be a device path"),
     ('port = "/dev/ttyACM0"', 'port = "rfc2217://host:7000"', "serial.port: must be a device path"),
@@ -184,6 +186,16 @@ def test_check_of_a_missing_port_is_one_line() -> None:
     ("reset_on_open = true", "reset_on_open = 1", "serial.reset_on_open"),
     ("chain = 15", "chain = 255", "edges.15.chain: Input should be less than or equal to 254"),
     ("watchdog_ms = 2000", "watchdog_ms = 50", "serial.watchdog_ms: 50 ms is too short"),
+    # the DAQ set-up (drivers.daq.plan_daq) and the pots' supply
+    ("mains_frequency = 50", "mains_frequency = 55", "daq.mains_frequency: 55 is not allowed; allowed: 50 or 60"),
+    ("mains_frequency = 50", "", "daq.mains_frequency: required key is missing"),
+    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/line0"\nclamps_driven_during_free = true',
+     "contradicts daq.clamp_switch"),
+    ('clamp_switch = "port0/line0"', 'clamp_switch = "port0/lines"', "daq.clamp_switch: 'port0/lines' is not"),
+    ("sample_rate = 10000.0", "sample_rate = 20000.0", "daq.sample_rate: 20000 S/s leaves"),
+    ("sample_rate = 10000.0", "sample_rate = 9999.0", "daq.sample_rate: 9999 S/s has no whole number"),
+    ('device = "Dev1"', 'device = "Dev1"\nai_range = 1.0', "daq.ai_range: 1 V is not allowed; allowed: 2, 5, 10"),
+    ("r_series = 1000.0", "r_series = 1000.0\nvdd = 6.0", "pots.vdd - pots.vss = 6 V; allowed for the MCP4131"),
 ])
 def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
     from clln.controller import ProtocolError
@@ -197,13 +209,14 @@ def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(("scheme", "refused"), [
-    ("[training.scheme.overclamp]\neta = 10.0\n[training.scheme.residuals]\n", True),  # far past 2 V
+    ("[training.scheme.overclamp]\neta = 10.0\n[training.scheme.residuals]\n",
+     "max_node_voltage"),  # far past 2 V
     ("[training.scheme.overclamp]\neta = 10.0\nrails = [0.0, 1.0]\n[training.scheme.residuals]\n",
-     False),  # held within the rails
+     None),  # held within the rails
     ("[training.scheme.overclamp]\neta = 0.8\nsymmetric = true\n[training.scheme.residuals]\n",
-     False),  # the mirrored clamps stay within the limit
+     "terminal window"),  # the mirrored clamps stay within 2 V but go below the MCP4131's VSS
 ])
-def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: bool) -> None:
+def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: str | None) -> None:
     from clln.benchrun import boundary_extremes
 
     text = DEMO.read_text() + "\n" + scheme
@@ -213,9 +226,13 @@ def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, ref
     extremes = boundary_extremes(
         bench_experiment.__globals__["build_task"](proto.task, np.random.default_rng(0), (3, 5), ()),
         proto.training.eta, over)
-    assert (np.abs(extremes).max() > 2.0) == refused
+    assert (np.abs(extremes).max() > 2.0) == (refused == "max_node_voltage")
+    if refused is None:
+        assert extremes.min() >= -0.3
+    elif refused == "terminal window":
+        assert extremes.min() < -0.3
     if refused:
-        with pytest.raises(LimitError, match="over.toml on bench"):
+        with pytest.raises(LimitError, match=f"over.toml on bench.*{refused}"):
             bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench", target="emulate")
     else:
         _, session = bench_experiment(proto, bench, btext, source="over.toml", bench_source="bench",

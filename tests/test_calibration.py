@@ -352,7 +352,11 @@ def test_hardware_backend_applies_a_calibration_and_refuses_raw_patterns_beyond_
         with pytest.raises(LimitError, match="nothing was sent"):
             backend.acquire_raw(np.array([[1.9, -1.9, 0.0, 0.0]]), clamps_engaged=True)  # type: ignore[attr-defined]
         assert calibrated.emulator.daq.acquisitions == before
-        assert 1.0 < backend.drive_limit() < 2.0  # type: ignore[attr-defined]
+        c, a = backend.drive_window()  # type: ignore[attr-defined]
+        assert c - a == pytest.approx(-0.3)  # the MCP4131's terminals go no lower than -0.3 V
+        # the span is what the AO channel of clamp node 3 (4 edges of 1075 ohm) can source
+        assert 2 * a == pytest.approx(5e-3 * 1075.0 / 4, rel=0.01)
+        backend.acquire_raw(np.array([[c + a, c - a, c + a, c - a]]), clamps_engaged=True)  # type: ignore[attr-defined]
         grounded = backend.read_grounded(8)  # type: ignore[attr-defined]
         assert grounded.shape == (8, 9) and np.all(np.abs(grounded) < 1e-3)
     finally:
