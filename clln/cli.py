@@ -465,6 +465,66 @@ def sweep(
     print(f"summary plot: {outcome.plot}", flush=True)
 
 
+@app.command()
+def watch(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")] = "latest",
+    out: OutOption = Path("runs"),
+    port: Annotated[int, typer.Option(help="TCP port of the dashboard.", min=1, max=65535)] = 5006,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; other than 127.0.0.1/localhost, a token is required.")]
+        = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        help="Token the page asks for when bound off the local host (default: a random one).")]
+        = None,
+    sweep_name: Annotated[str | None, typer.Option(
+        "--sweep", help="Show this sweep's runs and its summary plot instead of one run.")] = None,
+) -> None:
+    """Live dashboard in the browser: errors, network, nudge and update size, bench status,
+    event log, and pause/resume/stop buttons that a run on another terminal obeys.
+    Stop with Ctrl-C."""
+    from clln.watch import make_server
+
+    store = _open_store(out)
+    run_id = store.resolve(run) if sweep_name is None and run != "latest" else run
+    if run == "latest" and sweep_name is None:
+        store.resolve("latest")  # an empty store is an error here, not in the page
+    store.close()
+    try:
+        server, url = make_server(out, run_id, host=host, port=port, token=token, sweep=sweep_name)
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+    server.start()
+    print(f"dashboard: {url}", flush=True)
+    print(f"all runs: {url.split('/run')[0]}/runs", flush=True)
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def control(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    action: Annotated[str, typer.Argument(help="pause | resume | stop.")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Ask a running run (on any terminal) to pause, resume or stop at its next step boundary;
+    a stopped run is marked interrupted and can be resumed."""
+    from clln.controller.store import CONTROL_ACTIONS
+
+    if action not in CONTROL_ACTIONS:
+        raise UserError(f"ACTION: {action!r} is not allowed; allowed: {', '.join(CONTROL_ACTIONS)}")
+    store = _open_store(out)
+    run_id = store.resolve(run)
+    status = store.progress(run_id)["status"]
+    if status != "running":
+        raise UserError(f"run {run_id} is {status}, not running; nothing to {action}")
+    store.request(run_id, action)
+    print(f"{action} requested for run {run_id}", flush=True)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

@@ -352,7 +352,14 @@ def execute(
     (re-raised); ``paused`` after a hardware fault (re-raised; resumable); ``failed``
     after anything else (re-raised).
     """
+    from clln.monitor import StoreControl
+
     store.claim(run_id, socket.gethostname(), os.getpid())
+    control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop)
+    control.step = start_step
+    if start_step:
+        store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",
+                        step=start_step)
 
     def record(rec: StepRecord) -> None:
         store.record_step(
@@ -367,9 +374,10 @@ def execute(
     status, message, result = "failed", None, None
     try:
         result = trainer.run(
-            [record, *callbacks], start_step=start_step, resumed_tests=resumed_tests,
+            [record, control.observe, *callbacks], start_step=start_step,
+            resumed_tests=resumed_tests,
             on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
-            should_stop=should_stop,
+            should_stop=control,
         )
         if result.interrupted:
             status, message = "interrupted", f"stopped at step {result.steps_done} on request"
@@ -380,6 +388,7 @@ def execute(
         raise
     except DriverError as exc:
         status, message = "paused", f"hardware fault: {exc}"
+        store.log_event(run_id, "fault", message, step=control.step)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"

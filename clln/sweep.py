@@ -242,7 +242,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         exp = build_experiment(protocol, source=job["source"], base_dir=Path(job["base_dir"]))
         store = RunStore(job["out"])
         outcome = run_training(exp, store, protocol_text=job["protocol_text"],
-                               protocol_path=job["protocol_path"], on_start=started.append)
+                               protocol_path=job["protocol_path"], on_start=started.append,
+                               extra_info={"sweep": job["sweep"]} if "sweep" in job else None)
         row.update(run_id=outcome.run_id, status=outcome.status)
         from clln.cli import run_summary
 
@@ -280,7 +281,9 @@ def _jobs(sweep: Sweep, out: Path) -> Iterator[dict[str, Any]]:
         yield {"index": run.index, "protocol_text": run.protocol_text,
                "source": f"{sweep.path} (run {run.index + 1})",
                "protocol_path": str(sweep.protocol_path.resolve()),
-               "base_dir": str(sweep.protocol_path.resolve().parent), "out": str(out.resolve())}
+               "base_dir": str(sweep.protocol_path.resolve().parent), "out": str(out.resolve()),
+               "sweep": {"name": sweep.spec.name, "index": run.index, "seed": run.seed,
+                         "parameters": dict(run.parameters)}}
 
 
 def open_client(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:

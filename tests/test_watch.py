@@ -1,0 +1,211 @@
+"""The live dashboard in a real browser: a training run in one process, ``clln watch`` in
+another, headless Debian chromium driving the page; and the store's control requests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from clln.controller.store import RunStore
+from tests.conftest import PROTOCOLS, ROOT, require_tool
+
+CLLN = [sys.executable, "-m", "clln.cli"]
+DOCS = ROOT / "docs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _running_run(out: Path) -> str | None:
+    if not (out / "runs.sqlite").exists():
+        return None
+    with RunStore(out) as store:
+        runs = store.list_runs()
+        return runs[-1]["id"] if runs and runs[-1]["steps_done"] > 0 else None
+
+
+def _status(out: Path, run_id: str) -> dict:
+    with RunStore(out) as store:
+        return store.run(run_id)
+
+
+def _browser(profile: str):  # noqa: ANN202
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", "--window-size=1500,1250"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+# The page's own data: the Bokeh document's "train" source, as the browser holds it.
+STEPS_JS = """
+const doc = (window.Bokeh && Bokeh.documents.length) ? Bokeh.documents[0] : null;
+if (!doc) return -1;
+const src = doc.get_model_by_name('train');
+if (!src || !src.data.step || src.data.step.length == 0) return 0;
+return Math.max(...src.data.step);
+"""
+
+# Bokeh draws its widgets inside nested shadow roots: find the <button> with this label.
+FIND_BUTTON_JS = """
+const label = arguments[0];
+function walk(root) {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'BUTTON' && el.textContent.trim() === label) return el;
+    if (el.shadowRoot) { const found = walk(el.shadowRoot); if (found) return found; }
+  }
+  return null;
+}
+return walk(document);
+"""
+
+
+def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
+    require_tool("chromium", "chromedriver")
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    train_log = open(tmp_path / "train.log", "w")  # noqa: SIM115  (as under nohup)
+    trainer = subprocess.Popen([*CLLN, "train", str(PROTOCOLS / "demo.toml"), "--out", str(out),
+                                "--steps", "1000000"], stdout=train_log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    port = _free_port()
+    watcher = None
+    driver = None
+    try:
+        run_id = _wait(lambda: _running_run(out), 60, "the run's first step")
+        watcher = subprocess.Popen([*CLLN, "watch", run_id, "--out", str(out), "--port", str(port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=env, cwd=tmp_path)
+        first = watcher.stdout.readline()
+        assert first.startswith("dashboard: http://127.0.0.1:"), first
+        url = first.split(" ", 1)[1].strip()
+        driver = _browser(tempfile.mkdtemp(prefix="clln-chromium-", dir=tmp_path))
+        driver.get(url)
+        n1 = _wait(lambda: driver.execute_script(STEPS_JS) > 0, 30, "the page's first data")
+        n1 = driver.execute_script(STEPS_JS)
+        time.sleep(0.6)  # let the network and log panes draw
+        driver.save_screenshot(str(DOCS / "watch-1.png"))
+        time.sleep(3)
+        n2 = driver.execute_script(STEPS_JS)
+        driver.save_screenshot(str(DOCS / "watch-2.png"))
+        assert n2 > n1 > 0, (n1, n2)
+        header = driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('header').text")
+        assert run_id in header and "running" in header
+
+        # the stop button, clicked in the page, acts through the store on the other process
+        stop = driver.execute_script(FIND_BUTTON_JS, "stop")
+        assert stop is not None and stop.text.strip() == "stop"
+        stop.click()  # a real click, through chromedriver
+        code = trainer.wait(timeout=60)
+        assert code == 130  # interrupted, resumable
+        rec = _status(out, run_id)
+        assert rec["status"] == "interrupted"
+        stopped_at = int(rec["steps_done"])
+        assert n2 <= stopped_at < 1000000
+        with RunStore(out) as store:
+            kinds = [e["kind"] for e in store.events(run_id)]
+            assert "stop" in kinds
+            assert store.checkpoint(run_id)[0] == stopped_at
+        _wait(lambda: "interrupted" in driver.execute_script(
+            "return Bokeh.documents[0].get_model_by_name('header').text"), 10, "the page to say so")
+
+        # resumable: the run continues from its checkpoint and obeys a stop from a terminal
+        resumed = subprocess.Popen([*CLLN, "resume", run_id, "--out", str(out)],
+                                   stdout=train_log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        _wait(lambda: _status(out, run_id)["steps_done"] > stopped_at + 10, 60, "resumed steps")
+        subprocess.run([*CLLN, "control", run_id, "stop", "--out", str(out)], check=True,
+                       capture_output=True, env=env, cwd=tmp_path)
+        assert resumed.wait(timeout=60) == 130
+        assert _status(out, run_id)["status"] == "interrupted"
+        with RunStore(out) as store:
+            kinds = [e["kind"] for e in store.events(run_id)]
+        assert kinds.count("stop") == 2 and "resume-point" in kinds
+    finally:
+        if driver is not None:
+            driver.quit()
+        for proc in (trainer, watcher):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        train_log.close()
+
+
+def test_pause_resume_stop_through_the_store(tmp_path: Path) -> None:
+    """In-process: a pause request holds the trainer at a step boundary (backend made safe)
+    until a resume; a stop request ends the run interrupted; every request is logged."""
+    import threading
+
+    from clln.compose import build_experiment, run_training
+    from clln.protocol import load_protocol
+
+    proto, text = load_protocol(PROTOCOLS / "demo.toml")
+    exp = build_experiment(proto, source="demo", base_dir=PROTOCOLS, steps=100000)
+    safe_calls: list[float] = []
+    original_safe = exp.backend.safe
+
+    def safe() -> None:
+        safe_calls.append(time.monotonic())
+        original_safe()
+
+    exp.backend.safe = safe  # type: ignore[method-assign]
+    store = RunStore(tmp_path)
+    started: list[str] = []
+    result: dict = {}
+
+    def train() -> None:
+        result["outcome"] = run_training(exp, RunStore(tmp_path), protocol_text=text,
+                                         protocol_path="demo", on_start=started.append)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    run_id = _wait(lambda: started and started[0], 30, "the run")
+    _wait(lambda: store.progress(run_id)["steps_done"] > 5, 30, "first steps")
+    store.request(run_id, "pause")
+    _wait(lambda: any(e["kind"] == "pause" for e in store.events(run_id)), 30, "the pause")
+    held = store.progress(run_id)["steps_done"]
+    time.sleep(1.0)
+    assert store.progress(run_id)["steps_done"] == held  # no step while paused
+    assert safe_calls  # outputs made safe at the pause
+    store.request(run_id, "resume")
+    _wait(lambda: store.progress(run_id)["steps_done"] > held + 5, 30, "steps after resume")
+    store.request(run_id, "stop")
+    worker.join(timeout=60)
+    assert result["outcome"].status == "interrupted"
+    events = store.events(run_id)
+    assert [e["kind"] for e in events] == ["pause", "resume", "stop"]
+    assert events[0]["step"] == held
+    assert store.pending(run_id) is None
+    with pytest.raises(Exception, match="allowed: pause, resume, stop"):
+        store.request(run_id, "explode")
+    store.close()
