@@ -31,6 +31,11 @@ if not console.is_terminal:  # piped output: never wrap ids and paths at 80 colu
 _state = {"debug": False}
 
 OutOption = Annotated[Path, typer.Option("--out", help="Runs directory (run store).")]
+LogFileOption = Annotated[Path | None, typer.Option(
+    help="Append progress lines and the run's event log to this file.")]
+ProgressEveryOption = Annotated[float, typer.Option(
+    help="Seconds between progress lines when output is not a terminal or goes to --log-file.",
+    min=0.1, max=3600)]
 
 
 @app.callback()
@@ -52,6 +57,8 @@ def train(
         help="With --bench: the bench's model in the fast simulator (no drivers).")] = False,
     traffic_log: Annotated[Path | None, typer.Option(
         help="With --emulate: append the emulated bench's traffic (serial, AO) to this file.")] = None,
+    log_file: LogFileOption = None,
+    progress_every: ProgressEveryOption = 5.0,
 ) -> None:
     """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
     Prints a summary and the path of the PNG report."""
@@ -91,42 +98,66 @@ def train(
 
         extra = bench_info(bench, bench_text, target)
     try:
-        _train(exp, proto, text, protocol, out, where, extra_info=extra)
+        _train(exp, proto, text, protocol, out, where, extra_info=extra,
+               log=(log_file, progress_every))
     finally:
         if session is not None:
             session.close()
 
 
 def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: str,
-           extra_info: dict[str, Any] | None = None, resume_id: str | None = None) -> None:
-    """Train (or resume) with a progress bar; Ctrl-C or SIGTERM stop at the next step
-    boundary (a second one stops at once), the backend is made safe, the run is
-    marked and can be resumed."""
+           extra_info: dict[str, Any] | None = None, resume_id: str | None = None,
+           log: tuple[Path | None, float] = (None, 5.0)) -> None:
+    """Train (or resume) with a progress bar (on a terminal) or progress lines (to a file
+    or pipe, and to ``--log-file``); Ctrl-C or SIGTERM stop at the next step boundary (a
+    second one stops at once), the backend is made safe, the run is marked and can be
+    resumed."""
     from clln.compose import resume_training, run_training
     from clln.drivers.errors import DriverError
+    from clln.monitor import ProgressLog, open_log
 
     store = RunStore(out)
+    log_file = open_log(log[0])
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("error {task.fields[error]}"), TextColumn("test {task.fields[test]}"),
-        TimeRemainingColumn(), console=console, transient=False,
+        TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal,
     )
     bar = progress.add_task("training", total=exp.config.steps, error="-", test="-")
+    streams = ([] if console.is_terminal else [sys.stdout]) + ([log_file] if log_file else [])
+    seen = {"event": 0}
+
+    def new_events() -> list[dict[str, Any]]:
+        if lines.run_id == "-":
+            return []
+        found = store.events(lines.run_id, after=seen["event"])
+        if found:
+            seen["event"] = found[-1]["id"]
+        return found
+
+    start = store.progress(resume_id)["steps_done"] if resume_id else 0
+    lines = ProgressLog(exp.config.steps, every_s=log[1], streams=streams, start_step=start,
+                        events=new_events)
+    if resume_id:  # events of earlier sessions are in the log already
+        seen["event"] = max([0, *(e["id"] for e in store.events(resume_id))])
 
     def show(rec: StepRecord) -> None:
         fields: dict[str, Any] = {"error": f"{rec.error:.3g}"}
         if rec.test_error is not None:
             fields["test"] = f"{rec.test_error:.3g}"
         progress.update(bar, completed=rec.step, **fields)
+        lines(rec)
 
-    console.print(
-        f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
-        f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}"
-    )
+    heading = (f"{proto.name}: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
+               f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}")
+    console.print(heading, markup=False, highlight=False)
+    if log_file is not None:
+        print(heading, file=log_file, flush=True)
     run_ids: list[str] = [resume_id] if resume_id else []
 
     def started(run_id: str) -> None:
         run_ids.append(run_id)
+        lines.run_id = run_id
         progress.update(bar, description=f"run {run_id}")
 
     stop = StopRequest()
@@ -152,6 +183,10 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
                               f"{hint()}") from None
         except DriverError as exc:
             raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
+        finally:
+            lines.emit()  # the last step reached, and the events since the last line
+            if log_file is not None:
+                log_file.close()
     summary = run_summary(store, outcome.run_id)
     _print_summary(summary)
     print(f"report: {outcome.report}", flush=True)
@@ -189,6 +224,8 @@ class StopRequest:
 def resume(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
+    log_file: LogFileOption = None,
+    progress_every: ProgressEveryOption = 5.0,
 ) -> None:
     """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
     from its last checkpoint (a simulated run ends exactly as if never stopped)."""
@@ -200,7 +237,8 @@ def resume(
     try:
         where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
         _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
-               f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"])
+               f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"],
+               log=(log_file, progress_every))
     finally:
         if session is not None:
             session.close()

@@ -95,7 +95,8 @@ class ProgressLog:
     """
 
     def __init__(self, total: int, *, every_s: float = 5.0, streams: list[IO[str]] | None = None,
-                 start_step: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 start_step: int = 0, clock: Callable[[], float] = time.monotonic,
+                 events: Callable[[], list[dict]] | None = None) -> None:
         self.total = total
         self.every_s = every_s
         self.streams = streams or []
@@ -103,9 +104,11 @@ class ProgressLog:
         self.run_id = "-"
         self.t0 = clock()
         self.start_step = start_step
-        self.last_emit = self.t0
+        self.last_emit = self.t0 - every_s  # the first step is reported at once
+        self.events = events
         self.test = "-"
         self.last: StepRecord | None = None
+        self.emitted = -1
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -122,18 +125,24 @@ class ProgressLog:
 
     def emit(self, now: float | None = None) -> None:
         rec = self.last
-        if rec is None:
+        if rec is None or rec.step == self.emitted:
+            self.flush_events()
             return
+        self.emitted = rec.step
         now = self.clock() if now is None else now
         self.last_emit = now
+        self.flush_events()
         done = rec.step - self.start_step
         rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - rec.step) / rate if rate > 0 else float("nan")
         self.line(f"run {self.run_id} step {rec.step}/{self.total} error {rec.error:.4g} "
                   f"test {self.test} {rate:.3g} steps/s eta {format_eta(eta)}")
 
-    def event(self, kind: str, message: str) -> None:
-        self.line(f"run {self.run_id} event {kind}: {message}")
+    def flush_events(self) -> None:
+        """Write the run's new event-log entries (retries, pauses, faults ...)."""
+        for e in self.events() if self.events is not None else []:
+            at = "" if e["step"] is None else f" at step {e['step']}"
+            self.line(f"run {self.run_id} event {e['kind']}{at}: {e['message']}")
 
 
 def open_log(path: Path | None) -> IO[str] | None:
