@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from clln.controller.errors import CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
@@ -59,6 +60,14 @@ def train(
         help="With --emulate: append the emulated bench's traffic (serial, AO) to this file.")] = None,
     log_file: LogFileOption = None,
     progress_every: ProgressEveryOption = 5.0,
+    operator: Annotated[str | None, typer.Option(help="Who runs it (replaces [meta] operator).")]
+        = None,
+    sample: Annotated[str | None, typer.Option(
+        help="The sample or network trained (replaces [meta] sample).")] = None,
+    note: Annotated[list[str] | None, typer.Option(
+        help="A note for the lab notebook (repeatable; added to [meta] notes).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="A tag to find the run by (repeatable; added to [meta] tags).")] = None,
 ) -> None:
     """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
     Prints a summary and the path of the PNG report."""
@@ -92,11 +101,18 @@ def train(
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
         used = exp.backend.describe().get("calibration")
         where += f", calibration {used['id']}" if used else ", datasheet tap tables"
-    extra = None
+    from clln.provenance import collect, lab_meta
+
+    extra: dict[str, Any] = {}
+    firmware = None
     if bench is not None:
         from clln.resume import bench_info
 
         extra = bench_info(bench, bench_text, target)
+        firmware = getattr(getattr(session.backend, "potbank", None), "info", None)
+    extra["meta"] = lab_meta(proto.meta, operator=operator, sample=sample, notes=note, tags=tag)
+    extra["provenance"] = collect(protocol, bench_text=bench_text if bench is not None else None,
+                                  backend=exp.backend.describe(), firmware=firmware)
     try:
         _train(exp, proto, text, protocol, out, where, extra_info=extra,
                log=(log_file, progress_every))
@@ -386,16 +402,58 @@ def show(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    with_protocol: Annotated[bool, typer.Option(
+        "--protocol", help="Also print the protocol text the run used.")] = False,
 ) -> None:
-    """Summarise a run: status, steps, initial and final train and test error, backend, protocol."""
+    """Summarise a run: status, steps, initial and final train and test error, backend, lab
+    notebook (operator, sample, notes, tags), provenance and event log."""
     store = _open_store(out)
     summary = run_summary(store, run)
+    summary["events"] = store.events(summary["id"])
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
-        console.print("[bold]protocol[/]:")
-        console.print(summary["protocol"], markup=False, highlight=False)
+        _print_notebook(summary)
+        if with_protocol:
+            console.print("[bold]protocol[/]:")
+            console.print(summary["protocol"], markup=False, highlight=False)
+
+
+def _print_notebook(s: dict[str, Any]) -> None:
+    """Lab metadata, provenance and the event log of a run summary."""
+    import time as _time
+
+    table = Table(show_header=False, box=None)
+    meta = s.get("meta") or {}
+    for key in ("operator", "sample", "bench_serial", "notes"):
+        if meta.get(key):
+            table.add_row(key.replace("_", " "), Text(str(meta[key])))
+    if meta.get("tags"):
+        table.add_row("tags", Text(", ".join(meta["tags"])))
+    prov = s.get("provenance") or {}
+    if prov:
+        table.add_row("host", f"{prov.get('user')}@{prov.get('host')} ({prov.get('platform')})")
+        versions = ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items() if v)
+        table.add_row("software", f"Python {prov.get('python')}; {versions}")
+        if prov.get("git"):
+            g = prov["git"]
+            table.add_row("git", f"{g['commit'][:12]}{' (uncommitted changes)' if g['dirty'] else ''}")
+        if prov.get("firmware"):
+            fw = prov["firmware"]
+            table.add_row("firmware", f"{fw['name']} {fw['version']}")
+        if prov.get("bench_sha256"):
+            table.add_row("bench file sha256", prov["bench_sha256"][:16])
+        if prov.get("calibration_id"):
+            table.add_row("calibration", str(prov["calibration_id"]))
+    console.print(table, markup=False, highlight=False)
+    events = s.get("events") or []
+    if events:
+        log = Table("time (UTC)", "step", "kind", "message", title="event log")
+        for e in events:
+            log.add_row(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(e["t"])),
+                        "" if e["step"] is None else str(e["step"]), e["kind"], Text(e["message"]))
+        console.print(log, markup=False, highlight=False)
 
 
 @app.command()
@@ -611,6 +669,9 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
         "protocol": rec["protocol_text"],
         "message": rec["message"],
         "scheme": rec["info"].get("scheme"),
+        "meta": rec["info"].get("meta"),
+        "provenance": rec["info"].get("provenance"),
+        "sweep": rec["info"].get("sweep"),
         "final_conductances": None if rec["final_state"] is None else np.asarray(rec["final_state"]).tolist(),
     }
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import clln
 from clln.analysis.report import training_report
+from clln.controller import events
 from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
 from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.errors import NetworkError, ProtocolError, UserError
@@ -372,13 +373,18 @@ def execute(
 
     t0 = time.perf_counter()
     status, message, result = "failed", None, None
+
+    def log(kind: str, text: str, data: dict[str, Any] | None) -> None:
+        store.log_event(run_id, kind, text, step=control.step, data=data)
+
     try:
-        result = trainer.run(
-            [record, control.observe, *callbacks], start_step=start_step,
-            resumed_tests=resumed_tests,
-            on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
-            should_stop=control,
-        )
+        with events.recording(log):
+            result = trainer.run(
+                [record, control.observe, *callbacks], start_step=start_step,
+                resumed_tests=resumed_tests,
+                on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
+                should_stop=control,
+            )
         if result.interrupted:
             status, message = "interrupted", f"stopped at step {result.steps_done} on request"
         else:

@@ -243,7 +243,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         store = RunStore(job["out"])
         outcome = run_training(exp, store, protocol_text=job["protocol_text"],
                                protocol_path=job["protocol_path"], on_start=started.append,
-                               extra_info={"sweep": job["sweep"]} if "sweep" in job else None)
+                               extra_info=_sweep_info(job, protocol, exp))
         row.update(run_id=outcome.run_id, status=outcome.status)
         from clln.cli import run_summary
 
@@ -257,6 +257,18 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         if store is not None:
             store.close()
     return row
+
+
+def _sweep_info(job: dict[str, Any], protocol: Any, exp: Any) -> dict[str, Any]:
+    """What a sweep's run records beside its protocol: the sweep, lab metadata, provenance."""
+    from clln.provenance import collect, lab_meta
+
+    info: dict[str, Any] = {"meta": lab_meta(protocol.meta),
+                            "provenance": collect(Path(job["protocol_path"]),
+                                                  backend=exp.backend.describe())}
+    if "sweep" in job:
+        info["sweep"] = job["sweep"]
+    return info
 
 
 # -- the sweep, on a Dask client -----------------------------------------------------

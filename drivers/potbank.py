@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import serial
 
+from clln.controller.events import emit
 from clln.drivers.errors import (
     DeviceLost,
     DeviceNotFound,
@@ -124,6 +125,8 @@ class PotBank:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.retries_used += 1
+                emit("retry", f"serial command {cmd:#04x} resent (attempt {attempt + 1})",
+                     command=cmd, attempt=attempt + 1)
             try:
                 self.transport.reset_input_buffer()
                 self._reader.reset()
