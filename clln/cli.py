@@ -461,12 +461,14 @@ def export(
     run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
     file: Annotated[Path, typer.Argument(help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
     out: OutOption = Path("runs"),
+    force: Annotated[bool, typer.Option(help="Overwrite the output file if it exists.")] = False,
 ) -> None:
-    """Export a run to HDF5 or NetCDF."""
+    """Export a run to HDF5 or NetCDF (CF-1.8): every array with its units, node positions
+    and roles, time stamps, the step-0 and final state, lab metadata, provenance, events."""
     from clln.export import export_run
 
     store = _open_store(out)
-    path = export_run(store, run, file)
+    path = export_run(store, run, file, force=force)
     print(f"exported {store.resolve(run)} to {path}", flush=True)
 
 
