@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import signal
@@ -23,7 +24,8 @@ from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Lab control for contrastive local learning networks: train, inspect and export runs.",
 )
 console = Console()
@@ -39,14 +41,29 @@ ProgressEveryOption = Annotated[float, typer.Option(
     min=0.1, max=3600)]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import clln
+
+        print(f"clln {clln.__version__}", flush=True)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False) -> None:
-    _state["debug"] = debug
+def _main(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks of unexpected errors (also accepted after the command).")]
+        = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_print_version, is_eager=True)]
+        = False,
+) -> None:
+    _state["debug"] = _state["debug"] or debug
 
 
 @app.command()
 def train(
-    protocol: Annotated[Path, typer.Argument(help="Protocol file (TOML).")],
+    protocol: Annotated[Path, typer.Argument(metavar="PROTOCOL", help="Protocol file (TOML).")],
     out: OutOption = Path("runs"),
     seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
@@ -238,7 +255,7 @@ class StopRequest:
 
 @app.command()
 def resume(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     log_file: LogFileOption = None,
     progress_every: ProgressEveryOption = 5.0,
@@ -262,7 +279,7 @@ def resume(
 
 @app.command()
 def check(
-    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    bench: Annotated[Path, typer.Argument(metavar="BENCH", help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Check against the emulated bench.")] = False,
 ) -> None:
     """Connect to a bench, handshake, read every AI channel and every edge once, print a table."""
@@ -303,7 +320,7 @@ def check(
 
 @app.command()
 def calibrate(
-    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    bench: Annotated[Path, typer.Argument(metavar="BENCH", help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Calibrate the emulated bench.")] = False,
     edges: Annotated[str | None, typer.Option(
         help="Edges to calibrate, e.g. 0,3,5-7 (the others keep the current calibration).")] = None,
@@ -384,22 +401,78 @@ def _print_flags(flags: dict[int, str]) -> None:
         console.print("no edge flagged", highlight=False)
 
 
+class RunStatus(str, enum.Enum):
+    completed = "completed"
+    running = "running"
+    interrupted = "interrupted"
+    paused = "paused"
+    failed = "failed"
+
+
 @app.command()
-def runs(out: OutOption = Path("runs")) -> None:
-    """List the runs in the run store."""
+def runs(
+    out: OutOption = Path("runs"),
+    status: Annotated[list[RunStatus] | None, typer.Option(
+        help="Only runs with this status (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Only runs whose name contains this.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="Only runs with this tag ([meta] tags or --tag; repeatable: all of them).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only runs created at or after this date or time (UTC), e.g. 2026-11-30 or "
+             "2026-11-30T14:00.")] = None,
+    sweep_name: Annotated[str | None, typer.Option(
+        "--sweep", help="Only the runs of this sweep (its name).")] = None,
+) -> None:
+    """List the runs in the run store, with their last test error, backend and sweep."""
+    from datetime import datetime, timezone
+
     store = _open_store(out)
-    table = Table("name", "status", "steps", "wall time (s)", "created")
+    start = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise UserError(f"--since: {since!r} is not a date; allowed: YYYY-MM-DD or "
+                            f"YYYY-MM-DDTHH:MM[:SS] (UTC)") from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)
+    wanted = {s.value for s in status or []}
+    table = Table("name", "status", "steps", "last test error", "backend", "sweep",
+                  "wall time (s)", "created")
     table.columns.insert(0, Column("id", no_wrap=True, min_width=22))
-    for r in store.list_runs():
+    for r in store.index():
+        meta = r["info"].get("meta") or {}
+        sweep_info = r["info"].get("sweep") or {}
+        if wanted and r["status"] not in wanted:
+            continue
+        if name is not None and name not in (r["name"] or ""):
+            continue
+        if tag and not set(tag) <= set(meta.get("tags") or []):
+            continue
+        if sweep_name is not None and sweep_info.get("name") != sweep_name:
+            continue
+        if start is not None and datetime.fromisoformat(r["created"]) < start:
+            continue
         wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
-        table.add_row(r["id"], r["name"] or "", r["status"], f"{r['steps_done']}/{r['steps_planned']}",
-                      wall, r["created"])
+        err = "-" if r["final_test_error"] is None else f"{r['final_test_error']:.3g}"
+        backend = r["backend"].get("backend", "?")
+        if r["backend"].get("preset"):
+            backend += f" ({r['backend']['preset']})"
+        swept = ""
+        if sweep_info:
+            params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in
+                               (sweep_info.get("parameters") or {}).items())
+            swept = f"{sweep_info['name']} #{sweep_info['index'] + 1} (seed {sweep_info['seed']}" \
+                    + (f", {params})" if params else ")")
+        table.add_row(r["id"], Text(r["name"] or ""), r["status"],
+                      f"{r['steps_done']}/{r['steps_planned']}", err, backend, Text(swept), wall,
+                      r["created"])
     console.print(table)
 
 
 @app.command()
 def show(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     with_protocol: Annotated[bool, typer.Option(
@@ -458,8 +531,8 @@ def _print_notebook(s: dict[str, Any]) -> None:
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
-    file: Annotated[Path, typer.Argument(help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
     out: OutOption = Path("runs"),
     force: Annotated[bool, typer.Option(help="Overwrite the output file if it exists.")] = False,
 ) -> None:
@@ -474,7 +547,7 @@ def export(
 
 @app.command()
 def analyze(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
     probes: Annotated[int, typer.Option(
@@ -565,7 +638,7 @@ def sweep(
 
 @app.command()
 def watch(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")] = "latest",
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")] = "latest",
     out: OutOption = Path("runs"),
     port: Annotated[int, typer.Option(help="TCP port of the dashboard.", min=1, max=65535)] = 5006,
     host: Annotated[str, typer.Option(
@@ -604,8 +677,8 @@ def watch(
 
 @app.command()
 def control(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
-    action: Annotated[str, typer.Argument(help="pause | resume | stop.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="pause | resume | stop.")],
     out: OutOption = Path("runs"),
 ) -> None:
     """Ask a running run (on any terminal) to pause, resume or stop at its next step boundary;
@@ -752,8 +825,12 @@ _default_showwarning = warnings.showwarning
 def main() -> None:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     warnings.showwarning = _show_warning
+    args = sys.argv[1:]
+    if "--debug" in args[:args.index("--")] if "--" in args else "--debug" in args:
+        _state["debug"] = True  # --debug anywhere on the line, as the error messages suggest
+        args.remove("--debug")
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="clln", standalone_mode=False)
     except UserError as exc:
         _say(f"error: {exc}")
         sys.exit(2)

@@ -377,6 +377,19 @@ class RunStore:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def index(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with what a listing needs: the list_runs columns plus
+        backend (dict), info (dict) and the last test error (None before any test)."""
+        cur = self._db.execute(
+            "SELECT r.id, r.created, r.status, r.name, r.steps_done, r.steps_planned, r.wall_time,"
+            " r.backend, r.info, (SELECT t.error FROM tests t WHERE t.run_id = r.id"
+            " ORDER BY t.step DESC LIMIT 1) AS final_test_error FROM runs r ORDER BY r.rowid")
+        cols = [c[0] for c in cur.description]
+        rows = [dict(zip(cols, row)) for row in cur.fetchall()]
+        for r in rows:
+            r["backend"], r["info"] = json.loads(r["backend"]), json.loads(r["info"])
+        return rows
+
     def run(self, run: str) -> dict[str, Any]:
         """Everything recorded about a run except the per-step history."""
         run_id = self.resolve(run)

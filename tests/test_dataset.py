@@ -14,6 +14,7 @@ import pytest
 import clln
 from clln.controller.store import RunStore
 from tests.conftest import PROTOCOLS, require_tool
+from tests.test_cli_help import clln as run_cli
 
 CLLN = [sys.executable, "-m", "clln.cli"]
 CHECKER = Path(sys.executable).parent / "compliance-checker"
@@ -112,12 +113,10 @@ def test_export_needs_force_to_overwrite(run: tuple[Path, str], tmp_path: Path) 
     for name in ("a.h5", "a.nc"):
         path = tmp_path / name
         path.write_text("keep me")
-        res = subprocess.run([*CLLN, "export", run_id, str(path), "--out", str(out)],
-                             capture_output=True, text=True)
+        res = run_cli("export", run_id, path, "--out", out)
         assert res.returncode == 2 and "--force" in res.stderr and "Traceback" not in res.stderr
         assert path.read_text() == "keep me"
-        res = subprocess.run([*CLLN, "export", run_id, str(path), "--out", str(out), "--force"],
-                             capture_output=True, text=True)
+        res = run_cli("export", run_id, path, "--out", out, "--force")
         assert res.returncode == 0, res.stderr
     with h5py.File(tmp_path / "a.h5", "r") as f:
         assert f["steps/nudge"].attrs["units"] == "V"

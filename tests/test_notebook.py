@@ -15,6 +15,7 @@ import scipy
 
 from clln.controller.store import RunStore
 from tests.conftest import PROTOCOLS
+from tests.test_cli_help import clln as run_cli
 
 CLLN = [sys.executable, "-m", "clln.cli"]
 
@@ -51,8 +52,7 @@ def noted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]
 
 def test_meta_and_provenance_recorded(noted_run: tuple[Path, str, str]) -> None:
     out, run_id, commit = noted_run
-    res = subprocess.run([*CLLN, "show", run_id, "--out", str(out), "--json"], capture_output=True,
-                         text=True, check=True)
+    res = run_cli("show", run_id, "--out", out, "--json")
     s = json.loads(res.stdout)
     assert s["meta"] == {"operator": "Ada", "sample": "lattice 5x5 #3", "bench_serial": "",
                          "notes": "new [bold]sample[/]", "tags": ["demo", "first"]}
@@ -67,13 +67,11 @@ def test_meta_and_provenance_recorded(noted_run: tuple[Path, str, str]) -> None:
 def test_show_prints_the_notebook_and_the_protocol_only_on_request(
         noted_run: tuple[Path, str, str]) -> None:
     out, run_id, commit = noted_run
-    plain = subprocess.run([*CLLN, "show", run_id, "--out", str(out)], capture_output=True,
-                           text=True, check=True).stdout
+    plain = run_cli("show", run_id, "--out", out).stdout
     assert "Ada" in plain and "new [bold]sample[/]" in plain  # markup shown as typed
     assert commit[:12] in plain and "first" in plain
     assert "[network]" not in plain
-    full = subprocess.run([*CLLN, "show", run_id, "--out", str(out), "--protocol"],
-                          capture_output=True, text=True, check=True).stdout
+    full = run_cli("show", run_id, "--out", out, "--protocol").stdout
     assert "[network]" in full and 'operator = "Grace"' in full
 
 
@@ -95,8 +93,7 @@ def test_event_log_api(tmp_path: Path) -> None:
 def test_meta_keys_validated(tmp_path: Path) -> None:
     text = (PROTOCOLS / "demo.toml").read_text() + '\n[meta]\noperater = "x"\n'
     (tmp_path / "p.toml").write_text(text)
-    res = subprocess.run([*CLLN, "train", str(tmp_path / "p.toml"), "--out", str(tmp_path / "r")],
-                         capture_output=True, text=True)
+    res = run_cli("train", tmp_path / "p.toml", "--out", tmp_path / "r")
     assert res.returncode == 2
     assert "meta.operater" in res.stderr and "operator" in res.stderr
     assert "Traceback" not in res.stderr

@@ -93,8 +93,10 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     train_log = open(tmp_path / "train.log", "w")  # noqa: SIM115  (as under nohup)
     trainer = subprocess.Popen([*CLLN, "train", str(PROTOCOLS / "demo.toml"), "--out", str(out),
-                                "--steps", "1000000"], stdout=train_log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=env, cwd=tmp_path)
+                                "--steps", "1000000", "--log-file", str(tmp_path / "run.log")],
+                               stdout=train_log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+                               start_new_session=True)
     port = _free_port()
     watcher = None
     driver = None
@@ -130,6 +132,7 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         assert rec["status"] == "interrupted"
         stopped_at = int(rec["steps_done"])
         assert n2 <= stopped_at < 1000000
+        check_progress_lines(tmp_path, run_id, stopped_at)
         with RunStore(out) as store:
             kinds = [e["kind"] for e in store.events(run_id)]
             assert "stop" in kinds
@@ -211,41 +214,25 @@ def test_pause_resume_stop_through_the_store(tmp_path: Path) -> None:
     store.close()
 
 
-def test_progress_lines_under_nohup(tmp_path: Path) -> None:
+
+def check_progress_lines(folder: Path, run_id: str, stopped_at: int) -> None:
     """Output redirected to a file (as under nohup): a progress line at least every 10 s,
     with step, errors and ETA; --log-file gets the same lines plus the event log."""
     import re
     from datetime import datetime
 
-    out = tmp_path / "runs"
-    log = tmp_path / "run.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "nohup.out", "w") as stdout:
-        proc = subprocess.Popen([*CLLN, "train", str(PROTOCOLS / "demo.toml"), "--out", str(out),
-                                 "--steps", "1000000", "--log-file", str(log)],
-                                stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=tmp_path, start_new_session=True)
-        try:
-            run_id = _wait(lambda: _running_run(out), 60, "the run's first step")
-            time.sleep(11.5)
-            subprocess.run([*CLLN, "control", run_id, "stop", "--out", str(out)], check=True,
-                           capture_output=True, env=env, cwd=tmp_path)
-            assert proc.wait(timeout=60) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    text = (tmp_path / "nohup.out").read_text()
+    text = (folder / "train.log").read_text()
     pattern = re.compile(r"^(\S+Z) run (\S+) step (\d+)/1000000 error (\S+) test (\S+) .* eta (\S+)$",
                          re.M)
     found = pattern.findall(text)
-    assert len(found) >= 3, text
+    assert len(found) >= 2, text
     stamps = [datetime.fromisoformat(m[0].replace("Z", "+00:00")) for m in found]
     gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) <= 10, gaps
     assert all(m[1] == run_id for m in found)
     steps = [int(m[2]) for m in found]
-    assert steps == sorted(steps) and steps[-1] == _status(out, run_id)["steps_done"]
+    assert steps == sorted(steps) and steps[-1] == stopped_at
     assert "\x1b[" not in text  # no terminal control codes in a file
-    logged = log.read_text()
-    assert pattern.findall(logged)[:2] == found[:2]
+    logged = (folder / "run.log").read_text()
+    assert pattern.findall(logged) == found
     assert re.search(rf"run {run_id} event stop at step \d+: stop requested", logged), logged
