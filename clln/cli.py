@@ -592,9 +592,12 @@ def sweep(
     workers: Annotated[int | None, typer.Option(
         help="Worker processes of the local cluster (default: one per core).", min=1)] = None,
     out: OutOption = Path("runs"),
+    resume_sweep: Annotated[bool, typer.Option(
+        "--resume", help="Skip the runs of this sweep already completed in the run store.")]
+        = False,
 ) -> None:
     """Run a parameter sweep on Dask; every run goes to the run store, then a results
-    table (CSV, JSON) and a summary plot."""
+    table (CSV, JSON) and a summary plot (partial ones when interrupted)."""
     from clln.sweep import load_sweep, open_client, run_sweep
 
     spec = load_sweep(sweep_file)
@@ -617,10 +620,12 @@ def sweep(
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with progress:
-            outcome = run_sweep(spec, out, client, on_result=done)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: finished runs are in the run store; the sweep was not "
-                          "completed") from None
+            outcome = run_sweep(spec, out, client, on_result=done, resume=resume_sweep)
+    except KeyboardInterrupt as exc:
+        partial = getattr(exc, "partial", None)
+        where = f"; partial results in {partial}" if partial else ""
+        raise Interrupted(f"interrupted: finished runs are in the run store{where}; continue with: "
+                          f"clln sweep {sweep_file} --resume --out {out}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         client.close()

@@ -325,8 +325,15 @@ def run_sweep(
     client: Any,
     *,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> SweepOutcome:
-    """Run every run of the sweep on the client; write the results table and plot."""
+    """Run every run of the sweep on the client; write the results table and plot.
+
+    With ``resume``, runs of this sweep already completed in the store (same sweep name,
+    index and effective protocol) are taken as they are, not run again. When the sweep is
+    interrupted (KeyboardInterrupt), the results so far are written, the runs not finished
+    marked ``not run``, and the exception re-raised with the folder as ``partial``.
+    """
     import time
 
     from distributed import as_completed
@@ -336,37 +343,89 @@ def run_sweep(
     from clln.controller.store import RunStore
 
     RunStore(out).close()  # create the store (and its schema) once, before the workers
-    futures = {client.submit(run_one, job, pure=False, key=f"clln-sweep-{sweep.spec.name}-"
-                             f"{job['index']}-{time.time_ns()}"): job["index"]
-               for job in _jobs(sweep, out)}
     rows: dict[int, dict[str, Any]] = {}
-    for future in as_completed(futures):
-        index = futures[future]
-        if future.status == "finished":
-            row = future.result()
-        else:  # the worker itself died (killed, out of memory)
-            exc = future.exception()
-            row = {"index": index, "run_id": None, "status": "failed", "steps": 0,
-                   "message": f"{type(exc).__name__}: {exc}"}
+
+    def add(index: int, row: dict[str, Any]) -> None:
         run = sweep.runs[index]
-        row = {"index": index, "run_id": row.get("run_id"), "status": row["status"],
-               "seed": run.seed, **{k: run.parameters.get(k) for k in sweep.keys},
-               **{k: row.get(k) for k in RESULT_COLUMNS}, "steps": row.get("steps", 0),
-               "message": row.get("message")}
-        rows[index] = row
+        rows[index] = {"index": index, "run_id": row.get("run_id"), "status": row["status"],
+                       "seed": run.seed, **{k: run.parameters.get(k) for k in sweep.keys},
+                       **{k: row.get(k) for k in RESULT_COLUMNS}, "steps": row.get("steps", 0),
+                       "message": row.get("message")}
         if on_result is not None:
-            on_result(row)
+            on_result(rows[index])
+
+    done = finished_runs(sweep, out) if resume else {}
+    for index, row in sorted(done.items()):
+        add(index, row)
+    try:
+        futures = {client.submit(run_one, job, pure=False, key=f"clln-sweep-{sweep.spec.name}-"
+                                 f"{job['index']}-{time.time_ns()}"): job["index"]
+                   for job in _jobs(sweep, out) if job["index"] not in done}
+        for future in as_completed(futures):
+            index = futures[future]
+            if future.status == "finished":
+                row = future.result()
+            else:  # the worker itself died (killed, out of memory)
+                exc = future.exception()
+                row = {"index": index, "run_id": None, "status": "failed", "steps": 0,
+                       "message": f"{type(exc).__name__}: {exc}"}
+            add(index, row)
+    except KeyboardInterrupt as exc:
+        for run in sweep.runs:
+            if run.index not in rows:
+                rows[run.index] = {"index": run.index, "run_id": None, "status": "not run",
+                                   "seed": run.seed,
+                                   **{k: run.parameters.get(k) for k in sweep.keys},
+                                   **{k: None for k in RESULT_COLUMNS}, "steps": 0,
+                                   "message": "the sweep was interrupted"}
+        ordered = [rows[i] for i in sorted(rows)]
+        directory = _results_dir(sweep, out, "-partial")
+        write_results(sweep, ordered, directory)
+        summary_plot(sweep, ordered, directory / "summary.png")
+        exc.partial = directory  # type: ignore[attr-defined]
+        raise
     ordered = [rows[i] for i in sorted(rows)]
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}"
-    suffix = 1
-    while directory.exists():
-        suffix += 1
-        directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}-{suffix}"
-    directory.mkdir(parents=True)
+    directory = _results_dir(sweep, out)
     csv_path, json_path = write_results(sweep, ordered, directory)
     plot = summary_plot(sweep, ordered, directory / "summary.png")
     return SweepOutcome(ordered, directory, csv_path, json_path, plot, time.perf_counter() - t0)
+
+
+def _results_dir(sweep: Sweep, out: Path, tail: str = "") -> Path:
+    """A new folder ``<out>/sweeps/<name>-<time><tail>`` for a sweep's results."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}{tail}"
+    suffix = 1
+    while directory.exists():
+        suffix += 1
+        directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}{tail}-{suffix}"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def finished_runs(sweep: Sweep, out: Path) -> dict[int, dict[str, Any]]:
+    """Result rows of this sweep's runs already completed in the store at ``out``, by index:
+    same sweep name and index, and the same effective protocol text (so a changed sweep
+    file runs again)."""
+    from clln.cli import run_summary
+    from clln.controller.store import RunStore
+
+    found: dict[int, dict[str, Any]] = {}
+    texts = {run.index: run.protocol_text for run in sweep.runs}
+    with RunStore(out) as store:
+        for r in store.index():
+            sw = r["info"].get("sweep") or {}
+            index = sw.get("index")
+            if (r["status"] != "completed" or sw.get("name") != sweep.spec.name
+                    or index not in texts or index in found):
+                continue
+            if store.run(r["id"])["protocol_text"] != texts[index]:
+                continue
+            summary = run_summary(store, r["id"])
+            found[index] = {"run_id": r["id"], "status": "completed", "steps": summary["steps"],
+                            "message": "finished earlier; not run again",
+                            **{k: summary[k] for k in RESULT_COLUMNS}}
+    return found
 
 
 def _columns(sweep: Sweep) -> list[str]:
