@@ -717,10 +717,9 @@ def _finite(x: float | None) -> float | None:
 
 def _floor(test_error: np.ndarray) -> float | None:
     """Error floor: median test error over the last quarter of the evaluations (at least 3)."""
-    if test_error.size < 4:
-        return None
-    tail = test_error[-max(3, test_error.size // 4):]
-    return _finite(float(np.median(tail)))
+    from clln.analysis.floor import error_floor
+
+    return error_floor(test_error)
 
 
 def run_summary(store: RunStore, run: str) -> dict[str, Any]:

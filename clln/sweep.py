@@ -450,11 +450,21 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], directory: Path) -> 
     return csv_path, json_path
 
 
+def _median(values: list[float], log: bool) -> float:
+    """Median over seeds; on a log axis the median of the logarithms (for an even count,
+    the geometric mean of the middle two, so seeds decades apart do not pull it)."""
+    import numpy as np
+
+    if log:
+        return float(np.exp(np.median(np.log(values))))
+    return float(np.median(values))
+
+
 def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """y (final test error by default) against the first swept key, one marker per run
-    and a line through the median over seeds per setting of the other keys."""
+    and a line through the median over seeds per setting of the other keys (log-aware
+    when the y axis is logarithmic)."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -471,6 +481,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
                       for r in done)
         labels = sorted({repr(r[x_key]) for r in done}) if not numeric else []
         others = [k for k in sweep.keys if k != x_key]
+        log_y = sweep.spec.plot.log_y and all(r[y_key] > 0 for r in done)
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for r in done:
             groups.setdefault(tuple(repr(r[k]) for k in others), []).append(r)
@@ -480,7 +491,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
 
             label = ", ".join(f"{k} = {v}" for k, v in zip(others, group)) or None
             xs = sorted({xpos(r) for r in members})
-            medians = [float(np.median([r[y_key] for r in members if xpos(r) == x])) for x in xs]
+            medians = [_median([r[y_key] for r in members if xpos(r) == x], log_y) for x in xs]
             line, = ax.plot(xs, medians, "-", label=label)
             ax.plot([xpos(r) for r in members], [r[y_key] for r in members], "o",
                     color=line.get_color(), alpha=0.5, markersize=4)
@@ -492,7 +503,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
             log_x = bool(values) and min(values) > 0 and max(values) / min(values) >= 10
         if log_x:
             ax.set_xscale("log")
-        if sweep.spec.plot.log_y and all(r[y_key] > 0 for r in done):
+        if log_y:
             ax.set_yscale("log")
         ax.set_xlabel(x_key)
         if any(len(g) for g in groups) and others:
