@@ -106,7 +106,7 @@ def bench_status(backend: dict[str, Any], kinds: Counter, pending: str | None,
     return "<br>".join(rows)
 
 
-def _ascii(text: str) -> str:
+def _html(text: str) -> str:
     """Text safe inside the page's HTML."""
     import html
 
@@ -261,10 +261,10 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
 
         label = "paused" if state["paused"] and running else p["status"]
         header.text = (
-            f"<b>run {_ascii(run_id)}</b> ({_ascii(rec['name'] or '')}) — <b>{label}</b> — "
+            f"<b>run {_html(run_id)}</b> ({_html(rec['name'] or '')}) — <b>{label}</b> — "
             f"step <span id='steps-done'>{p['steps_done']}</span>/{p['steps_planned']} — "
             f"train {fmt(last_train)}, test {fmt(initial)} → {fmt(last_test)}"
-            + (f" — {_ascii(p['message'])}" if p["message"] else ""))
+            + (f" — {_html(p['message'])}" if p["message"] else ""))
         status.text = bench_status(rec["backend"], feed.kinds, new["pending"],
                                    state["paused"] and running)
         for button in buttons:
@@ -328,7 +328,7 @@ def runs_document(doc: Any, root: Path, default_sweep: str | None) -> None:
             data["x"].append(float(x) if x is not None else 0.0)
         rows.data = data
         done = sum(1 for s in data["status"] if s == "completed")
-        header.text = (f"<b>{'sweep ' + _ascii(sweep) if sweep else 'runs'}</b>: "
+        header.text = (f"<b>{'sweep ' + _html(sweep) if sweep else 'runs'}</b>: "
                        f"{len(data['id'])} runs, {done} completed")
 
     update()
@@ -399,6 +399,10 @@ def make_server(root: Path, run: str, *, host: str = "127.0.0.1", port: int = 50
     if token is not None:
         kwargs["auth_provider"] = token_auth(token)
     origins = [f"{h}:{port}" for h in ("127.0.0.1", "localhost")] if local else ["*"]
+    if not local:  # any origin may connect, but only with the token: Bokeh's warning is moot
+        import logging
+
+        logging.getLogger("bokeh.server.util").setLevel(logging.ERROR)
     server = Server(apps, port=port, address=host, allow_websocket_origin=origins, num_procs=1,
                     **kwargs)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clln.controller.store import RunStore
@@ -236,3 +237,74 @@ def check_progress_lines(folder: Path, run_id: str, stopped_at: int) -> None:
     logged = (folder / "run.log").read_text()
     assert pattern.findall(logged) == found
     assert re.search(rf"run {run_id} event stop at step \d+: stop requested", logged), logged
+
+
+def test_pages_hold_the_store_data(tmp_path: Path) -> None:
+    """The run page's sources equal the store's records; the sweep page lists its runs."""
+    from bokeh.document import Document
+
+    from clln.compose import build_experiment, run_training
+    from clln.protocol import load_protocol
+    from clln.watch import run_document, runs_document
+
+    proto, text = load_protocol(PROTOCOLS / "demo.toml")
+    exp = build_experiment(proto, source="demo", base_dir=PROTOCOLS, steps=120)
+    with RunStore(tmp_path) as store:
+        run_id = run_training(exp, store, protocol_text=text, protocol_path="demo",
+                              extra_info={"sweep": {"name": "s1", "index": 0, "seed": 1,
+                                                    "parameters": {"training.eta": 0.1}}}).run_id
+        store.log_event(run_id, "retry", "serial command 0x03 resent (attempt 2)")
+        hist, rec = store.history(run_id), store.run(run_id)
+    doc = Document()
+    run_document(doc, tmp_path, run_id)
+    train = doc.get_model_by_name("train").data
+    np.testing.assert_array_equal(train["step"], hist.steps)
+    np.testing.assert_array_equal(train["error"], hist.error)
+    np.testing.assert_array_equal(train["nudge"], hist.nudge)
+    test = doc.get_model_by_name("test").data
+    np.testing.assert_array_equal(test["step"], hist.test_steps[hist.test_steps > 0])
+    np.testing.assert_array_equal(doc.get_model_by_name("edges").data["g"], hist.snapshots[-1])
+    np.testing.assert_array_equal(hist.snapshots[-1], rec["final_state"])
+    assert doc.get_model_by_name("events").data["kind"] == ["retry"]
+    assert "serial retries</b> 1" in doc.get_model_by_name("bench").text
+    assert "completed" in doc.get_model_by_name("header").text
+
+    sweep_doc = Document()
+    runs_document(sweep_doc, tmp_path, "s1")
+    rows = sweep_doc.get_model_by_name("runs").data
+    assert rows["id"] == [run_id] and rows["x"] == [0.1]
+    assert rows["final_test_error"] == [hist.test_error[-1]]
+    empty = Document()
+    runs_document(empty, tmp_path, "no-such-sweep")
+    assert empty.get_model_by_name("runs").data["id"] == []
+
+
+def test_token_required_off_the_local_host(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    with RunStore(tmp_path) as store:
+        store.create_run(name="x", protocol_text="", protocol_path=None, version="0", seed=0,
+                         backend={}, info={"n_nodes": 3, "n_edges": 0, "edges": []},
+                         steps_planned=1, initial_state=np.zeros(0))
+    port = _free_port()
+    proc = subprocess.Popen([*CLLN, "watch", "latest", "--out", str(tmp_path), "--port", str(port),
+                             "--host", "0.0.0.0", "--token", "s3cret"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("dashboard: ") and "token=s3cret" in first, first
+        base = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(f"{base}/run?id=latest", timeout=20)
+        assert denied.value.code == 403
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/run?id=latest&token=wrong", timeout=20)
+        with urllib.request.urlopen(f"{base}/run?id=latest&token=s3cret", timeout=20) as page:
+            assert page.status == 200 and b"bokeh" in page.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
