@@ -356,7 +356,8 @@ def execute(
     from clln.monitor import StoreControl
 
     store.claim(run_id, socket.gethostname(), os.getpid())
-    control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop)
+    control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop,
+                           keepalive=getattr(exp.backend, "keepalive", None))
     control.step = start_step
     if start_step:
         store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",

@@ -27,17 +27,21 @@ class StoreControl:
     local : the process's own stop request (Ctrl-C / SIGTERM), or None.
     poll_s : how often a paused run looks for a resume or stop request, in s.
     on_event : called with (kind, message) for every request obeyed (logs, progress).
+    keepalive : called while paused, every ``poll_s`` (a bench's controller watchdog would
+        otherwise park the pots and the run would not resume where it stopped).
     """
 
     def __init__(self, store: RunStore, run_id: str, *, safe: Callable[[], None],
                  local: Callable[[], bool] | None = None, poll_s: float = 0.2,
-                 on_event: Callable[[str, str], None] | None = None) -> None:
+                 on_event: Callable[[str, str], None] | None = None,
+                 keepalive: Callable[[], None] | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.safe = safe
         self.local = local
         self.poll_s = poll_s
         self.on_event = on_event
+        self.keepalive = keepalive
         self.step = 0
         store.clear_request(run_id)  # a request left for an earlier session is stale
 
@@ -63,6 +67,8 @@ class StoreControl:
             self._log("pause", f"paused at step {self.step} on request (outputs at 0 V)")
             while True:
                 time.sleep(self.poll_s)
+                if self.keepalive is not None:
+                    self.keepalive()
                 if self.local is not None and self.local():
                     return True
                 action = self.store.pending(self.run_id)

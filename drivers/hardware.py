@@ -266,6 +266,11 @@ class HardwareBackend:
         self.daq.zero()
         self.is_safe = True
 
+    def keepalive(self) -> None:
+        """Tell the potentiometer controller the host is still there (``PING``), so that
+        its watchdog does not park the pots while a run is held at a pause."""
+        self.potbank.ping()
+
     def close(self) -> None:
         try:
             self.safe()

@@ -308,3 +308,56 @@ def test_token_required_off_the_local_host(tmp_path: Path) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_a_paused_bench_run_keeps_its_taps(tmp_path: Path) -> None:
+    """On the emulated bench (controller watchdog 300 ms), a pause of 1.2 s: the host keeps
+    the controller alive, its pots are never parked, and the run resumes where it was."""
+    import threading
+
+    from clln.benchfile import load_bench
+    from clln.benchrun import bench_experiment
+    from clln.compose import run_training
+    from clln.protocol import parse_protocol
+
+    text = (PROTOCOLS / "benches" / "example-16.toml").read_text()
+    text = text.replace("watchdog_ms = 2000", "watchdog_ms = 300")
+    bench_path = tmp_path / "bench.toml"
+    bench_path.write_text(text)
+    bench, bench_text = load_bench(bench_path)
+    proto_text = (PROTOCOLS / "demo.toml").read_text()
+    exp, session = bench_experiment(parse_protocol(proto_text, "demo.toml"), bench, bench_text,
+                                    source="demo.toml", bench_source=str(bench_path),
+                                    target="emulate", steps=100000)
+    firmware = session.emulator.firmware
+    store = RunStore(tmp_path / "runs")
+    started: list[str] = []
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(outcome=run_training(
+        exp, RunStore(tmp_path / "runs"), protocol_text=proto_text, protocol_path=None,
+        on_start=started.append)))
+    try:
+        worker.start()
+        run_id = _wait(lambda: started and started[0], 60, "the run")
+        _wait(lambda: store.progress(run_id)["steps_done"] >= 2, 60, "first steps")
+        store.request(run_id, "pause")
+        _wait(lambda: any(e["kind"] == "pause" for e in store.events(run_id)), 60, "the pause")
+        with firmware.lock:
+            taps = firmware.taps.copy()
+        time.sleep(1.2)
+        firmware.tick()  # the watchdog's own check, as the firmware's loop makes it
+        with firmware.lock:
+            assert not firmware.parked and not firmware.tripped
+            np.testing.assert_array_equal(firmware.taps, taps)
+        held = store.progress(run_id)["steps_done"]
+        store.request(run_id, "resume")
+        _wait(lambda: store.progress(run_id)["steps_done"] > held, 60, "a step after the pause")
+        store.request(run_id, "stop")
+        worker.join(timeout=60)
+        assert result["outcome"].status == "interrupted"
+    finally:
+        if worker.is_alive():
+            store.request(started[0], "stop")
+            worker.join(timeout=60)
+        session.close()
+        store.close()
