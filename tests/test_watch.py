@@ -1,5 +1,8 @@
 """The live dashboard in a real browser: a training run in one process, ``clln watch`` in
-another, headless Debian chromium driving the page; and the store's control requests."""
+another, headless Debian chromium driving the page; and the store's control requests.
+
+``CLLN_UPDATE_SCREENSHOTS=1`` writes the two screenshots to ``docs/`` (the documentation's
+copies); otherwise they go to the test's temporary folder."""
 
 from __future__ import annotations
 
@@ -114,10 +117,11 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         n1 = _wait(lambda: driver.execute_script(STEPS_JS) > 0, 30, "the page's first data")
         n1 = driver.execute_script(STEPS_JS)
         time.sleep(0.6)  # let the network and log panes draw
-        driver.save_screenshot(str(DOCS / "watch-1.png"))
+        shots = DOCS if os.environ.get("CLLN_UPDATE_SCREENSHOTS") else tmp_path
+        driver.save_screenshot(str(shots / "watch-1.png"))
         time.sleep(3)
         n2 = driver.execute_script(STEPS_JS)
-        driver.save_screenshot(str(DOCS / "watch-2.png"))
+        driver.save_screenshot(str(shots / "watch-2.png"))
         assert n2 > n1 > 0, (n1, n2)
         header = driver.execute_script(
             "return Bokeh.documents[0].get_model_by_name('header').text")
