@@ -179,6 +179,10 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
         if rec.test_error is not None:
             fields["test"] = f"{rec.test_error:.3g}"
         progress.update(bar, completed=rec.step, **fields)
+        if lines.test == "-" and lines.run_id != "-":  # the last test so far (step 0, or resumed)
+            tests = store.records_since(lines.run_id, 2**62, -1)[1]
+            if tests:
+                lines.test = f"{tests[-1][1]:.4g}"
         lines(rec)
 
     heading = (f"{proto.name}: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "

@@ -361,7 +361,8 @@ def execute(
     control.step = start_step
     if start_step:
         store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",
-                        step=start_step)
+                        step=start_step, data={"host": socket.gethostname(), "pid": os.getpid(),
+                                               "clln": clln.__version__})
 
     def record(rec: StepRecord) -> None:
         store.record_step(
