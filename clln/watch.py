@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from clln.controller.errors import CllnError
 from clln.controller.store import RunStore
 
 #: Seconds between two looks at the store.
@@ -141,7 +142,12 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
     from bokeh.plotting import figure
 
     store = RunStore(root)
-    run_id = store.resolve(_argument(doc, "id") or default_run)
+    try:
+        run_id = store.resolve(_argument(doc, "id") or default_run)
+    except CllnError as exc:  # an unknown run or an empty store: say so on the page
+        store.close()
+        doc.add_root(Div(text=f"<b>clln watch</b>: {_html(str(exc))}", name="header"))
+        return
     rec = store.run(run_id)
     info = rec["info"]
     feed = RunFeed(store, run_id)
@@ -307,22 +313,20 @@ def runs_document(doc: Any, root: Path, default_sweep: str | None) -> None:
     summary.scatter("x", "final_test_error", source=rows, size=8)
 
     def update() -> None:
-        listing = store.list_runs()
         data: dict[str, list[Any]] = {k: [] for k in rows.data}
-        for r in listing:
-            rec_info = store.run(r["id"])["info"]
-            sw = rec_info.get("sweep") or {}
+        for r in store.index():
+            sw = r["info"].get("sweep") or {}
             if sweep is not None and sw.get("name") != sweep:
                 continue
-            _, tests = store.records_since(r["id"], -1, -1)
             params = sw.get("parameters") or {}
             x = next((v for v in params.values() if isinstance(v, (int, float))), sw.get("seed", 0))
             data["id"].append(r["id"])
             data["name"].append(r["name"] or "")
             data["status"].append(r["status"])
             data["progress"].append(f"{r['steps_done']}/{r['steps_planned']}")
-            data["final_test_error"].append(float(tests[-1][1]) if tests else float("nan"))
-            data["backend"].append(store.run(r["id"])["backend"].get("backend", ""))
+            last = r["final_test_error"]
+            data["final_test_error"].append(float("nan") if last is None else float(last))
+            data["backend"].append(r["backend"].get("backend", ""))
             data["sweep"].append(sw.get("name", ""))
             data["seed"].append(sw.get("seed"))
             data["x"].append(float(x) if x is not None else 0.0)

@@ -281,6 +281,9 @@ def test_pages_hold_the_store_data(tmp_path: Path) -> None:
     empty = Document()
     runs_document(empty, tmp_path, "no-such-sweep")
     assert empty.get_model_by_name("runs").data["id"] == []
+    unknown = Document()
+    run_document(unknown, tmp_path, "no-such-run")
+    assert "no run 'no-such-run'" in unknown.get_model_by_name("header").text
 
 
 def test_token_required_off_the_local_host(tmp_path: Path) -> None:
