@@ -283,7 +283,7 @@ def test_pages_hold_the_store_data(tmp_path: Path) -> None:
     assert empty.get_model_by_name("runs").data["id"] == []
     unknown = Document()
     run_document(unknown, tmp_path, "no-such-run")
-    assert "no run 'no-such-run'" in unknown.get_model_by_name("header").text
+    assert "no run &#x27;no-such-run&#x27;" in unknown.get_model_by_name("header").text  # escaped
 
 
 def test_token_required_off_the_local_host(tmp_path: Path) -> None:
