@@ -137,6 +137,8 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         assert rec["status"] == "interrupted"
         stopped_at = int(rec["steps_done"])
         assert n2 <= stopped_at < 1000000
+        print(f"\npage data: step {n1} at the first screenshot, {n2} at the second; "
+              f"stopped from the page at step {stopped_at} (interrupted)")
         check_progress_lines(tmp_path, run_id, stopped_at)
         with RunStore(out) as store:
             kinds = [e["kind"] for e in store.events(run_id)]
@@ -156,6 +158,8 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         with RunStore(out) as store:
             kinds = [e["kind"] for e in store.events(run_id)]
         assert kinds.count("stop") == 2 and "resume-point" in kinds
+        print(f"resumed from step {stopped_at}, stopped again by 'clln control' at step "
+              f"{_status(out, run_id)['steps_done']}")
     finally:
         if driver is not None:
             driver.quit()
@@ -234,6 +238,7 @@ def check_progress_lines(folder: Path, run_id: str, stopped_at: int) -> None:
     stamps = [datetime.fromisoformat(m[0].replace("Z", "+00:00")) for m in found]
     gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) <= 10, gaps
+    print(f"progress lines under redirection: {len(found)}, gaps {gaps} s")
     assert all(m[1] == run_id for m in found)
     steps = [int(m[2]) for m in found]
     assert steps == sorted(steps) and steps[-1] == stopped_at
