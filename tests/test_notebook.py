@@ -97,3 +97,20 @@ def test_meta_keys_validated(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "meta.operater" in res.stderr and "operator" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_bench_provenance(tmp_path: Path) -> None:
+    """On the emulated bench: the firmware's HELLO identity and the bench file's SHA-256."""
+    import hashlib
+
+    bench = PROTOCOLS / "benches" / "example-16.toml"
+    out = tmp_path / "runs"
+    res = run_cli("train", PROTOCOLS / "demo.toml", "--bench", bench, "--emulate", "--steps", 3,
+                  "--out", out, "--tag", "bench")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(run_cli("show", "latest", "--out", out, "--json").stdout)
+    prov = s["provenance"]
+    assert prov["bench_sha256"] == hashlib.sha256(bench.read_bytes()).hexdigest()
+    assert prov["firmware"]["name"] == "clln bench emulator"
+    assert prov["firmware"]["version"] == "1.0"
+    assert s["meta"]["tags"] == ["bench"]
