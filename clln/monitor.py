@@ -54,8 +54,14 @@ class StoreControl:
         if self.on_event is not None:
             self.on_event(kind, message)
 
-    def __call__(self) -> bool:
+    def _local_stop(self) -> bool:
         if self.local is not None and self.local():
+            self._log("stop", f"stopped at step {self.step} from the process (signal or caller)")
+            return True
+        return False
+
+    def __call__(self) -> bool:
+        if self._local_stop():
             return True
         action = self.store.pending(self.run_id)
         if action == "resume":  # nothing to resume: the run is not paused
@@ -69,7 +75,7 @@ class StoreControl:
                 time.sleep(self.poll_s)
                 if self.keepalive is not None:
                     self.keepalive()
-                if self.local is not None and self.local():
+                if self._local_stop():
                     return True
                 action = self.store.pending(self.run_id)
                 if action in ("resume", "stop"):

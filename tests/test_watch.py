@@ -119,7 +119,7 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         time.sleep(0.6)  # let the network and log panes draw
         shots = DOCS if os.environ.get("CLLN_UPDATE_SCREENSHOTS") else tmp_path
         driver.save_screenshot(str(shots / "watch-1.png"))
-        time.sleep(3)
+        time.sleep(2)
         n2 = driver.execute_script(STEPS_JS)
         driver.save_screenshot(str(shots / "watch-2.png"))
         assert n2 > n1 > 0, (n1, n2)
@@ -147,19 +147,21 @@ def test_dashboard_follows_a_run_and_stops_it(tmp_path: Path) -> None:
         _wait(lambda: "interrupted" in driver.execute_script(
             "return Bokeh.documents[0].get_model_by_name('header').text"), 10, "the page to say so")
 
-        # resumable: the run continues from its checkpoint and obeys a stop from a terminal
-        resumed = subprocess.Popen([*CLLN, "resume", run_id, "--out", str(out)],
-                                   stdout=train_log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-        _wait(lambda: _status(out, run_id)["steps_done"] > stopped_at + 10, 60, "resumed steps")
-        subprocess.run([*CLLN, "control", run_id, "stop", "--out", str(out)], check=True,
-                       capture_output=True, env=env, cwd=tmp_path)
-        assert resumed.wait(timeout=60) == 130
-        assert _status(out, run_id)["status"] == "interrupted"
+        # resumable: the run continues from its checkpoint (here in this process)
+        from clln.compose import resume_training
+        from clln.resume import rebuild
+
         with RunStore(out) as store:
+            exp, session, _ = rebuild(store, run_id)
+            assert session is None
+            seen: list[int] = []
+            again = resume_training(exp, store, run_id, callbacks=[lambda r: seen.append(r.step)],
+                                    should_stop=lambda: len(seen) >= 5)
+            assert again.status == "interrupted" and seen == list(range(stopped_at + 1,
+                                                                         stopped_at + 6))
             kinds = [e["kind"] for e in store.events(run_id)]
-        assert kinds.count("stop") == 2 and "resume-point" in kinds
-        print(f"resumed from step {stopped_at}, stopped again by 'clln control' at step "
-              f"{_status(out, run_id)['steps_done']}")
+        assert kinds[-3:] == ["stop", "resume-point", "stop"]  # the page's, then this one
+        print(f"resumed from step {stopped_at}: steps {seen[0]}..{seen[-1]} ran")
     finally:
         if driver is not None:
             driver.quit()
@@ -211,9 +213,13 @@ def test_pause_resume_stop_through_the_store(tmp_path: Path) -> None:
     assert safe_calls  # outputs made safe at the pause
     store.request(run_id, "resume")
     _wait(lambda: store.progress(run_id)["steps_done"] > held + 5, 30, "steps after resume")
-    store.request(run_id, "stop")
+    from tests.test_cli_help import clln as run_cli
+
+    res = run_cli("control", run_id[:12], "stop", "--out", tmp_path)  # as from another terminal
+    assert res.returncode == 0 and f"stop requested for run {run_id}" in res.stdout
     worker.join(timeout=60)
     assert result["outcome"].status == "interrupted"
+    assert run_cli("control", run_id, "pause", "--out", tmp_path).returncode == 2  # not running
     events = store.events(run_id)
     assert [e["kind"] for e in events] == ["pause", "resume", "stop"]
     assert events[0]["step"] == held
