@@ -31,6 +31,9 @@ from clln.controller.store import RunStore
 
 #: Seconds between two looks at the store.
 POLL_S = 0.5
+#: At most about this many training steps are drawn per run (longer runs are thinned to
+#: every k-th step, the latest step always included); the store keeps every step.
+MAX_POINTS = 50_000
 #: Event kinds that make up the bench status panel.
 BENCH_KINDS = ("retry", "watchdog", "daq", "fault", "pause", "warning")
 _ROLE_COLOURS = {"source": "#d62728", "ground": "#222222", "clamp": "#1f77b4", "output": "#1f77b4",
@@ -223,11 +226,15 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
         TableColumn(field="message", title="message", width=600)])
 
     state = {"paused": False}
+    stride = max(1, int(rec["steps_planned"]) // MAX_POINTS)
 
     def update() -> None:
         new = feed.poll()
         if new["steps"]:
             st = np.asarray(new["steps"], dtype=float)
+            keep = (st[:, 0] % stride == 0)
+            keep[-1] = True
+            st = st[keep]
             train.stream({"step": st[:, 0], "error": st[:, 1], "nudge": st[:, 2],
                           "update_norm": st[:, 3]})
         if new["tests"]:

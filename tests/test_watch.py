@@ -379,3 +379,24 @@ def test_a_paused_bench_run_keeps_its_taps(tmp_path: Path) -> None:
             worker.join(timeout=60)
         session.close()
         store.close()
+
+
+def test_long_runs_are_thinned_on_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bokeh.document import Document
+
+    import clln.watch
+    from clln.compose import build_experiment, run_training
+    from clln.protocol import load_protocol
+
+    proto, text = load_protocol(PROTOCOLS / "demo.toml")
+    exp = build_experiment(proto, source="demo", base_dir=PROTOCOLS, steps=101)
+    with RunStore(tmp_path) as store:
+        run_id = run_training(exp, store, protocol_text=text, protocol_path="demo").run_id
+        hist = store.history(run_id)
+    monkeypatch.setattr(clln.watch, "MAX_POINTS", 25)  # 101 steps -> every 4th, and the last
+    doc = Document()
+    clln.watch.run_document(doc, tmp_path, run_id)
+    train = doc.get_model_by_name("train").data
+    keep = (hist.steps % 4 == 0) | (hist.steps == hist.steps[-1])
+    np.testing.assert_array_equal(train["step"], hist.steps[keep])
+    np.testing.assert_array_equal(train["error"], hist.error[keep])
