@@ -51,11 +51,11 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
         axes[1, 0].set_xlabel("|s_j|")
         axes[1, 0].set_ylabel("stiff-mode weight")
         axes[1, 0].set_title(f"Spearman rho = {cost['spearman_norm_vs_stiff_weight']:.2f}")
-    else:
+    else:  # no empty panels: the skipped ones go, a note says why
         for ax in (axes[0, 1], axes[1, 0]):
-            ax.text(0.5, 0.5, "cost Hessian skipped (see analysis.json)", ha="center",
-                    va="center")
-            ax.set_axis_off()
+            fig.delaxes(ax)
+        fig.text(0.75, 0.75, "cost Hessian skipped\n(see analysis.json)", ha="center",
+                 va="center", fontsize=11, color="grey")
     axes[1, 1].loglog(sus.norms, sus.relative, ".", ms=3, alpha=0.6)
     axes[1, 1].axhline(1.0, color="grey", lw=0.8)
     axes[1, 1].set_xlabel("|s_j|")
@@ -86,6 +86,7 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    _drop_empty(fig, axes)
     spectra = _save(fig, folder / "spectra.png")
     return [maps, spectra]
 
@@ -125,8 +126,16 @@ def aging_figures(data: RunData, aging: AgingResult, folder: Path) -> list[Path]
         axes[2].set_title("correlation length")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
+    _drop_empty(fig, axes)
     path = _save(fig, folder / "aging.png", f"{data.name} — {data.run_id}")
     return [path]
+
+
+def _drop_empty(fig: Any, axes: Any) -> None:
+    """Remove panels left without data by a skipped analysis (no blank axes in a figure)."""
+    for ax in np.ravel(axes):
+        if not ax.has_data():
+            fig.delaxes(ax)
 
 
 def _save(fig: Any, path: Path, title: str | None = None) -> Path:

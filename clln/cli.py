@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import math
 import signal
@@ -16,13 +17,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from clln.controller.errors import CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Lab control for contrastive local learning networks: train, inspect and export runs.",
 )
 console = Console()
@@ -34,16 +37,36 @@ OutOption = Annotated[Path, typer.Option("--out", help="Runs directory (run stor
 VisaOption = Annotated[str | None, typer.Option(
     "--visa-library", help="VISA library for the bench's SMU: a backend (@py, @ivi, @sim), a "
     "library path, or FILE.yaml@sim (default: $CLLN_VISA_LIBRARY, else [smu] visa_library).")]
+LogFileOption = Annotated[Path | None, typer.Option(
+    help="Append progress lines and the run's event log to this file.")]
+ProgressEveryOption = Annotated[float, typer.Option(
+    help="Seconds between progress lines when output is not a terminal or goes to --log-file.",
+    min=0.1, max=3600)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import clln
+
+        print(f"clln {clln.__version__}", flush=True)
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False) -> None:
-    _state["debug"] = debug
+def _main(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks of unexpected errors (also accepted after the command).")]
+        = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_print_version, is_eager=True)]
+        = False,
+) -> None:
+    _state["debug"] = _state["debug"] or debug
 
 
 @app.command()
 def train(
-    protocol: Annotated[Path, typer.Argument(help="Protocol file (TOML).")],
+    protocol: Annotated[Path, typer.Argument(metavar="PROTOCOL", help="Protocol file (TOML).")],
     out: OutOption = Path("runs"),
     seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
     steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
@@ -56,6 +79,16 @@ def train(
     traffic_log: Annotated[Path | None, typer.Option(
         help="With --emulate: append the emulated bench's traffic (serial, AO) to this file.")] = None,
     visa_library: VisaOption = None,
+    log_file: LogFileOption = None,
+    progress_every: ProgressEveryOption = 5.0,
+    operator: Annotated[str | None, typer.Option(help="Who runs it (replaces [meta] operator).")]
+        = None,
+    sample: Annotated[str | None, typer.Option(
+        help="The sample or network trained (replaces [meta] sample).")] = None,
+    note: Annotated[list[str] | None, typer.Option(
+        help="A note for the lab notebook (repeatable; added to [meta] notes).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="A tag to find the run by (repeatable; added to [meta] tags).")] = None,
 ) -> None:
     """Train as the protocol says: on the simulator, or on a bench (--bench), real or emulated.
     Prints a summary and the path of the PNG report."""
@@ -89,48 +122,83 @@ def train(
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
         used = exp.backend.describe().get("calibration")
         where += f", calibration {used['id']}" if used else ", datasheet tap tables"
-    extra = None
+    from clln.provenance import collect, lab_meta
+
+    extra: dict[str, Any] = {}
+    firmware = None
     if bench is not None:
         from clln.resume import bench_info
 
         extra = bench_info(bench, bench_text, target)
+        firmware = getattr(getattr(session.backend, "potbank", None), "info", None)
+    extra["meta"] = lab_meta(proto.meta, operator=operator, sample=sample, notes=note, tags=tag)
+    extra["provenance"] = collect(protocol, bench_text=bench_text if bench is not None else None,
+                                  backend=exp.backend.describe(), firmware=firmware)
     try:
-        _train(exp, proto, text, protocol, out, where, extra_info=extra)
+        _train(exp, proto, text, protocol, out, where, extra_info=extra,
+               log=(log_file, progress_every))
     finally:
         if session is not None:
             session.close()
 
 
 def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: str,
-           extra_info: dict[str, Any] | None = None, resume_id: str | None = None) -> None:
-    """Train (or resume) with a progress bar; Ctrl-C or SIGTERM stop at the next step
-    boundary (a second one stops at once), the backend is made safe, the run is
-    marked and can be resumed."""
+           extra_info: dict[str, Any] | None = None, resume_id: str | None = None,
+           log: tuple[Path | None, float] = (None, 5.0)) -> None:
+    """Train (or resume) with a progress bar (on a terminal) or progress lines (to a file
+    or pipe, and to ``--log-file``); Ctrl-C or SIGTERM stop at the next step boundary (a
+    second one stops at once), the backend is made safe, the run is marked and can be
+    resumed."""
     from clln.compose import resume_training, run_training
     from clln.drivers.errors import DriverError
+    from clln.monitor import ProgressLog, open_log
 
     store = RunStore(out)
+    log_file = open_log(log[0])
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("error {task.fields[error]}"), TextColumn("test {task.fields[test]}"),
-        TimeRemainingColumn(), console=console, transient=False,
+        TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal,
     )
     bar = progress.add_task("training", total=exp.config.steps, error="-", test="-")
+    streams = ([] if console.is_terminal else [sys.stdout]) + ([log_file] if log_file else [])
+    seen = {"event": 0}
+
+    def new_events() -> list[dict[str, Any]]:
+        if lines.run_id == "-":
+            return []
+        found = store.events(lines.run_id, after=seen["event"])
+        if found:
+            seen["event"] = found[-1]["id"]
+        return found
+
+    start = store.progress(resume_id)["steps_done"] if resume_id else 0
+    lines = ProgressLog(exp.config.steps, every_s=log[1], streams=streams, start_step=start,
+                        events=new_events)
+    if resume_id:  # events of earlier sessions are in the log already
+        seen["event"] = max([0, *(e["id"] for e in store.events(resume_id))])
 
     def show(rec: StepRecord) -> None:
         fields: dict[str, Any] = {"error": f"{rec.error:.3g}"}
         if rec.test_error is not None:
             fields["test"] = f"{rec.test_error:.3g}"
         progress.update(bar, completed=rec.step, **fields)
+        if lines.test == "-" and lines.run_id != "-":  # the last test so far (step 0, or resumed)
+            tests = store.records_since(lines.run_id, 2**62, -1)[1]
+            if tests:
+                lines.test = f"{tests[-1][1]:.4g}"
+        lines(rec)
 
-    console.print(
-        f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
-        f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}"
-    )
+    heading = (f"{proto.name}: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
+               f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}")
+    console.print(heading, markup=False, highlight=False)
+    if log_file is not None:
+        print(heading, file=log_file, flush=True)
     run_ids: list[str] = [resume_id] if resume_id else []
 
     def started(run_id: str) -> None:
         run_ids.append(run_id)
+        lines.run_id = run_id
         progress.update(bar, description=f"run {run_id}")
 
     stop = StopRequest()
@@ -156,6 +224,10 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
                               f"{hint()}") from None
         except DriverError as exc:
             raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
+        finally:
+            lines.emit()  # the last step reached, and the events since the last line
+            if log_file is not None:
+                log_file.close()
     summary = run_summary(store, outcome.run_id)
     _print_summary(summary)
     print(f"report: {outcome.report}", flush=True)
@@ -191,9 +263,11 @@ class StopRequest:
 
 @app.command()
 def resume(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     visa_library: VisaOption = None,
+    log_file: LogFileOption = None,
+    progress_every: ProgressEveryOption = 5.0,
 ) -> None:
     """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
     from its last checkpoint (a simulated run ends exactly as if never stopped)."""
@@ -205,7 +279,8 @@ def resume(
     try:
         where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
         _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
-               f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"])
+               f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"],
+               log=(log_file, progress_every))
     finally:
         if session is not None:
             session.close()
@@ -213,7 +288,7 @@ def resume(
 
 @app.command()
 def check(
-    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    bench: Annotated[Path, typer.Argument(metavar="BENCH", help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Check against the emulated bench.")] = False,
     visa_library: VisaOption = None,
     fault: Annotated[list[str] | None, typer.Option(
@@ -274,7 +349,7 @@ def check(
 
 @app.command()
 def calibrate(
-    bench: Annotated[Path, typer.Argument(help="Bench file (TOML).")],
+    bench: Annotated[Path, typer.Argument(metavar="BENCH", help="Bench file (TOML).")],
     emulate: Annotated[bool, typer.Option(help="Calibrate the emulated bench.")] = False,
     edges: Annotated[str | None, typer.Option(
         help="Edges to calibrate, e.g. 0,3,5-7 (the others keep the current calibration).")] = None,
@@ -357,53 +432,153 @@ def _print_flags(flags: dict[int, str]) -> None:
         console.print("no edge flagged", highlight=False)
 
 
+class RunStatus(str, enum.Enum):
+    completed = "completed"
+    running = "running"
+    interrupted = "interrupted"
+    paused = "paused"
+    failed = "failed"
+
+
 @app.command()
-def runs(out: OutOption = Path("runs")) -> None:
-    """List the runs in the run store."""
+def runs(
+    out: OutOption = Path("runs"),
+    status: Annotated[list[RunStatus] | None, typer.Option(
+        help="Only runs with this status (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Only runs whose name contains this.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        help="Only runs with this tag ([meta] tags or --tag; repeatable: all of them).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only runs created at or after this date or time (UTC), e.g. 2026-11-30 or "
+             "2026-11-30T14:00.")] = None,
+    sweep_name: Annotated[str | None, typer.Option(
+        "--sweep", help="Only the runs of this sweep (its name).")] = None,
+) -> None:
+    """List the runs in the run store, with their last test error, backend and sweep."""
+    from datetime import datetime, timezone
+
     store = _open_store(out)
-    table = Table("name", "status", "steps", "wall time (s)", "created")
+    start = None
+    if since is not None:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            raise UserError(f"--since: {since!r} is not a date; allowed: YYYY-MM-DD or "
+                            f"YYYY-MM-DDTHH:MM[:SS] (UTC)") from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=timezone.utc)
+    wanted = {s.value for s in status or []}
+    table = Table("name", "status", "steps", "last test error", "backend", "sweep",
+                  "wall time (s)", "created")
     table.columns.insert(0, Column("id", no_wrap=True, min_width=22))
-    for r in store.list_runs():
+    for r in store.index():
+        meta = r["info"].get("meta") or {}
+        sweep_info = r["info"].get("sweep") or {}
+        if wanted and r["status"] not in wanted:
+            continue
+        if name is not None and name not in (r["name"] or ""):
+            continue
+        if tag and not set(tag) <= set(meta.get("tags") or []):
+            continue
+        if sweep_name is not None and sweep_info.get("name") != sweep_name:
+            continue
+        if start is not None and datetime.fromisoformat(r["created"]) < start:
+            continue
         wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
-        table.add_row(r["id"], r["name"] or "", r["status"], f"{r['steps_done']}/{r['steps_planned']}",
-                      wall, r["created"])
+        err = "-" if r["final_test_error"] is None else f"{r['final_test_error']:.3g}"
+        backend = r["backend"].get("backend", "?")
+        if r["backend"].get("preset"):
+            backend += f" ({r['backend']['preset']})"
+        swept = ""
+        if sweep_info:
+            params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in
+                               (sweep_info.get("parameters") or {}).items())
+            swept = f"{sweep_info['name']} #{sweep_info['index'] + 1} (seed {sweep_info['seed']}" \
+                    + (f", {params})" if params else ")")
+        table.add_row(r["id"], Text(r["name"] or ""), r["status"],
+                      f"{r['steps_done']}/{r['steps_planned']}", err, backend, Text(swept), wall,
+                      r["created"])
     console.print(table)
 
 
 @app.command()
 def show(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    with_protocol: Annotated[bool, typer.Option(
+        "--protocol", help="Also print the protocol text the run used.")] = False,
 ) -> None:
-    """Summarise a run: status, steps, initial and final train and test error, backend, protocol."""
+    """Summarise a run: status, steps, initial and final train and test error, backend, lab
+    notebook (operator, sample, notes, tags), provenance and event log."""
     store = _open_store(out)
     summary = run_summary(store, run)
+    summary["events"] = store.events(summary["id"])
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
-        console.print("[bold]protocol[/]:")
-        console.print(summary["protocol"], markup=False, highlight=False)
+        _print_notebook(summary)
+        if with_protocol:
+            console.print("[bold]protocol[/]:")
+            console.print(summary["protocol"], markup=False, highlight=False)
+
+
+def _print_notebook(s: dict[str, Any]) -> None:
+    """Lab metadata, provenance and the event log of a run summary."""
+    import time as _time
+
+    table = Table(show_header=False, box=None)
+    meta = s.get("meta") or {}
+    for key in ("operator", "sample", "bench_serial", "notes"):
+        if meta.get(key):
+            table.add_row(key.replace("_", " "), Text(str(meta[key])))
+    if meta.get("tags"):
+        table.add_row("tags", Text(", ".join(meta["tags"])))
+    prov = s.get("provenance") or {}
+    if prov:
+        table.add_row("host", f"{prov.get('user')}@{prov.get('host')} ({prov.get('platform')})")
+        versions = ", ".join(f"{k} {v}" for k, v in (prov.get("packages") or {}).items() if v)
+        table.add_row("software", f"Python {prov.get('python')}; {versions}")
+        if prov.get("git"):
+            g = prov["git"]
+            table.add_row("git", f"{g['commit'][:12]}{' (uncommitted changes)' if g['dirty'] else ''}")
+        if prov.get("firmware"):
+            fw = prov["firmware"]
+            table.add_row("firmware", f"{fw['name']} {fw['version']}")
+        if prov.get("bench_sha256"):
+            table.add_row("bench file sha256", prov["bench_sha256"][:16])
+        if prov.get("calibration_id"):
+            table.add_row("calibration", str(prov["calibration_id"]))
+    console.print(table, markup=False, highlight=False)
+    events = s.get("events") or []
+    if events:
+        log = Table("time (UTC)", "step", "kind", "message", title="event log")
+        for e in events:
+            log.add_row(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(e["t"])),
+                        "" if e["step"] is None else str(e["step"]), e["kind"], Text(e["message"]))
+        console.print(log, markup=False, highlight=False)
 
 
 @app.command()
 def export(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
-    file: Annotated[Path, typer.Argument(help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
     out: OutOption = Path("runs"),
+    force: Annotated[bool, typer.Option(help="Overwrite the output file if it exists.")] = False,
 ) -> None:
-    """Export a run to HDF5 or NetCDF."""
+    """Export a run to HDF5 or NetCDF (CF-1.8): every array with its units, node positions
+    and roles, time stamps, the step-0 and final state, lab metadata, provenance, events."""
     from clln.export import export_run
 
     store = _open_store(out)
-    path = export_run(store, run, file)
+    path = export_run(store, run, file, force=force)
     print(f"exported {store.resolve(run)} to {path}", flush=True)
 
 
 @app.command()
 def analyze(
-    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     out: OutOption = Path("runs"),
     what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
     probes: Annotated[int, typer.Option(
@@ -448,9 +623,12 @@ def sweep(
     workers: Annotated[int | None, typer.Option(
         help="Worker processes of the local cluster (default: one per core).", min=1)] = None,
     out: OutOption = Path("runs"),
+    resume_sweep: Annotated[bool, typer.Option(
+        "--resume", help="Skip the runs of this sweep already completed in the run store.")]
+        = False,
 ) -> None:
     """Run a parameter sweep on Dask; every run goes to the run store, then a results
-    table (CSV, JSON) and a summary plot."""
+    table (CSV, JSON) and a summary plot (partial ones when interrupted)."""
     from clln.sweep import load_sweep, open_client, run_sweep
 
     spec = load_sweep(sweep_file)
@@ -473,10 +651,12 @@ def sweep(
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with progress:
-            outcome = run_sweep(spec, out, client, on_result=done)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: finished runs are in the run store; the sweep was not "
-                          "completed") from None
+            outcome = run_sweep(spec, out, client, on_result=done, resume=resume_sweep)
+    except KeyboardInterrupt as exc:
+        partial = getattr(exc, "partial", None)
+        where = f"; partial results in {partial}" if partial else ""
+        raise Interrupted(f"interrupted: finished runs are in the run store{where}; continue with: "
+                          f"clln sweep {sweep_file} --resume --out {out}") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         client.close()
@@ -490,6 +670,66 @@ def sweep(
     print(f"results: {outcome.csv}", flush=True)
     print(f"results: {outcome.json}", flush=True)
     print(f"summary plot: {outcome.plot}", flush=True)
+
+
+@app.command()
+def watch(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")] = "latest",
+    out: OutOption = Path("runs"),
+    port: Annotated[int, typer.Option(help="TCP port of the dashboard.", min=1, max=65535)] = 5006,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; other than 127.0.0.1/localhost, a token is required.")]
+        = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        help="Token the page asks for when bound off the local host (default: a random one).")]
+        = None,
+    sweep_name: Annotated[str | None, typer.Option(
+        "--sweep", help="Show this sweep's runs and its summary plot instead of one run.")] = None,
+) -> None:
+    """Live dashboard in the browser: errors, network, nudge and update size, bench status,
+    event log, and pause/resume/stop buttons that a run on another terminal obeys.
+    Stop with Ctrl-C."""
+    from clln.watch import make_server
+
+    store = _open_store(out)
+    run_id = store.resolve(run) if sweep_name is None and run != "latest" else run
+    if run == "latest" and sweep_name is None:
+        store.resolve("latest")  # an empty store is an error here, not in the page
+    store.close()
+    try:
+        server, url = make_server(out, run_id, host=host, port=port, token=token, sweep=sweep_name)
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+    server.start()
+    print(f"dashboard: {url}", flush=True)
+    print(f"all runs: {url.split('/run')[0]}/runs", flush=True)
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def control(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="pause | resume | stop.")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Ask a running run (on any terminal) to pause, resume or stop at its next step boundary;
+    a stopped run is marked interrupted and can be resumed."""
+    from clln.controller.store import CONTROL_ACTIONS
+
+    if action not in CONTROL_ACTIONS:
+        raise UserError(f"ACTION: {action!r} is not allowed; allowed: {', '.join(CONTROL_ACTIONS)}")
+    store = _open_store(out)
+    run_id = store.resolve(run)
+    status = store.progress(run_id)["status"]
+    if status != "running":
+        raise UserError(f"run {run_id} is {status}, not running; nothing to {action}")
+    store.request(run_id, action)
+    print(f"{action} requested for run {run_id}", flush=True)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -508,10 +748,9 @@ def _finite(x: float | None) -> float | None:
 
 def _floor(test_error: np.ndarray) -> float | None:
     """Error floor: median test error over the last quarter of the evaluations (at least 3)."""
-    if test_error.size < 4:
-        return None
-    tail = test_error[-max(3, test_error.size // 4):]
-    return _finite(float(np.median(tail)))
+    from clln.analysis.floor import error_floor
+
+    return error_floor(test_error)
 
 
 def run_summary(store: RunStore, run: str) -> dict[str, Any]:
@@ -540,6 +779,9 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
         "protocol": rec["protocol_text"],
         "message": rec["message"],
         "scheme": rec["info"].get("scheme"),
+        "meta": rec["info"].get("meta"),
+        "provenance": rec["info"].get("provenance"),
+        "sweep": rec["info"].get("sweep"),
         "final_conductances": None if rec["final_state"] is None else np.asarray(rec["final_state"]).tolist(),
     }
 
@@ -618,8 +860,12 @@ _default_showwarning = warnings.showwarning
 def main() -> None:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     warnings.showwarning = _show_warning
+    args = sys.argv[1:]
+    if "--debug" in args[:args.index("--")] if "--" in args else "--debug" in args:
+        _state["debug"] = True  # --debug anywhere on the line, as the error messages suggest
+        args.remove("--debug")
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="clln", standalone_mode=False)
     except UserError as exc:
         _say(f"error: {exc}")
         sys.exit(2)

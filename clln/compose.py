@@ -15,6 +15,7 @@ import numpy as np
 
 import clln
 from clln.analysis.report import training_report
+from clln.controller import events
 from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
 from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.errors import NetworkError, ProtocolError, UserError
@@ -352,7 +353,16 @@ def execute(
     (re-raised); ``paused`` after a hardware fault (re-raised; resumable); ``failed``
     after anything else (re-raised).
     """
+    from clln.monitor import StoreControl
+
     store.claim(run_id, socket.gethostname(), os.getpid())
+    control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop,
+                           keepalive=getattr(exp.backend, "keepalive", None))
+    control.step = start_step
+    if start_step:
+        store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",
+                        step=start_step, data={"host": socket.gethostname(), "pid": os.getpid(),
+                                               "clln": clln.__version__})
 
     def record(rec: StepRecord) -> None:
         store.record_step(
@@ -365,12 +375,18 @@ def execute(
 
     t0 = time.perf_counter()
     status, message, result = "failed", None, None
+
+    def log(kind: str, text: str, data: dict[str, Any] | None) -> None:
+        store.log_event(run_id, kind, text, step=control.step, data=data)
+
     try:
-        result = trainer.run(
-            [record, *callbacks], start_step=start_step, resumed_tests=resumed_tests,
-            on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
-            should_stop=should_stop,
-        )
+        with events.recording(log):
+            result = trainer.run(
+                [record, control.observe, *callbacks], start_step=start_step,
+                resumed_tests=resumed_tests,
+                on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
+                should_stop=control,
+            )
         if result.interrupted:
             status, message = "interrupted", f"stopped at step {result.steps_done} on request"
         else:
@@ -380,6 +396,7 @@ def execute(
         raise
     except DriverError as exc:
         status, message = "paused", f"hardware fault: {exc}"
+        store.log_event(run_id, "fault", message, step=control.step)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"

@@ -13,11 +13,14 @@ from clln.controller.store import RunStore
 FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".nc": "netcdf"}
 
 
-def export_run(store: RunStore, run: str, path: Path) -> Path:
-    """Write a run to ``path``; the suffix picks the format (.h5/.hdf5 or .nc)."""
+def export_run(store: RunStore, run: str, path: Path, *, force: bool = False) -> Path:
+    """Write a run to ``path``; the suffix picks the format (.h5/.hdf5 or .nc). An existing
+    file is replaced only with ``force``."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: unknown export format '{path.suffix}'; allowed: .h5, .hdf5, .nc")
+    if path.exists() and not force:
+        raise UserError(f"{path}: the file exists; pass --force to overwrite it")
     rec = store.run(run)
     hist = store.history(run)
     info = rec["info"]
@@ -26,6 +29,9 @@ def export_run(store: RunStore, run: str, path: Path) -> Path:
         "created": rec["created"], "clln_version": rec["version"], "seed": int(rec["seed"]),
         "protocol": rec["protocol_text"], "backend": json.dumps(rec["backend"]),
         "info": json.dumps(info),
+        "meta": json.dumps(info.get("meta") or {}),
+        "provenance": json.dumps(info.get("provenance") or {}),
+        "events": json.dumps(store.events(rec["id"])),
     }
     final = rec["final_state"] if rec["final_state"] is not None else np.full(info["n_edges"], np.nan)
     snapshots = hist.snapshots if hist.snapshots.size else np.zeros((0, info["n_edges"]))
@@ -33,7 +39,9 @@ def export_run(store: RunStore, run: str, path: Path) -> Path:
         if fmt == "hdf5":
             _write_hdf5(path, attrs, rec, hist, final, snapshots, info)
         else:
-            _write_netcdf(path, attrs, rec, hist, final, snapshots, info)
+            from clln.dataset import run_dataset
+
+            run_dataset(store, run).to_netcdf(path, engine="h5netcdf")
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc})") from None
     return path
@@ -50,6 +58,12 @@ def _write_hdf5(path, attrs, rec, hist, final, snapshots, info) -> None:  # type
             net["positions"] = np.asarray(info["positions"])
         for role in ("sources", "grounds", "clamps"):
             net[role] = np.asarray(info[role], dtype=np.int64)
+        from clln.dataset import ROLE_CODES, _cost_units, node_role_codes
+
+        net["node_role"] = node_role_codes(info)
+        net["node_role"].attrs["flag_values"] = np.array(list(ROLE_CODES.values()), dtype=np.int8)
+        net["node_role"].attrs["flag_meanings"] = " ".join(ROLE_CODES)
+        net["output_nodes"] = np.asarray(info.get("output_nodes", []), dtype=np.int64)
         state = f.create_group("state")
         state["initial"] = np.asarray(rec["initial_state"])
         state["final"] = final
@@ -61,30 +75,13 @@ def _write_hdf5(path, attrs, rec, hist, final, snapshots, info) -> None:  # type
         tests = f.create_group("tests")
         tests["step"], tests["error"], tests["accuracy"] = (
             hist.test_steps, hist.test_error, hist.test_accuracy)
+        cost_units = _cost_units(info.get("task"))[0]
+        for dset, units in ((steps["error"], cost_units), (tests["error"], cost_units),
+                            (steps["nudge"], "V"), (tests["accuracy"], "1"),
+                            (steps["t"], "seconds since 1970-01-01 00:00:00 UTC"),
+                            (state["final"], "S")):
+            dset.attrs["units"] = units
         snaps = f.create_group("snapshots")
         snaps["step"] = hist.snapshot_steps
         snaps["conductances"] = snapshots
         snaps["conductances"].attrs["units"] = "S"
-
-
-def _write_netcdf(path, attrs, rec, hist, final, snapshots, info) -> None:  # type: ignore[no-untyped-def]
-    import xarray as xr
-
-    ds = xr.Dataset(
-        {
-            "error": ("step", hist.error, {"long_name": "train batch cost"}),
-            "nudge": ("step", hist.nudge, {"units": "V"}),
-            "update_norm": ("step", hist.update_norm),
-            "n_clipped": ("step", hist.n_clipped),
-            "test_error": ("test_step", hist.test_error),
-            "test_accuracy": ("test_step", hist.test_accuracy),
-            "conductance": (("snapshot_step", "edge"), snapshots, {"units": "S"}),
-            "initial_state": ("edge", np.asarray(rec["initial_state"], dtype=float)),
-            "final_conductance": ("edge", final, {"units": "S"}),
-            "edge_nodes": (("edge", "end"), np.asarray(info["edges"], dtype=np.int64)),
-        },
-        coords={"step": hist.steps, "test_step": hist.test_steps,
-                "snapshot_step": hist.snapshot_steps, "edge": np.arange(info["n_edges"])},
-        attrs=attrs,
-    )
-    ds.to_netcdf(path, engine="h5netcdf")

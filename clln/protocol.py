@@ -230,6 +230,17 @@ class SimulatorSpec(_Strict):
         return self.parameters.model_dump(include=set(self.parameters.model_fields_set))
 
 
+class MetaSpec(_Strict):
+    """``[meta]``: the lab notebook entry of every run of this protocol (the command line's
+    ``--operator``, ``--sample``, ``--note`` and ``--tag`` add to it)."""
+
+    operator: Str = ""
+    sample: Str = ""
+    bench_serial: Str = ""
+    notes: Str = ""
+    tags: list[Str] = []
+
+
 class Protocol(_Strict):
     """A whole protocol file."""
 
@@ -242,6 +253,7 @@ class Protocol(_Strict):
     task: TaskSpec
     training: TrainingSpec = TrainingSpec()
     simulator: SimulatorSpec = SimulatorSpec()
+    meta: MetaSpec = MetaSpec()
 
 
 

@@ -242,7 +242,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         exp = build_experiment(protocol, source=job["source"], base_dir=Path(job["base_dir"]))
         store = RunStore(job["out"])
         outcome = run_training(exp, store, protocol_text=job["protocol_text"],
-                               protocol_path=job["protocol_path"], on_start=started.append)
+                               protocol_path=job["protocol_path"], on_start=started.append,
+                               extra_info=_sweep_info(job, protocol, exp))
         row.update(run_id=outcome.run_id, status=outcome.status)
         from clln.cli import run_summary
 
@@ -256,6 +257,18 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         if store is not None:
             store.close()
     return row
+
+
+def _sweep_info(job: dict[str, Any], protocol: Any, exp: Any) -> dict[str, Any]:
+    """What a sweep's run records beside its protocol: the sweep, lab metadata, provenance."""
+    from clln.provenance import collect, lab_meta
+
+    info: dict[str, Any] = {"meta": lab_meta(protocol.meta),
+                            "provenance": collect(Path(job["protocol_path"]),
+                                                  backend=exp.backend.describe())}
+    if "sweep" in job:
+        info["sweep"] = job["sweep"]
+    return info
 
 
 # -- the sweep, on a Dask client -----------------------------------------------------
@@ -280,7 +293,9 @@ def _jobs(sweep: Sweep, out: Path) -> Iterator[dict[str, Any]]:
         yield {"index": run.index, "protocol_text": run.protocol_text,
                "source": f"{sweep.path} (run {run.index + 1})",
                "protocol_path": str(sweep.protocol_path.resolve()),
-               "base_dir": str(sweep.protocol_path.resolve().parent), "out": str(out.resolve())}
+               "base_dir": str(sweep.protocol_path.resolve().parent), "out": str(out.resolve()),
+               "sweep": {"name": sweep.spec.name, "index": run.index, "seed": run.seed,
+                         "parameters": dict(run.parameters)}}
 
 
 def open_client(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
@@ -310,8 +325,15 @@ def run_sweep(
     client: Any,
     *,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> SweepOutcome:
-    """Run every run of the sweep on the client; write the results table and plot."""
+    """Run every run of the sweep on the client; write the results table and plot.
+
+    With ``resume``, runs of this sweep already completed in the store (same sweep name,
+    index and effective protocol) are taken as they are, not run again. When the sweep is
+    interrupted (KeyboardInterrupt), the results so far are written, the runs not finished
+    marked ``not run``, and the exception re-raised with the folder as ``partial``.
+    """
     import time
 
     from distributed import as_completed
@@ -321,37 +343,89 @@ def run_sweep(
     from clln.controller.store import RunStore
 
     RunStore(out).close()  # create the store (and its schema) once, before the workers
-    futures = {client.submit(run_one, job, pure=False, key=f"clln-sweep-{sweep.spec.name}-"
-                             f"{job['index']}-{time.time_ns()}"): job["index"]
-               for job in _jobs(sweep, out)}
     rows: dict[int, dict[str, Any]] = {}
-    for future in as_completed(futures):
-        index = futures[future]
-        if future.status == "finished":
-            row = future.result()
-        else:  # the worker itself died (killed, out of memory)
-            exc = future.exception()
-            row = {"index": index, "run_id": None, "status": "failed", "steps": 0,
-                   "message": f"{type(exc).__name__}: {exc}"}
+
+    def add(index: int, row: dict[str, Any]) -> None:
         run = sweep.runs[index]
-        row = {"index": index, "run_id": row.get("run_id"), "status": row["status"],
-               "seed": run.seed, **{k: run.parameters.get(k) for k in sweep.keys},
-               **{k: row.get(k) for k in RESULT_COLUMNS}, "steps": row.get("steps", 0),
-               "message": row.get("message")}
-        rows[index] = row
+        rows[index] = {"index": index, "run_id": row.get("run_id"), "status": row["status"],
+                       "seed": run.seed, **{k: run.parameters.get(k) for k in sweep.keys},
+                       **{k: row.get(k) for k in RESULT_COLUMNS}, "steps": row.get("steps", 0),
+                       "message": row.get("message")}
         if on_result is not None:
-            on_result(row)
+            on_result(rows[index])
+
+    done = finished_runs(sweep, out) if resume else {}
+    for index, row in sorted(done.items()):
+        add(index, row)
+    try:
+        futures = {client.submit(run_one, job, pure=False, key=f"clln-sweep-{sweep.spec.name}-"
+                                 f"{job['index']}-{time.time_ns()}"): job["index"]
+                   for job in _jobs(sweep, out) if job["index"] not in done}
+        for future in as_completed(futures):
+            index = futures[future]
+            if future.status == "finished":
+                row = future.result()
+            else:  # the worker itself died (killed, out of memory)
+                exc = future.exception()
+                row = {"index": index, "run_id": None, "status": "failed", "steps": 0,
+                       "message": f"{type(exc).__name__}: {exc}"}
+            add(index, row)
+    except KeyboardInterrupt as exc:
+        for run in sweep.runs:
+            if run.index not in rows:
+                rows[run.index] = {"index": run.index, "run_id": None, "status": "not run",
+                                   "seed": run.seed,
+                                   **{k: run.parameters.get(k) for k in sweep.keys},
+                                   **{k: None for k in RESULT_COLUMNS}, "steps": 0,
+                                   "message": "the sweep was interrupted"}
+        ordered = [rows[i] for i in sorted(rows)]
+        directory = _results_dir(sweep, out, "-partial")
+        write_results(sweep, ordered, directory)
+        summary_plot(sweep, ordered, directory / "summary.png")
+        exc.partial = directory  # type: ignore[attr-defined]
+        raise
     ordered = [rows[i] for i in sorted(rows)]
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}"
-    suffix = 1
-    while directory.exists():
-        suffix += 1
-        directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}-{suffix}"
-    directory.mkdir(parents=True)
+    directory = _results_dir(sweep, out)
     csv_path, json_path = write_results(sweep, ordered, directory)
     plot = summary_plot(sweep, ordered, directory / "summary.png")
     return SweepOutcome(ordered, directory, csv_path, json_path, plot, time.perf_counter() - t0)
+
+
+def _results_dir(sweep: Sweep, out: Path, tail: str = "") -> Path:
+    """A new folder ``<out>/sweeps/<name>-<time><tail>`` for a sweep's results."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}{tail}"
+    suffix = 1
+    while directory.exists():
+        suffix += 1
+        directory = out / "sweeps" / f"{sweep.spec.name}-{stamp}{tail}-{suffix}"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def finished_runs(sweep: Sweep, out: Path) -> dict[int, dict[str, Any]]:
+    """Result rows of this sweep's runs already completed in the store at ``out``, by index:
+    same sweep name and index, and the same effective protocol text (so a changed sweep
+    file runs again)."""
+    from clln.cli import run_summary
+    from clln.controller.store import RunStore
+
+    found: dict[int, dict[str, Any]] = {}
+    texts = {run.index: run.protocol_text for run in sweep.runs}
+    with RunStore(out) as store:
+        for r in store.index():
+            sw = r["info"].get("sweep") or {}
+            index = sw.get("index")
+            if (r["status"] != "completed" or sw.get("name") != sweep.spec.name
+                    or index not in texts or index in found):
+                continue
+            if store.run(r["id"])["protocol_text"] != texts[index]:
+                continue
+            summary = run_summary(store, r["id"])
+            found[index] = {"run_id": r["id"], "status": "completed", "steps": summary["steps"],
+                            "message": "finished earlier; not run again",
+                            **{k: summary[k] for k in RESULT_COLUMNS}}
+    return found
 
 
 def _columns(sweep: Sweep) -> list[str]:
@@ -376,11 +450,21 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], directory: Path) -> 
     return csv_path, json_path
 
 
+def _median(values: list[float], log: bool) -> float:
+    """Median over seeds; on a log axis the median of the logarithms (for an even count,
+    the geometric mean of the middle two, so seeds decades apart do not pull it)."""
+    import numpy as np
+
+    if log:
+        return float(np.exp(np.median(np.log(values))))
+    return float(np.median(values))
+
+
 def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """y (final test error by default) against the first swept key, one marker per run
-    and a line through the median over seeds per setting of the other keys."""
+    and a line through the median over seeds per setting of the other keys (log-aware
+    when the y axis is logarithmic)."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -397,6 +481,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
                       for r in done)
         labels = sorted({repr(r[x_key]) for r in done}) if not numeric else []
         others = [k for k in sweep.keys if k != x_key]
+        log_y = sweep.spec.plot.log_y and all(r[y_key] > 0 for r in done)
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for r in done:
             groups.setdefault(tuple(repr(r[k]) for k in others), []).append(r)
@@ -406,7 +491,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
 
             label = ", ".join(f"{k} = {v}" for k, v in zip(others, group)) or None
             xs = sorted({xpos(r) for r in members})
-            medians = [float(np.median([r[y_key] for r in members if xpos(r) == x])) for x in xs]
+            medians = [_median([r[y_key] for r in members if xpos(r) == x], log_y) for x in xs]
             line, = ax.plot(xs, medians, "-", label=label)
             ax.plot([xpos(r) for r in members], [r[y_key] for r in members], "o",
                     color=line.get_color(), alpha=0.5, markersize=4)
@@ -418,7 +503,7 @@ def summary_plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path |
             log_x = bool(values) and min(values) > 0 and max(values) / min(values) >= 10
         if log_x:
             ax.set_xscale("log")
-        if sweep.spec.plot.log_y and all(r[y_key] > 0 for r in done):
+        if log_y:
             ax.set_yscale("log")
         ax.set_xlabel(x_key)
         if any(len(g) for g in groups) and others:

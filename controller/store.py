@@ -79,7 +79,30 @@ CREATE TABLE IF NOT EXISTS snapshots (
     taps BLOB,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    t REAL NOT NULL,
+    step INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+CREATE TABLE IF NOT EXISTS controls (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    action TEXT NOT NULL,
+    t REAL NOT NULL
+);
 """
+
+#: Kinds of entries in a run's event log (``events`` table).
+EVENT_KINDS = ("retry", "pause", "resume", "stop", "watchdog", "warning", "fault", "resume-point",
+               "daq", "note")
+
+#: Requests a watcher may leave for a running run (``controls`` table); the trainer
+#: polls them at every step boundary.
+CONTROL_ACTIONS = ("pause", "resume", "stop")
 
 
 def to_blob(array: np.ndarray | None) -> bytes | None:
@@ -280,6 +303,50 @@ class RunStore:
                 self._db.execute("UPDATE runs SET info = ? WHERE id = ?",
                                  (json.dumps({**json.loads(old), **info}), run_id))
 
+    # -- event log and control requests --------------------------------------
+
+    def log_event(self, run_id: str, kind: str, message: str, *, step: int | None = None,
+                  data: dict[str, Any] | None = None) -> None:
+        """Append to a run's event log: retries, pauses, watchdog trips, warnings, faults,
+        resume points (``kind`` one of :data:`EVENT_KINDS`)."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"event kind {kind!r}; allowed: {', '.join(EVENT_KINDS)}")
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO events (run_id, t, step, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, time.time(), step, kind, message, None if data is None else json.dumps(data)),
+            )
+
+    def events(self, run: str, after: int = 0) -> list[dict[str, Any]]:
+        """A run's event log, oldest first (only entries with id > ``after``): dicts with
+        id, t (s since the epoch), step, kind, message, data."""
+        rows = self._db.execute(
+            "SELECT id, t, step, kind, message, data FROM events WHERE run_id = ? AND id > ?"
+            " ORDER BY id", (self.resolve(run), after)).fetchall()
+        return [{"id": i, "t": t, "step": st, "kind": k, "message": m,
+                 "data": None if d is None else json.loads(d)} for i, t, st, k, m, d in rows]
+
+    def request(self, run: str, action: str) -> str:
+        """Ask a running run to pause, resume or stop at its next step boundary (the
+        process training it may be on another terminal); returns the run id."""
+        if action not in CONTROL_ACTIONS:
+            raise UserError(f"control action {action!r}; allowed: {', '.join(CONTROL_ACTIONS)}")
+        run_id = self.resolve(run)
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO controls VALUES (?, ?, ?)",
+                             (run_id, action, time.time()))
+        return run_id
+
+    def pending(self, run_id: str) -> str | None:
+        """The control request left for a run (pause, resume, stop) or None."""
+        row = self._db.execute("SELECT action FROM controls WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def clear_request(self, run_id: str) -> None:
+        """Forget a run's control request (it was obeyed)."""
+        with self._tx():
+            self._db.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
+
     # -- reading -------------------------------------------------------------
 
     def resolve(self, run: str) -> str:
@@ -310,6 +377,19 @@ class RunStore:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def index(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with what a listing needs: the list_runs columns plus
+        backend (dict), info (dict) and the last test error (None before any test)."""
+        cur = self._db.execute(
+            "SELECT r.id, r.created, r.status, r.name, r.steps_done, r.steps_planned, r.wall_time,"
+            " r.backend, r.info, (SELECT t.error FROM tests t WHERE t.run_id = r.id"
+            " ORDER BY t.step DESC LIMIT 1) AS final_test_error FROM runs r ORDER BY r.rowid")
+        cols = [c[0] for c in cur.description]
+        rows = [dict(zip(cols, row)) for row in cur.fetchall()]
+        for r in rows:
+            r["backend"], r["info"] = json.loads(r["backend"]), json.loads(r["info"])
+        return rows
+
     def run(self, run: str) -> dict[str, Any]:
         """Everything recorded about a run except the per-step history."""
         run_id = self.resolve(run)
@@ -321,6 +401,30 @@ class RunStore:
         rec["backend"] = json.loads(rec["backend"])
         rec["info"] = json.loads(rec["info"])
         return rec
+
+    def progress(self, run_id: str) -> dict[str, Any]:
+        """A run's status, steps_done, steps_planned, message and wall_time (cheap: no arrays)."""
+        cur = self._db.execute("SELECT status, steps_done, steps_planned, message, wall_time"
+                               " FROM runs WHERE id = ?", (run_id,))
+        return dict(zip([c[0] for c in cur.description], cur.fetchone()))
+
+    def records_since(self, run_id: str, step: int, test_step: int) -> tuple[list[tuple], list[tuple]]:
+        """Step records (step, error, nudge, update_norm, n_clipped, t) after ``step`` and test
+        records (step, error, accuracy) after ``test_step``, in step order: what a watcher
+        has not seen yet."""
+        steps = self._db.execute(
+            "SELECT step, error, nudge, update_norm, n_clipped, t FROM steps WHERE run_id = ?"
+            " AND step > ? ORDER BY step", (run_id, step)).fetchall()
+        tests = self._db.execute(
+            "SELECT step, error, accuracy FROM tests WHERE run_id = ? AND step > ? ORDER BY step",
+            (run_id, test_step)).fetchall()
+        return steps, tests
+
+    def latest_snapshot(self, run_id: str) -> tuple[int, np.ndarray] | None:
+        """(step, conductances in S) of a run's most recent snapshot, or None."""
+        row = self._db.execute("SELECT step, conductances FROM snapshots WHERE run_id = ?"
+                               " ORDER BY step DESC LIMIT 1", (run_id,)).fetchone()
+        return None if row is None else (int(row[0]), from_blob(row[1]))
 
     def history(self, run: str) -> RunHistory:
         """Per-step, test and snapshot records of a run."""

@@ -29,6 +29,7 @@ import numpy as np
 from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges, boundary_arrays
 from clln.controller.calibration import Calibration, ChannelCalibration
 from clln.controller.errors import LimitError, UserError
+from clln.controller.events import emit
 from clln.controller.network import Network
 from clln.drivers.daq import DaqInterface
 from clln.drivers.errors import DaqError
@@ -254,8 +255,9 @@ class HardwareBackend:
         self.is_safe = False
         try:
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
-        except DaqError:  # one retry for a transient DAQ error; a second one stops the run
+        except DaqError as exc:  # one retry for a transient DAQ error; a second one stops the run
             self.daq_retries += 1
+            emit("daq", f"acquisition retried after: {exc}")
             readings, stamps = self.daq.acquire(ao, clamps_engaged=clamps is not None)
         return Measurement(self.channels.volts(readings[:, self.ai_of_node]), None, stamps)
 
@@ -354,6 +356,11 @@ class HardwareBackend:
     def safe(self) -> None:
         self.daq.zero()
         self.is_safe = True
+
+    def keepalive(self) -> None:
+        """Tell the potentiometer controller the host is still there (``PING``), so that
+        its watchdog does not park the pots while a run is held at a pause."""
+        self.potbank.ping()
 
     def close(self) -> None:
         """Outputs to 0 V and the DAQ's tasks cleared, then the controller's port closed."""

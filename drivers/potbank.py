@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import serial
 
+from clln.controller.events import emit
 from clln.drivers.errors import (
     ControllerSilent,
     DeviceLost,
@@ -187,6 +188,8 @@ class PotBank:
             while attempts <= self.retries or self.clock() - start < span:
                 if attempts:
                     self.retries_used += 1
+                    emit("retry", f"serial command {cmd:#04x} resent (attempt {attempts + 1})",
+                         command=cmd, attempt=attempts + 1)
                 attempts += 1
                 try:
                     self._drain()

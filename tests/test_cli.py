@@ -257,7 +257,7 @@ def test_show_human_readable(demo, inspect) -> None:
     res = ok(inspect["show_human"])
     assert run_id in res.stdout
     assert "completed" in res.stdout
-    assert 'name = "demo"' in res.stdout  # the protocol text is shown
+    assert 'name = "demo"' not in res.stdout  # the protocol text only with --protocol
 
 
 def test_show_unknown_run(inspect) -> None:

@@ -212,6 +212,8 @@ def test_a_daq_error_is_retried_once_then_the_run_pauses_resumably(tmp_path: Pat
         rec = store.run("latest")
         assert backend.daq_retries == 2
         assert rec["status"] == "paused" and "hardware fault" in rec["message"]
+        kinds = [e["kind"] for e in store.events(rec["id"])]
+        assert kinds == ["daq", "daq", "fault"]  # the run's event log, as the dashboard shows it
         assert rec["steps_done"] > 0 and store.checkpoint(rec["id"])[0] == rec["steps_done"]
         ao = session.emulator.log.of("ao")
         assert ao[-1]["levels"] == [0.0] * 4  # made safe
