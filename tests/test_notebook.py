@@ -112,5 +112,7 @@ def test_bench_provenance(tmp_path: Path) -> None:
     prov = s["provenance"]
     assert prov["bench_sha256"] == hashlib.sha256(bench.read_bytes()).hexdigest()
     assert prov["firmware"]["name"] == "clln bench emulator"
-    assert prov["firmware"]["version"] == "1.0"
+    from clln.simulator.bench import VERSION
+
+    assert prov["firmware"]["version"] == ".".join(map(str, VERSION))  # what HELLO reported
     assert s["meta"]["tags"] == ["bench"]
