@@ -1,0 +1,76 @@
+"""Composition of the in-situ mode: the experiment a bench that learns in place runs
+(from ``[training.insitu]``), the simulated comparator-twin bench, and its trainer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clln.controller.errors import ProtocolError
+from clln.controller.insitu import InSituExperiment, InSituTrainer, TimerModel
+from clln.controller.network import Network
+from clln.controller.task import Task
+from clln.protocol import Protocol
+from clln.simulator.insitu_pot import (
+    ComparatorTwinBench,
+    ComparatorTwinParams,
+    ComparatorTwinPhysics,
+)
+
+if TYPE_CHECKING:
+    from clln.compose import Experiment
+
+
+def insitu_experiment(protocol: Protocol, task: Task, steps: int, source: str) -> InSituExperiment:
+    """The :class:`InSituExperiment` of a protocol in mode 'in-situ', for ``steps`` steps
+    (ProtocolError naming ``source`` and the key when a schedule does not fit them)."""
+    spec = protocol.training.insitu
+    assert spec is not None
+    try:
+        spec.check(steps)
+    except ValueError as exc:
+        raise ProtocolError(f"{source}: training.{exc}") from None
+    labels = task.train.labels if task.kind == "classification" else None
+    flags = None if spec.learn_flags is None else np.array(spec.learn_flags, dtype=bool)
+    return InSituExperiment.from_schedules(
+        train_sources=task.source_voltages(task.train.x), train_targets=task.train.y,
+        test_sources=task.source_voltages(task.test.x), test_targets=task.test.y,
+        eta=spec.schedule("eta", steps),
+        learn_time_s=[t * 1e-6 for t in spec.schedule("learn_time_us", steps)],
+        amplifier_gain=spec.amplifier_gain, eta_levels=spec.eta_levels, learn_flags=flags,
+        timer=TimerModel(spec.timer_tick_us * 1e-6, spec.timer_max_ticks),
+        train_labels=labels, test_labels=None if labels is None else task.test.labels,
+        hinge=spec.hinge, margin=spec.margin, normalise=spec.normalise,
+        anti_clamp=spec.anti_clamp, test_every=protocol.training.test_every,
+    )
+
+
+def comparator_params(protocol: Protocol) -> ComparatorTwinParams:
+    """The comparator-twin bench's parts: defaults with ``[simulator.comparator]`` applied."""
+    given = protocol.simulator.comparator
+    overrides = {} if given is None else given.model_dump(exclude_none=True)
+    return ComparatorTwinParams(**{**asdict(ComparatorTwinParams()), **overrides})
+
+
+def comparator_bench(protocol: Protocol, network: Network, rng_init: np.random.Generator,
+                     bench_seed: int, noise_seed: int) -> ComparatorTwinBench:
+    """The simulated comparator-clocked twin bench; initial taps uniform in the middle half
+    (or ``edges.init_taps``)."""
+    params = comparator_params(protocol)
+    init = protocol.edges.init_taps
+    lo, hi = init if init is not None else (params.taps // 4, 3 * params.taps // 4)
+    if hi >= params.taps:
+        raise ProtocolError(f"edges.init_taps: must lie in 0..{params.taps - 1} on the "
+                            "comparator-twin bench")
+    taps = rng_init.integers(lo, hi + 1, size=network.n_edges)
+    physics = ComparatorTwinPhysics(network, taps, params, bench_seed=bench_seed,
+                                    noise_seed=noise_seed)
+    return ComparatorTwinBench(physics, bench_seed=bench_seed, noise_seed=noise_seed)
+
+
+def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer:
+    """The trainer of an experiment in mode 'in-situ'."""
+    return InSituTrainer(exp.backend, insitu_experiment(exp.protocol, exp.task, exp.config.steps, source),
+                         exp.batch_rng, snapshot_every=exp.config.snapshot_every)
