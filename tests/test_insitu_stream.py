@@ -1,0 +1,120 @@
+"""The streaming in-situ bench (PROTOCOL.md §12): the driver against the emulated device
+on a pty, which runs the same loop on the same simulated comparator twin bench."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clln.compose import Experiment, build_experiment, run_training
+from clln.controller.store import RunStore
+from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge, InSituBench
+from clln.drivers.potbank import open_port
+from clln.insitu import insitu_experiment
+from clln.protocol import parse_protocol
+from clln.simulator.bench import Faults
+from clln.simulator.insitu_device import EmulatedInSituBench
+from clln.simulator.insitu_pot import ComparatorTwinPhysics
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
+
+
+def experiment(train: int = 8, steps: int = 20, noise: float = 0.0) -> Experiment:
+    text = (TEXT.replace("train = 8", f"train = {train}").replace("steps = 60", f"steps = {steps}")
+            .replace("noise_rms = 1e-3", f"noise_rms = {noise}"))
+    return build_experiment(parse_protocol(text, "p.toml"), source="p.toml", base_dir=ROOT)
+
+
+def emulated(exp: Experiment, faults: Faults | None = None, **options: object):  # noqa: ANN201
+    """The emulated streaming device with the simulator's bench (same parts, same start)
+    and the driver connected to it."""
+    sim = exp.backend.physics
+    physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=exp.seed)
+    physics.load_state_dict(sim.state_dict())
+    device = EmulatedInSituBench(physics, faults=faults)
+    driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
+                         record_timeout=0.01, **options)  # type: ignore[arg-type]
+    driver.connect()
+    return device, driver
+
+
+def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
+    exp = experiment(noise=0.0)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp)
+    try:
+        streamed = list(driver.run_insitu(ex, 0, ex.steps))
+    finally:
+        device.close()
+    simulated = list(exp.backend.run_insitu(ex, 0, ex.steps))
+    assert [r.step for r in streamed] == list(range(ex.steps + 1))
+    moved = simulated[-1].state - simulated[0].state
+    assert np.count_nonzero(moved) >= 3  # the taps really moved
+    for sim, emu in zip(simulated, streamed, strict=True):
+        np.testing.assert_array_equal(emu.state, sim.state)  # tracked taps, exactly
+        np.testing.assert_allclose(emu.free, sim.free, atol=VOLT_LSB / 2 + 1e-9)
+        np.testing.assert_allclose(emu.clamped, sim.clamped, atol=VOLT_LSB / 2 + 1e-9)
+        assert emu.n_teaching == sim.n_teaching
+        assert (emu.test_error is None) == (sim.test_error is None)
+
+
+def test_no_record_is_lost_under_corrupted_bytes() -> None:
+    exp = experiment(train=2, steps=60)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp, Faults(corrupt=0.01, seed=4), credit=16)
+    try:
+        streamed = list(driver.run_insitu(ex, 0, ex.steps))
+    finally:
+        device.close()
+    simulated = list(exp.backend.run_insitu(ex, 0, ex.steps))
+    assert [r.step for r in streamed] == list(range(ex.steps + 1))
+    assert driver.resends > 0  # the faults did hit
+    for sim, emu in zip(simulated, streamed, strict=True):
+        np.testing.assert_array_equal(emu.state, np.float32(sim.state))
+
+
+def test_experiment_too_large_for_the_device_is_refused_before_sending() -> None:
+    exp = experiment(train=30)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp)
+    try:
+        before = device.firmware.frames_ok
+        with pytest.raises(ExperimentTooLarge) as info:
+            next(iter(driver.run_insitu(ex, 0, ex.steps)))
+        assert device.firmware.frames_ok == before  # nothing was sent
+        assert device.firmware.experiment is None
+    finally:
+        device.close()
+    message = str(info.value)
+    assert "\n" not in message and "training.insitu" in message and "at most 512" in message
+    small = experiment(train=12, steps=2)
+    ex = insitu_experiment(small.protocol, small.task, small.config.steps, "p.toml")
+    device, driver = emulated(small, credit=40)
+    try:
+        with pytest.raises(ExperimentTooLarge, match=r"allowed: 6144 \(ATmega2560: 8192 bytes SRAM"):
+            driver.run_insitu(ex, 0, ex.steps)
+    finally:
+        device.close()
+
+
+def test_streamed_run_is_recorded_like_any_run(tmp_path: Path) -> None:
+    exp = experiment(steps=12, noise=1e-3)
+    device, driver = emulated(exp)
+    try:
+        streamed = replace(exp, backend=driver)
+        with RunStore(tmp_path) as store:
+            outcome = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml")
+            hist = store.history(outcome.run_id)
+            run = store.run(outcome.run_id)
+    finally:
+        device.close()
+    assert outcome.status == "completed"
+    assert list(hist.steps) == list(range(1, 13))
+    assert run["backend"]["kind"] == "insitu-serial"
+    # the final taps the store kept are those the device's edges hold
+    np.testing.assert_array_equal(run["final_taps"], device.firmware.physics.taps)
+    assert np.isfinite(hist.test_error).all() and len(hist.test_error) >= 2
