@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,11 @@ from clln.controller.errors import ProtocolError
 from clln.controller.insitu import InSituExperiment, InSituTrainer, TimerModel
 from clln.controller.network import Network
 from clln.controller.task import Task
+from clln.drivers.insitu import InSituBench
+from clln.drivers.potbank import open_port
 from clln.protocol import Protocol
+from clln.simulator.bench import Faults
+from clln.simulator.insitu_device import EmulatedInSituBench
 from clln.simulator.insitu_pot import (
     ComparatorTwinBench,
     ComparatorTwinParams,
@@ -74,3 +78,20 @@ def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer
     """The trainer of an experiment in mode 'in-situ'."""
     return InSituTrainer(exp.backend, insitu_experiment(exp.protocol, exp.task, exp.config.steps, source),
                          exp.batch_rng, snapshot_every=exp.config.snapshot_every)
+
+
+def emulated_stream(exp: Experiment, faults: Faults | None = None, *, record_timeout: float = 0.01,
+                    **options: Any) -> tuple[EmulatedInSituBench, InSituBench]:
+    """The experiment's comparator twin bench behind the streaming wire protocol: the
+    emulated device on a pty (the same parts and start state as ``exp.backend``) and the
+    driver connected to it. Close the device when done."""
+    sim = exp.backend.physics  # type: ignore[attr-defined]
+    physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
+    for name in ("r_total", "r_wiper", "opamp_offset", "comparator_offset"):  # the same parts
+        setattr(physics, name, getattr(sim, name).copy())
+    physics.load_state_dict(sim.state_dict())
+    device = EmulatedInSituBench(physics, faults=faults)
+    driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
+                         record_timeout=record_timeout, **options)
+    driver.connect()
+    return device, driver

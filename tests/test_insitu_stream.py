@@ -11,13 +11,10 @@ import pytest
 
 from clln.compose import Experiment, build_experiment, run_training
 from clln.controller.store import RunStore
-from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge, InSituBench
-from clln.drivers.potbank import open_port
-from clln.insitu import insitu_experiment
+from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge
+from clln.insitu import emulated_stream, insitu_experiment
 from clln.protocol import parse_protocol
 from clln.simulator.bench import Faults
-from clln.simulator.insitu_device import EmulatedInSituBench
-from clln.simulator.insitu_pot import ComparatorTwinPhysics
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
@@ -30,16 +27,7 @@ def experiment(train: int = 8, steps: int = 20, noise: float = 0.0) -> Experimen
 
 
 def emulated(exp: Experiment, faults: Faults | None = None, **options: object):  # noqa: ANN201
-    """The emulated streaming device with the simulator's bench (same parts, same start)
-    and the driver connected to it."""
-    sim = exp.backend.physics
-    physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=exp.seed)
-    physics.load_state_dict(sim.state_dict())
-    device = EmulatedInSituBench(physics, faults=faults)
-    driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
-                         record_timeout=0.01, **options)  # type: ignore[arg-type]
-    driver.connect()
-    return device, driver
+    return emulated_stream(exp, faults, **options)
 
 
 def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
