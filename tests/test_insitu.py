@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clln.compose import build_experiment, run_training
+from clln.compose import build_experiment, resume_training, run_training
 from clln.controller.capabilities import CapabilityError, LearnsInPlace, require
 from clln.controller.errors import ProtocolError
 from clln.controller.insitu import InSituExperiment, InSituTrainer, run_loop
@@ -209,3 +209,26 @@ def test_in_situ_run_learns_is_recorded_and_reproduces(tmp_path: Path) -> None:
     assert len(hist.error) == protocol.training.steps
     np.testing.assert_array_equal(hist.test_error, hist2.test_error)  # seeded: the same run
     assert finals[0]["backend"]["preset"] == "comparator-twin"
+
+
+def test_interrupted_in_situ_run_resumes_exactly(tmp_path: Path) -> None:
+    protocol, text = load_protocol(PROTOCOL)
+    calls = {"n": 0}
+
+    def stop_at_25() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 25
+
+    with RunStore(tmp_path) as store:
+        full = run_training(build_experiment(protocol, source="p", base_dir=ROOT), store,
+                            protocol_text=text, protocol_path="p")
+        part = run_training(build_experiment(protocol, source="p", base_dir=ROOT), store,
+                            protocol_text=text, protocol_path="p", should_stop=stop_at_25)
+        assert (part.status, part.result.steps_done) == ("interrupted", 25)
+        done = resume_training(build_experiment(protocol, source="p", base_dir=ROOT), store,
+                               part.run_id)
+        assert done.status == "completed"
+        np.testing.assert_array_equal(store.run(part.run_id)["final_taps"],
+                                      store.run(full.run_id)["final_taps"])
+        np.testing.assert_array_equal(store.history(part.run_id).error,
+                                      store.history(full.run_id).error)
