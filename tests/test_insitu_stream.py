@@ -30,16 +30,22 @@ def emulated(exp: Experiment, faults: Faults | None = None, **options: object): 
     return emulated_stream(exp, faults, **options)
 
 
-def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
-    exp = experiment(noise=0.0)
+def both(exp: Experiment, faults: Faults | None = None, **options: object):  # noqa: ANN201
+    """(simulated records, streamed records, driver) of the whole experiment, both from the
+    same start."""
     ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
-    device, driver = emulated(exp)
+    device, driver = emulated(exp, faults, **options)
     try:
         streamed = list(driver.run_insitu(ex, 0, ex.steps))
     finally:
         device.close()
     simulated = list(exp.backend.run_insitu(ex, 0, ex.steps))
-    assert [r.step for r in streamed] == list(range(ex.steps + 1))
+    assert [r.step for r in streamed] == list(range(ex.steps + 1))  # every record, in order
+    return simulated, streamed, driver
+
+
+def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
+    simulated, streamed, _ = both(experiment(noise=0.0))
     moved = simulated[-1].state - simulated[0].state
     assert np.count_nonzero(moved) >= 3  # the taps really moved
     for sim, emu in zip(simulated, streamed, strict=True):
@@ -51,15 +57,8 @@ def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
 
 
 def test_no_record_is_lost_under_corrupted_bytes() -> None:
-    exp = experiment(train=2, steps=60)
-    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
-    device, driver = emulated(exp, Faults(corrupt=0.01, seed=4), credit=16)
-    try:
-        streamed = list(driver.run_insitu(ex, 0, ex.steps))
-    finally:
-        device.close()
-    simulated = list(exp.backend.run_insitu(ex, 0, ex.steps))
-    assert [r.step for r in streamed] == list(range(ex.steps + 1))
+    simulated, streamed, driver = both(experiment(train=2, steps=60), Faults(corrupt=0.01, seed=4),
+                                       credit=16)
     assert driver.resends > 0  # the faults did hit
     for sim, emu in zip(simulated, streamed, strict=True):
         np.testing.assert_array_equal(emu.state, np.float32(sim.state))
