@@ -25,6 +25,7 @@ from clln.simulator.bench import (
     NO_HANDSHAKE,
     OK,
     OUT_OF_RANGE,
+    PARK,
     Faults,
     PotFirmware,
     PtyLink,
@@ -163,6 +164,8 @@ class InSituFirmware(PotFirmware):
 
     def _execute(self, cmd: int, p: bytes) -> bytes:
         reply = super()._execute(cmd, p)
+        if cmd == PARK and reply[0] == OK:
+            self._loop = None  # the safe state ends a run
         if cmd == HELLO and reply[0] == OK:
             return reply[:1] + bytes(VERSION) + reply[3:]
         if cmd not in range(EXP_BEGIN, SET_STATE + 1):
