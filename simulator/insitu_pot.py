@@ -58,7 +58,7 @@ class ComparatorTwinParams:
     r_wiper_sigma: float = 10.0
     opamp_offset: float = 2e-3
     comparator_offset: float = 2e-3
-    dead_band: float = 1e-3
+    dead_band: float = 5e-3
     clock_hz: float = 10e3
     noise_rms: float = 1e-3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clln.compose import build_experiment, resume_training, run_training
+from clln.compose import build_experiment, make_trainer, resume_training, run_training
 from clln.controller.capabilities import CapabilityError, LearnsInPlace, require
 from clln.controller.errors import ProtocolError
 from clln.controller.insitu import InSituExperiment, InSituTrainer, run_loop
@@ -171,7 +171,7 @@ def test_protocol_keys_are_validated() -> None:
         bad = "\n".join(line if ln.startswith(key + " =") else ln for ln in text.splitlines())
         with pytest.raises(ProtocolError, match=r"^bad\.toml: training: " + message.replace(".", r"\.")):
             parse_protocol(bad, "bad.toml")
-    ok = text.replace("eta = 0.5 ", "eta = 2.48\namplifier_gain = 10.0 ")
+    ok = text.replace("eta = 1.0 ", "eta = 2.48\namplifier_gain = 10.0 ")
     assert parse_protocol(ok, "ok.toml").training.insitu.amplifier_gain == 10.0
     with pytest.raises(ProtocolError, match="learn_flags: 3 entries; allowed: one per training sample"):
         parse_protocol(text.replace("margin = 0.0", "margin = 0.0\nlearn_flags = [true, false, true]"), "f")
@@ -182,7 +182,7 @@ def test_protocol_keys_are_validated() -> None:
 
 def test_bad_schedule_exits_2_with_one_line_and_records_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text(PROTOCOL.read_text().replace("eta = 0.5 ", "eta = 4.0 "))
+    bad.write_text(PROTOCOL.read_text().replace("eta = 1.0 ", "eta = 4.0 "))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     res = subprocess.run([sys.executable, "-m", "clln.cli", "train", str(bad), "--out",
                           str(tmp_path / "runs")], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -232,3 +232,14 @@ def test_interrupted_in_situ_run_resumes_exactly(tmp_path: Path) -> None:
                                       store.run(full.run_id)["final_taps"])
         np.testing.assert_array_equal(store.history(part.run_id).error,
                                       store.history(full.run_id).error)
+
+
+def test_regression_is_learned_in_place_over_seeds() -> None:
+    """Median over 5 seeds (tasks, parts, start taps) of test error final / initial."""
+    protocol, _ = load_protocol(PROTOCOL)
+    ratios = []
+    for seed in range(1, 6):
+        result = make_trainer(build_experiment(protocol, source="p", base_dir=ROOT, seed=seed)).run()
+        ratios.append(result.final_test_error / result.initial_test_error)
+    assert np.median(ratios) < 0.05, ratios
+    assert max(ratios) < 1.0, ratios
