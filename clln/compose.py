@@ -216,7 +216,10 @@ def build_experiment(
     bench_seed = seed if sim.bench_seed is None else sim.bench_seed
     backend: NetworkBackend | ComparatorTwinBench
     if sim.preset == "comparator-twin":  # a bench that learns in place
-        backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
+        try:
+            backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{source}: {exc}") from None
     else:
         backend = SimulatedBackend(
             network, edges, initial,

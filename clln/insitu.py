@@ -58,11 +58,28 @@ def comparator_params(protocol: Protocol) -> ComparatorTwinParams:
     return ComparatorTwinParams(**{**asdict(ComparatorTwinParams()), **overrides})
 
 
+def check_pulses(protocol: Protocol, clock_hz: float) -> None:
+    """ProtocolError unless every learning window holds at least one pulse of the bench's
+    learning clock (with NOR: the window divided by every training sample)."""
+    spec = protocol.training.insitu
+    assert spec is not None
+    shortest = min(spec.schedule("learn_time_us", protocol.training.steps))
+    share = protocol.task.train if spec.normalise else 1
+    period_us = 1e6 / clock_hz
+    if shortest / share < period_us * (1 - 1e-9):
+        nor = f" / {share} samples (normalise)" if spec.normalise else ""
+        raise ProtocolError(
+            f"training.insitu.learn_time_us: {shortest:g} us{nor} is shorter than one pulse of the "
+            f"comparator-twin bench's {clock_hz:g} Hz learning clock; allowed: >= "
+            f"{period_us * share:g} us")
+
+
 def comparator_bench(protocol: Protocol, network: Network, rng_init: np.random.Generator,
                      bench_seed: int, noise_seed: int) -> ComparatorTwinBench:
     """The simulated comparator-clocked twin bench; initial taps uniform in the middle half
     (or ``edges.init_taps``)."""
     params = comparator_params(protocol)
+    check_pulses(protocol, params.clock_hz)
     init = protocol.edges.init_taps
     lo, hi = init if init is not None else (params.taps // 4, 3 * params.taps // 4)
     if hi >= params.taps:

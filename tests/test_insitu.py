@@ -243,3 +243,11 @@ def test_regression_is_learned_in_place_over_seeds() -> None:
         ratios.append(result.final_test_error / result.initial_test_error)
     assert np.median(ratios) < 0.05, ratios
     assert max(ratios) < 1.0, ratios
+
+
+def test_window_shorter_than_a_clock_pulse_is_refused() -> None:
+    text = PROTOCOL.read_text().replace("normalise = false", "normalise = true")
+    with pytest.raises(ProtocolError, match=r"^p\.toml: training\.insitu\.learn_time_us: 100 us / 8 "
+                                            r"samples \(normalise\) is shorter than one pulse.*"
+                                            r"allowed: >= 800 us$"):
+        build_experiment(parse_protocol(text, "p.toml"), source="p.toml", base_dir=ROOT)
