@@ -290,5 +290,5 @@ class InSituBench:
         info = self.bank.info
         return {"kind": "insitu-serial", "backend": "in-situ bench over serial",
                 "port": getattr(self.transport, "port", None), "credit": self.credit,
-                "memory": self.memory.name, "solver": "-",
+                "memory": self.memory.name,
                 "firmware": None if info is None else f"{info.name} {info.version}"}
