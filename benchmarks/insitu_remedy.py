@@ -43,7 +43,7 @@ def run(changes: dict[str, str], seed: int, steps: int) -> tuple[float, float, f
     protocol = parse_protocol(text, "insitu-pot-regression.toml")
     trainer = make_trainer(build_experiment(protocol, source="p", base_dir=ROOT, seed=seed))
     records: list[InSituRecord] = []
-    trainer.records = records  # type: ignore[attr-defined]
+    trainer.on_record = records.append  # type: ignore[attr-defined]
     result = trainer.run()
     states = np.array([r.state for r in records])
     tail = states[-(steps // 4):]

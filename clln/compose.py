@@ -26,7 +26,7 @@ from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.drivers.errors import DriverError
-from clln.insitu import comparator_bench, insitu_experiment, insitu_trainer
+from clln.insitu import comparator_bench, insitu_experiment, insitu_trainer, keep_records
 from clln.protocol import EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
 from clln.simulator.insitu_pot import ComparatorTwinBench
@@ -315,6 +315,7 @@ def run_training(
     if on_start is not None:
         on_start(run_id)
     trainer = make_trainer(exp)
+    keep_records(trainer, store, run_id)
     return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
 
 
@@ -329,6 +330,7 @@ def resume_training(
     """Continue a stopped run from its last checkpoint. ``exp`` must be rebuilt from the
     run's own protocol text and seed (see :func:`rebuild_experiment`)."""
     trainer = make_trainer(exp)
+    keep_records(trainer, store, run_id)
     found = store.checkpoint(run_id)
     if found is None:  # stopped before its first step was recorded: start over
         store.restart(run_id)

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clln.controller.errors import ProtocolError
-from clln.controller.insitu import InSituExperiment, InSituTrainer, TimerModel
+from clln.controller.insitu import InSituExperiment, InSituRecord, InSituTrainer, TimerModel
 from clln.controller.network import Network
+from clln.controller.store import RunStore, from_blob, to_blob
 from clln.controller.task import Task
 from clln.drivers.insitu import InSituBench
 from clln.drivers.potbank import open_port
@@ -112,3 +115,45 @@ def emulated_stream(exp: Experiment, faults: Faults | None = None, *, record_tim
                          record_timeout=record_timeout, **options)
     driver.connect()
     return device, driver
+
+
+class RecordFile:
+    """Every :class:`InSituRecord` of a run, node voltages included, in an SQLite file
+    beside the run's reports (``RUN_DIR/insitu.sqlite``, WAL, one transaction per record;
+    a record written again after a resume replaces the earlier one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS records (step INTEGER PRIMARY KEY, eta REAL, window_s REAL,"
+            " n_teaching INTEGER, train_error REAL, test_error REAL, test_accuracy REAL,"
+            " free BLOB, clamped BLOB, state BLOB)")
+        self._db.commit()
+
+    def add(self, rec: InSituRecord) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.step, rec.eta, rec.window_s, rec.n_teaching, rec.train_error, rec.test_error,
+                 rec.test_accuracy, to_blob(rec.free), to_blob(rec.clamped), to_blob(rec.state)))
+
+    def read(self) -> list[InSituRecord]:
+        """The records, by step."""
+        rows = self._db.execute("SELECT * FROM records ORDER BY step").fetchall()
+        return [InSituRecord(int(r[0]), r[1], r[2], int(r[3]), r[4], from_blob(r[7]),  # type: ignore[arg-type]
+                             from_blob(r[8]), from_blob(r[9]), r[5], r[6]) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def keep_records(trainer: object, store: RunStore, run_id: str) -> RecordFile | None:
+    """Have an in-situ trainer keep every record beside the run's reports; None (and
+    nothing done) for other trainers."""
+    if not isinstance(trainer, InSituTrainer):
+        return None
+    file = RecordFile(store.run_dir(run_id) / "insitu.sqlite")
+    trainer.on_record = file.add
+    return file

@@ -313,20 +313,20 @@ class InSituTrainer:
     :class:`~clln.controller.trainer.StepRecord` stream every run is recorded from.
 
     ``run`` has the signature of :meth:`Trainer.run`, so the run store, checkpoints,
-    progress and stop requests work as for any run. ``records`` (when a list is given)
-    receives every full :class:`InSituRecord`.
+    progress and stop requests work as for any run. ``on_record`` (when given) receives
+    every full :class:`InSituRecord` (node voltages included) before the step's callbacks.
     """
 
     def __init__(self, backend: object, experiment: InSituExperiment,
                  rng: np.random.Generator, snapshot_every: int = 1,
-                 records: list[InSituRecord] | None = None) -> None:
+                 on_record: Callable[[InSituRecord], None] | None = None) -> None:
         self.bench = require(backend, LearnsInPlace, what="training mode 'in-situ'")
         self.backend = backend
         self.experiment = experiment
         self.rng = rng  # not used by the loop; kept so checkpoints look like any run's
         self.scheme = None
         self.snapshot_every = snapshot_every
-        self.records = records
+        self.on_record = on_record
 
     def _step_record(self, rec: InSituRecord, previous: np.ndarray) -> StepRecord:
         ex = self.experiment
@@ -365,8 +365,8 @@ class InSituTrainer:
         step_rec: StepRecord | None = None
         interrupted = False
         for rec in self.bench.run_insitu(ex, start_step, ex.steps - start_step):
-            if self.records is not None:
-                self.records.append(rec)
+            if self.on_record is not None:
+                self.on_record(rec)
             if rec.step == 0:
                 initial_test = last_test = float(rec.test_error)  # type: ignore[arg-type]
                 if on_initial_test is not None:

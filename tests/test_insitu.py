@@ -18,6 +18,7 @@ from clln.controller.errors import ProtocolError
 from clln.controller.insitu import InSituExperiment, InSituTrainer, run_loop
 from clln.controller.network import NodeRoles, square_lattice
 from clln.controller.store import RunStore
+from clln.insitu import RecordFile
 from clln.protocol import load_protocol, parse_protocol
 from clln.simulator.insitu_pot import ComparatorTwinParams, ComparatorTwinPhysics
 from tests.conftest import dense_solution
@@ -207,6 +208,10 @@ def test_in_situ_run_learns_is_recorded_and_reproduces(tmp_path: Path) -> None:
     assert first.status == "completed" and first.result.steps_done == protocol.training.steps
     assert first.result.final_test_error < first.result.initial_test_error / 10
     assert len(hist.error) == protocol.training.steps
+    kept = RecordFile(tmp_path / "a" / first.run_id / "insitu.sqlite").read()  # every record
+    assert [r.step for r in kept] == list(range(protocol.training.steps + 1))
+    assert kept[-1].free.shape == (protocol.task.train, 9) and kept[0].test_error is not None
+    np.testing.assert_array_equal(kept[-1].state, finals[0]["final_taps"])
     np.testing.assert_array_equal(hist.test_error, hist2.test_error)  # seeded: the same run
     assert finals[0]["backend"]["preset"] == "comparator-twin"
 
@@ -232,6 +237,11 @@ def test_interrupted_in_situ_run_resumes_exactly(tmp_path: Path) -> None:
                                       store.run(full.run_id)["final_taps"])
         np.testing.assert_array_equal(store.history(part.run_id).error,
                                       store.history(full.run_id).error)
+        kept = [RecordFile(store.run_dir(r) / "insitu.sqlite").read() for r in (full.run_id, part.run_id)]
+    assert [r.step for r in kept[1]] == [r.step for r in kept[0]]
+    for a, b in zip(*kept, strict=True):
+        np.testing.assert_array_equal(a.state, b.state)
+        np.testing.assert_array_equal(a.clamped, b.clamped)
 
 
 def test_regression_is_learned_in_place_over_seeds() -> None:
