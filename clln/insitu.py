@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,7 @@ class RecordFile:
             " n_teaching INTEGER, train_error REAL, test_error REAL, test_accuracy REAL,"
             " free BLOB, clamped BLOB, state BLOB)")
         self._db.commit()
+        weakref.finalize(self, self._db.close)  # closed with the trainer that holds it
 
     def add(self, rec: InSituRecord) -> None:
         with self._db:
