@@ -25,7 +25,6 @@ from clln.simulator.bench import (
     NO_HANDSHAKE,
     OK,
     OUT_OF_RANGE,
-    PARK,
     Faults,
     PotFirmware,
     PtyLink,
@@ -162,10 +161,12 @@ class InSituFirmware(PotFirmware):
     def _ring_top(self) -> int:
         return max(self._ring) if self._ring else self._first - 1
 
+    def _park(self) -> None:
+        super()._park()
+        self._loop = None  # the safe state (PARK or the watchdog) ends a run
+
     def _execute(self, cmd: int, p: bytes) -> bytes:
         reply = super()._execute(cmd, p)
-        if cmd == PARK and reply[0] == OK:
-            self._loop = None  # the safe state ends a run
         if cmd == HELLO and reply[0] == OK:
             return reply[:1] + bytes(VERSION) + reply[3:]
         if cmd not in range(EXP_BEGIN, SET_STATE + 1):

@@ -11,6 +11,7 @@ import pytest
 
 from clln.compose import Experiment, build_experiment, run_training
 from clln.controller.store import RunStore
+from clln.drivers.errors import DriverError
 from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge
 from clln.insitu import emulated_stream, insitu_experiment
 from clln.protocol import parse_protocol
@@ -105,3 +106,18 @@ def test_streamed_run_is_recorded_like_any_run(tmp_path: Path) -> None:
     # the final taps the store kept are those the device's edges hold
     np.testing.assert_array_equal(run["final_taps"], device.firmware.physics.taps)
     assert np.isfinite(hist.test_error).all() and len(hist.test_error) >= 2
+
+
+def test_park_ends_the_run_and_the_host_pauses() -> None:
+    exp = experiment(train=2, steps=40)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp, credit=2, retries=5)
+    try:
+        stream = driver.run_insitu(ex, 0, ex.steps)
+        assert [next(stream).step for _ in range(3)] == [0, 1, 2]
+        driver.safe()  # PARK: learning off, the run ends
+        with pytest.raises(DriverError, match="did not arrive after 5 requests; the run is paused"):
+            list(stream)
+        assert device.firmware.step < ex.steps
+    finally:
+        device.close()
