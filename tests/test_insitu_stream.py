@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clln.compose import Experiment, build_experiment, run_training
+from clln.compose import Experiment, build_experiment, resume_training, run_training
 from clln.controller.store import RunStore
 from clln.drivers.errors import DriverError
 from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge
@@ -121,3 +121,31 @@ def test_park_ends_the_run_and_the_host_pauses() -> None:
         assert device.firmware.step < ex.steps
     finally:
         device.close()
+
+
+def test_streamed_run_resumes_from_its_checkpoint_after_the_device_ran_ahead(tmp_path: Path) -> None:
+    """Stopped at step 8 while the device ran ahead (credit 4), then resumed: SET_STATE puts
+    the device back at the checkpoint and the run ends where an uninterrupted one ends."""
+    reference = experiment(steps=20)
+    ex = insitu_experiment(reference.protocol, reference.task, 20, "p.toml")
+    expected = [r.state for r in experiment(steps=20).backend.run_insitu(ex, 0, 20)]
+    device, driver = emulated(reference, credit=4)
+    calls = {"n": 0}
+
+    def stop_at_8() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 8
+
+    try:
+        streamed = replace(reference, backend=driver)
+        with RunStore(tmp_path) as store:
+            part = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml",
+                                should_stop=stop_at_8)
+            assert (part.status, part.result.steps_done) == ("interrupted", 8)
+            assert device.firmware.step > 8  # it ran ahead
+            done = resume_training(streamed, store, part.run_id)
+            final = store.run(part.run_id)["final_taps"]
+    finally:
+        device.close()
+    assert done.status == "completed"
+    np.testing.assert_array_equal(final, expected[-1])
