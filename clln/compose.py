@@ -27,8 +27,10 @@ from clln.controller.store import RunStore
 from clln.controller.task import Task, blobs_dataset, linear_map_dataset
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.drivers.errors import DriverError
+from clln.insitu import comparator_bench, insitu_experiment, insitu_trainer, keep_records
 from clln.protocol import EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
+from clln.simulator.insitu_pot import ComparatorTwinBench
 
 
 @dataclass
@@ -212,13 +214,20 @@ def build_experiment(
     edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
     sim = protocol.simulator
     e = protocol.edges
-    backend = SimulatedBackend(
-        network, edges, initial,
-        imperfections=make_imperfections(sim.preset, sim.overrides),
-        pot=(e.taps, e.r_ab, e.r_wiper, e.r_series) if e.kind == "stepped" else None,
-        bench_seed=seed if sim.bench_seed is None else sim.bench_seed, noise_seed=noise_seed,
-        solver=sim.solver, preset=sim.preset,
-    )
+    bench_seed = seed if sim.bench_seed is None else sim.bench_seed
+    backend: NetworkBackend | ComparatorTwinBench
+    if sim.preset == "comparator-twin":  # a bench that learns in place
+        try:
+            backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{source}: {exc}") from None
+    else:
+        backend = SimulatedBackend(
+            network, edges, initial,
+            imperfections=make_imperfections(sim.preset, sim.overrides),
+            pot=(e.taps, e.r_ab, e.r_wiper, e.r_series) if e.kind == "stepped" else None,
+            bench_seed=bench_seed, noise_seed=noise_seed, solver=sim.solver, preset=sim.preset,
+        )
     tr = protocol.training
     rule: UpdateRule = (CoupledRule(tr.alpha) if tr.rule == "coupled"
                         else SteppedRule(tr.step, tr.threshold))
@@ -226,8 +235,10 @@ def build_experiment(
         steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
         snapshot_every=tr.snapshot_every, target_error=tr.target_error,
     )
+    if protocol.training.mode == "in-situ":  # schedules must fit the steps run
+        insitu_experiment(protocol, task, config.steps, source)
     try:
-        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)
+        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)  # type: ignore[arg-type]
     except ProtocolError as exc:
         raise ProtocolError(f"{source}: {exc}") from None
 
@@ -274,7 +285,9 @@ class TrainOutcome:
 
 
 def make_trainer(exp: Experiment) -> Trainer:
-    """The trainer of an experiment."""
+    """The trainer of an experiment (the in-situ trainer in mode 'in-situ')."""
+    if exp.protocol.training.mode == "in-situ":
+        return insitu_trainer(exp)  # type: ignore[return-value]
     return Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng, scheme=exp.scheme)
 
 
@@ -303,6 +316,7 @@ def run_training(
     if on_start is not None:
         on_start(run_id)
     trainer = make_trainer(exp)
+    keep_records(trainer, store, run_id)
     return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
 
 
@@ -317,6 +331,7 @@ def resume_training(
     """Continue a stopped run from its last checkpoint. ``exp`` must be rebuilt from the
     run's own protocol text and seed (see :func:`rebuild_experiment`)."""
     trainer = make_trainer(exp)
+    keep_records(trainer, store, run_id)
     found = store.checkpoint(run_id)
     if found is None:  # stopped before its first step was recorded: start over
         store.restart(run_id)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import tomllib
 import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from clln.controller.errors import ProtocolError
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
+from clln.simulator.insitu_pot import ComparatorTwinParams
 
 FORMAT_VERSION = 1
 
@@ -195,8 +197,58 @@ class SchemeSpec(_Strict):
     residuals: ResidualsSpec | None = None
 
 
+class InSituSpec(_Strict):
+    """``[training.insitu]``: the experiment a bench that learns in place runs itself
+    (see docs/insitu.md). ``eta`` and ``learn_time_us`` are one value or one per step."""
+
+    eta: Positive | list[Positive]
+    learn_time_us: Positive | list[Positive]
+    amplifier_gain: Positive | None = None
+    eta_levels: Annotated[int, Field(ge=1, le=65535, strict=True)] = 129
+    hinge: Bool = False
+    margin: NonNegative = 0.0
+    normalise: Bool = False
+    anti_clamp: Bool = False
+    learn_flags: list[Bool] | None = None
+    timer_tick_us: Positive = 0.5
+    timer_max_ticks: Annotated[int, Field(ge=1, le=2**32 - 1, strict=True)] = 65535
+
+    def schedule(self, key: str, steps: int) -> list[float]:
+        """The per-step values of ``eta`` or ``learn_time_us``."""
+        value = getattr(self, key)
+        return list(value) if isinstance(value, list) else [value] * steps
+
+    def check(self, steps: int) -> None:
+        """ValueError naming the key unless every value can be realised by the bench."""
+        for key in ("eta", "learn_time_us"):
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != steps:
+                raise ValueError(f"insitu.{key}: {len(value)} entries; allowed: one value, or "
+                                 f"one per step (training.steps = {steps})")
+        top = max(self.schedule("eta", steps))
+        gain = self.amplifier_gain
+        if top > 1.0 and gain is None:
+            raise ValueError(f"insitu.eta: {top:g} is beyond the clamp hardware; allowed: 0 < eta "
+                             "<= 1, or eta > 1 with a declared insitu.amplifier_gain")
+        if gain is not None and top > gain:
+            raise ValueError(f"insitu.eta: {top:g} exceeds the amplifier; allowed: eta <= "
+                             f"insitu.amplifier_gain ({gain:g})")
+        low = min(self.schedule("eta", steps))
+        if low * self.eta_levels < 0.5:
+            raise ValueError(f"insitu.eta: {low:g} is below one divider step; allowed: eta >= "
+                             f"1/{self.eta_levels}")
+        times = self.schedule("learn_time_us", steps)
+        shortest, longest = self.timer_tick_us, self.timer_tick_us * self.timer_max_ticks
+        bad = [t for t in times if not shortest <= t <= longest]
+        if bad:
+            raise ValueError(f"insitu.learn_time_us: {bad[0]:g} us is outside the learning timer; "
+                             f"allowed: {shortest:g}..{longest:g} us (tick {self.timer_tick_us:g} us, "
+                             f"at most {self.timer_max_ticks} ticks)")
+
+
 class TrainingSpec(_Strict):
-    """``[training]``: rule and hyper-parameters."""
+    """``[training]``: rule and hyper-parameters. ``mode = "in-situ"`` hands the loop to
+    a bench that learns in place, described by ``[training.insitu]``."""
 
     rule: Literal["coupled", "stepped"] = "coupled"
     alpha: Positive = 1e-3
@@ -209,6 +261,32 @@ class TrainingSpec(_Strict):
     snapshot_every: PositiveInt = 100
     target_error: Positive | None = None
     scheme: SchemeSpec | None = None
+    mode: Literal["host", "in-situ"] = "host"
+    insitu: InSituSpec | None = None
+
+    @model_validator(mode="after")
+    def _insitu(self) -> TrainingSpec:
+        if self.mode == "host":
+            if self.insitu is not None:
+                raise ValueError("insitu: applies to mode 'in-situ' only; set training.mode = 'in-situ'")
+            return self
+        if self.insitu is None:
+            raise ValueError("mode 'in-situ' needs a [training.insitu] table")
+        if self.scheme is not None:
+            raise ValueError("scheme: does not apply to mode 'in-situ' (the bench's own circuits "
+                             "learn); use the insitu keys")
+        self.insitu.check(self.steps)
+        return self
+
+
+ComparatorSpec = create_model(  # the parts of the comparator-twin bench, all optional
+    "ComparatorSpec", __base__=_Strict,
+    **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
+       for f in fields(ComparatorTwinParams)},
+)
+ComparatorSpec.__doc__ = ("``[simulator.comparator]``: parts of the 'comparator-twin' bench "
+                          "(clln.simulator.insitu_pot.ComparatorTwinParams); omitted keys keep "
+                          "their defaults.")
 
 
 class SimulatorSpec(_Strict):
@@ -219,8 +297,9 @@ class SimulatorSpec(_Strict):
     part errors (the protocol seed when omitted).
     """
 
-    preset: Literal["ideal", "pot-bench", "twin-bench"] = "ideal"
+    preset: Literal["ideal", "pot-bench", "twin-bench", "comparator-twin"] = "ideal"
     parameters: Imperfections = Imperfections()
+    comparator: ComparatorSpec | None = None
     bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
     solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
 
@@ -254,6 +333,24 @@ class Protocol(_Strict):
     training: TrainingSpec = TrainingSpec()
     simulator: SimulatorSpec = SimulatorSpec()
     meta: MetaSpec = MetaSpec()
+
+    @model_validator(mode="after")
+    def _insitu_fits(self) -> Protocol:
+        insitu = self.training.insitu
+        if insitu is not None and insitu.learn_flags is not None and len(insitu.learn_flags) != self.task.train:
+            raise ValueError(f"training.insitu.learn_flags: {len(insitu.learn_flags)} entries; "
+                             f"allowed: one per training sample (task.train = {self.task.train})")
+        in_place = self.simulator.preset == "comparator-twin"
+        if in_place != (self.training.mode == "in-situ"):
+            raise ValueError("simulator.preset: 'comparator-twin' learns in place and goes with "
+                             "training.mode = 'in-situ' (and only it); got preset "
+                             f"{self.simulator.preset!r} with mode {self.training.mode!r}")
+        if self.simulator.comparator is not None and not in_place:
+            raise ValueError("simulator.comparator: applies to preset 'comparator-twin' only")
+        if self.training.mode == "in-situ" and self.task.kind == "allostery":
+            raise ValueError("task.kind: 'allostery' is not available in mode 'in-situ'; "
+                             "allowed: regression, classification")
+        return self
 
 
 

@@ -1,0 +1,294 @@
+"""Driver of a bench that learns in place over serial (``firmware/PROTOCOL.md`` §12,
+protocol 1.2): download the experiment, run N steps, consume the streamed records.
+
+``InSituBench(transport, network, n_taps)`` takes an *open* serial port; construction does
+no I/O, :meth:`InSituBench.connect` does the handshake. It declares
+:class:`~clln.controller.capabilities.LearnsInPlace`: :meth:`run_insitu` downloads the
+experiment in CRC-checked chunks, starts the run and yields every step record in order,
+granting credit (how far the device may run ahead) and asking for any record that did
+not arrive intact.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import serial
+
+from clln.controller.backend import EdgeState, SteppedEdges
+from clln.controller.errors import UserError
+from clln.controller.insitu import InSituExperiment, InSituRecord
+from clln.controller.network import Network
+from clln.drivers.errors import DeviceLost, PotBankTimeout
+from clln.drivers.potbank import PotBank
+from clln.drivers.wire import MAX_PAYLOAD, FrameReader, Packet, encode_packet
+
+MAGIC = b"CLX1"
+CHUNK = 64  # experiment bytes per EXP_CHUNK: short frames survive a noisy line
+VOLT_LSB = 250e-6  # V per count of the int16 node voltages in a STEP record
+
+
+class InSituCmd:
+    """Command codes of protocol 1.2 (§12)."""
+
+    EXP_BEGIN = 0x0A
+    EXP_CHUNK = 0x0B
+    EXP_COMMIT = 0x0C
+    RUN = 0x0D
+    ACK = 0x0E
+    RESEND = 0x0F
+    GET_STATE = 0x10
+    SET_STATE = 0x11
+    STEP = 0x92  # unsolicited record, 0x12 | 0x80
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What the microcontroller holds: ``sram`` bytes, of which ``reserved`` go to the
+    firmware (stack, serial buffers, state). Default: ATmega2560, 8 KiB SRAM, 2 KiB
+    reserved."""
+
+    name: str = "ATmega2560"
+    sram: int = 8192
+    reserved: int = 2048
+
+    @property
+    def available(self) -> int:
+        return self.sram - self.reserved
+
+
+class ExperimentTooLarge(UserError):
+    """The experiment (or one of its records) does not fit the device; nothing was sent."""
+
+
+def _segments(values: np.ndarray) -> list[tuple[int, int]]:
+    """Run-length form of a per-step schedule: (first step, value) where it changes."""
+    starts = [0] + [i for i in range(1, len(values)) if values[i] != values[i - 1]]
+    return [(i + 1, int(values[i])) for i in starts]
+
+
+def encode_experiment(ex: InSituExperiment) -> bytes:
+    """The experiment as the device stores it (§12.2), little-endian."""
+    labels = ex.train_labels is not None
+    flags = ex.hinge | ex.normalise << 1 | ex.anti_clamp << 2 | labels << 3
+    etas = _segments(ex.eta_codes * 2 + ex.amplified.astype(np.int64))
+    windows = _segments(ex.learn_ticks)
+    n, n_test = len(ex.train_sources), len(ex.test_sources)
+    head = MAGIC + struct.pack(
+        "<BHHBBIIHffIIHH", flags, n, n_test, ex.train_sources.shape[1], ex.train_targets.shape[1],
+        ex.steps, ex.test_every, ex.eta_levels, ex.amplifier_gain or 0.0, ex.margin,
+        int(round(ex.timer.tick_s * 1e9)), ex.timer.max_ticks, len(etas), len(windows))
+    parts = [head]
+    for array in (ex.train_sources, ex.train_targets, ex.test_sources, ex.test_targets):
+        parts.append(np.asarray(array, dtype="<f4").tobytes())
+    if labels:
+        parts.append(np.asarray(ex.train_labels, dtype=np.uint8).tobytes())
+        parts.append(np.asarray(ex.test_labels, dtype=np.uint8).tobytes())
+    parts.append(np.asarray(ex.learn_flags, dtype=np.uint8).tobytes())
+    parts += [struct.pack("<IH", s, v >> 1) + bytes([v & 1]) for s, v in etas]
+    parts += [struct.pack("<II", s, v) for s, v in windows]
+    return b"".join(parts)
+
+
+def record_size(n_train: int, n_nodes: int, n_edges: int) -> int:
+    """Payload bytes of one STEP record (§12.4)."""
+    return 4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 * 2 * n_train * n_nodes + 4 * n_edges
+
+
+def check_fits(ex: InSituExperiment, n_nodes: int, n_edges: int, credit: int,
+               memory: MemoryModel) -> None:
+    """ExperimentTooLarge (one line, key and limits) unless the experiment and ``credit``
+    records fit the device and a record fits one frame."""
+    record = record_size(ex.n_train, n_nodes, n_edges)
+    if record > MAX_PAYLOAD:
+        raise ExperimentTooLarge(
+            f"training.insitu: a step record of {ex.n_train} samples x {n_nodes} nodes is "
+            f"{record} bytes; allowed: at most {MAX_PAYLOAD} (one frame): use fewer training samples")
+    need = len(encode_experiment(ex)) + credit * record
+    if need > memory.available:
+        raise ExperimentTooLarge(
+            f"task/training.insitu: the experiment needs {need} bytes of device memory "
+            f"({credit} buffered records of {record}); allowed: {memory.available} "
+            f"({memory.name}: {memory.sram} bytes SRAM, {memory.reserved} for the firmware)")
+
+
+def decode_record(payload: bytes, n_train: int, n_nodes: int, n_edges: int) -> InSituRecord:
+    """A STEP record's payload (§12.4) as an InSituRecord."""
+    step, eta, window_us, n_teaching, train, test, acc = struct.unpack_from("<IffHfff", payload)
+    off = 26
+    count = n_train * n_nodes
+    volts = np.frombuffer(payload, dtype="<i2", count=2 * count, offset=off).astype(float)
+    volts = np.where(volts == -32768, np.nan, volts * VOLT_LSB).reshape(2, n_train, n_nodes)
+    state = np.frombuffer(payload, dtype="<f4", count=n_edges, offset=off + 4 * count)
+    return InSituRecord(
+        step=step, eta=float(eta), window_s=float(window_us) * 1e-6, n_teaching=n_teaching,
+        train_error=float(train), free=volts[0], clamped=volts[1], state=state.astype(float),
+        test_error=None if np.isnan(test) else float(test),
+        test_accuracy=None if np.isnan(acc) else float(acc))
+
+
+class InSituBench:
+    """A streaming in-situ bench behind a serial port (§12).
+
+    Parameters
+    ----------
+    transport : an open serial port.
+    network : the network the bench realises (roles included).
+    table : (m, n_taps) nominal conductance (S) of every edge at every tap (the state the
+        device reports is a tracked tap).
+    credit : records the device may run ahead of the host (the rig's DAT).
+    memory : the device's memory model.
+    record_timeout : seconds without a new record before the host asks again.
+    retries : consecutive requests for the same record before the run is paused.
+    """
+
+    twin = True
+
+    def __init__(self, transport: serial.SerialBase, network: Network, table: np.ndarray, *,
+                 credit: int = 8, memory: MemoryModel | None = None,
+                 record_timeout: float = 0.05, retries: int = 200) -> None:
+        self.transport = transport
+        self.bank = PotBank(transport)
+        self._network = network
+        self.credit = credit
+        self.memory = memory or MemoryModel()
+        self.record_timeout = record_timeout
+        self.retries = retries
+        self._reader = FrameReader()
+        self._seq = 0
+        self._state = np.zeros(network.n_edges)
+        self.resends = 0
+        self.records = 0
+        self._edges = SteppedEdges(np.asarray(table, dtype=float))
+
+    @property
+    def network(self) -> Network:
+        return self._network
+
+    @property
+    def edges(self) -> SteppedEdges:
+        return self._edges
+
+    def connect(self) -> None:
+        """Handshake; refuses a firmware older than 1.2 (no in-situ mode)."""
+        info = self.bank.connect()
+        if info.version < (1, 2):
+            raise UserError(f"the controller speaks protocol {info.version[0]}.{info.version[1]}; "
+                            "learning in place needs 1.2 (update its firmware)")
+        self._state = self.read_state()
+
+    # -- download and run -------------------------------------------------------------
+
+    def download(self, ex: InSituExperiment) -> None:
+        """Send the experiment in chunks; the device checks its CRC before accepting it."""
+        check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory)
+        blob = encode_experiment(ex)
+        self.bank._exchange(InSituCmd.EXP_BEGIN,
+                            struct.pack("<IH", len(blob), binascii.crc_hqx(blob, 0xFFFF)))
+        for offset in range(0, len(blob), CHUNK):
+            self.bank._exchange(InSituCmd.EXP_CHUNK,
+                                struct.pack("<I", offset) + blob[offset:offset + CHUNK])
+        self.bank._exchange(InSituCmd.EXP_COMMIT)
+
+    def _send(self, cmd: int, payload: bytes) -> None:
+        """A stream command (ACK, RESEND): no reply, §12.5."""
+        self._seq = (self._seq + 1) % 256
+        try:
+            self.transport.write(b"\x00" + encode_packet(Packet(self._seq, cmd, payload)))
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceLost(f"in-situ controller went away ({exc})") from None
+
+    def run_insitu(self, experiment: InSituExperiment, start_step: int,
+                   n_steps: int) -> Iterator[InSituRecord]:
+        """Download, then stream records ``start_step`` (0 only) or ``start_step + 1`` to
+        ``start_step + n_steps``, in order, none lost."""
+        ex = experiment
+        check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory)
+        self.download(ex)
+        if start_step:  # resume: the device's state must be that of start_step
+            self.bank._exchange(InSituCmd.SET_STATE, struct.pack("<I", start_step)
+                                + np.asarray(self._state, dtype="<f4").tobytes())
+        self.bank._exchange(InSituCmd.RUN, struct.pack("<IIH", start_step, n_steps, self.credit))
+        return self._stream(ex, start_step, n_steps)
+
+    def _stream(self, ex: InSituExperiment, start_step: int, n_steps: int) -> Iterator[InSituRecord]:
+        expected = start_step if start_step == 0 else start_step + 1
+        last = start_step + n_steps
+        shape = (ex.n_train, self._network.n_nodes, self._network.n_edges)
+        held: dict[int, InSituRecord] = {}
+        self._reader.reset()
+        self.transport.timeout = min(self.transport.timeout or 0.01, 0.002)  # poll the stream
+        self._send(InSituCmd.ACK, struct.pack("<I", expected))
+        clock = self.bank.clock
+        deadline = clock() + self.record_timeout
+        misses = 0
+        while expected <= last:
+            data = self.transport.read(max(1, self.transport.in_waiting))
+            advanced = False
+            dropped = self._reader.dropped
+            gap = False
+            for packet in self._reader.feed(data):
+                if packet.cmd != InSituCmd.STEP or len(packet.payload) != record_size(*shape):
+                    continue
+                rec = decode_record(packet.payload, *shape)
+                if rec.step >= expected and rec.step & 0xFF == packet.seq:
+                    gap = gap or (rec.step > expected and rec.step not in held)
+                    held[rec.step] = rec
+            while expected in held:
+                rec = held.pop(expected)
+                self._state = rec.state
+                self.records += 1
+                yield rec
+                expected += 1
+                advanced = True
+            if advanced:
+                misses = 0
+                deadline = clock() + self.record_timeout
+                self._send(InSituCmd.ACK, struct.pack("<I", expected))
+            elif clock() > deadline or gap or self._reader.dropped != dropped:
+                misses += 1  # a timeout, a gap or a damaged frame: ask for the record now
+                if misses > self.retries:
+                    raise PotBankTimeout(f"in-situ controller: record {expected} did not arrive "
+                                         f"after {self.retries} requests; the run is paused")
+                self.resends += 1
+                self._send(InSituCmd.RESEND, struct.pack("<I", expected))
+                deadline = clock() + self.record_timeout
+
+    # -- state --------------------------------------------------------------------------
+
+    def read_state(self) -> np.ndarray:
+        """(m,) adjustable state, from the device (GET_STATE)."""
+        body = self.bank._exchange(InSituCmd.GET_STATE)
+        return np.frombuffer(body, dtype="<f4", count=self._network.n_edges, offset=4).astype(float)
+
+    def read_edges(self) -> EdgeState:
+        taps = np.rint(self._state).astype(np.int64)
+        return EdgeState(self._edges.conductance(np.clip(taps, 0, self._edges.n_taps - 1)), taps)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": np.asarray(self._state, dtype=float).copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state = np.asarray(state["state"], dtype=float)
+
+    def safe(self) -> None:
+        try:
+            self.bank.park()
+        except (PotBankTimeout, DeviceLost):
+            pass
+
+    def close(self) -> None:
+        self.safe()
+        self.bank.close()
+
+    def describe(self) -> dict[str, object]:
+        info = self.bank.info
+        return {"kind": "insitu-serial", "backend": "in-situ bench over serial",
+                "port": getattr(self.transport, "port", None), "credit": self.credit,
+                "memory": self.memory.name,
+                "firmware": None if info is None else f"{info.name} {info.version}"}

@@ -1,0 +1,151 @@
+"""The streaming in-situ bench (PROTOCOL.md §12): the driver against the emulated device
+on a pty, which runs the same loop on the same simulated comparator twin bench."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clln.compose import Experiment, build_experiment, resume_training, run_training
+from clln.controller.store import RunStore
+from clln.drivers.errors import DriverError
+from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge
+from clln.insitu import emulated_stream, insitu_experiment
+from clln.protocol import parse_protocol
+from clln.simulator.bench import Faults
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
+
+
+def experiment(train: int = 8, steps: int = 20, noise: float = 0.0) -> Experiment:
+    text = (TEXT.replace("train = 8", f"train = {train}").replace("steps = 60", f"steps = {steps}")
+            .replace("noise_rms = 1e-3", f"noise_rms = {noise}"))
+    return build_experiment(parse_protocol(text, "p.toml"), source="p.toml", base_dir=ROOT)
+
+
+def emulated(exp: Experiment, faults: Faults | None = None, **options: object):  # noqa: ANN201
+    return emulated_stream(exp, faults, **options)
+
+
+def both(exp: Experiment, faults: Faults | None = None, **options: object):  # noqa: ANN201
+    """(simulated records, streamed records, driver) of the whole experiment, both from the
+    same start."""
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp, faults, **options)
+    try:
+        streamed = list(driver.run_insitu(ex, 0, ex.steps))
+    finally:
+        device.close()
+    simulated = list(exp.backend.run_insitu(ex, 0, ex.steps))
+    assert [r.step for r in streamed] == list(range(ex.steps + 1))  # every record, in order
+    return simulated, streamed, driver
+
+
+def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
+    simulated, streamed, _ = both(experiment(noise=0.0))
+    moved = simulated[-1].state - simulated[0].state
+    assert np.count_nonzero(moved) >= 3  # the taps really moved
+    for sim, emu in zip(simulated, streamed, strict=True):
+        np.testing.assert_array_equal(emu.state, sim.state)  # tracked taps, exactly
+        np.testing.assert_allclose(emu.free, sim.free, atol=VOLT_LSB / 2 + 1e-9)
+        np.testing.assert_allclose(emu.clamped, sim.clamped, atol=VOLT_LSB / 2 + 1e-9)
+        assert emu.n_teaching == sim.n_teaching
+        assert (emu.test_error is None) == (sim.test_error is None)
+
+
+def test_no_record_is_lost_under_corrupted_bytes() -> None:
+    simulated, streamed, driver = both(experiment(train=2, steps=60), Faults(corrupt=0.01, seed=4),
+                                       credit=16)
+    assert driver.resends > 0  # the faults did hit
+    for sim, emu in zip(simulated, streamed, strict=True):
+        np.testing.assert_array_equal(emu.state, np.float32(sim.state))
+
+
+def test_experiment_too_large_for_the_device_is_refused_before_sending() -> None:
+    exp = experiment(train=30)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp)
+    try:
+        before = device.firmware.frames_ok
+        with pytest.raises(ExperimentTooLarge) as info:
+            next(iter(driver.run_insitu(ex, 0, ex.steps)))
+        assert device.firmware.frames_ok == before  # nothing was sent
+        assert device.firmware.experiment is None
+    finally:
+        device.close()
+    message = str(info.value)
+    assert "\n" not in message and "training.insitu" in message and "at most 512" in message
+    small = experiment(train=12, steps=2)
+    ex = insitu_experiment(small.protocol, small.task, small.config.steps, "p.toml")
+    device, driver = emulated(small, credit=40)
+    try:
+        with pytest.raises(ExperimentTooLarge, match=r"allowed: 6144 \(ATmega2560: 8192 bytes SRAM"):
+            driver.run_insitu(ex, 0, ex.steps)
+    finally:
+        device.close()
+
+
+def test_streamed_run_is_recorded_like_any_run(tmp_path: Path) -> None:
+    exp = experiment(steps=12, noise=1e-3)
+    device, driver = emulated(exp)
+    try:
+        streamed = replace(exp, backend=driver)
+        with RunStore(tmp_path) as store:
+            outcome = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml")
+            hist = store.history(outcome.run_id)
+            run = store.run(outcome.run_id)
+    finally:
+        device.close()
+    assert outcome.status == "completed"
+    assert list(hist.steps) == list(range(1, 13))
+    assert run["backend"]["kind"] == "insitu-serial"
+    # the final taps the store kept are those the device's edges hold
+    np.testing.assert_array_equal(run["final_taps"], device.firmware.physics.taps)
+    assert np.isfinite(hist.test_error).all() and len(hist.test_error) >= 2
+
+
+def test_park_ends_the_run_and_the_host_pauses() -> None:
+    exp = experiment(train=2, steps=40)
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated(exp, credit=2, retries=5)
+    try:
+        stream = driver.run_insitu(ex, 0, ex.steps)
+        assert [next(stream).step for _ in range(3)] == [0, 1, 2]
+        driver.safe()  # PARK: learning off, the run ends
+        with pytest.raises(DriverError, match="did not arrive after 5 requests; the run is paused"):
+            list(stream)
+        assert device.firmware.step < ex.steps
+    finally:
+        device.close()
+
+
+def test_streamed_run_resumes_from_its_checkpoint_after_the_device_ran_ahead(tmp_path: Path) -> None:
+    """Stopped at step 8 while the device ran ahead (credit 4), then resumed: SET_STATE puts
+    the device back at the checkpoint and the run ends where an uninterrupted one ends."""
+    reference = experiment(steps=20)
+    ex = insitu_experiment(reference.protocol, reference.task, 20, "p.toml")
+    expected = [r.state for r in experiment(steps=20).backend.run_insitu(ex, 0, 20)]
+    device, driver = emulated(reference, credit=4)
+    calls = {"n": 0}
+
+    def stop_at_8() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 8
+
+    try:
+        streamed = replace(reference, backend=driver)
+        with RunStore(tmp_path) as store:
+            part = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml",
+                                should_stop=stop_at_8)
+            assert (part.status, part.result.steps_done) == ("interrupted", 8)
+            assert device.firmware.step > 8  # it ran ahead
+            done = resume_training(streamed, store, part.run_id)
+            final = store.run(part.run_id)["final_taps"]
+    finally:
+        device.close()
+    assert done.status == "completed"
+    np.testing.assert_array_equal(final, expected[-1])
