@@ -187,3 +187,33 @@ def blobs_dataset(
         Dataset(x[:n_train], y[:n_train], labels[:n_train]),
         Dataset(x[n_train:], y[n_train:], labels[n_train:]),
     )
+
+
+def xor_dataset(
+    rng: np.random.Generator, n_train: int, n_test: int, *, spread: float = 0.05,
+    low: float = 0.0, high: float = 1.0, target_high: float = 0.3, target_low: float = 0.0,
+) -> tuple[Dataset, Dataset]:
+    """XOR of two inputs: points scattered (``spread`` V rms) around the four corners of
+    [low, high]^2; class 1 where exactly one input is high. One-hot voltage targets.
+    No linear readout separates the classes."""
+    labels_in = rng.integers(0, 2, size=(n_train + n_test, 2))
+    x = np.where(labels_in == 1, high, low) + spread * rng.standard_normal(labels_in.shape)
+    labels = labels_in[:, 0] ^ labels_in[:, 1]
+    y = np.full((len(labels), 2), target_low)
+    y[np.arange(len(labels)), labels] = target_high
+    return (Dataset(x[:n_train], y[:n_train], labels[:n_train]),
+            Dataset(x[n_train:], y[n_train:], labels[n_train:]))
+
+
+def quadratic_dataset(
+    rng: np.random.Generator, n_train: int, n_test: int, *,
+    input_range: tuple[float, float] = (0.0, 1.0), offset: float = 0.1, curvature: float = 0.6,
+) -> tuple[Dataset, Dataset]:
+    """Nonlinear regression: u uniform in [0, 1], sources (low + u span, low + (1 - u) span)
+    and target y = offset + curvature (u - 1/2)^2 volts. Every output of a linear network
+    is affine in u, so its mean squared error cannot fall below curvature^2 / 180 V^2."""
+    lo, hi = input_range
+    u = rng.uniform(0.0, 1.0, size=n_train + n_test)
+    x = lo + (hi - lo) * np.c_[u, 1.0 - u]
+    y = (offset + curvature * (u - 0.5) ** 2)[:, None]
+    return Dataset(x[:n_train], y[:n_train]), Dataset(x[n_train:], y[n_train:])

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from clln.controller.errors import CllnError, NetworkError
+from clln.controller.errors import BenchFault, NetworkError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
 from clln.simulator.physics import _check_anchored
@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - exercised only where cvxopt is missing
 LuName = Literal["superlu", "umfpack"]
 
 
-class ConvergenceError(CllnError):
+class ConvergenceError(BenchFault):
     """Newton's method did not converge for a sample (a fault of the simulated bench
     mid-run: the run pauses and stays resumable)."""
 

@@ -1,0 +1,335 @@
+"""TransistorBackend: a simulated network of transistor edges behind the NetworkBackend seam.
+
+Each edge is a transistor whose gate sits on a capacitor; its gate voltage is the edge's
+adjustable state (:class:`~clln.controller.backend.GateEdges`). ``measure`` solves the
+network's operating points by Newton's method (:mod:`clln.simulator.nonlinear`), warm
+started from the last solution of the same sample; ``adjust`` runs one learning window
+of the rig's learning circuit (:class:`LearningWindow`) on every gate.
+
+Imperfections (drawn once per bench seed, like a chip fingerprint):
+
+* per-device spread of the threshold (``vt_spread``, V rms) and the gain
+  (``s_spread``, relative rms) of every transistor;
+* twin networks (``twin = true``): the clamped twin has its own devices;
+* gate-capacitor leakage (``gate_leak_resistance``, ohm; 0 = none): the gates decay
+  towards 0 V with time constant R_leak C between and during learning windows;
+* DAQ input/output errors, read noise and quantization, as for the linear benches
+  (:class:`~clln.simulator.imperfections.BenchInstance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clln.controller.backend import Applied, GateEdges, Measurement, boundary_arrays
+from clln.controller.backend import EdgeState as _EdgeState
+from clln.controller.network import Network
+from clln.simulator.backend import SimClock
+from clln.simulator.devices import EdgeModel
+from clln.simulator.imperfections import BenchInstance, Imperfections
+from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver
+
+
+@dataclass(frozen=True)
+class LearningWindow:
+    """The rig's learning circuit acting on one gate for one window.
+
+    The gate capacitor C is charged through R from the learning circuit's output u,
+    held for the window of T seconds; a leak resistance R_leak (inf: none) discharges it
+    to 0 V. The circuit's gain is set so that a leak-free window moves the gate by the
+    commanded ΔV_G: u = V_G + ΔV_G / (1 - exp(-T / (R C))). Then, with
+    tau = C (R || R_leak) and V_inf = u R_leak / (R + R_leak),
+
+        V_G(T) = V_inf + (V_G(0) - V_inf) exp(-T / tau).
+
+    Between windows the gate only leaks: V_G(t) = V_G(0) exp(-t / (R_leak C)).
+
+    Attributes
+    ----------
+    capacitance : C, farad (rig: 2.2 uF).
+    resistance : R, ohm (rig: 1 kOhm).
+    window : T, seconds (rig: 25-200 us).
+    leak_resistance : R_leak, ohm (0: no leak).
+    """
+
+    capacitance: float = 2.2e-6
+    resistance: float = 1e3
+    window: float = 100e-6
+    leak_resistance: float = 0.0
+
+    def drive(self, gates: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The learning circuit's output u (V) for commanded changes ``delta`` (V)."""
+        fraction = -np.expm1(-self.window / (self.resistance * self.capacitance))
+        return gates + delta / fraction
+
+    def apply(self, gates: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Gate voltages (V) after one window commanded to move them by ``delta`` (V)."""
+        u = self.drive(gates, delta)
+        r, c = self.resistance, self.capacitance
+        if self.leak_resistance > 0:
+            rl = self.leak_resistance
+            v_inf = u * rl / (r + rl)
+            tau = c * r * rl / (r + rl)
+        else:
+            v_inf, tau = u, r * c
+        return v_inf + (gates - v_inf) * np.exp(-self.window / tau)
+
+    def hold(self, gates: np.ndarray, seconds: float) -> np.ndarray:
+        """Gate voltages after ``seconds`` of holding (leak only)."""
+        if self.leak_resistance <= 0 or seconds <= 0:
+            return gates
+        return gates * np.exp(-seconds / (self.leak_resistance * self.capacitance))
+
+
+class TransistorBackend:
+    """A simulated network of transistor edges trained through the same seam as a bench.
+
+    Parameters
+    ----------
+    network : topology with node roles.
+    model : nominal edge device (:mod:`clln.simulator.devices`).
+    edges : gate-voltage bounds and resolution the controller sees.
+    initial : (m,) initial gate voltages, V.
+    imperfections : imperfection parameters (``vt_spread``, ``s_spread``,
+        ``gate_leak_resistance``, ``twin``, DAQ errors); None is the ideal bench.
+    window : the learning circuit (capacitor, resistor, window length).
+    bench_seed, noise_seed : seeds of the drawn devices and of the read noise.
+    lu : LU library of the Newton solver.
+    clock : simulated time.
+    preset : name of the imperfection preset, for the record.
+    fixed_conductance : optional (m,) conductance (S) in parallel with each edge.
+    """
+
+    def __init__(self, network: Network, model: EdgeModel, edges: GateEdges, initial: np.ndarray, *,
+                 imperfections: Imperfections | None = None, window: LearningWindow | None = None,
+                 bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
+                 clock: SimClock | None = None, preset: str = "ideal",
+                 fixed_conductance: np.ndarray | None = None) -> None:
+        params = imperfections or Imperfections()
+        self.imperfections = params
+        self.preset = preset
+        self._network = network
+        self._edges = edges
+        m = network.n_edges
+        initial = np.asarray(initial, dtype=float)
+        if initial.shape != (m,):
+            raise ValueError(f"initial gate voltages must have shape ({m},), got {initial.shape}")
+        self.clock = clock or SimClock(params.settle_time)
+        window = window or LearningWindow()
+        if params.gate_leak_resistance:
+            window = LearningWindow(window.capacitance, window.resistance, window.window,
+                                    params.gate_leak_resistance)
+        self.window = window
+        rng = np.random.default_rng(bench_seed)
+        n_twins = 2 if params.twin else 1
+        self.models = [model.with_spread(rng, m, params.vt_spread, params.s_spread)
+                       if (params.vt_spread or params.s_spread) else model for _ in range(n_twins)]
+        self._bench: BenchInstance | None = None
+        if params != Imperfections():
+            self._bench = BenchInstance.draw(
+                params, n_nodes=network.n_nodes, n_edges=m,
+                n_ao=len(network.roles.sources) + len(network.roles.clamps), pot=None, rng=rng)
+        self._solvers = [NonlinearNetworkSolver(network, mod, lu=lu, fixed_conductance=fixed_conductance)
+                         for mod in self.models]
+        self._commanded = self._quantize(np.clip(initial, edges.vmin, edges.vmax))
+        self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
+        self._aged_at = self.clock.now
+        self._noise = np.random.default_rng(noise_seed)
+        self._warm: dict[bytes, np.ndarray] = {}
+        self._last: np.ndarray | None = None
+        self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
+        self.is_safe = True
+        self.n_measurements = 0
+
+    # -- the seam ------------------------------------------------------------
+
+    @property
+    def network(self) -> Network:
+        return self._network
+
+    @property
+    def edges(self) -> GateEdges:
+        return self._edges
+
+    @property
+    def twin(self) -> bool:
+        return len(self._solvers) == 2
+
+    @property
+    def solvers(self) -> list[NonlinearNetworkSolver]:
+        return self._solvers
+
+    def gate_voltages(self, twin: int = 0) -> np.ndarray:
+        """(m,) voltages on the gate capacitors of a twin now (V). Simulator only."""
+        self._age()
+        return self._gates[twin].copy()
+
+    def _quantize(self, gates: np.ndarray) -> np.ndarray:
+        res = self._edges.resolution
+        return gates if res <= 0 else np.round(gates / res) * res
+
+    def _age(self) -> None:
+        """Let the gates leak from the last update to the clock's time."""
+        now = self.clock.now
+        if now > self._aged_at:
+            self._gates = self.window.hold(self._gates, now - self._aged_at)
+        self._aged_at = now
+
+    def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
+        sources, clamps = boundary_arrays(self._network, sources, clamps)
+        stamps = self.clock.advance(sources.shape[0])
+        return self._measure(1 if clamps is not None and self.twin else 0, sources, clamps, stamps)
+
+    def measure_twin(self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray], *,
+                     swap: bool = False) -> tuple[Measurement, Measurement]:
+        """Free state on twin 0 and the clamped state on twin 1 at the same time (twin 1
+        and 0 with ``swap``), the clamps given by ``clamp_rule(free)``."""
+        sources, _ = boundary_arrays(self._network, sources, None)
+        stamps = self.clock.advance(sources.shape[0])
+        free_twin, clamped_twin = (1, 0) if swap and self.twin else (0, 1 if self.twin else 0)
+        free = self._measure(free_twin, sources, None, stamps)
+        _, clamps = boundary_arrays(self._network, sources, np.asarray(clamp_rule(free), dtype=float))
+        return free, self._measure(clamped_twin, sources, clamps, stamps)
+
+    def _keys(self, twin: int, sources: np.ndarray, clamped: bool) -> list[bytes]:
+        tag = bytes([twin, clamped])
+        return [tag + row.tobytes() for row in sources]
+
+    def _start(self, keys: list[bytes], fallback: list[bytes] | None) -> np.ndarray | None:
+        """Warm start: the last solution of each sample (or of its fallback key, else of
+        the last sample solved)."""
+        if self._last is None:
+            return None
+        rows = []
+        for i, key in enumerate(keys):
+            found = self._warm.get(key)
+            if found is None and fallback is not None:
+                found = self._warm.get(fallback[i])
+            rows.append(self._last if found is None else found)
+        return np.stack(rows)
+
+    def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
+        """Exact operating points (B, n) of a twin for boundary voltages as driven."""
+        self._age()
+        keys = self._keys(twin, sources, clamps is not None)
+        fallback = self._keys(twin, sources, False) if clamps is not None else None
+        result = self._solvers[twin].solve(self._gates[twin], sources, clamps,
+                                           start=self._start(keys, fallback))
+        if len(self._warm) > 65536:
+            self._warm.clear()
+        self._warm.update(zip(keys, result.voltages))
+        self._last = result.voltages[-1]
+        self.iterations.append(result.iterations)
+        return result
+
+    def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
+                 stamps: np.ndarray) -> Measurement:
+        bench = self._bench
+        ns = len(self._network.roles.sources)
+        if bench is not None and not bench.params.exact_drive:
+            sources = bench.drive(sources, slice(0, ns))
+            if clamps is not None:
+                clamps = bench.drive(clamps, slice(ns, None))
+        exact = self.solve(twin, sources, clamps).voltages
+        self.is_safe = False
+        self.n_measurements += 1
+        if bench is None or bench.params.exact_readout:
+            return Measurement(exact, None, stamps)
+        readings = bench.read(exact, self._node_resistance(twin, exact, clamps is not None), self._noise)
+        return Measurement(readings, None, stamps)
+
+    def _node_resistance(self, twin: int, voltages: np.ndarray, clamped: bool) -> np.ndarray:
+        """(n,) small-signal resistance of each node to the rest (ohm), for multiplexer
+        settling: 1 / (sum of the edge conductances dI/dV at the node), first sample."""
+        solver = self._solvers[twin]
+        state = solver.edge_state(voltages[:1], self._gates[twin])
+        net = self._network
+        total = (np.bincount(net.edges[:, 0], weights=state.d_va[0], minlength=net.n_nodes)
+                 - np.bincount(net.edges[:, 1], weights=state.d_vb[0], minlength=net.n_nodes))
+        with np.errstate(divide="ignore"):
+            resistance = 1.0 / total
+        roles = net.roles
+        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
+        resistance[driven] = self.imperfections.source_impedance
+        resistance[list(roles.grounds)] = 0.0
+        return resistance
+
+    def adjust(self, commands: np.ndarray) -> Applied:
+        """One learning window: each gate commanded to move by ``commands`` (V), clipped to
+        the gate bounds and rounded to the drive's resolution."""
+        commands = np.asarray(commands, dtype=float)
+        if commands.shape != self._commanded.shape:
+            raise ValueError(f"commands must have shape {self._commanded.shape}, got {commands.shape}")
+        edges = self._edges
+        wanted = self._commanded + commands
+        target = self._quantize(np.clip(wanted, edges.vmin, edges.vmax))
+        applied = target - self._commanded
+        clipped = np.clip(wanted, edges.vmin, edges.vmax) != wanted
+        self._age()
+        if np.any(applied):
+            self._gates = np.clip(self.window.apply(self._gates, applied[None, :]), edges.vmin, edges.vmax)
+        self._commanded = target
+        return Applied(applied, clipped)
+
+    def read_edges(self) -> _EdgeState:
+        """The commanded gate voltages (V), as the controller knows them."""
+        return _EdgeState(self._commanded.copy(), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run (for checkpoints)."""
+        self._age()
+        return {"conductances": self._commanded.copy(), "taps": None, "gates": self._gates.copy(),
+                "noise": self._noise.bit_generator.state, "clock": self.clock.now}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._commanded = np.asarray(state["conductances"], dtype=float).copy()
+        gates = state.get("gates")
+        self._gates = (np.tile(self._commanded, (len(self._solvers), 1)) if gates is None
+                       else np.asarray(gates, dtype=float).copy())
+        self._noise.bit_generator.state = state["noise"]
+        self.clock.now = float(state["clock"])
+        self._aged_at = self.clock.now
+        self._warm.clear()
+        self._last = None
+
+    def safe(self) -> None:
+        self.is_safe = True
+
+    def close(self) -> None:
+        self.safe()
+
+    def __enter__(self) -> TransistorBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """The record of the bench: model, drawn devices (per device up to 4096 edges),
+        learning window and imperfections."""
+        devices: list[dict[str, Any]] = []
+        for mod in self.models:
+            entry = mod.describe()
+            if self._network.n_edges <= 4096:
+                for attr in ("v_t", "s", "v_to", "beta"):
+                    value = getattr(mod, attr, None)
+                    if value is not None and np.ndim(value):
+                        entry[f"{attr}_per_device"] = np.asarray(value).tolist()
+            devices.append(entry)
+        e = self._edges
+        return {
+            "backend": "simulator",
+            "solver": f"newton/{self._solvers[0].lu_name}",
+            "twin": self.twin,
+            "preset": self.preset,
+            "imperfections": {"preset": self.preset, **self.imperfections.model_dump()},
+            "edges": {"kind": "gate", "vmin": e.vmin, "vmax": e.vmax, "resolution": e.resolution},
+            "devices": devices,
+            "learning_window": {"capacitance": self.window.capacitance,
+                                "resistance": self.window.resistance, "window": self.window.window,
+                                "leak_resistance": self.window.leak_resistance},
+        }
