@@ -182,7 +182,8 @@ def build_task(
         lo, hi = spec.input_range
         train, test = xor_dataset(rng, spec.train, spec.test, spread=spec.spread, low=lo, high=hi,
                                   target_high=spec.target_high, target_low=spec.target_low)
-        return Task("classification", train, test, output_nodes=outputs, high_ground=spec.high_ground)
+        return Task("classification", train, test, output_nodes=outputs, high_ground=spec.high_ground,
+                    complement=spec.encoding == "complement")
     if spec.dataset == "quadratic":
         train, test = quadratic_dataset(rng, spec.train, spec.test, input_range=spec.input_range)
         return Task("regression", train, test, output_nodes=outputs)
@@ -193,7 +194,7 @@ def build_task(
             target_high=spec.target_high, target_low=spec.target_low,
         )
         return Task("classification", train, test, output_nodes=outputs,
-                    high_ground=spec.high_ground)
+                    high_ground=spec.high_ground, complement=spec.encoding == "complement")
     train, test, _ = linear_map_dataset(
         rng, spec.inputs, spec.outputs, spec.train, spec.test,
         input_range=spec.input_range, signed=spec.kind == "allostery",

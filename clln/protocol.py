@@ -154,12 +154,15 @@ class TaskSpec(_Strict):
     target_low: Float = 0.0
     spread: Positive = 0.08
     dataset: Literal["xor", "quadratic"] | None = None
+    encoding: Literal["signed", "complement"] = "signed"
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
         if self.dataset == "xor" and (self.kind != "classification" or self.inputs != 2
                                       or self.classes != 2):
             raise ValueError("dataset 'xor' needs kind 'classification', inputs = 2 and classes = 2")
+        if self.encoding == "complement" and self.kind != "classification":
+            raise ValueError("key 'encoding' applies to kind 'classification' only")
         if self.dataset == "quadratic" and (self.kind != "regression" or self.inputs != 2):
             raise ValueError("dataset 'quadratic' needs kind 'regression' and inputs = 2 "
                              "(the sources carry u and 1 - u)")
@@ -181,7 +184,9 @@ class TaskSpec(_Strict):
 
     @property
     def n_sources(self) -> int:
-        return 2 * self.inputs + 1 if self.kind == "classification" else self.inputs
+        if self.kind != "classification":
+            return self.inputs
+        return 2 * self.inputs + (0 if self.encoding == "complement" else 1)
 
 
 class OverclampSpec(_Strict):

@@ -50,6 +50,9 @@ class Task:
     output_edges : (k, 2) output node pairs (allostery); the output is v[a] - v[b].
     train, test : datasets.
     high_ground : volts of the constant "high ground" source (classification).
+    complement : classification inputs drive x and high_ground - x (no separate high
+        ground) instead of +x, -x and the high ground: sources stay within
+        [0, high_ground], as on a bench with one supply (transistor networks).
     """
 
     kind: TaskKind
@@ -58,6 +61,7 @@ class Task:
     output_nodes: tuple[int, ...] = ()
     output_edges: tuple[tuple[int, int], ...] = ()
     high_ground: float = 1.0
+    complement: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "allostery":
@@ -80,7 +84,9 @@ class Task:
     @property
     def n_sources(self) -> int:
         """Number of source nodes the task drives."""
-        return 2 * self.n_features + 1 if self.kind == "classification" else self.n_features
+        if self.kind != "classification":
+            return self.n_features
+        return 2 * self.n_features + (0 if self.complement else 1)
 
     @property
     def clamp_nodes(self) -> tuple[int, ...]:
@@ -92,6 +98,8 @@ class Task:
     def source_voltages(self, x: np.ndarray) -> np.ndarray:
         """(B, n_sources) volts for the inputs x (B, n_features)."""
         x = np.asarray(x, dtype=float)
+        if self.kind == "classification" and self.complement:
+            return np.hstack([x, self.high_ground - x])
         if self.kind == "classification":
             high = np.full((x.shape[0], 1), self.high_ground)
             return np.hstack([x, -x, high])
@@ -207,11 +215,12 @@ def xor_dataset(
 
 def quadratic_dataset(
     rng: np.random.Generator, n_train: int, n_test: int, *,
-    input_range: tuple[float, float] = (0.0, 1.0), offset: float = 0.1, curvature: float = 0.6,
+    input_range: tuple[float, float] = (0.0, 1.0), offset: float = 0.35, curvature: float = -0.6,
 ) -> tuple[Dataset, Dataset]:
     """Nonlinear regression: u uniform in [0, 1], sources (low + u span, low + (1 - u) span)
-    and target y = offset + curvature (u - 1/2)^2 volts. Every output of a linear network
-    is affine in u, so its mean squared error cannot fall below curvature^2 / 180 V^2."""
+    and target y = offset + curvature (u - 1/2)^2 volts (by default a cap, 0.35 V at
+    u = 1/2 and 0.2 V at the ends). Every output of a linear network is affine in u, so
+    its mean squared error cannot fall below curvature^2 / 180 V^2 (2.0e-3 V^2 here)."""
     lo, hi = input_range
     u = rng.uniform(0.0, 1.0, size=n_train + n_test)
     x = lo + (hi - lo) * np.c_[u, 1.0 - u]

@@ -11,8 +11,9 @@ Laplacian but not symmetric (dI/dV_a != -dI/dV_b for a transistor). The models o
 :mod:`clln.simulator.devices` are monotone, so every J_b is a column-diagonally-dominant
 Z-matrix and LU needs no pivoting.
 
-A batch is one block-diagonal system, diag(J_1, ..., J_B), factorized by one library
-call per Newton iteration; only the samples that have not converged take part. The
+A batch is solved as block-diagonal systems, diag(J_1, ..., J_B), ``blocks_per_lu``
+samples per library call (all physics and assembly vectorized over the batch); only the
+samples that have not converged take part. The
 symbolic work is done once per network: the fill-reducing ordering (minimum degree on
 J + J^T) numbers the free nodes, and the CSC pattern of one block and the map from the
 edges' derivatives to its entries are fixed; each iteration writes new values into that
@@ -30,6 +31,7 @@ analysis is kept per block count); see ``benchmarks/nonlinear_speed.py``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -144,11 +146,15 @@ class NonlinearNetworkSolver:
     max_step : largest change of any node voltage in one Newton step, V.
     fixed_conductance : optional (m,) conductance (S) in parallel with each edge (e.g.
         fixed resistors: an edge whose device never conducts plus this).
+    blocks_per_lu : samples per block-diagonal LU (None: the whole batch in one). SuperLU's
+        time grows faster than the block count (measured at 1,778 nodes: 1.3 ms for one
+        block, 2.7 ms for 2, 10 ms for 5, 50 ms for 10), so small groups are faster;
+        see ``benchmarks/nonlinear_speed.py``.
     """
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
-                 fixed_conductance: np.ndarray | None = None) -> None:
+                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 2) -> None:
         if lu not in available_lu():
             raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
         self.network = network
@@ -157,6 +163,7 @@ class NonlinearNetworkSolver:
         self.max_iter = max_iter
         self.max_step = max_step
         self.lu_name = lu
+        self.blocks_per_lu = blocks_per_lu
         self._lu = _SuperLUBlocks() if lu == "superlu" else _UmfpackBlocks()
         roles = network.roles
         n, m = network.n_nodes, network.n_edges
@@ -190,6 +197,8 @@ class NonlinearNetworkSolver:
         self._clamp_entries = np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos)
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.lu_seconds = 0.0  # wall time spent in LU refactorizations and solves
+        self.lu_calls = 0
 
     # -- physics -------------------------------------------------------------
 
@@ -321,11 +330,7 @@ class NonlinearNetworkSolver:
             r = np.asarray((self.incidence_t @ state.current.T).T)[:, free]
             if clamped and self.clamps.size:
                 r[:, self.position[self.clamps]] = 0.0
-            values = self._values(state, clamped)
-            indices, indptr = self._block_pattern(act.size)
-            matrix = sp.csc_matrix((values.ravel(), indices, indptr), shape=(act.size * nf,) * 2)
-            self._lu.factorize(matrix, act.size)
-            step = -self._lu.solve(r.ravel()).reshape(act.size, nf)
+            step = self._newton_step(self._values(state, clamped), r)
             iterations[act] += 1
             if not np.isfinite(step).all():
                 raise NetworkError("the network's Jacobian is singular: a part of it floats")
@@ -346,6 +351,24 @@ class NonlinearNetworkSolver:
             residual[act] = norm
             done[act] = converged
         return done, residual
+
+
+    def _newton_step(self, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """-J^-1 r for every sample: values (k, nnz) of the Jacobian blocks, residual
+        (k, n_free); block-diagonal systems of at most ``blocks_per_lu`` samples each."""
+        count, nf = residual.shape
+        chunk = count if self.blocks_per_lu is None else max(1, self.blocks_per_lu)
+        step = np.empty_like(residual)
+        for lo in range(0, count, chunk):
+            hi = min(count, lo + chunk)
+            indices, indptr = self._block_pattern(hi - lo)
+            matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
+            started = time.perf_counter()
+            self._lu.factorize(matrix, hi - lo)
+            step[lo:hi] = -self._lu.solve(residual[lo:hi].ravel()).reshape(hi - lo, nf)
+            self.lu_seconds += time.perf_counter() - started
+            self.lu_calls += 1
+        return step
 
 
 def _fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int) -> np.ndarray:
