@@ -235,3 +235,28 @@ def test_floating_part_is_an_error() -> None:
     net = Network(5, edges, roles=NodeRoles((0,), (2,), ()))
     with pytest.raises(NetworkError, match="float"):
         NonlinearNetworkSolver(net, SeedTransistor())
+
+
+def test_gate_output_jacobian_matches_finite_differences() -> None:
+    """The analysis' dO/dV_G (implicit function theorem at the operating point) against
+    re-solving the network with each gate moved."""
+    from clln.analysis.nonlinear import gate_output_jacobian
+
+    net = square_lattice(4, 4, periodic=True).with_roles(NodeRoles((1, 4), (10,), ()))
+    rng = np.random.default_rng(2)
+    solver = NonlinearNetworkSolver(net, SeedTransistor())
+    gates = rng.uniform(1.0, 2.0, net.n_edges)
+    sources = np.array([[0.8, 0.3]])
+    v = solver.solve(gates, sources).voltages
+    outputs = np.array([15, 5])
+    rows = solver.position[outputs]
+    ours = gate_output_jacobian(solver, gates, v[0], rows)
+    h = 1e-5
+    numeric = np.zeros_like(ours)
+    for j in range(net.n_edges):
+        step = np.zeros(net.n_edges)
+        step[j] = h
+        up = solver.solve(gates + step, sources, start=v).voltages[0, outputs]
+        down = solver.solve(gates - step, sources, start=v).voltages[0, outputs]
+        numeric[:, j] = (up - down) / (2 * h)
+    assert np.abs(ours - numeric).max() <= 1e-6 * np.abs(numeric).max()
