@@ -11,7 +11,7 @@ The controller only ever sees the nominal (datasheet or calibrated) edge table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -65,7 +65,42 @@ def with_drivers(network: Network) -> Network:
     )
 
 
-class SimulatedBackend:
+class SimulatedSeam:
+    """The seam members every simulated backend shares: its network, its actuators, twin
+    benches (two solvers), and a safe state that needs no hardware."""
+
+    _network: Network
+    _edges: Any
+    _solvers: list[Any]
+    is_safe: bool
+
+    @property
+    def network(self) -> Network:
+        return self._network
+
+    @property
+    def edges(self) -> Any:
+        return self._edges
+
+    @property
+    def twin(self) -> bool:
+        """True for a twin bench: free states on twin 0, clamped states on twin 1."""
+        return len(self._solvers) == 2
+
+    def safe(self) -> None:
+        self.is_safe = True
+
+    def close(self) -> None:
+        self.safe()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SimulatedBackend(SimulatedSeam):
     """A simulated network trained through the same seam as a bench.
 
     Parameters
@@ -145,17 +180,8 @@ class SimulatedBackend:
     # -- the seam ------------------------------------------------------------
 
     @property
-    def network(self) -> Network:
-        return self._network
-
-    @property
     def edges(self) -> EdgeActuators:
         return self._edges
-
-    @property
-    def twin(self) -> bool:
-        """True for a twin bench: free states on twin 0, clamped states on twin 1."""
-        return len(self._solvers) == 2
 
     @property
     def solver_name(self) -> str:
@@ -309,18 +335,6 @@ class SimulatedBackend:
 
     def read_edges(self) -> EdgeState:
         return EdgeState(self._g.copy(), None if self._taps is None else self._taps.copy())
-
-    def safe(self) -> None:
-        self.is_safe = True
-
-    def close(self) -> None:
-        self.safe()
-
-    def __enter__(self) -> SimulatedBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> dict[str, Any]:
         e = self._edges

@@ -42,7 +42,7 @@ import scipy.sparse.linalg as spla
 from clln.controller.errors import BenchFault, NetworkError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
-from clln.simulator.physics import _check_anchored
+from clln.simulator.physics import boundary_nodes
 
 try:  # UMFPACK through cvxopt: symbolic analysis and numeric factorization kept apart
     import cvxopt as _cvxopt
@@ -165,15 +165,9 @@ class NonlinearNetworkSolver:
         self.lu_name = lu
         self.blocks_per_lu = blocks_per_lu
         self._lu = _SuperLUBlocks() if lu == "superlu" else _UmfpackBlocks()
-        roles = network.roles
         n, m = network.n_nodes, network.n_edges
-        self.sources = np.asarray(roles.sources, dtype=np.int64)
-        self.grounds = np.asarray(roles.grounds, dtype=np.int64)
-        self.clamps = np.asarray(roles.clamps, dtype=np.int64)
+        self.sources, self.grounds, self.clamps = boundary_nodes(network)
         fixed = np.r_[self.sources, self.grounds]
-        if fixed.size == 0:
-            raise NetworkError("the network has no source or ground node: its voltages float")
-        _check_anchored(network, fixed)
         self.fixed_conductance = (np.zeros(m) if fixed_conductance is None
                                   else np.asarray(fixed_conductance, dtype=float))
         is_free = np.ones(n, dtype=bool)

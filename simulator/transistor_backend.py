@@ -28,7 +28,7 @@ import numpy as np
 from clln.controller.backend import Applied, GateEdges, Measurement, boundary_arrays
 from clln.controller.backend import EdgeState as _EdgeState
 from clln.controller.network import Network
-from clln.simulator.backend import SimClock
+from clln.simulator.backend import SimClock, SimulatedSeam
 from clln.simulator.devices import EdgeModel
 from clln.simulator.imperfections import BenchInstance, Imperfections
 from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver
@@ -85,7 +85,7 @@ class LearningWindow:
         return gates * np.exp(-seconds / (self.leak_resistance * self.capacitance))
 
 
-class TransistorBackend:
+class TransistorBackend(SimulatedSeam):
     """A simulated network of transistor edges trained through the same seam as a bench.
 
     Parameters
@@ -148,16 +148,8 @@ class TransistorBackend:
     # -- the seam ------------------------------------------------------------
 
     @property
-    def network(self) -> Network:
-        return self._network
-
-    @property
     def edges(self) -> GateEdges:
         return self._edges
-
-    @property
-    def twin(self) -> bool:
-        return len(self._solvers) == 2
 
     @property
     def solvers(self) -> list[NonlinearNetworkSolver]:
@@ -295,18 +287,6 @@ class TransistorBackend:
         self._aged_at = self.clock.now
         self._warm.clear()
         self._last = None
-
-    def safe(self) -> None:
-        self.is_safe = True
-
-    def close(self) -> None:
-        self.safe()
-
-    def __enter__(self) -> TransistorBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> dict[str, Any]:
         """The record of the bench: model, drawn devices (per device up to 4096 edges),
