@@ -154,7 +154,7 @@ class NonlinearNetworkSolver:
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
-                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 2) -> None:
+                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 1) -> None:
         if lu not in available_lu():
             raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
         self.network = network

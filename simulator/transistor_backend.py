@@ -139,7 +139,8 @@ class TransistorBackend(SimulatedSeam):
         self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
         self._aged_at = self.clock.now
         self._noise = np.random.default_rng(noise_seed)
-        self._warm: dict[bytes, np.ndarray] = {}
+        self._warm: dict[bytes, np.ndarray] = {}  # last free state per sample
+        self._warm_clamped: dict[bytes, list[np.ndarray]] = {}  # its last two clamped states
         self._last: np.ndarray | None = None
         self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
         self.is_safe = True
@@ -187,33 +188,46 @@ class TransistorBackend(SimulatedSeam):
         _, clamps = boundary_arrays(self._network, sources, np.asarray(clamp_rule(free), dtype=float))
         return free, self._measure(clamped_twin, sources, clamps, stamps)
 
-    def _keys(self, twin: int, sources: np.ndarray, clamped: bool) -> list[bytes]:
-        tag = bytes([twin, clamped])
-        return [tag + row.tobytes() for row in sources]
+    def _keys(self, twin: int, sources: np.ndarray) -> list[bytes]:
+        """One key per sample: the twin and the driven source voltages."""
+        return [bytes([twin]) + row.tobytes() for row in sources]
 
-    def _start(self, keys: list[bytes], fallback: list[bytes] | None) -> np.ndarray | None:
-        """Warm start: the last solution of each sample (or of its fallback key, else of
-        the last sample solved)."""
+    def _start(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> np.ndarray | None:
+        """Warm start of each sample: for a free state its last free state; for a clamped
+        state, of its last clamped states and its free state, the one whose clamped nodes
+        are nearest the requested clamps (nudged and mirrored clamps alternate)."""
         if self._last is None:
             return None
+        free_keys = self._keys(twin, sources)
         rows = []
-        for i, key in enumerate(keys):
-            found = self._warm.get(key)
-            if found is None and fallback is not None:
-                found = self._warm.get(fallback[i])
-            rows.append(self._last if found is None else found)
+        for i, key in enumerate(free_keys):
+            candidates = [self._warm.get(key)]
+            if clamps is not None:
+                candidates = self._warm_clamped.get(key, []) + candidates
+            candidates = [c for c in candidates if c is not None]
+            if not candidates:
+                rows.append(self._last)
+            elif clamps is None or len(candidates) == 1:
+                rows.append(candidates[0])
+            else:
+                cl = self._network.roles.clamps
+                rows.append(min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max())))
         return np.stack(rows)
 
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
         self._age()
-        keys = self._keys(twin, sources, clamps is not None)
-        fallback = self._keys(twin, sources, False) if clamps is not None else None
         result = self._solvers[twin].solve(self._gates[twin], sources, clamps,
-                                           start=self._start(keys, fallback))
+                                           start=self._start(twin, sources, clamps))
+        keys = self._keys(twin, sources)
         if len(self._warm) > 65536:
             self._warm.clear()
-        self._warm.update(zip(keys, result.voltages))
+            self._warm_clamped.clear()
+        if clamps is None:
+            self._warm.update(zip(keys, result.voltages))
+        else:
+            for key, v in zip(keys, result.voltages):
+                self._warm_clamped[key] = [v, *self._warm_clamped.get(key, [])[:1]]
         self._last = result.voltages[-1]
         self.iterations.append(result.iterations)
         return result
@@ -286,6 +300,7 @@ class TransistorBackend(SimulatedSeam):
         self.clock.now = float(state["clock"])
         self._aged_at = self.clock.now
         self._warm.clear()
+        self._warm_clamped.clear()
         self._last = None
 
     def describe(self) -> dict[str, Any]:

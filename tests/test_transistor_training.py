@@ -79,7 +79,7 @@ def test_warm_started_newton_needs_few_iterations_in_training() -> None:
     for index in range(1, 41):
         trainer.step(index)
     counts = np.concatenate(exp.backend.iterations)
-    assert counts.size == 40 * 2 * 40
+    assert counts.size >= 40 * 2 * 40  # free, clamped (and mirrored) batches of 40
     assert np.mean(counts <= 5) >= 0.95
 
 
@@ -139,7 +139,7 @@ def test_floating_node_and_bad_gate_exit_2_with_one_line(tmp_path: Path) -> None
 
 
 def test_convergence_failure_pauses_the_run_and_resume_completes(tmp_path: Path) -> None:
-    text = protocol_text("xor", **{"steps = 400": "steps = 6", "test_every = 50": "test_every = 3"})
+    text = protocol_text("xor", **{"steps = 300": "steps = 6", "test_every = 50": "test_every = 3"})
     exp = experiment(text)
     store = RunStore(tmp_path / "runs")
     solver = exp.backend.solvers[0]
@@ -162,4 +162,4 @@ def test_convergence_failure_pauses_the_run_and_resume_completes(tmp_path: Path)
     fresh = experiment(text)
     outcome = resume_training(fresh, store, run["id"])
     assert outcome.status == "completed"
-    assert store.run(run["id"])["steps_done"] == 6 if "steps_done" in store.run(run["id"]) else True
+    assert store.history(run["id"]).steps[-1] == 6
