@@ -88,19 +88,15 @@ class NewtonResult:
 class _SuperLUBlocks:
     """SuperLU on a pre-ordered matrix: natural order, diagonal pivots (no search)."""
 
-    def __init__(self) -> None:
-        self._lu: spla.SuperLU | None = None
-
-    def factorize(self, matrix: sp.csc_matrix, key: int) -> None:
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> spla.SuperLU:
         try:
-            self._lu = spla.splu(matrix, permc_spec="NATURAL", diag_pivot_thresh=0.0,
-                                 options={"SymmetricMode": True})
+            return spla.splu(matrix, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                             options={"SymmetricMode": True})
         except RuntimeError as exc:
             raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
 
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
-        assert self._lu is not None
-        return self._lu.solve(rhs)
+    def solve(self, handle: spla.SuperLU, rhs: np.ndarray) -> np.ndarray:
+        return handle.solve(rhs)
 
 
 class _UmfpackBlocks:
@@ -108,10 +104,8 @@ class _UmfpackBlocks:
 
     def __init__(self) -> None:
         self._symbolic: dict[int, object] = {}
-        self._matrix: object | None = None
-        self._numeric: object | None = None
 
-    def factorize(self, matrix: sp.csc_matrix, key: int) -> None:
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> tuple[object, object]:
         n = matrix.shape[0]
         rows = matrix.indices.astype(np.int64)
         cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
@@ -122,14 +116,13 @@ class _UmfpackBlocks:
                 self._symbolic.clear()
             self._symbolic[key] = _umfpack.symbolic(a)
         try:
-            self._numeric = _umfpack.numeric(a, self._symbolic[key])
+            return a, _umfpack.numeric(a, self._symbolic[key])
         except ArithmeticError as exc:
             raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
-        self._matrix = a
 
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
+    def solve(self, handle: tuple[object, object], rhs: np.ndarray) -> np.ndarray:
         x = _cvxopt.matrix(np.ascontiguousarray(rhs, dtype=float))
-        _umfpack.solve(self._matrix, self._numeric, x)
+        _umfpack.solve(handle[0], handle[1], x)
         return np.array(x).ravel()
 
 
@@ -150,11 +143,14 @@ class NonlinearNetworkSolver:
         time grows faster than the block count (measured at 1,778 nodes: 1.3 ms for one
         block, 2.7 ms for 2, 10 ms for 5, 50 ms for 10), so small groups are faster;
         see ``benchmarks/nonlinear_speed.py``.
+    chord_ratio : a sample keeps its factors while each Newton step is at most this
+        fraction of the previous one (0: refactorize every iteration, plain Newton).
     """
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
-                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 1) -> None:
+                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 1,
+                 chord_ratio: float = 0.05) -> None:
         if lu not in available_lu():
             raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
         self.network = network
@@ -164,6 +160,7 @@ class NonlinearNetworkSolver:
         self.max_step = max_step
         self.lu_name = lu
         self.blocks_per_lu = blocks_per_lu
+        self.chord_ratio = chord_ratio
         self._lu = _SuperLUBlocks() if lu == "superlu" else _UmfpackBlocks()
         n, m = network.n_nodes, network.n_edges
         self.sources, self.grounds, self.clamps = boundary_nodes(network)
@@ -306,32 +303,42 @@ class NonlinearNetworkSolver:
 
     def _newton(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
                 iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Newton on every sample of v (updated in place); (converged, residual) per sample."""
+        """Newton on every sample of v (updated in place); (converged, residual) per sample.
+
+        A sample's Jacobian is refactorized on its first iteration and whenever its last
+        step shrank by less than ``chord_ratio``; otherwise the step reuses the factors
+        (a chord step: one triangular solve). From a warm start the steps shrink by
+        orders of magnitude each, so one factorization per solve usually suffices.
+        """
         count = v.shape[0]
-        active = np.arange(count)
         done = np.zeros(count, dtype=bool)
         nf = self.n_free
         free = self.free_nodes
         residual = np.zeros(count)
         if nf == 0:
             return np.ones(count, dtype=bool), residual
+        r_all = self._free_residual(v, gates, clamped)
+        chunk_of = np.full(count, -1, dtype=np.int64)  # factor chunk of each sample
+        chunks: list[tuple[np.ndarray, object]] = []
+        last = np.full(count, np.inf)
+        stale = np.ones(count, dtype=bool)
         for _ in range(self.max_iter):
-            act = active[~done[active]]
+            act = np.flatnonzero(~done)
             if act.size == 0:
                 break
-            va = v[act]
-            state = self.edge_state(va, gates)
-            r = np.asarray((self.incidence_t @ state.current.T).T)[:, free]
-            if clamped and self.clamps.size:
-                r[:, self.position[self.clamps]] = 0.0
-            step = self._newton_step(self._values(state, clamped), r)
+            refresh = act[stale[act]]
+            if refresh.size:
+                state = self.edge_state(v[refresh], gates)
+                self._factorize(refresh, self._values(state, clamped), chunk_of, chunks)
+            step = self._solve(act, r_all[act], chunk_of, chunks)
             iterations[act] += 1
             if not np.isfinite(step).all():
                 raise NetworkError("the network's Jacobian is singular: a part of it floats")
             size = np.abs(step).max(axis=1)
             converged = size <= self.tol
             scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-            norm0 = np.abs(r).max(axis=1)
+            norm0 = np.abs(r_all[act]).max(axis=1)
+            va = v[act]
             trial = va.copy()
             for _halving in range(12):  # backtrack where the residual grows
                 trial[:, free] = va[:, free] + scale[:, None] * step
@@ -342,26 +349,46 @@ class NonlinearNetworkSolver:
                     break
                 scale = np.where(worse, 0.5 * scale, scale)
             v[act] = trial
+            r_all[act] = r_new
             residual[act] = norm
             done[act] = converged
+            limit = self.chord_ratio * np.where(np.isfinite(last[act]), last[act], 1e300)
+            stale[act] = (self.chord_ratio <= 0) | (size > limit) | (scale < 1.0)
+            last[act] = size
         return done, residual
 
-
-    def _newton_step(self, values: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        """-J^-1 r for every sample: values (k, nnz) of the Jacobian blocks, residual
-        (k, n_free); block-diagonal systems of at most ``blocks_per_lu`` samples each."""
-        count, nf = residual.shape
-        chunk = count if self.blocks_per_lu is None else max(1, self.blocks_per_lu)
-        step = np.empty_like(residual)
-        for lo in range(0, count, chunk):
-            hi = min(count, lo + chunk)
+    def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
+                   chunks: list[tuple[np.ndarray, object]]) -> None:
+        """Factorize the Jacobians (values (k, nnz)) of ``samples``, ``blocks_per_lu``
+        samples per block-diagonal system; record each sample's factor chunk."""
+        count, nf = samples.size, self.n_free
+        size = count if self.blocks_per_lu is None else max(1, self.blocks_per_lu)
+        for lo in range(0, count, size):
+            hi = min(count, lo + size)
             indices, indptr = self._block_pattern(hi - lo)
             matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
             started = time.perf_counter()
-            self._lu.factorize(matrix, hi - lo)
-            step[lo:hi] = -self._lu.solve(residual[lo:hi].ravel()).reshape(hi - lo, nf)
+            handle = self._lu.factorize(matrix, hi - lo)
             self.lu_seconds += time.perf_counter() - started
             self.lu_calls += 1
+            chunk_of[samples[lo:hi]] = len(chunks)
+            chunks.append((samples[lo:hi], handle))
+
+    def _solve(self, samples: np.ndarray, residual: np.ndarray, chunk_of: np.ndarray,
+               chunks: list[tuple[np.ndarray, object]]) -> np.ndarray:
+        """-J^-1 r (k, n_free) for ``samples`` with their current factors."""
+        nf = self.n_free
+        step = np.empty_like(residual)
+        row_of = {int(s): k for k, s in enumerate(samples)}
+        started = time.perf_counter()
+        for c in np.unique(chunk_of[samples]):
+            members, handle = chunks[c]
+            rhs = np.zeros((members.size, nf))
+            wanted = [k for k, s in enumerate(members) if int(s) in row_of]
+            rhs[wanted] = residual[[row_of[int(members[k])] for k in wanted]]
+            out = self._lu.solve(handle, rhs.ravel()).reshape(members.size, nf)
+            step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
+        self.lu_seconds += time.perf_counter() - started
         return step
 
 

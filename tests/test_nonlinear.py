@@ -197,7 +197,8 @@ def test_leak_free_window_moves_the_gate_by_the_command() -> None:
 def test_warm_started_newton_converges_in_few_iterations() -> None:
     net = square_lattice(6, 6, periodic=True).with_roles(NodeRoles((0, 7), (20,), (14, 29)))
     rng = np.random.default_rng(5)
-    solver = NonlinearNetworkSolver(net, SeedTransistor())
+    solver = NonlinearNetworkSolver(net, SeedTransistor(), chord_ratio=0.0)  # plain Newton
+    chord = NonlinearNetworkSolver(net, SeedTransistor())  # factors kept while steps shrink fast
     gates = rng.uniform(1.5, 2.5, net.n_edges)
     sources = rng.uniform(0, 1, (20, 2))
     previous = solver.solve(gates, sources)
@@ -208,6 +209,8 @@ def test_warm_started_newton_converges_in_few_iterations() -> None:
         clamps = free.voltages[:, [14, 29]] + 0.02
         clamped = solver.solve(gates, sources, clamps, start=free.voltages)
         counts += [*free.iterations, *clamped.iterations]
+        np.testing.assert_allclose(chord.solve(gates, sources, start=previous.voltages).voltages,
+                                   free.voltages, atol=1e-9)
         previous = free
     assert np.mean(np.array(counts) <= 5) >= 0.95
 
