@@ -8,6 +8,7 @@ ideal bench), and prints the median test error (task cost), accuracy (classifica
 and, for regression, the least-squares floor of any output affine in the inputs.
 
 Usage: python benchmarks/nonlinear_tasks.py [--seeds 5] [--linear-alpha 0.02] [--steps N]
+       [--protocols xor,nonlinear-regression]
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--linear-alpha", type=float, default=0.02)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--protocols", default=",".join(NAMES))
     args = parser.parse_args()
     print(f"{'protocol':22s} {'edges':11s} {'median test error':>18s} {'median accuracy':>16s} "
           f"{'affine floor':>13s}  per seed")
-    for name in NAMES:
+    for name in args.protocols.split(","):
         base = tomllib.loads((ROOT / "protocols" / f"{name}.toml").read_text())
         if args.steps:
             base["training"]["steps"] = args.steps
