@@ -70,7 +70,7 @@ class SimulatedSeam:
     benches (two solvers), and a safe state that needs no hardware."""
 
     _network: Network
-    _edges: Any
+    _edges: EdgeActuators
     _solvers: list[Any]
     is_safe: bool
 
@@ -79,7 +79,7 @@ class SimulatedSeam:
         return self._network
 
     @property
-    def edges(self) -> Any:
+    def edges(self) -> EdgeActuators:
         return self._edges
 
     @property
@@ -178,10 +178,6 @@ class SimulatedBackend(SimulatedSeam):
         self.n_measurements = 0
 
     # -- the seam ------------------------------------------------------------
-
-    @property
-    def edges(self) -> EdgeActuators:
-        return self._edges
 
     @property
     def solver_name(self) -> str:

@@ -104,6 +104,8 @@ class TransistorBackend(SimulatedSeam):
     fixed_conductance : optional (m,) conductance (S) in parallel with each edge.
     """
 
+    _edges: GateEdges
+
     def __init__(self, network: Network, model: EdgeModel, edges: GateEdges, initial: np.ndarray, *,
                  imperfections: Imperfections | None = None, window: LearningWindow | None = None,
                  bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
@@ -147,10 +149,6 @@ class TransistorBackend(SimulatedSeam):
         self.n_measurements = 0
 
     # -- the seam ------------------------------------------------------------
-
-    @property
-    def edges(self) -> GateEdges:
-        return self._edges
 
     @property
     def solvers(self) -> list[NonlinearNetworkSolver]:
