@@ -121,6 +121,7 @@ def test_network_jacobian_matches_finite_differences() -> None:
             diff = (solver.residual(up, gates) - solver.residual(down, gates))[0] / (2 * h)
             numeric[:, k] = diff[solver.free_nodes]
         err = np.abs(jac - numeric).max() / np.abs(jac).max()
+        print(f"{model.name}: network Jacobian vs finite differences {err:.2e}")
         assert err <= 1e-7, (model.name, err)
         # not symmetric for transistors
         assert np.abs(jac - jac.T).max() > 1e-3 * np.abs(jac).max()
@@ -177,6 +178,7 @@ def test_learning_window_matches_ngspice_transient() -> None:
     ours = float(window.apply(np.array(v0), np.array(delta)))
     spice = float(np.interp(200e-6, times, vg))
     moved = spice - v0
+    print(f"learning window vs ngspice transient: relative error {abs((ours - v0) - moved) / abs(moved):.2e}")
     assert abs((ours - v0) - moved) <= 1e-4 * abs(moved)
     # and the closed form along the whole window
     mid = LearningWindow(2.2e-6, 1e3, 100e-6, 5e4)
