@@ -343,7 +343,9 @@ def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: st
         # is the Jacobian at the operating point (clln.analysis.nonlinear)
         from clln.analysis.nonlinear import model_from_record, operating_point_analysis
 
-        found = operating_point_analysis(data.network, model_from_record(backend), data.final, task)
+        resistors = [(int(a), int(b), 1.0 / float(ohms)) for a, b, ohms in backend.get("fixed_resistors", [])]
+        found = operating_point_analysis(data.network, model_from_record(backend), data.final, task,
+                                         resistors)
         found.pop("_arrays", None)
         numbers["nonlinear"] = {"physical_hessian": "Jacobian at the operating point", **found}
     elif what in ("susceptibility", "all"):

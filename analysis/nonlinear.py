@@ -27,7 +27,7 @@ from clln.controller.errors import UserError
 from clln.controller.network import Network
 from clln.controller.task import Task
 from clln.simulator.devices import EdgeModel, Level1, SeedTransistor
-from clln.simulator.nonlinear import NonlinearNetworkSolver
+from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
 
 DENSE_MAX_EDGES = 4000
 """Largest network whose susceptibilities and cost Hessian are computed here."""
@@ -68,8 +68,10 @@ def gate_output_jacobian(solver: NonlinearNetworkSolver, gates: np.ndarray, volt
 
 
 def operating_point_analysis(network: Network, model: EdgeModel, gates: np.ndarray,
-                             task: Task | None) -> dict[str, Any]:
-    """Susceptibilities and (with the task) the cost Hessian at the operating point.
+                             task: Task | None,
+                             fixed_resistors: list[tuple[int, int, float]] | None = None) -> dict[str, Any]:
+    """Susceptibilities and (with the task) the cost Hessian at the operating point;
+    ``fixed_resistors`` (a, b, S) are the bench's untrained resistors.
 
     Returns JSON-ready numbers plus arrays under ``_arrays`` (norms, conductances,
     cost eigenvalues, stiff weights) for callers that plot them.
@@ -77,7 +79,10 @@ def operating_point_analysis(network: Network, model: EdgeModel, gates: np.ndarr
     if network.n_edges > DENSE_MAX_EDGES:
         return {"skipped": f"{network.n_edges} edges: the nonlinear analysis is limited to "
                            f"{DENSE_MAX_EDGES}"}
-    solver = NonlinearNetworkSolver(network, model)
+    m = network.n_edges
+    physics, fixed, mask = with_resistors(network, fixed_resistors or [])
+    solver = NonlinearNetworkSolver(physics, model, fixed_conductance=fixed, device_mask=mask)
+    gates = np.r_[gates, np.zeros(physics.n_edges - m)]
     n_sources = len(network.roles.sources)
     if task is not None and len(task.train):
         sources_all = task.source_voltages(task.train.x)
@@ -92,7 +97,7 @@ def operating_point_analysis(network: Network, model: EdgeModel, gates: np.ndarr
     sus = lu.solve(inc)  # (n_free, m)
     norms = np.linalg.norm(sus, axis=0)
     edge = solver.edge_state(state.voltages, gates)
-    conductance = edge.d_va[0]
+    conductance = edge.d_va[0][:m]
     nums: dict[str, Any] = {
         "operating_point": "free state at the training set's mean input",
         "newton_iterations": int(state.iterations[0]),
@@ -109,9 +114,9 @@ def operating_point_analysis(network: Network, model: EdgeModel, gates: np.ndarr
         position[free] = np.arange(free.size)
         rows = position[outputs]
         states = solver.solve(gates, sources_all, start=np.repeat(state.voltages, len(sources_all), 0))
-        hessian = np.zeros((network.n_edges, network.n_edges))
+        hessian = np.zeros((m, m))
         for b in range(len(sources_all)):  # one sparse LU per training sample
-            d_out = gate_output_jacobian(solver, gates, states.voltages[b], rows)
+            d_out = gate_output_jacobian(solver, gates, states.voltages[b], rows)[:, :m]
             hessian += d_out.T @ d_out
         hessian /= len(sources_all)
         vals, vecs = np.linalg.eigh(0.5 * (hessian + hessian.T))

@@ -34,6 +34,7 @@ from clln.controller.task import (
     blobs_dataset,
     linear_map_dataset,
     quadratic_dataset,
+    seed002_pair_dataset,
     xor_dataset,
 )
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
@@ -184,6 +185,9 @@ def build_task(
                                   target_high=spec.target_high, target_low=spec.target_low)
         return Task("classification", train, test, output_nodes=outputs, high_ground=spec.high_ground,
                     complement=spec.encoding == "complement")
+    if spec.dataset == "seed002-pair":
+        train, test = seed002_pair_dataset()
+        return Task("regression", train, test, output_nodes=outputs)
     if spec.dataset == "quadratic":
         train, test = quadratic_dataset(rng, spec.train, spec.test, input_range=spec.input_range)
         return Task("regression", train, test, output_nodes=outputs)
@@ -244,7 +248,8 @@ def build_transistor_backend(protocol: Protocol, network: Network, rng: np.rando
             network, edge_model(e), GateEdges(e.gate_min, e.gate_max, e.gate_resolution), initial,
             imperfections=make_imperfections(sim.preset, sim.overrides),
             window=LearningWindow(e.capacitance, e.charge_resistance, e.window),
-            bench_seed=bench_seed, noise_seed=noise_seed, lu=sim.lu, preset=sim.preset)
+            bench_seed=bench_seed, noise_seed=noise_seed, lu=sim.lu, preset=sim.preset,
+            fixed_resistors=[(a, b, 1.0 / ohms) for a, b, ohms in e.fixed_resistors or []])
     except NetworkError as exc:
         raise ProtocolError(f"{source}: network: {exc}") from None
 

@@ -73,7 +73,7 @@ class NetworkSpec(_Strict):
 
 GATE_KINDS = ("transistor", "level1")
 _GATE_KEYS = {"gate_min", "gate_max", "gate_resolution", "gate_init", "s", "v_t", "lam",
-              "g_off", "capacitance", "charge_resistance", "window"}
+              "g_off", "capacitance", "charge_resistance", "window", "fixed_resistors"}
 
 
 class EdgeSpec(_Strict):
@@ -87,7 +87,9 @@ class EdgeSpec(_Strict):
     (steps of ``gate_resolution`` V, 0: continuous), initial values uniform in
     ``gate_init``; gain ``s`` (A/V^2), threshold ``v_t`` (V), ``lam`` (1/V, level1),
     parallel conductance ``g_off`` (S); each gate on a ``capacitance`` (F) charged through
-    ``charge_resistance`` (ohm) for a learning ``window`` (s) per step.
+    ``charge_resistance`` (ohm) for a learning ``window`` (s) per step;
+    ``fixed_resistors`` = [[a, b, ohms], ...] adds untrained resistors between nodes
+    (seed 002's small network: two transistors beside a fixed 500 ohm resistor).
     """
 
     kind: Literal["continuous", "stepped", "transistor", "level1"] = "continuous"
@@ -110,6 +112,7 @@ class EdgeSpec(_Strict):
     capacitance: Positive = 2.2e-6
     charge_resistance: Positive = 1e3
     window: Positive = 100e-6
+    fixed_resistors: list[tuple[Int, Int, Positive]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSpec:
@@ -153,7 +156,7 @@ class TaskSpec(_Strict):
     target_high: Float = 0.3
     target_low: Float = 0.0
     spread: Positive = 0.08
-    dataset: Literal["xor", "quadratic"] | None = None
+    dataset: Literal["xor", "quadratic", "seed002-pair"] | None = None
     encoding: Literal["signed", "complement"] = "signed"
 
     @model_validator(mode="after")
@@ -161,6 +164,10 @@ class TaskSpec(_Strict):
         if self.dataset == "xor" and (self.kind != "classification" or self.inputs != 2
                                       or self.classes != 2):
             raise ValueError("dataset 'xor' needs kind 'classification', inputs = 2 and classes = 2")
+        if self.dataset == "seed002-pair" and (self.kind != "regression" or self.inputs != 3
+                                               or self.outputs != 1):
+            raise ValueError("dataset 'seed002-pair' needs kind 'regression', inputs = 3 "
+                             "(high, low, input) and outputs = 1")
         if self.encoding == "complement" and self.kind != "classification":
             raise ValueError("key 'encoding' applies to kind 'classification' only")
         if self.dataset == "quadratic" and (self.kind != "regression" or self.inputs != 2):

@@ -226,3 +226,12 @@ def quadratic_dataset(
     x = lo + (hi - lo) * np.c_[u, 1.0 - u]
     y = (offset + curvature * (u - 0.5) ** 2)[:, None]
     return Dataset(x[:n_train], y[:n_train]), Dataset(x[n_train:], y[n_train:])
+
+
+def seed002_pair_dataset() -> tuple[Dataset, Dataset]:
+    """Seed 002's two tasks on its small network, as measured: sources (high, low, input)
+    = (0.4351, 0.0181, input) volts; task alpha: input 0.4351 V -> output 0.31 V, task
+    beta: input 0.0181 V -> output 0.14 V. Both tasks in one set (train = test)."""
+    x = np.array([[0.4351, 0.0181, 0.4351], [0.4351, 0.0181, 0.0181]])
+    y = np.array([[0.31], [0.14]])
+    return Dataset(x, y), Dataset(x.copy(), y.copy())

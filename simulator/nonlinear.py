@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from clln.controller.errors import BenchFault, NetworkError
+from clln.controller.errors import BenchFault, NetworkError, ProtocolError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
 from clln.simulator.physics import boundary_nodes
@@ -139,6 +139,8 @@ class NonlinearNetworkSolver:
     max_step : largest change of any node voltage in one Newton step, V.
     fixed_conductance : optional (m,) conductance (S) in parallel with each edge (e.g.
         fixed resistors: an edge whose device never conducts plus this).
+    device_mask : optional (m,) bool, False for edges without a device (pure resistors
+        of ``fixed_conductance``).
     blocks_per_lu : samples per block-diagonal LU (None: the whole batch in one). SuperLU's
         time grows faster than the block count (measured at 1,778 nodes: 1.3 ms for one
         block, 2.7 ms for 2, 10 ms for 5, 50 ms for 10), so small groups are faster;
@@ -151,7 +153,8 @@ class NonlinearNetworkSolver:
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
-                 fixed_conductance: np.ndarray | None = None, blocks_per_lu: int | None = 1,
+                 fixed_conductance: np.ndarray | None = None, device_mask: np.ndarray | None = None,
+                 blocks_per_lu: int | None = 1,
                  chord_ratio: float = 0.0) -> None:
         if lu not in available_lu():
             raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
@@ -169,6 +172,8 @@ class NonlinearNetworkSolver:
         fixed = np.r_[self.sources, self.grounds]
         self.fixed_conductance = (np.zeros(m) if fixed_conductance is None
                                   else np.asarray(fixed_conductance, dtype=float))
+        self.device_mask = None if device_mask is None else np.asarray(device_mask, dtype=bool)
+        self._devices = None if device_mask is None else np.flatnonzero(self.device_mask)
         is_free = np.ones(n, dtype=bool)
         is_free[fixed] = False
         free = np.flatnonzero(is_free)
@@ -200,7 +205,15 @@ class NonlinearNetworkSolver:
         for node voltages (B, n) and gate voltages (m,)."""
         va = voltages[:, self._a]
         vb = voltages[:, self._b]
-        out = self.model.currents(va, vb, gates[None, :])
+        if self.device_mask is None:
+            out = self.model.currents(va, vb, gates[None, :])
+        else:  # the model sees its device edges only (per-device parameters line up)
+            dev = self._devices
+            part = self.model.currents(va[:, dev], vb[:, dev], gates[None, dev])
+            full = [np.zeros_like(va) for _ in range(4)]
+            for arr, got in zip(full, (part.current, part.d_va, part.d_vb, part.d_vg)):
+                arr[:, dev] = got
+            out = type(part)(*full)
         if np.any(self.fixed_conductance):
             g = self.fixed_conductance
             out = type(out)(out.current + g * (va - vb), out.d_va + g, out.d_vb - g, out.d_vg)
@@ -392,6 +405,24 @@ class NonlinearNetworkSolver:
             step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
         self.lu_seconds += time.perf_counter() - started
         return step
+
+
+def with_resistors(network: Network, resistors: list[tuple[int, int, float]]
+                    ) -> tuple[Network, np.ndarray | None, np.ndarray | None]:
+    """The physics network: the transistor edges, then one edge per fixed resistor;
+    its fixed conductances (S) and device mask (None without resistors)."""
+    if not resistors:
+        return network, None, None
+    n, m = network.n_nodes, network.n_edges
+    extra = np.array([(a, b) for a, b, _ in resistors], dtype=np.int64)
+    if np.any(extra < 0) or np.any(extra >= n) or np.any(extra[:, 0] == extra[:, 1]):
+        raise ProtocolError(f"edges.fixed_resistors: each needs two different nodes in 0..{n - 1}, "
+                            f"got {extra.tolist()}")
+    physics = Network(n, np.vstack([network.edges, extra]), positions=network.positions,
+                      roles=network.roles)
+    fixed = np.r_[np.zeros(m), [g for _, _, g in resistors]]
+    mask = np.r_[np.ones(m, dtype=bool), np.zeros(len(resistors), dtype=bool)]
+    return physics, fixed, mask
 
 
 def _fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from clln.controller.network import Network
 from clln.simulator.backend import SimClock, SimulatedSeam
 from clln.simulator.devices import EdgeModel
 from clln.simulator.imperfections import BenchInstance, Imperfections
-from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver
+from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver, with_resistors
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ class TransistorBackend(SimulatedSeam):
     lu : LU library of the Newton solver.
     clock : simulated time.
     preset : name of the imperfection preset, for the record.
-    fixed_conductance : optional (m,) conductance (S) in parallel with each edge.
+    fixed_resistors : optional (a, b, conductance S) resistors beside the transistor
+        edges, not trained and not edges of ``network`` (seed 002's small network has
+        one of 500 ohm).
     """
 
     _edges: GateEdges
@@ -110,7 +112,7 @@ class TransistorBackend(SimulatedSeam):
                  imperfections: Imperfections | None = None, window: LearningWindow | None = None,
                  bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
                  clock: SimClock | None = None, preset: str = "ideal",
-                 fixed_conductance: np.ndarray | None = None) -> None:
+                 fixed_resistors: list[tuple[int, int, float]] | None = None) -> None:
         params = imperfections or Imperfections()
         self.imperfections = params
         self.preset = preset
@@ -135,7 +137,11 @@ class TransistorBackend(SimulatedSeam):
             self._bench = BenchInstance.draw(
                 params, n_nodes=network.n_nodes, n_edges=m,
                 n_ao=len(network.roles.sources) + len(network.roles.clamps), pot=None, rng=rng)
-        self._solvers = [NonlinearNetworkSolver(network, mod, lu=lu, fixed_conductance=fixed_conductance)
+        physics, fixed, mask = with_resistors(network, fixed_resistors or [])
+        self.fixed_resistors = list(fixed_resistors or [])
+        self._n_fixed = len(self.fixed_resistors)
+        self._solvers = [NonlinearNetworkSolver(physics, mod, lu=lu, fixed_conductance=fixed,
+                                                device_mask=mask)
                          for mod in self.models]
         self._commanded = self._quantize(np.clip(initial, edges.vmin, edges.vmax))
         self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
@@ -158,6 +164,11 @@ class TransistorBackend(SimulatedSeam):
         """(m,) voltages on the gate capacitors of a twin now (V). Simulator only."""
         self._age()
         return self._gates[twin].copy()
+
+    def _physics_gates(self, twin: int) -> np.ndarray:
+        """Gate voltages of the physics' edges: the transistors', then 0 V for the fixed
+        resistors (which have no device)."""
+        return np.r_[self._gates[twin], np.zeros(self._n_fixed)]
 
     def _quantize(self, gates: np.ndarray) -> np.ndarray:
         res = self._edges.resolution
@@ -215,7 +226,7 @@ class TransistorBackend(SimulatedSeam):
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
         self._age()
-        result = self._solvers[twin].solve(self._gates[twin], sources, clamps,
+        result = self._solvers[twin].solve(self._physics_gates(twin), sources, clamps,
                                            start=self._start(twin, sources, clamps))
         keys = self._keys(twin, sources)
         if len(self._warm) > 65536:
@@ -250,10 +261,11 @@ class TransistorBackend(SimulatedSeam):
         """(n,) small-signal resistance of each node to the rest (ohm), for multiplexer
         settling: 1 / (sum of the edge conductances dI/dV at the node), first sample."""
         solver = self._solvers[twin]
-        state = solver.edge_state(voltages[:1], self._gates[twin])
+        state = solver.edge_state(voltages[:1], self._physics_gates(twin))
         net = self._network
-        total = (np.bincount(net.edges[:, 0], weights=state.d_va[0], minlength=net.n_nodes)
-                 - np.bincount(net.edges[:, 1], weights=state.d_vb[0], minlength=net.n_nodes))
+        ends = solver.network.edges  # with the fixed resistors
+        total = (np.bincount(ends[:, 0], weights=state.d_va[0], minlength=net.n_nodes)
+                 - np.bincount(ends[:, 1], weights=state.d_vb[0], minlength=net.n_nodes))
         with np.errstate(divide="ignore"):
             resistance = 1.0 / total
         roles = net.roles
@@ -322,6 +334,7 @@ class TransistorBackend(SimulatedSeam):
             "imperfections": {"preset": self.preset, **self.imperfections.model_dump()},
             "edges": {"kind": "gate", "vmin": e.vmin, "vmax": e.vmax, "resolution": e.resolution},
             "devices": devices,
+            "fixed_resistors": [[a, b, 1.0 / g] for a, b, g in self.fixed_resistors],
             "learning_window": {"capacitance": self.window.capacitance,
                                 "resistance": self.window.resistance, "window": self.window.window,
                                 "leak_resistance": self.window.leak_resistance},

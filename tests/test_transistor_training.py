@@ -163,3 +163,22 @@ def test_convergence_failure_pauses_the_run_and_resume_completes(tmp_path: Path)
     outcome = resume_training(fresh, store, run["id"])
     assert outcome.status == "completed"
     assert store.history(run["id"]).steps[-1] == 6
+
+
+def test_transistor_pair_has_its_fixed_resistor_and_learns_both_tasks() -> None:
+    """Seed 002's small network: Kirchhoff's law at the output with the two transistors
+    (the device model evaluated here directly) and the 500 ohm resistor; training brings
+    both tasks' outputs to their targets."""
+    exp = experiment((PROTOCOLS / "transistor-pair.toml").read_text())
+    backend = exp.backend
+    sources = exp.task.source_voltages(exp.task.train.x)
+    v = backend.solve(0, sources, None).voltages
+    model = backend.models[0]
+    gates = backend.gate_voltages()
+    transistors = model.currents(v[:, [0, 1]], v[:, [2, 2]], gates[None, :]).current  # high, low -> out
+    into_output = transistors.sum(axis=1) + (v[:, 3] - v[:, 2]) / 500.0
+    assert np.abs(into_output).max() < 1e-15
+    assert exp.backend.describe()["fixed_resistors"] == [[3, 2, 500.0]]
+    trainer = make_trainer(exp)
+    result = trainer.run()
+    assert result.final_test_error < 1e-2 * result.initial_test_error
