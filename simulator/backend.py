@@ -72,6 +72,8 @@ class SimulatedSeam:
     _network: Network
     _edges: EdgeActuators
     _solvers: list[Any]
+    imperfections: Imperfections
+    _bench: BenchInstance | None
     is_safe: bool
 
     @property
@@ -92,6 +94,28 @@ class SimulatedSeam:
 
     def close(self) -> None:
         self.safe()
+
+    def _driven(self, sources: np.ndarray, clamps: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The voltages the AO channels really put out for the sources (B, n_sources) and
+        clamps (B, n_clamps) asked for (sources first, then clamps, channel by channel)."""
+        bench = self._bench
+        if bench is None or bench.params.exact_drive:
+            return sources, clamps
+        ns = len(self._network.roles.sources)
+        return (bench.drive(sources, slice(0, ns)),
+                None if clamps is None else bench.drive(clamps, slice(ns, None)))
+
+    def _node_resistance_from(self, total: np.ndarray, *, clamped: bool) -> np.ndarray:
+        """(n,) resistance of each node (ohm) for multiplexer settling, from the total
+        conductance at each node (S): driven nodes see the source impedance, grounds 0."""
+        with np.errstate(divide="ignore"):
+            resistance = 1.0 / total
+        roles = self._network.roles
+        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
+        resistance[driven] = self.imperfections.source_impedance
+        resistance[list(roles.grounds)] = 0.0
+        return resistance
 
     def __enter__(self) -> Self:
         return self
@@ -237,11 +261,7 @@ class SimulatedBackend(SimulatedSeam):
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
                  stamps: np.ndarray, polarity: float = 1.0) -> Measurement:
         bench = self._bench
-        ns = len(self._network.roles.sources)
-        if bench is not None and not bench.params.exact_drive:
-            sources = bench.drive(sources, slice(0, ns))
-            if clamps is not None:
-                clamps = bench.drive(clamps, slice(ns, None))
+        sources, clamps = self._driven(sources, clamps)
         basis = self._basis(twin, float(stamps[-1]))
         solver = self._solvers[twin]
         coefficients = (solver.free_coefficients(sources) if clamps is None
@@ -264,13 +284,7 @@ class SimulatedBackend(SimulatedSeam):
         net = self._network
         g = self.true_conductances(twin)
         total = np.bincount(net.edges.ravel(), weights=np.repeat(g, 2), minlength=net.n_nodes)
-        with np.errstate(divide="ignore"):
-            resistance = 1.0 / total
-        roles = net.roles
-        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
-        resistance[driven] = self.imperfections.source_impedance
-        resistance[list(roles.grounds)] = 0.0
-        return resistance
+        return self._node_resistance_from(total, clamped=clamped)
 
     def adjust(self, commands: np.ndarray) -> Applied:
         commands = np.asarray(commands)

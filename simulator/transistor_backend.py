@@ -244,11 +244,7 @@ class TransistorBackend(SimulatedSeam):
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
                  stamps: np.ndarray) -> Measurement:
         bench = self._bench
-        ns = len(self._network.roles.sources)
-        if bench is not None and not bench.params.exact_drive:
-            sources = bench.drive(sources, slice(0, ns))
-            if clamps is not None:
-                clamps = bench.drive(clamps, slice(ns, None))
+        sources, clamps = self._driven(sources, clamps)
         exact = self.solve(twin, sources, clamps).voltages
         self.is_safe = False
         self.n_measurements += 1
@@ -266,13 +262,7 @@ class TransistorBackend(SimulatedSeam):
         ends = solver.network.edges  # with the fixed resistors
         total = (np.bincount(ends[:, 0], weights=state.d_va[0], minlength=net.n_nodes)
                  - np.bincount(ends[:, 1], weights=state.d_vb[0], minlength=net.n_nodes))
-        with np.errstate(divide="ignore"):
-            resistance = 1.0 / total
-        roles = net.roles
-        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
-        resistance[driven] = self.imperfections.source_impedance
-        resistance[list(roles.grounds)] = 0.0
-        return resistance
+        return self._node_resistance_from(total, clamped=clamped)
 
     def adjust(self, commands: np.ndarray) -> Applied:
         """One learning window: each gate commanded to move by ``commands`` (V), clipped to
