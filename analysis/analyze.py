@@ -337,7 +337,18 @@ def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: st
         "task": data.task_kind,
     }
     outcome = AnalysisOutcome(numbers)
-    if what in ("susceptibility", "all"):
+    backend = store.run(data.run_id).get("backend") or {}
+    if what in ("susceptibility", "all") and (backend.get("edges") or {}).get("kind") == "gate":
+        # transistor edges: the recorded state is the gate voltages; the physical Hessian
+        # is the Jacobian at the operating point (clln.analysis.nonlinear)
+        from clln.analysis.nonlinear import model_from_record, operating_point_analysis
+
+        resistors = [(int(a), int(b), 1.0 / float(ohms)) for a, b, ohms in backend.get("fixed_resistors", [])]
+        found = operating_point_analysis(data.network, model_from_record(backend), data.final, task,
+                                         resistors)
+        found.pop("_arrays", None)
+        numbers["nonlinear"] = {"physical_hessian": "Jacobian at the operating point", **found}
+    elif what in ("susceptibility", "all"):
         sus = susceptibility_analysis(data, task, probes=probes, convention=convention)
         numbers["susceptibility"] = sus.numbers
         outcome.figures += figures.susceptibility_figures(data, sus, folder)
@@ -379,6 +390,18 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("Spearman |s_j| vs stiff weight", fmt(cost["spearman_norm_vs_stiff_weight"], ".3f")))
         rows.append(("relative conductance", f"median {fmt(sus['median_relative_conductance_top10pct'])} "
                                              f"on the top 10% |s_j|, {fmt(sus['median_relative_conductance_rest'])} elsewhere"))
+    nonlinear = numbers.get("nonlinear")
+    if nonlinear and "skipped" in nonlinear:
+        rows.append(("operating point", f"skipped: {nonlinear['skipped']}"))
+    elif nonlinear:
+        rows.append(("|s_j| at the operating point",
+                     f"median {fmt(nonlinear['median_susceptibility'])}, max "
+                     f"{fmt(nonlinear['max_susceptibility'])}; Jacobian asymmetry "
+                     f"{fmt(nonlinear['jacobian_asymmetry'])}"))
+        cost = nonlinear.get("cost")
+        if cost:
+            rows.append(("cost Hessian (gates)", f"{cost['stiff_modes']} stiff modes; Spearman |s_j| vs "
+                                                 f"stiff weight {fmt(cost['spearman_susceptibility_vs_stiff_weight'], '.3f')}"))
     aging = numbers.get("aging")
     if aging:
         rel = aging.get("relaxation", {})

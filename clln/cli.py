@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from clln.controller.errors import CllnError, Interrupted, UserError
+from clln.controller.errors import BenchFault, CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
 
@@ -222,7 +222,7 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
             where = f"run {run_ids[0]}" if run_ids else "the run"
             raise Interrupted(f"interrupted: {where} is marked interrupted and the backend is safe"
                               f"{hint()}") from None
-        except DriverError as exc:
+        except (DriverError, BenchFault) as exc:
             raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
         finally:
             lines.emit()  # the last step reached, and the events since the last line

@@ -16,21 +16,37 @@ import numpy as np
 import clln
 from clln.analysis.report import training_report
 from clln.controller import events
-from clln.controller.backend import ContinuousEdges, EdgeActuators, NetworkBackend, SteppedEdges
+from clln.controller.backend import (
+    ContinuousEdges,
+    EdgeActuators,
+    GateEdges,
+    NetworkBackend,
+    SteppedEdges,
+)
 from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
-from clln.controller.errors import NetworkError, ProtocolError, UserError
+from clln.controller.errors import BenchFault, NetworkError, ProtocolError, UserError
 from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
 from clln.controller.packing import jammed
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.schemes import AutoZero, Chop, Overclamp, Residuals, Scheme
 from clln.controller.store import RunStore
-from clln.controller.task import Task, blobs_dataset, linear_map_dataset
+from clln.controller.task import (
+    Task,
+    blobs_dataset,
+    linear_map_dataset,
+    quadratic_dataset,
+    seed002_pair_dataset,
+    xor_dataset,
+)
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.drivers.errors import DriverError
 from clln.insitu import comparator_bench, insitu_experiment, insitu_trainer, keep_records
-from clln.protocol import EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
+from clln.protocol import GATE_KINDS, EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
+from clln.simulator.devices import EdgeModel, Level1, SeedTransistor
+from clln.simulator.imperfections import TRANSISTOR_PRESETS
 from clln.simulator.insitu_pot import ComparatorTwinBench
+from clln.simulator.transistor_backend import LearningWindow, TransistorBackend
 
 
 @dataclass
@@ -166,6 +182,18 @@ def build_task(
     output_edges: tuple[tuple[int, int], ...],
 ) -> Task:
     """Task with its synthetic train and test sets (seeded)."""
+    if spec.dataset == "xor":
+        lo, hi = spec.input_range
+        train, test = xor_dataset(rng, spec.train, spec.test, spread=spec.spread, low=lo, high=hi,
+                                  target_high=spec.target_high, target_low=spec.target_low)
+        return Task("classification", train, test, output_nodes=outputs, high_ground=spec.high_ground,
+                    complement=spec.encoding == "complement")
+    if spec.dataset == "seed002-pair":
+        train, test = seed002_pair_dataset()
+        return Task("regression", train, test, output_nodes=outputs)
+    if spec.dataset == "quadratic":
+        train, test = quadratic_dataset(rng, spec.train, spec.test, input_range=spec.input_range)
+        return Task("regression", train, test, output_nodes=outputs)
     if spec.kind == "classification":
         assert spec.classes is not None
         train, test = blobs_dataset(
@@ -173,7 +201,7 @@ def build_task(
             target_high=spec.target_high, target_low=spec.target_low,
         )
         return Task("classification", train, test, output_nodes=outputs,
-                    high_ground=spec.high_ground)
+                    high_ground=spec.high_ground, complement=spec.encoding == "complement")
     train, test, _ = linear_map_dataset(
         rng, spec.inputs, spec.outputs, spec.train, spec.test,
         input_range=spec.input_range, signed=spec.kind == "allostery",
@@ -198,6 +226,37 @@ def build_edges(spec: EdgeSpec, n_edges: int, rng: np.random.Generator) -> tuple
     return ContinuousEdges(spec.gmin, spec.gmax), rng.uniform(lo, hi, size=n_edges)
 
 
+def edge_model(spec: EdgeSpec) -> EdgeModel:
+    """The nominal device of transistor edges (``[edges]`` kind transistor or level1)."""
+    if spec.kind == "level1":
+        return Level1(beta=spec.s, v_to=spec.v_t, lam=spec.lam,
+                      **({} if spec.g_off is None else {"g_off": spec.g_off}))
+    return SeedTransistor(s=spec.s, v_t=spec.v_t, **({} if spec.g_off is None else {"g_off": spec.g_off}))
+
+
+def build_transistor_backend(protocol: Protocol, network: Network, rng: np.random.Generator, *,
+                             source: str, bench_seed: int, noise_seed: int) -> TransistorBackend:
+    """The simulated transistor bench of a protocol; initial gates uniform in ``gate_init``
+    (the middle fifth of the gate range when omitted)."""
+    e, sim = protocol.edges, protocol.simulator
+    span = e.gate_max - e.gate_min
+    lo, hi = e.gate_init or (e.gate_min + 0.4 * span, e.gate_min + 0.6 * span)
+    initial = rng.uniform(lo, hi, size=network.n_edges)
+    if sim.preset == "transistor-16" and not (network.n_nodes == 16 and network.n_edges == 32):
+        raise ProtocolError(f"{source}: simulator.preset: 'transistor-16' is the 4x4 periodic lattice "
+                            f"(16 nodes, 32 edges); the network has {network.n_nodes} nodes, "
+                            f"{network.n_edges} edges")
+    try:
+        return TransistorBackend(
+            network, edge_model(e), GateEdges(e.gate_min, e.gate_max, e.gate_resolution), initial,
+            imperfections=make_imperfections(sim.preset, sim.overrides),
+            window=LearningWindow(e.capacitance, e.charge_resistance, e.window),
+            bench_seed=bench_seed, noise_seed=noise_seed, lu=sim.lu, preset=sim.preset,
+            fixed_resistors=[(a, b, 1.0 / ohms) for a, b, ohms in e.fixed_resistors or []])
+    except NetworkError as exc:
+        raise ProtocolError(f"{source}: network: {exc}") from None
+
+
 def build_experiment(
     protocol: Protocol, *, source: str, base_dir: Path, seed: int | None = None,
     steps: int | None = None,
@@ -211,17 +270,24 @@ def build_experiment(
     roles, outputs, output_edges = pick_roles(network, protocol.task, rng_roles, source)
     network = network.with_roles(roles)
     task = build_task(protocol.task, rng_task, outputs, output_edges)
-    edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
     sim = protocol.simulator
     e = protocol.edges
     bench_seed = seed if sim.bench_seed is None else sim.bench_seed
     backend: NetworkBackend | ComparatorTwinBench
     if sim.preset == "comparator-twin":  # a bench that learns in place
+        build_edges(protocol.edges, network.n_edges, rng_init)  # keeps rng_init's stream as it was
         try:
             backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: {exc}") from None
+    elif e.kind in GATE_KINDS:
+        backend = build_transistor_backend(protocol, network, rng_init, source=source,
+                                           bench_seed=bench_seed, noise_seed=noise_seed)
     else:
+        if sim.preset in TRANSISTOR_PRESETS:
+            raise ProtocolError(f"{source}: simulator.preset: {sim.preset!r} is a transistor bench; "
+                                f"it needs edges.kind {' or '.join(GATE_KINDS)}, not {e.kind!r}")
+        edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
         backend = SimulatedBackend(
             network, edges, initial,
             imperfections=make_imperfections(sim.preset, sim.overrides),
@@ -412,6 +478,9 @@ def execute(
     except DriverError as exc:
         status, message = "paused", f"hardware fault: {exc}"
         store.log_event(run_id, "fault", message, step=control.step)
+        raise
+    except BenchFault as exc:
+        status, message = "paused", f"bench fault: {exc}"
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"

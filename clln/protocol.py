@@ -73,15 +73,28 @@ class NetworkSpec(_Strict):
         return self
 
 
+GATE_KINDS = ("transistor", "level1")
+_GATE_KEYS = {"gate_min", "gate_max", "gate_resolution", "gate_init", "s", "v_t", "lam",
+              "g_off", "capacitance", "charge_resistance", "window", "fixed_resistors"}
+
+
 class EdgeSpec(_Strict):
     """``[edges]``: the actuators.
 
     continuous: conductance in [gmin, gmax] siemens, initial values uniform in ``init``.
     stepped: a digital potentiometer in rheostat mode, R(D) = r_series + r_wiper +
     D r_ab / (taps - 1), initial taps uniform in ``init_taps``.
+    transistor / level1: NMOS transistor edges (clln.simulator.devices: the seed rig's
+    model, or SPICE level 1) whose state is the gate voltage in [gate_min, gate_max] V
+    (steps of ``gate_resolution`` V, 0: continuous), initial values uniform in
+    ``gate_init``; gain ``s`` (A/V^2), threshold ``v_t`` (V), ``lam`` (1/V, level1),
+    parallel conductance ``g_off`` (S); each gate on a ``capacitance`` (F) charged through
+    ``charge_resistance`` (ohm) for a learning ``window`` (s) per step;
+    ``fixed_resistors`` = [[a, b, ohms], ...] adds untrained resistors between nodes
+    (seed 002's small network: two transistors beside a fixed 500 ohm resistor).
     """
 
-    kind: Literal["continuous", "stepped"] = "continuous"
+    kind: Literal["continuous", "stepped", "transistor", "level1"] = "continuous"
     gmin: Positive = 1e-4
     gmax: Positive = 1e-2
     init: tuple[Positive, Positive] | None = None
@@ -90,6 +103,18 @@ class EdgeSpec(_Strict):
     r_ab: Positive = 10_000.0
     r_wiper: NonNegative = 75.0
     init_taps: tuple[Int, Int] | None = None
+    gate_min: Float = 0.0
+    gate_max: Float = 5.0
+    gate_resolution: NonNegative = 0.0
+    gate_init: tuple[Float, Float] | None = None
+    s: Positive = 8.5e-4
+    v_t: Float = 0.62
+    lam: NonNegative = 0.02
+    g_off: NonNegative | None = None
+    capacitance: Positive = 2.2e-6
+    charge_resistance: Positive = 1e3
+    window: Positive = 100e-6
+    fixed_resistors: list[tuple[Int, Int, Positive]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSpec:
@@ -101,6 +126,16 @@ class EdgeSpec(_Strict):
             raise ValueError(f"init_taps must lie in 0..{self.taps - 1}, got {list(self.init_taps)}")
         if self.kind == "stepped" and self.r_series + self.r_wiper <= 0:
             raise ValueError("r_series + r_wiper must be > 0 ohm (a zero-ohm edge is a short)")
+        gate_keys = _GATE_KEYS & self.model_fields_set
+        if gate_keys and self.kind not in GATE_KINDS:
+            raise ValueError(f"key(s) {', '.join(sorted(gate_keys))} apply to transistor edges only "
+                             f"(kind {' or '.join(GATE_KINDS)}), not kind '{self.kind}'")
+        if self.gate_min >= self.gate_max:
+            raise ValueError(f"gate_min ({self.gate_min} V) must be below gate_max ({self.gate_max} V)")
+        if self.gate_init is not None and not (
+                self.gate_min <= self.gate_init[0] <= self.gate_init[1] <= self.gate_max):
+            raise ValueError(f"gate_init must satisfy gate_min ({self.gate_min}) <= low <= high <= "
+                             f"gate_max ({self.gate_max}) volts, got {list(self.gate_init)}")
         return self
 
 
@@ -123,9 +158,23 @@ class TaskSpec(_Strict):
     target_high: Float = 0.3
     target_low: Float = 0.0
     spread: Positive = 0.08
+    dataset: Literal["xor", "quadratic", "seed002-pair"] | None = None
+    encoding: Literal["signed", "complement"] = "signed"
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if self.dataset == "xor" and (self.kind != "classification" or self.inputs != 2
+                                      or self.classes != 2):
+            raise ValueError("dataset 'xor' needs kind 'classification', inputs = 2 and classes = 2")
+        if self.dataset == "seed002-pair" and (self.kind != "regression" or self.inputs != 3
+                                               or self.outputs != 1):
+            raise ValueError("dataset 'seed002-pair' needs kind 'regression', inputs = 3 "
+                             "(high, low, input) and outputs = 1")
+        if self.encoding == "complement" and self.kind != "classification":
+            raise ValueError("key 'encoding' applies to kind 'classification' only")
+        if self.dataset == "quadratic" and (self.kind != "regression" or self.inputs != 2):
+            raise ValueError("dataset 'quadratic' needs kind 'regression' and inputs = 2 "
+                             "(the sources carry u and 1 - u)")
         if self.input_range[0] >= self.input_range[1]:
             raise ValueError(f"input_range must be [low, high] with low < high, got {list(self.input_range)}")
         if self.kind == "classification" and self.classes is None:
@@ -144,7 +193,9 @@ class TaskSpec(_Strict):
 
     @property
     def n_sources(self) -> int:
-        return 2 * self.inputs + 1 if self.kind == "classification" else self.inputs
+        if self.kind != "classification":
+            return self.inputs
+        return 2 * self.inputs + (0 if self.encoding == "complement" else 1)
 
 
 class OverclampSpec(_Strict):
@@ -290,18 +341,21 @@ ComparatorSpec.__doc__ = ("``[simulator.comparator]``: parts of the 'comparator-
 
 
 class SimulatorSpec(_Strict):
-    """``[simulator]``: imperfection preset, overrides of its parameters, sparse solver.
+    """``[simulator]``: imperfection preset, overrides of its parameters, sparse solver
+    (``solver`` for linear edges, ``lu`` for the Newton solves of transistor edges).
 
     ``parameters`` overrides any imperfection parameter of the preset
     (clln.simulator.Imperfections); ``bench_seed`` picks the simulated bench's drawn
     part errors (the protocol seed when omitted).
     """
 
-    preset: Literal["ideal", "pot-bench", "twin-bench", "comparator-twin"] = "ideal"
+    preset: Literal["ideal", "pot-bench", "twin-bench", "comparator-twin", "transistor-16",
+                    "transistor-pair"] = "ideal"
     parameters: Imperfections = Imperfections()
     comparator: ComparatorSpec | None = None
     bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
     solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
+    lu: Literal["superlu", "umfpack"] = "superlu"
 
     @property
     def overrides(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from clln.controller.backend import (
     Applied,
     ContinuousEdges,
     EdgeState,
+    GateEdges,
     Measurement,
     NetworkBackend,
     SteppedEdges,
@@ -16,7 +17,7 @@ from clln.controller.task import Dataset, Task
 from clln.controller.trainer import StepRecord, TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "Applied", "CllnError", "ContinuousEdges", "CoupledRule", "Dataset", "EdgeState",
+    "Applied", "CllnError", "ContinuousEdges", "GateEdges", "CoupledRule", "Dataset", "EdgeState",
     "LimitError", "Measurement", "Network", "NetworkBackend", "NetworkError", "NodeRoles",
     "Packing", "ProtocolError", "StepRecord", "SteppedEdges", "SteppedRule", "Task", "TrainConfig",
     "TrainResult", "Trainer", "UserError", "contrastive_signal", "delaunay", "from_edge_file",

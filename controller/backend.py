@@ -199,7 +199,23 @@ class SteppedEdges:
         return self.table[np.arange(self.table.shape[0]), np.asarray(taps, dtype=np.int64)]
 
 
-EdgeActuators = ContinuousEdges | SteppedEdges
+@dataclass(frozen=True)
+class GateEdges:
+    """Transistor edges whose adjustable state is the gate voltage, in [vmin, vmax]
+    volts; commands are ΔV_G (volts). ``resolution`` (V) is the step of the gate drive
+    (0: continuous).
+
+    The edges' conductance is not a parameter here: it depends on the node voltages.
+    ``EdgeState.conductances`` of gate edges holds the gate voltages (V).
+    """
+
+    vmin: float
+    vmax: float
+    resolution: float = 0.0
+    kind: Literal["gate"] = "gate"
+
+
+EdgeActuators = ContinuousEdges | SteppedEdges | GateEdges
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,7 +224,8 @@ class EdgeState:
 
     Attributes
     ----------
-    conductances : (m,) calibrated estimate of each edge's conductance, siemens.
+    conductances : (m,) calibrated estimate of each edge's conductance, siemens; for
+        gate edges (:class:`GateEdges`) the gate voltages, volts.
     taps : (m,) integer taps for stepped edges, None for continuous ones.
     """
 

@@ -35,3 +35,9 @@ class RunNotFoundError(UserError):
 
 class Interrupted(CllnError):
     """A command stopped by Ctrl-C or SIGTERM; the backend was made safe. Exit code 130."""
+
+
+class BenchFault(CllnError):
+    """The bench (real or simulated) could not complete a measurement mid-run, e.g. a
+    simulated network whose operating point does not converge: the run pauses, the
+    backend is made safe, and the run can be resumed."""

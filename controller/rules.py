@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from clln.controller.backend import EdgeActuators, EdgeState, Measurement, SteppedEdges
+from clln.controller.backend import EdgeActuators, EdgeState, GateEdges, Measurement, SteppedEdges
 from clln.controller.errors import ProtocolError
 
 
@@ -55,11 +55,13 @@ def nearest_taps(edges: SteppedEdges, target: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class CoupledRule:
     """Coupled learning: dg_j = (alpha / eta) s_j, siemens. On stepped edges each edge
-    goes to the tap whose calibrated conductance is nearest g_j + dg_j.
+    goes to the tap whose calibrated conductance is nearest g_j + dg_j. On gate edges
+    (transistors) the same rule moves the gate voltage: dV_G,j = (alpha / eta) s_j volts,
+    the local contrastive update of the rig's learning circuit (docs/transistor.md).
 
     Attributes
     ----------
-    alpha : learning rate, S / V^2.
+    alpha : learning rate, S / V^2 (V / V^2 on gate edges).
     """
 
     alpha: float
@@ -96,5 +98,7 @@ class SteppedRule:
         direction = np.sign(signal) * (np.abs(signal) > self.threshold)
         if isinstance(edges, SteppedEdges):
             return (self.step * direction * edges.direction).astype(np.int64)
-        # On continuous edges, one "tap" is 1/128 of the range.
+        # On continuous and gate edges, one "tap" is 1/128 of the range.
+        if isinstance(edges, GateEdges):
+            return direction * self.step * (edges.vmax - edges.vmin) / 128.0
         return direction * self.step * (edges.gmax - edges.gmin) / 128.0

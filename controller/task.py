@@ -50,6 +50,9 @@ class Task:
     output_edges : (k, 2) output node pairs (allostery); the output is v[a] - v[b].
     train, test : datasets.
     high_ground : volts of the constant "high ground" source (classification).
+    complement : classification inputs drive x and high_ground - x (no separate high
+        ground) instead of +x, -x and the high ground: sources stay within
+        [0, high_ground], as on a bench with one supply (transistor networks).
     """
 
     kind: TaskKind
@@ -58,6 +61,7 @@ class Task:
     output_nodes: tuple[int, ...] = ()
     output_edges: tuple[tuple[int, int], ...] = ()
     high_ground: float = 1.0
+    complement: bool = False
 
     def __post_init__(self) -> None:
         if self.kind == "allostery":
@@ -80,7 +84,9 @@ class Task:
     @property
     def n_sources(self) -> int:
         """Number of source nodes the task drives."""
-        return 2 * self.n_features + 1 if self.kind == "classification" else self.n_features
+        if self.kind != "classification":
+            return self.n_features
+        return 2 * self.n_features + (0 if self.complement else 1)
 
     @property
     def clamp_nodes(self) -> tuple[int, ...]:
@@ -92,6 +98,8 @@ class Task:
     def source_voltages(self, x: np.ndarray) -> np.ndarray:
         """(B, n_sources) volts for the inputs x (B, n_features)."""
         x = np.asarray(x, dtype=float)
+        if self.kind == "classification" and self.complement:
+            return np.hstack([x, self.high_ground - x])
         if self.kind == "classification":
             high = np.full((x.shape[0], 1), self.high_ground)
             return np.hstack([x, -x, high])
@@ -187,3 +195,43 @@ def blobs_dataset(
         Dataset(x[:n_train], y[:n_train], labels[:n_train]),
         Dataset(x[n_train:], y[n_train:], labels[n_train:]),
     )
+
+
+def xor_dataset(
+    rng: np.random.Generator, n_train: int, n_test: int, *, spread: float = 0.05,
+    low: float = 0.0, high: float = 1.0, target_high: float = 0.3, target_low: float = 0.0,
+) -> tuple[Dataset, Dataset]:
+    """XOR of two inputs: points scattered (``spread`` V rms) around the four corners of
+    [low, high]^2; class 1 where exactly one input is high. One-hot voltage targets.
+    No linear readout separates the classes."""
+    labels_in = rng.integers(0, 2, size=(n_train + n_test, 2))
+    x = np.where(labels_in == 1, high, low) + spread * rng.standard_normal(labels_in.shape)
+    labels = labels_in[:, 0] ^ labels_in[:, 1]
+    y = np.full((len(labels), 2), target_low)
+    y[np.arange(len(labels)), labels] = target_high
+    return (Dataset(x[:n_train], y[:n_train], labels[:n_train]),
+            Dataset(x[n_train:], y[n_train:], labels[n_train:]))
+
+
+def quadratic_dataset(
+    rng: np.random.Generator, n_train: int, n_test: int, *,
+    input_range: tuple[float, float] = (0.0, 1.0), offset: float = 0.35, curvature: float = -0.6,
+) -> tuple[Dataset, Dataset]:
+    """Nonlinear regression: u uniform in [0, 1], sources (low + u span, low + (1 - u) span)
+    and target y = offset + curvature (u - 1/2)^2 volts (by default a cap, 0.35 V at
+    u = 1/2 and 0.2 V at the ends). Every output of a linear network is affine in u, so
+    its mean squared error cannot fall below curvature^2 / 180 V^2 (2.0e-3 V^2 here)."""
+    lo, hi = input_range
+    u = rng.uniform(0.0, 1.0, size=n_train + n_test)
+    x = lo + (hi - lo) * np.c_[u, 1.0 - u]
+    y = (offset + curvature * (u - 0.5) ** 2)[:, None]
+    return Dataset(x[:n_train], y[:n_train]), Dataset(x[n_train:], y[n_train:])
+
+
+def seed002_pair_dataset() -> tuple[Dataset, Dataset]:
+    """Seed 002's two tasks on its small network, as measured: sources (high, low, input)
+    = (0.4351, 0.0181, input) volts; task alpha: input 0.4351 V -> output 0.31 V, task
+    beta: input 0.0181 V -> output 0.14 V. Both tasks in one set (train = test)."""
+    x = np.array([[0.4351, 0.0181, 0.4351], [0.4351, 0.0181, 0.0181]])
+    y = np.array([[0.31], [0.14]])
+    return Dataset(x, y), Dataset(x.copy(), y.copy())

@@ -11,7 +11,7 @@ The controller only ever sees the nominal (datasheet or calibrated) edge table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -65,7 +65,66 @@ def with_drivers(network: Network) -> Network:
     )
 
 
-class SimulatedBackend:
+class SimulatedSeam:
+    """The seam members every simulated backend shares: its network, its actuators, twin
+    benches (two solvers), and a safe state that needs no hardware."""
+
+    _network: Network
+    _edges: EdgeActuators
+    _solvers: list[Any]
+    imperfections: Imperfections
+    _bench: BenchInstance | None
+    is_safe: bool
+
+    @property
+    def network(self) -> Network:
+        return self._network
+
+    @property
+    def edges(self) -> EdgeActuators:
+        return self._edges
+
+    @property
+    def twin(self) -> bool:
+        """True for a twin bench: free states on twin 0, clamped states on twin 1."""
+        return len(self._solvers) == 2
+
+    def safe(self) -> None:
+        self.is_safe = True
+
+    def close(self) -> None:
+        self.safe()
+
+    def _driven(self, sources: np.ndarray, clamps: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The voltages the AO channels really put out for the sources (B, n_sources) and
+        clamps (B, n_clamps) asked for (sources first, then clamps, channel by channel)."""
+        bench = self._bench
+        if bench is None or bench.params.exact_drive:
+            return sources, clamps
+        ns = len(self._network.roles.sources)
+        return (bench.drive(sources, slice(0, ns)),
+                None if clamps is None else bench.drive(clamps, slice(ns, None)))
+
+    def _node_resistance_from(self, total: np.ndarray, *, clamped: bool) -> np.ndarray:
+        """(n,) resistance of each node (ohm) for multiplexer settling, from the total
+        conductance at each node (S): driven nodes see the source impedance, grounds 0."""
+        with np.errstate(divide="ignore"):
+            resistance = 1.0 / total
+        roles = self._network.roles
+        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
+        resistance[driven] = self.imperfections.source_impedance
+        resistance[list(roles.grounds)] = 0.0
+        return resistance
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SimulatedBackend(SimulatedSeam):
     """A simulated network trained through the same seam as a bench.
 
     Parameters
@@ -145,19 +204,6 @@ class SimulatedBackend:
     # -- the seam ------------------------------------------------------------
 
     @property
-    def network(self) -> Network:
-        return self._network
-
-    @property
-    def edges(self) -> EdgeActuators:
-        return self._edges
-
-    @property
-    def twin(self) -> bool:
-        """True for a twin bench: free states on twin 0, clamped states on twin 1."""
-        return len(self._solvers) == 2
-
-    @property
     def solver_name(self) -> str:
         return self._solvers[0].solver_name
 
@@ -215,11 +261,7 @@ class SimulatedBackend:
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
                  stamps: np.ndarray, polarity: float = 1.0) -> Measurement:
         bench = self._bench
-        ns = len(self._network.roles.sources)
-        if bench is not None and not bench.params.exact_drive:
-            sources = bench.drive(sources, slice(0, ns))
-            if clamps is not None:
-                clamps = bench.drive(clamps, slice(ns, None))
+        sources, clamps = self._driven(sources, clamps)
         basis = self._basis(twin, float(stamps[-1]))
         solver = self._solvers[twin]
         coefficients = (solver.free_coefficients(sources) if clamps is None
@@ -243,13 +285,7 @@ class SimulatedBackend:
         net = self._network
         g = self.true_conductances(twin)
         total = np.bincount(net.edges.ravel(), weights=np.repeat(g, 2), minlength=net.n_nodes)
-        with np.errstate(divide="ignore"):
-            resistance = 1.0 / total
-        roles = net.roles
-        driven = list(roles.sources) + (list(roles.clamps) if clamped else [])
-        resistance[driven] = self.imperfections.source_impedance
-        resistance[list(roles.grounds)] = 0.0
-        return resistance
+        return self._node_resistance_from(total, clamped=clamped)
 
     def adjust(self, commands: np.ndarray) -> Applied:
         commands = np.asarray(commands)
@@ -310,18 +346,6 @@ class SimulatedBackend:
 
     def read_edges(self) -> EdgeState:
         return EdgeState(self._g.copy(), None if self._taps is None else self._taps.copy())
-
-    def safe(self) -> None:
-        self.is_safe = True
-
-    def close(self) -> None:
-        self.safe()
-
-    def __enter__(self) -> SimulatedBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> dict[str, Any]:
         e = self._edges

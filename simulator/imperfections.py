@@ -36,6 +36,8 @@ Models (all SI units):
 * twin-network mismatch (``twin = true``): a second copy of the network, with its
   own draw of every edge error, is commanded to the same state; the free state is
   measured on one twin and the clamped state on the other;
+* transistor edges (``vt_spread``, ``s_spread``, ``gate_leak_resistance``): see
+  :mod:`clln.simulator.transistor_backend`;
 * deterministic per-edge learning bias b_j (V^2, SCIENCE.md): normal with rms
   ``learning_bias`` plus a common part ``learning_bias_mean`` (any sign), the per-edge
   offset of the bench's edge-signal circuits (comparator or ADC offsets); it is added
@@ -103,6 +105,11 @@ class Imperfections(BaseModel):
     learning_bias: NonNeg = 0.0
     learning_bias_mean: Annotated[float, Field(strict=True)] = 0.0
     actuator_asymmetry: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.0
+    # transistor edges: per-device spread (V rms of V_T, relative rms of S) and the gate
+    # capacitors' leak resistance (ohm, 0: no leak)
+    vt_spread: NonNeg = 0.0
+    s_spread: NonNeg = 0.0
+    gate_leak_resistance: NonNeg = 0.0
     # time per measured sample (s), for drift and timestamps
     settle_time: Annotated[float, Field(gt=0, strict=True)] = 1e-3
 
@@ -126,11 +133,23 @@ _POT_BENCH: dict[str, Any] = {
     "ai_capacitance": 100e-12, "ao_bits": 16, "ao_gain_error": 75e-6,
     "ao_offset_error": 20e-6, "source_impedance": 1.0,
 }
+# Transistor benches: device spread as a chip fingerprint (10 mV in V_T, 0.5 % in S),
+# gate capacitors leaking through 10 GOhm (tau = 22,000 s on 2.2 uF), a 16-bit DAQ.
+_TRANSISTOR_BENCH: dict[str, Any] = {
+    "vt_spread": 0.010, "s_spread": 0.005, "gate_leak_resistance": 1e10,
+    "ai_range": 10.0, "ai_bits": 16, "ai_gain_error": 75e-6, "ai_offset_error": 20e-6,
+    "ai_noise_rms": 244e-6, "averaging": 16, "ao_bits": 16, "ao_gain_error": 75e-6,
+    "ao_offset_error": 20e-6,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "ideal": {},
     "pot-bench": _POT_BENCH,
     "twin-bench": {**_POT_BENCH, "twin": True},
+    "transistor-16": _TRANSISTOR_BENCH,
+    "transistor-pair": _TRANSISTOR_BENCH,
 }
+#: presets that describe transistor benches (gate-voltage edges)
+TRANSISTOR_PRESETS = ("transistor-16", "transistor-pair")
 
 
 def make_imperfections(preset: str, overrides: dict[str, Any] | None = None) -> Imperfections:

@@ -175,15 +175,9 @@ class LinearNetworkSolver:
 
     def __init__(self, network: Network, solver: SolverName = "auto") -> None:
         self.network = network
-        roles = network.roles
         n = network.n_nodes
-        self.sources = np.asarray(roles.sources, dtype=np.int64)
-        self.grounds = np.asarray(roles.grounds, dtype=np.int64)
-        self.clamps = np.asarray(roles.clamps, dtype=np.int64)
+        self.sources, self.grounds, self.clamps = boundary_nodes(network)
         fixed = np.r_[self.sources, self.grounds]
-        if fixed.size == 0:
-            raise NetworkError("the network has no source or ground node: its voltages float")
-        _check_anchored(network, fixed)
         if solver == "auto":
             solver = available_solvers()[0]  # type: ignore[assignment]
         if solver not in SOLVERS:
@@ -346,6 +340,19 @@ class _LaplacianPattern:
                                shape=self.shape, copy=False)
         matrix.has_sorted_indices = True
         return matrix
+
+
+def boundary_nodes(network: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sources, grounds, clamps) node arrays of a network whose every connected part
+    reaches a source or ground; NetworkError otherwise."""
+    roles = network.roles
+    sources = np.asarray(roles.sources, dtype=np.int64)
+    grounds = np.asarray(roles.grounds, dtype=np.int64)
+    fixed = np.r_[sources, grounds]
+    if fixed.size == 0:
+        raise NetworkError("the network has no source or ground node: its voltages float")
+    _check_anchored(network, fixed)
+    return sources, grounds, np.asarray(roles.clamps, dtype=np.int64)
 
 
 def _check_anchored(network: Network, fixed: np.ndarray) -> None:

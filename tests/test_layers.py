@@ -17,7 +17,8 @@ ALLOWED = {
     "clln.controller": set(),
     "clln.simulator": {"clln.controller"},
     "clln.drivers": {"clln.controller"},
-    "clln.analysis": {"clln.controller", "clln.simulator.physics"},
+    "clln.analysis": {"clln.controller", "clln.simulator.physics", "clln.simulator.nonlinear",
+                      "clln.simulator.devices"},
     "clln": {"clln.controller", "clln.simulator", "clln.drivers", "clln.analysis"},
 }
 BARE = {"controller", "simulator", "drivers", "analysis"}

@@ -70,7 +70,8 @@ def test_unknown_imperfection_parameter_names_the_key() -> None:
 def test_bad_preset_lists_the_presets() -> None:
     text = (Path(__file__).parents[1] / "protocols" / "demo.toml").read_text()
     text = text.replace('preset = "ideal"', 'preset = "lab"')
-    with pytest.raises(ProtocolError, match="'ideal', 'pot-bench', 'twin-bench' or 'comparator-twin'"):
+    with pytest.raises(ProtocolError, match="'ideal', 'pot-bench', 'twin-bench', 'comparator-twin', "
+                                            "'transistor-16' or 'transistor-pair'"):
         parse_protocol(text, "demo.toml")
 
 

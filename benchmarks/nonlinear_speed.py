@@ -1,0 +1,182 @@
+"""Training-step speed of transistor networks against the bare Newton-LU cost and the
+field's approach (ngspice solving every sample's operating points separately).
+
+For Delaunay networks pruned to mean coordination 4.5 (m = 2.25 n edges; 1 ground,
+2 sources, 2 output nodes, batch ``--batch``), seed transistor edges with gates uniform
+in [1.5, 2.5] V, this prints per size, measured in one run:
+
+* ``step``: clln's training step on TransistorBackend (free and clamped batch solves by
+  Newton, each warm started, the local gate update, one learning window), median over
+  ``--repeats`` steps after a first (cold) step;
+* ``bare``: the Newton iterations' LU work those steps needed (block refactorization +
+  solve), per step;
+* ``step/bare``: their ratio (what the step costs beyond the LU library);
+* ``iters``: Newton iterations per solve (median, 95th percentile, share <= 5);
+* ``ngspice/sample``: ``ngspice -b`` solving one sample's free and clamped operating
+  points (netlist written, run and read back), measured on ``--spice-samples`` samples
+  where the size is at most ``--spice-max-edges``; larger sizes are extrapolated with
+  the power law through the measured sizes (marked ``~``);
+* ``speedup``: ngspice per sample / clln step (whole batch), and per sample;
+* ``peak``: the process's peak resident memory, MB.
+
+Then, at the middle size: the LU libraries (SuperLU, UMFPACK) on the same block
+system, and one block-diagonal system for the batch against a loop over samples.
+
+Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10]
+       [--repeats 3] [--spice-samples 2] [--spice-max-edges 25000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+
+from clln.controller import CoupledRule, NodeRoles, Task, TrainConfig, Trainer, delaunay
+from clln.controller.backend import GateEdges
+from clln.controller.task import linear_map_dataset
+from clln.runtime import limit_bundled_blas
+from clln.simulator.devices import SeedTransistor
+from clln.simulator.nonlinear import NonlinearNetworkSolver, available_lu
+from clln.simulator.spice import ngspice_path, solve_with_ngspice
+from clln.simulator.transistor_backend import TransistorBackend
+
+
+def build(m_edges: int, batch: int, seed: int = 0) -> tuple[TransistorBackend, Task]:
+    rng = np.random.default_rng(seed)
+    n = int(round(m_edges / 2.25))
+    net = delaunay(n, rng, coordination=4.5)
+    perm = rng.permutation(n)
+    roles = NodeRoles(tuple(int(i) for i in perm[:2]), (int(perm[2]),), tuple(int(i) for i in perm[3:5]))
+    net = net.with_roles(roles)
+    train, test, _ = linear_map_dataset(rng, 2, 2, batch, batch)
+    task = Task("regression", train, test, output_nodes=roles.clamps)
+    backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0),
+                                rng.uniform(1.5, 2.5, net.n_edges))
+    return backend, task
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_steps(m_edges: int, batch: int, repeats: int) -> dict[str, float]:
+    backend, task = build(m_edges, batch)
+    trainer = Trainer(backend, task, CoupledRule(2.0), TrainConfig(steps=repeats + 1, batch_size=batch,
+                                                                  eta=0.3), np.random.default_rng(1))
+    trainer.step(0)  # cold: Newton from a flat start
+    solver = backend.solvers[0]
+    steps, bare = [], []
+    backend.iterations.clear()
+    for k in range(repeats):
+        lu0 = solver.lu_seconds
+        t0 = time.perf_counter()
+        trainer.step(k + 1)
+        steps.append(time.perf_counter() - t0)
+        bare.append(solver.lu_seconds - lu0)
+    iters = np.concatenate(backend.iterations)
+    return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
+            "step": float(np.median(steps)), "bare": float(np.median(bare)),
+            "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
+            "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb()}
+
+
+def time_ngspice(m_edges: int, samples: int) -> float:
+    """Seconds per sample for ngspice: one free and one clamped operating point."""
+    backend, task = build(m_edges, samples)
+    net = backend.network
+    gates = backend.read_edges().conductances
+    model = backend.models[0]
+    sources = task.source_voltages(task.train.x)
+    times = []
+    for b in range(samples):
+        t0 = time.perf_counter()
+        free = solve_with_ngspice(net, model, gates, sources[b])
+        clamps = free[list(net.roles.clamps)] + 0.3 * (task.train.y[b] - free[list(net.roles.clamps)])
+        solve_with_ngspice(net, model, gates, sources[b], clamps)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def compare_lu(m_edges: int, batch: int) -> None:
+    backend, task = build(m_edges, batch)
+    sources = task.source_voltages(task.train.x)
+    gates = backend.read_edges().conductances
+    start = NonlinearNetworkSolver(backend.network, SeedTransistor()).solve(gates, sources).voltages
+    print(f"\nLU libraries at {backend.network.n_edges} edges, batch {batch} "
+          "(one warm-started batch solve):")
+    for lu in available_lu():
+        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), lu=lu)
+        solver.solve(gates * 1.001, sources, start=start)  # symbolic work, caches
+        solver.lu_seconds, solver.lu_calls = 0.0, 0
+        t0 = time.perf_counter()
+        solver.solve(gates * 1.002, sources, start=start)
+        wall = time.perf_counter() - t0
+        print(f"  {lu:8s} {solver.lu_seconds / max(solver.lu_calls, 1) * 1e3:8.1f} ms per LU call, "
+              f"batch solve {wall * 1e3:8.1f} ms")
+    print("  samples per block-diagonal LU (SuperLU), LU seconds per Newton iteration:")
+    for blocks in (1, 2, 4, None):
+        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), blocks_per_lu=blocks)
+        solver.solve(gates * 1.003, sources, start=start)
+        solver.lu_seconds = 0.0
+        calls = solver.lu_calls = 0
+        t0 = time.perf_counter()
+        result = solver.solve(gates * 1.004, sources, start=start)
+        wall = time.perf_counter() - t0
+        calls = int(result.iterations.max())
+        print(f"    {'all ' + str(batch) if blocks is None else blocks:>6}: "
+              f"{solver.lu_seconds / max(calls, 1) * 1e3:8.1f} ms, batch solve {wall * 1e3:8.1f} ms")
+    t0 = time.perf_counter()
+    for b in range(batch):  # the whole Newton solve sample by sample
+        solver.solve(gates * 1.005, sources[b:b + 1], start=start[b:b + 1])
+    print(f"    a Python loop of single-sample solves: {(time.perf_counter() - t0) * 1e3:.1f} ms")
+
+
+def main() -> None:
+    limit_bundled_blas(1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e3,2e4,1e5")
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spice-samples", type=int, default=2)
+    parser.add_argument("--spice-max-edges", type=float, default=25_000)
+    args = parser.parse_args()
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    rows = []
+    for m in sizes:
+        print(f"-- {m:.0e} edges: training steps ...", flush=True)
+        rows.append(time_steps(m, args.batch, args.repeats))
+    spice: dict[int, float] = {}
+    if ngspice_path() is None:
+        print("ngspice not installed: no baseline (apt-get install ngspice)")
+    else:
+        for row in rows:
+            if row["edges"] <= args.spice_max_edges:
+                print(f"-- {row['edges']} edges: ngspice per sample ...", flush=True)
+                spice[row["edges"]] = time_ngspice(row["edges"], args.spice_samples)
+    measured = sorted(spice)
+    print(f"\nbatch {args.batch}; times in seconds; ~ = extrapolated (power law through the "
+          f"measured ngspice sizes)")
+    print(f"{'edges':>8} {'nodes':>7} {'step':>8} {'bare':>8} {'step/bare':>9} {'iters med/p95/<=5':>18} "
+          f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8}")
+    for row in rows:
+        m = row["edges"]
+        if m in spice:
+            ref, mark = spice[m], " "
+        elif len(measured) >= 2:
+            (m0, m1), (t0, t1) = measured[-2:], (spice[measured[-2]], spice[measured[-1]])
+            ref, mark = t1 * (m / m1) ** (np.log(t1 / t0) / np.log(m1 / m0)), "~"
+        else:
+            ref, mark = float("nan"), " "
+        iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
+        print(f"{m:8d} {row['nodes']:7d} {row['step']:8.3f} {row['bare']:8.3f} "
+              f"{row['step'] / row['bare']:9.2f} {iters:>18} {mark}{ref:14.2f} "
+              f"{ref / row['step']:12.1f} {ref / (row['step'] / args.batch):10.1f} {row['peak']:8.0f}")
+    if len(sizes) > 1:
+        compare_lu(sizes[1], args.batch)
+
+
+if __name__ == "__main__":
+    main()

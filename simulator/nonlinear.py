@@ -1,0 +1,483 @@
+"""Kirchhoff's current law on networks of nonlinear edges, by Newton's method.
+
+Unknowns are the voltages of the free nodes F (every node but the sources and
+grounds; in a clamped state the clamped nodes are held too). For a batch of B samples
+the residual is the current leaving each free node,
+
+    r_b = B^T I(v_b)        (A),   I_j = I(v_a, v_b, V_G,j) of edge j = (a, b),
+
+and its Jacobian J_b = dr_b / dv_F is sparse with the pattern of the network's
+Laplacian but not symmetric (dI/dV_a != -dI/dV_b for a transistor). The models of
+:mod:`clln.simulator.devices` are monotone, so every J_b is a column-diagonally-dominant
+Z-matrix and LU needs no pivoting.
+
+A batch is solved as block-diagonal systems, diag(J_1, ..., J_B), ``blocks_per_lu``
+samples per library call (all physics and assembly vectorized over the batch); only the
+samples that have not converged take part. The
+symbolic work is done once per network: the fill-reducing ordering (minimum degree on
+J + J^T) numbers the free nodes, and the CSC pattern of one block and the map from the
+edges' derivatives to its entries are fixed; each iteration writes new values into that
+pattern (one sparse product) and refactorizes.
+
+Newton's step is limited to ``max_step`` volts and backtracked (halved) while the
+residual norm grows. A sample that still fails is retried by source continuation (the
+boundary voltages ramped from zero); if that fails too, :class:`ConvergenceError` names
+the sample and its residual.
+
+LU libraries (``lu=``): ``superlu`` (scipy, natural order on the pre-ordered matrix,
+diagonal pivots) and ``umfpack`` (SuiteSparse UMFPACK through cvxopt, whose symbolic
+analysis is kept per block count); see ``benchmarks/nonlinear_speed.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from clln.controller.errors import BenchFault, NetworkError, ProtocolError
+from clln.controller.network import Network
+from clln.simulator.devices import EdgeModel
+from clln.simulator.physics import boundary_nodes
+
+try:  # UMFPACK through cvxopt: symbolic analysis and numeric factorization kept apart
+    import cvxopt as _cvxopt
+    import cvxopt.umfpack as _umfpack
+except ImportError:  # pragma: no cover - exercised only where cvxopt is missing
+    _cvxopt = None
+    _umfpack = None
+
+LuName = Literal["superlu", "umfpack"]
+
+
+class ConvergenceError(BenchFault):
+    """Newton's method did not converge for a sample (a fault of the simulated bench
+    mid-run: the run pauses and stays resumable)."""
+
+    def __init__(self, message: str, sample: int, residual: float) -> None:
+        super().__init__(message)
+        self.sample = sample
+        self.residual = residual
+
+
+def available_lu() -> list[str]:
+    """LU libraries usable here, the default first."""
+    return ["superlu"] + (["umfpack"] if _umfpack is not None else [])
+
+
+@dataclass(frozen=True, eq=False)
+class NewtonResult:
+    """Solved node voltages of a batch.
+
+    Attributes
+    ----------
+    voltages : (B, n) node voltages, V.
+    iterations : (B,) Newton iterations (LU solves) each sample needed.
+    residual : (B,) final max |KCL residual| at the free nodes, A.
+    """
+
+    voltages: np.ndarray
+    iterations: np.ndarray
+    residual: np.ndarray
+
+
+class _SuperLUBlocks:
+    """SuperLU on a pre-ordered matrix: natural order, diagonal pivots (no search)."""
+
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> spla.SuperLU:
+        try:
+            return spla.splu(matrix, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                             options={"SymmetricMode": True})
+        except RuntimeError as exc:
+            raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
+
+    def solve(self, handle: spla.SuperLU, rhs: np.ndarray) -> np.ndarray:
+        return handle.solve(rhs)
+
+
+class _UmfpackBlocks:
+    """UMFPACK through cvxopt; one symbolic analysis per block count, kept."""
+
+    def __init__(self) -> None:
+        self._symbolic: dict[int, object] = {}
+
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> tuple[object, object]:
+        n = matrix.shape[0]
+        rows = matrix.indices.astype(np.int64)
+        cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
+        a = _cvxopt.spmatrix(_cvxopt.matrix(matrix.data), _cvxopt.matrix(rows),
+                             _cvxopt.matrix(cols), (n, n))
+        if key not in self._symbolic:
+            if len(self._symbolic) > 16:
+                self._symbolic.clear()
+            self._symbolic[key] = _umfpack.symbolic(a)
+        try:
+            return a, _umfpack.numeric(a, self._symbolic[key])
+        except ArithmeticError as exc:
+            raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
+
+    def solve(self, handle: tuple[object, object], rhs: np.ndarray) -> np.ndarray:
+        x = _cvxopt.matrix(np.ascontiguousarray(rhs, dtype=float))
+        _umfpack.solve(handle[0], handle[1], x)
+        return np.array(x).ravel()
+
+
+class NonlinearNetworkSolver:
+    """Solves Kirchhoff's law of one network of nonlinear edges for batches of samples.
+
+    Parameters
+    ----------
+    network : topology with roles (sources, grounds, clamps).
+    model : the edge device (:mod:`clln.simulator.devices`).
+    lu : LU library, ``superlu`` or ``umfpack``.
+    tol : convergence: the last Newton step moved no node by more than ``tol`` volts.
+    max_iter : Newton iterations before continuation is tried.
+    max_step : largest change of any node voltage in one Newton step, V.
+    fixed_conductance : optional (m,) conductance (S) in parallel with each edge (e.g.
+        fixed resistors: an edge whose device never conducts plus this).
+    device_mask : optional (m,) bool, False for edges without a device (pure resistors
+        of ``fixed_conductance``).
+    blocks_per_lu : samples per block-diagonal LU (None: the whole batch in one). SuperLU's
+        time grows faster than the block count (measured at 1,778 nodes: 1.3 ms for one
+        block, 2.7 ms for 2, 10 ms for 5, 50 ms for 10), so small groups are faster;
+        see ``benchmarks/nonlinear_speed.py``.
+    chord_ratio : a sample keeps its factors while each Newton step is at most this
+        fraction of the previous one (0, the default: refactorize every iteration, plain
+        Newton). Measured in training at 2e4 edges, chord steps (0.05) needed 5-7
+        iterations instead of 3-4 and saved little LU time.
+    """
+
+    def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
+                 tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
+                 fixed_conductance: np.ndarray | None = None, device_mask: np.ndarray | None = None,
+                 blocks_per_lu: int | None = 1,
+                 chord_ratio: float = 0.0) -> None:
+        if lu not in available_lu():
+            raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
+        self.network = network
+        self.model = model
+        self.tol = tol
+        self.max_iter = max_iter
+        self.max_step = max_step
+        self.lu_name = lu
+        self.blocks_per_lu = blocks_per_lu
+        self.chord_ratio = chord_ratio
+        self._lu = _SuperLUBlocks() if lu == "superlu" else _UmfpackBlocks()
+        n, m = network.n_nodes, network.n_edges
+        self.sources, self.grounds, self.clamps = boundary_nodes(network)
+        fixed = np.r_[self.sources, self.grounds]
+        self.fixed_conductance = (np.zeros(m) if fixed_conductance is None
+                                  else np.asarray(fixed_conductance, dtype=float))
+        self.device_mask = None if device_mask is None else np.asarray(device_mask, dtype=bool)
+        self._devices = None if device_mask is None else np.flatnonzero(self.device_mask)
+        is_free = np.ones(n, dtype=bool)
+        is_free[fixed] = False
+        free = np.flatnonzero(is_free)
+        self.n_free = nf = free.size
+        a, b = network.edges[:, 0], network.edges[:, 1]
+        self._a, self._b = a, b
+        self.incidence_t = network.incidence.T.tocsr()  # (n, m): r = B^T I
+        order = _fill_reducing_order(a, b, free, n)
+        position = np.full(n, -1, dtype=np.int64)
+        position[free[order]] = np.arange(nf)
+        self.position = position
+        self.free_nodes = np.empty(nf, dtype=np.int64)  # free node at each unknown
+        self.free_nodes[position[free]] = free
+        self._pattern = _JacobianPattern(a, b, position, nf, m)
+        if self.clamps.size and np.any(position[self.clamps] < 0):
+            raise NetworkError("a clamped node is also a source or ground")
+        clamp_pos = position[self.clamps]
+        pat = self._pattern
+        self._clamp_entries = np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos)
+        self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.lu_seconds = 0.0  # wall time spent in LU refactorizations and solves
+        self.lu_calls = 0
+
+    # -- physics -------------------------------------------------------------
+
+    def edge_state(self, voltages: np.ndarray, gates: np.ndarray):  # noqa: ANN201
+        """Edge currents and derivatives (:class:`~clln.simulator.devices.EdgeCurrents`)
+        for node voltages (B, n) and gate voltages (m,)."""
+        va = voltages[:, self._a]
+        vb = voltages[:, self._b]
+        if self.device_mask is None:
+            out = self.model.currents(va, vb, gates[None, :])
+        else:  # the model sees its device edges only (per-device parameters line up)
+            dev = self._devices
+            part = self.model.currents(va[:, dev], vb[:, dev], gates[None, dev])
+            full = [np.zeros_like(va) for _ in range(4)]
+            for arr, got in zip(full, (part.current, part.d_va, part.d_vb, part.d_vg)):
+                arr[:, dev] = got
+            out = type(part)(*full)
+        if np.any(self.fixed_conductance):
+            g = self.fixed_conductance
+            out = type(out)(out.current + g * (va - vb), out.d_va + g, out.d_vb - g, out.d_vg)
+        return out
+
+    def residual(self, voltages: np.ndarray, gates: np.ndarray) -> np.ndarray:
+        """(B, n) current leaving each node through its edges, A (nonzero at driven nodes)."""
+        current = self.edge_state(voltages, gates).current
+        return np.asarray((self.incidence_t @ current.T).T)
+
+    def jacobian(self, voltages: np.ndarray, gates: np.ndarray, *, clamped: bool = False) -> list[sp.csc_matrix]:
+        """d r_F / d v_F of each sample, in the solver's node order (``free_nodes``)."""
+        values = self._values(self.edge_state(voltages, gates), clamped)
+        pat = self._pattern
+        return [sp.csc_matrix((row, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
+                for row in values]
+
+    def _values(self, state, clamped: bool) -> np.ndarray:  # noqa: ANN001
+        derivs = np.hstack([state.d_va, state.d_vb])  # (B, 2m)
+        values = np.asarray((self._pattern.assembly @ derivs.T).T)  # (B, nnz)
+        if clamped and self.clamps.size:
+            values[:, self._clamp_entries] = 0.0
+            values[:, self._clamp_diag] = 1.0
+        return np.ascontiguousarray(values)
+
+    def _block_pattern(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self._blocks.get(count)
+        if found is None:
+            pat = self._pattern
+            offsets = np.arange(count, dtype=np.int64)
+            indices = (pat.indices[None, :] + offsets[:, None] * self.n_free).ravel()
+            indptr = np.r_[(pat.indptr[None, :-1] + offsets[:, None] * pat.nnz).ravel(),
+                           count * pat.nnz]
+            if len(self._blocks) > 16:
+                self._blocks.clear()
+            found = self._blocks[count] = (indices.astype(np.int32), indptr.astype(np.int32))
+        return found
+
+    # -- Newton --------------------------------------------------------------
+
+    def solve(self, gates: np.ndarray, sources: np.ndarray, clamps: np.ndarray | None = None,
+              start: np.ndarray | None = None) -> NewtonResult:
+        """Node voltages (B, n) of a batch.
+
+        Parameters
+        ----------
+        gates : (m,) gate voltages, V.
+        sources : (B, n_sources) volts at the source nodes (grounds at 0 V).
+        clamps : optional (B, n_clamps) volts at the clamped nodes.
+        start : optional (B, n) initial guess (a warm start); boundary values replaced.
+        """
+        gates = np.asarray(gates, dtype=float)
+        sources = np.atleast_2d(np.asarray(sources, dtype=float))
+        count = sources.shape[0]
+        v = self._initial(sources, clamps, start)
+        iterations = np.zeros(count, dtype=np.int64)
+        done, res = self._newton(v, gates, clamps is not None, iterations)
+        failed = np.flatnonzero(~done)
+        if failed.size:  # source continuation from 0 V for the samples that failed
+            cold = self._initial(sources[failed] * 0.0,
+                                 None if clamps is None else clamps[failed] * 0.0, None)
+            ok = np.ones(failed.size, dtype=bool)
+            for scale in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0):
+                self._set_boundary(cold, sources[failed] * scale,
+                                   None if clamps is None else clamps[failed] * scale)
+                it = np.zeros(failed.size, dtype=np.int64)
+                ok_now, res_f = self._newton(cold, gates, clamps is not None, it)
+                iterations[failed] += it
+                ok &= ok_now
+            v[failed] = cold
+            res[failed] = res_f
+            if not ok.all():
+                worst = failed[int(np.argmin(ok))]
+                raise ConvergenceError(
+                    f"Newton's method did not converge for sample {int(worst)} of the batch "
+                    f"(residual {res[worst]:.3g} A after {int(iterations[worst])} iterations)",
+                    int(worst), float(res[worst]))
+        return NewtonResult(v, iterations, res)
+
+    def _initial(self, sources: np.ndarray, clamps: np.ndarray | None,
+                 start: np.ndarray | None) -> np.ndarray:
+        count = sources.shape[0]
+        if start is not None:
+            v = np.array(start, dtype=float, copy=True).reshape(count, self.network.n_nodes)
+        else:  # every free node at the mean source voltage
+            v = np.repeat(sources.mean(axis=1, keepdims=True) if sources.size else
+                          np.zeros((count, 1)), self.network.n_nodes, axis=1)
+        self._set_boundary(v, sources, clamps)
+        return v
+
+    def _set_boundary(self, v: np.ndarray, sources: np.ndarray, clamps: np.ndarray | None) -> None:
+        v[:, self.sources] = sources
+        v[:, self.grounds] = 0.0
+        if clamps is not None:
+            v[:, self.clamps] = clamps
+
+    def _free_residual(self, v: np.ndarray, gates: np.ndarray, clamped: bool) -> np.ndarray:
+        r = self.residual(v, gates)[:, self.free_nodes]
+        if clamped and self.clamps.size:
+            r[:, self.position[self.clamps]] = 0.0
+        return r
+
+    def _newton(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
+                iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Newton on every sample of v (updated in place); (converged, residual) per sample.
+
+        A sample's Jacobian is refactorized on its first iteration and whenever its last
+        step shrank by less than ``chord_ratio``; otherwise the step reuses the factors
+        (a chord step: one triangular solve). From a warm start the steps shrink by
+        orders of magnitude each, so one factorization per solve usually suffices.
+        """
+        count = v.shape[0]
+        done = np.zeros(count, dtype=bool)
+        nf = self.n_free
+        free = self.free_nodes
+        residual = np.zeros(count)
+        if nf == 0:
+            return np.ones(count, dtype=bool), residual
+        r_all = self._free_residual(v, gates, clamped)
+        chunk_of = np.full(count, -1, dtype=np.int64)  # factor chunk of each sample
+        chunks: list[tuple[np.ndarray, object]] = []
+        last = np.full(count, np.inf)
+        stale = np.ones(count, dtype=bool)
+        for _ in range(self.max_iter):
+            act = np.flatnonzero(~done)
+            if act.size == 0:
+                break
+            refresh = act[stale[act]]
+            if refresh.size:
+                state = self.edge_state(v[refresh], gates)
+                self._factorize(refresh, self._values(state, clamped), chunk_of, chunks)
+            step = self._solve(act, r_all[act], chunk_of, chunks)
+            iterations[act] += 1
+            if not np.isfinite(step).all():
+                raise NetworkError("the network's Jacobian is singular: a part of it floats")
+            size = np.abs(step).max(axis=1)
+            converged = size <= self.tol
+            scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
+            norm0 = np.abs(r_all[act]).max(axis=1)
+            va = v[act]
+            trial = va.copy()
+            for _halving in range(12):  # backtrack where the residual grows
+                trial[:, free] = va[:, free] + scale[:, None] * step
+                r_new = self._free_residual(trial, gates, clamped)
+                norm = np.abs(r_new).max(axis=1)
+                worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
+                if not worse.any():
+                    break
+                scale = np.where(worse, 0.5 * scale, scale)
+            v[act] = trial
+            r_all[act] = r_new
+            residual[act] = norm
+            done[act] = converged
+            limit = self.chord_ratio * np.where(np.isfinite(last[act]), last[act], 1e300)
+            stale[act] = (self.chord_ratio <= 0) | (size > limit) | (scale < 1.0)
+            last[act] = size
+        return done, residual
+
+    def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
+                   chunks: list[tuple[np.ndarray, object]]) -> None:
+        """Factorize the Jacobians (values (k, nnz)) of ``samples``, ``blocks_per_lu``
+        samples per block-diagonal system; record each sample's factor chunk."""
+        count, nf = samples.size, self.n_free
+        size = count if self.blocks_per_lu is None else max(1, self.blocks_per_lu)
+        for lo in range(0, count, size):
+            hi = min(count, lo + size)
+            indices, indptr = self._block_pattern(hi - lo)
+            matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
+            started = time.perf_counter()
+            handle = self._lu.factorize(matrix, hi - lo)
+            self.lu_seconds += time.perf_counter() - started
+            self.lu_calls += 1
+            chunk_of[samples[lo:hi]] = len(chunks)
+            chunks.append((samples[lo:hi], handle))
+
+    def _solve(self, samples: np.ndarray, residual: np.ndarray, chunk_of: np.ndarray,
+               chunks: list[tuple[np.ndarray, object]]) -> np.ndarray:
+        """-J^-1 r (k, n_free) for ``samples`` with their current factors."""
+        nf = self.n_free
+        step = np.empty_like(residual)
+        row_of = {int(s): k for k, s in enumerate(samples)}
+        started = time.perf_counter()
+        for c in np.unique(chunk_of[samples]):
+            members, handle = chunks[c]
+            rhs = np.zeros((members.size, nf))
+            wanted = [k for k, s in enumerate(members) if int(s) in row_of]
+            rhs[wanted] = residual[[row_of[int(members[k])] for k in wanted]]
+            out = self._lu.solve(handle, rhs.ravel()).reshape(members.size, nf)
+            step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
+        self.lu_seconds += time.perf_counter() - started
+        return step
+
+
+def with_resistors(network: Network, resistors: list[tuple[int, int, float]]
+                    ) -> tuple[Network, np.ndarray | None, np.ndarray | None]:
+    """The physics network: the transistor edges, then one edge per fixed resistor;
+    its fixed conductances (S) and device mask (None without resistors)."""
+    if not resistors:
+        return network, None, None
+    n, m = network.n_nodes, network.n_edges
+    extra = np.array([(a, b) for a, b, _ in resistors], dtype=np.int64)
+    if np.any(extra < 0) or np.any(extra >= n) or np.any(extra[:, 0] == extra[:, 1]):
+        raise ProtocolError(f"edges.fixed_resistors: each needs two different nodes in 0..{n - 1}, "
+                            f"got {extra.tolist()}")
+    physics = Network(n, np.vstack([network.edges, extra]), positions=network.positions,
+                      roles=network.roles)
+    fixed = np.r_[np.zeros(m), [g for _, _, g in resistors]]
+    mask = np.r_[np.ones(m, dtype=bool), np.zeros(len(resistors), dtype=bool)]
+    return physics, fixed, mask
+
+
+def _fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int) -> np.ndarray:
+    """Order of the free nodes (indices into ``free``) that keeps the LU factors sparse:
+    SuperLU's minimum degree on J + J^T of one block, computed once per network."""
+    nf = free.size
+    if nf < 3:
+        return np.arange(nf)
+    position = np.full(n, -1, dtype=np.int64)
+    position[free] = np.arange(nf)
+    pa, pb = position[a], position[b]
+    both = (pa >= 0) & (pb >= 0)
+    rows = np.r_[pa[both], pb[both], np.arange(nf)]
+    cols = np.r_[pb[both], pa[both], np.arange(nf)]
+    degree = np.bincount(np.r_[pa[pa >= 0], pb[pb >= 0]], minlength=nf) + 1.0
+    vals = np.r_[-np.ones(2 * int(both.sum())), degree]
+    lap = sp.csc_matrix((vals, (rows, cols)), shape=(nf, nf))
+    lu = spla.splu(lap, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                   options={"SymmetricMode": True})
+    order = np.empty(nf, dtype=np.int64)
+    order[lu.perm_c] = np.arange(nf)  # column i of the matrix moved to position perm_c[i]
+    return order
+
+
+class _JacobianPattern:
+    """The CSC pattern of one block of J (free nodes in solver order) and the sparse map
+    ``assembly`` (nnz x 2m) from the stacked derivatives [dI/dV_a, dI/dV_b] to its values.
+
+    Edge (a, b) adds +dI/dV_a at (a, a), +dI/dV_b at (a, b), -dI/dV_a at (b, a) and
+    -dI/dV_b at (b, b) (row: the node whose current balance, column: the voltage).
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, position: np.ndarray, nf: int, m: int) -> None:
+        pa, pb = position[a], position[b]
+        edge = np.arange(m)
+        # (row, col, derivative column in [d_va | d_vb], sign)
+        parts = [(pa, pa, edge, 1.0), (pa, pb, edge + m, 1.0),
+                 (pb, pa, edge, -1.0), (pb, pb, edge + m, -1.0)]
+        rows, cols, src, sign = [], [], [], []
+        for r, c, s, sg in parts:
+            keep = (r >= 0) & (c >= 0)
+            rows.append(r[keep])
+            cols.append(c[keep])
+            src.append(s[keep])
+            sign.append(np.full(int(keep.sum()), sg))
+        rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+        diag = np.arange(nf)  # every free node has a diagonal slot
+        keys, slot = np.unique(np.r_[cols_a, diag] * max(nf, 1) + np.r_[rows_a, diag],
+                               return_inverse=True)
+        self.nnz = keys.size
+        col_of, row_of = np.divmod(keys, max(nf, 1))
+        self.row, self.col = row_of, col_of
+        self.indices = row_of.astype(np.int32)
+        self.indptr = np.searchsorted(col_of, np.arange(nf + 1)).astype(np.int32)
+        self.diag_slot = slot[rows_a.size:]
+        self.assembly = sp.csr_matrix(
+            (np.concatenate(sign), (slot[:rows_a.size], np.concatenate(src))), shape=(self.nnz, 2 * m))
+        self.assembly.sum_duplicates()

@@ -1,0 +1,331 @@
+"""TransistorBackend: a simulated network of transistor edges behind the NetworkBackend seam.
+
+Each edge is a transistor whose gate sits on a capacitor; its gate voltage is the edge's
+adjustable state (:class:`~clln.controller.backend.GateEdges`). ``measure`` solves the
+network's operating points by Newton's method (:mod:`clln.simulator.nonlinear`), warm
+started from the last solution of the same sample; ``adjust`` runs one learning window
+of the rig's learning circuit (:class:`LearningWindow`) on every gate.
+
+Imperfections (drawn once per bench seed, like a chip fingerprint):
+
+* per-device spread of the threshold (``vt_spread``, V rms) and the gain
+  (``s_spread``, relative rms) of every transistor;
+* twin networks (``twin = true``): the clamped twin has its own devices;
+* gate-capacitor leakage (``gate_leak_resistance``, ohm; 0 = none): the gates decay
+  towards 0 V with time constant R_leak C between and during learning windows;
+* DAQ input/output errors, read noise and quantization, as for the linear benches
+  (:class:`~clln.simulator.imperfections.BenchInstance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clln.controller.backend import Applied, GateEdges, Measurement, boundary_arrays
+from clln.controller.backend import EdgeState as _EdgeState
+from clln.controller.network import Network
+from clln.simulator.backend import SimClock, SimulatedSeam
+from clln.simulator.devices import EdgeModel
+from clln.simulator.imperfections import BenchInstance, Imperfections
+from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver, with_resistors
+
+
+@dataclass(frozen=True)
+class LearningWindow:
+    """The rig's learning circuit acting on one gate for one window.
+
+    The gate capacitor C is charged through R from the learning circuit's output u,
+    held for the window of T seconds; a leak resistance R_leak (inf: none) discharges it
+    to 0 V. The circuit's gain is set so that a leak-free window moves the gate by the
+    commanded ΔV_G: u = V_G + ΔV_G / (1 - exp(-T / (R C))). Then, with
+    tau = C (R || R_leak) and V_inf = u R_leak / (R + R_leak),
+
+        V_G(T) = V_inf + (V_G(0) - V_inf) exp(-T / tau).
+
+    Between windows the gate only leaks: V_G(t) = V_G(0) exp(-t / (R_leak C)).
+
+    Attributes
+    ----------
+    capacitance : C, farad (rig: 2.2 uF).
+    resistance : R, ohm (rig: 1 kOhm).
+    window : T, seconds (rig: 25-200 us).
+    leak_resistance : R_leak, ohm (0: no leak).
+    """
+
+    capacitance: float = 2.2e-6
+    resistance: float = 1e3
+    window: float = 100e-6
+    leak_resistance: float = 0.0
+
+    def drive(self, gates: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """The learning circuit's output u (V) for commanded changes ``delta`` (V)."""
+        fraction = -np.expm1(-self.window / (self.resistance * self.capacitance))
+        return gates + delta / fraction
+
+    def apply(self, gates: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """Gate voltages (V) after one window commanded to move them by ``delta`` (V)."""
+        u = self.drive(gates, delta)
+        r, c = self.resistance, self.capacitance
+        if self.leak_resistance > 0:
+            rl = self.leak_resistance
+            v_inf = u * rl / (r + rl)
+            tau = c * r * rl / (r + rl)
+        else:
+            v_inf, tau = u, r * c
+        return v_inf + (gates - v_inf) * np.exp(-self.window / tau)
+
+    def hold(self, gates: np.ndarray, seconds: float) -> np.ndarray:
+        """Gate voltages after ``seconds`` of holding (leak only)."""
+        if self.leak_resistance <= 0 or seconds <= 0:
+            return gates
+        return gates * np.exp(-seconds / (self.leak_resistance * self.capacitance))
+
+
+class TransistorBackend(SimulatedSeam):
+    """A simulated network of transistor edges trained through the same seam as a bench.
+
+    Parameters
+    ----------
+    network : topology with node roles.
+    model : nominal edge device (:mod:`clln.simulator.devices`).
+    edges : gate-voltage bounds and resolution the controller sees.
+    initial : (m,) initial gate voltages, V.
+    imperfections : imperfection parameters (``vt_spread``, ``s_spread``,
+        ``gate_leak_resistance``, ``twin``, DAQ errors); None is the ideal bench.
+    window : the learning circuit (capacitor, resistor, window length).
+    bench_seed, noise_seed : seeds of the drawn devices and of the read noise.
+    lu : LU library of the Newton solver.
+    clock : simulated time.
+    preset : name of the imperfection preset, for the record.
+    fixed_resistors : optional (a, b, conductance S) resistors beside the transistor
+        edges, not trained and not edges of ``network`` (seed 002's small network has
+        one of 500 ohm).
+    """
+
+    _edges: GateEdges
+
+    def __init__(self, network: Network, model: EdgeModel, edges: GateEdges, initial: np.ndarray, *,
+                 imperfections: Imperfections | None = None, window: LearningWindow | None = None,
+                 bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
+                 clock: SimClock | None = None, preset: str = "ideal",
+                 fixed_resistors: list[tuple[int, int, float]] | None = None) -> None:
+        params = imperfections or Imperfections()
+        self.imperfections = params
+        self.preset = preset
+        self._network = network
+        self._edges = edges
+        m = network.n_edges
+        initial = np.asarray(initial, dtype=float)
+        if initial.shape != (m,):
+            raise ValueError(f"initial gate voltages must have shape ({m},), got {initial.shape}")
+        self.clock = clock or SimClock(params.settle_time)
+        window = window or LearningWindow()
+        if params.gate_leak_resistance:
+            window = LearningWindow(window.capacitance, window.resistance, window.window,
+                                    params.gate_leak_resistance)
+        self.window = window
+        rng = np.random.default_rng(bench_seed)
+        n_twins = 2 if params.twin else 1
+        self.models = [model.with_spread(rng, m, params.vt_spread, params.s_spread)
+                       if (params.vt_spread or params.s_spread) else model for _ in range(n_twins)]
+        self._bench: BenchInstance | None = None
+        if params != Imperfections():
+            self._bench = BenchInstance.draw(
+                params, n_nodes=network.n_nodes, n_edges=m,
+                n_ao=len(network.roles.sources) + len(network.roles.clamps), pot=None, rng=rng)
+        physics, fixed, mask = with_resistors(network, fixed_resistors or [])
+        self.fixed_resistors = list(fixed_resistors or [])
+        self._n_fixed = len(self.fixed_resistors)
+        self._solvers = [NonlinearNetworkSolver(physics, mod, lu=lu, fixed_conductance=fixed,
+                                                device_mask=mask)
+                         for mod in self.models]
+        self._commanded = self._quantize(np.clip(initial, edges.vmin, edges.vmax))
+        self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
+        self._aged_at = self.clock.now
+        self._noise = np.random.default_rng(noise_seed)
+        self._warm: dict[bytes, np.ndarray] = {}  # last free state per sample
+        self._warm_clamped: dict[bytes, list[np.ndarray]] = {}  # its last two clamped states
+        self._last: np.ndarray | None = None
+        self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
+        self.is_safe = True
+        self.n_measurements = 0
+
+    # -- the seam ------------------------------------------------------------
+
+    @property
+    def solvers(self) -> list[NonlinearNetworkSolver]:
+        return self._solvers
+
+    def gate_voltages(self, twin: int = 0) -> np.ndarray:
+        """(m,) voltages on the gate capacitors of a twin now (V). Simulator only."""
+        self._age()
+        return self._gates[twin].copy()
+
+    def _physics_gates(self, twin: int) -> np.ndarray:
+        """Gate voltages of the physics' edges: the transistors', then 0 V for the fixed
+        resistors (which have no device)."""
+        return np.r_[self._gates[twin], np.zeros(self._n_fixed)]
+
+    def _quantize(self, gates: np.ndarray) -> np.ndarray:
+        res = self._edges.resolution
+        return gates if res <= 0 else np.round(gates / res) * res
+
+    def _age(self) -> None:
+        """Let the gates leak from the last update to the clock's time."""
+        now = self.clock.now
+        if now > self._aged_at:
+            self._gates = self.window.hold(self._gates, now - self._aged_at)
+        self._aged_at = now
+
+    def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
+        sources, clamps = boundary_arrays(self._network, sources, clamps)
+        stamps = self.clock.advance(sources.shape[0])
+        return self._measure(1 if clamps is not None and self.twin else 0, sources, clamps, stamps)
+
+    def measure_twin(self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray], *,
+                     swap: bool = False) -> tuple[Measurement, Measurement]:
+        """Free state on twin 0 and the clamped state on twin 1 at the same time (twin 1
+        and 0 with ``swap``), the clamps given by ``clamp_rule(free)``."""
+        sources, _ = boundary_arrays(self._network, sources, None)
+        stamps = self.clock.advance(sources.shape[0])
+        free_twin, clamped_twin = (1, 0) if swap and self.twin else (0, 1 if self.twin else 0)
+        free = self._measure(free_twin, sources, None, stamps)
+        _, clamps = boundary_arrays(self._network, sources, np.asarray(clamp_rule(free), dtype=float))
+        return free, self._measure(clamped_twin, sources, clamps, stamps)
+
+    def _keys(self, twin: int, sources: np.ndarray) -> list[bytes]:
+        """One key per sample: the twin and the driven source voltages."""
+        return [bytes([twin]) + row.tobytes() for row in sources]
+
+    def _start(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> np.ndarray | None:
+        """Warm start of each sample: for a free state its last free state; for a clamped
+        state, of its last clamped states and its free state, the one whose clamped nodes
+        are nearest the requested clamps (nudged and mirrored clamps alternate)."""
+        if self._last is None:
+            return None
+        free_keys = self._keys(twin, sources)
+        rows = []
+        for i, key in enumerate(free_keys):
+            candidates = [self._warm.get(key)]
+            if clamps is not None:
+                candidates = self._warm_clamped.get(key, []) + candidates
+            candidates = [c for c in candidates if c is not None]
+            if not candidates:
+                rows.append(self._last)
+            elif clamps is None or len(candidates) == 1:
+                rows.append(candidates[0])
+            else:
+                cl = self._network.roles.clamps
+                rows.append(min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max())))
+        return np.stack(rows)
+
+    def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
+        """Exact operating points (B, n) of a twin for boundary voltages as driven."""
+        self._age()
+        result = self._solvers[twin].solve(self._physics_gates(twin), sources, clamps,
+                                           start=self._start(twin, sources, clamps))
+        keys = self._keys(twin, sources)
+        if len(self._warm) > 65536:
+            self._warm.clear()
+            self._warm_clamped.clear()
+        if clamps is None:
+            self._warm.update(zip(keys, result.voltages))
+        else:
+            for key, v in zip(keys, result.voltages):
+                self._warm_clamped[key] = [v, *self._warm_clamped.get(key, [])[:1]]
+        self._last = result.voltages[-1]
+        self.iterations.append(result.iterations)
+        return result
+
+    def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
+                 stamps: np.ndarray) -> Measurement:
+        bench = self._bench
+        sources, clamps = self._driven(sources, clamps)
+        exact = self.solve(twin, sources, clamps).voltages
+        self.is_safe = False
+        self.n_measurements += 1
+        if bench is None or bench.params.exact_readout:
+            return Measurement(exact, None, stamps)
+        readings = bench.read(exact, self._node_resistance(twin, exact, clamps is not None), self._noise)
+        return Measurement(readings, None, stamps)
+
+    def _node_resistance(self, twin: int, voltages: np.ndarray, clamped: bool) -> np.ndarray:
+        """(n,) small-signal resistance of each node to the rest (ohm), for multiplexer
+        settling: 1 / (sum of the edge conductances dI/dV at the node), first sample."""
+        solver = self._solvers[twin]
+        state = solver.edge_state(voltages[:1], self._physics_gates(twin))
+        net = self._network
+        ends = solver.network.edges  # with the fixed resistors
+        total = (np.bincount(ends[:, 0], weights=state.d_va[0], minlength=net.n_nodes)
+                 - np.bincount(ends[:, 1], weights=state.d_vb[0], minlength=net.n_nodes))
+        return self._node_resistance_from(total, clamped=clamped)
+
+    def adjust(self, commands: np.ndarray) -> Applied:
+        """One learning window: each gate commanded to move by ``commands`` (V), clipped to
+        the gate bounds and rounded to the drive's resolution."""
+        commands = np.asarray(commands, dtype=float)
+        if commands.shape != self._commanded.shape:
+            raise ValueError(f"commands must have shape {self._commanded.shape}, got {commands.shape}")
+        edges = self._edges
+        wanted = self._commanded + commands
+        target = self._quantize(np.clip(wanted, edges.vmin, edges.vmax))
+        applied = target - self._commanded
+        clipped = np.clip(wanted, edges.vmin, edges.vmax) != wanted
+        self._age()
+        if np.any(applied):
+            self._gates = np.clip(self.window.apply(self._gates, applied[None, :]), edges.vmin, edges.vmax)
+        self._commanded = target
+        return Applied(applied, clipped)
+
+    def read_edges(self) -> _EdgeState:
+        """The commanded gate voltages (V), as the controller knows them."""
+        return _EdgeState(self._commanded.copy(), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run (for checkpoints)."""
+        self._age()
+        return {"conductances": self._commanded.copy(), "taps": None, "gates": self._gates.copy(),
+                "noise": self._noise.bit_generator.state, "clock": self.clock.now}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._commanded = np.asarray(state["conductances"], dtype=float).copy()
+        gates = state.get("gates")
+        self._gates = (np.tile(self._commanded, (len(self._solvers), 1)) if gates is None
+                       else np.asarray(gates, dtype=float).copy())
+        self._noise.bit_generator.state = state["noise"]
+        self.clock.now = float(state["clock"])
+        self._aged_at = self.clock.now
+        self._warm.clear()
+        self._warm_clamped.clear()
+        self._last = None
+
+    def describe(self) -> dict[str, Any]:
+        """The record of the bench: model, drawn devices (per device up to 4096 edges),
+        learning window and imperfections."""
+        devices: list[dict[str, Any]] = []
+        for mod in self.models:
+            entry = mod.describe()
+            if self._network.n_edges <= 4096:
+                for attr in ("v_t", "s", "v_to", "beta"):
+                    value = getattr(mod, attr, None)
+                    if value is not None and np.ndim(value):
+                        entry[f"{attr}_per_device"] = np.asarray(value).tolist()
+            devices.append(entry)
+        e = self._edges
+        return {
+            "backend": "simulator",
+            "solver": f"newton/{self._solvers[0].lu_name}",
+            "twin": self.twin,
+            "preset": self.preset,
+            "imperfections": {"preset": self.preset, **self.imperfections.model_dump()},
+            "edges": {"kind": "gate", "vmin": e.vmin, "vmax": e.vmax, "resolution": e.resolution},
+            "devices": devices,
+            "fixed_resistors": [[a, b, 1.0 / g] for a, b, g in self.fixed_resistors],
+            "learning_window": {"capacitance": self.window.capacitance,
+                                "resistance": self.window.resistance, "window": self.window.window,
+                                "leak_resistance": self.window.leak_resistance},
+        }
