@@ -389,6 +389,8 @@ class PotBank:
         if st.parked or st.watchdog_tripped:
             why = (f"its watchdog tripped: the host was silent for more than {self.watchdog_ms} ms"
                    if st.watchdog_tripped else "it is parked")
+            emit("watchdog", f"controller parked ({why})", parked=st.parked,
+                 tripped=st.watchdog_tripped)
             raise FirmwareParked(f"potentiometer controller on {self.port} parked every pot ({why}); "
                                  f"nothing was measured on the parked network")
         return st
