@@ -223,7 +223,7 @@ def build_experiment(
                         else SteppedRule(tr.step, tr.threshold))
     config = TrainConfig(
         steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
-        snapshot_every=tr.snapshot_every, target_error=tr.target_error,
+        snapshot_every=tr.snapshot_every, target_error=tr.target_error, backoff=tr.backoff,
     )
     try:
         return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)

@@ -208,6 +208,7 @@ class TrainingSpec(_Strict):
     test_every: PositiveInt = 50
     snapshot_every: PositiveInt = 100
     target_error: Positive | None = None
+    backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
     scheme: SchemeSpec | None = None
 
 
