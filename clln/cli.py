@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from clln.controller.bounds import DivergedError
 from clln.controller.errors import CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
@@ -152,6 +153,9 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
                               f"{hint()}") from None
         except DriverError as exc:
             raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
+        except DivergedError as exc:
+            where = f"run {run_ids[0]}" if run_ids else "the run"
+            raise UserError(f"{exc}; {where} is marked failed and the backend is safe") from None
     summary = run_summary(store, outcome.run_id)
     _print_summary(summary)
     print(f"report: {outcome.report}", flush=True)
@@ -353,7 +357,7 @@ def show(
     store = _open_store(out)
     summary = run_summary(store, run)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_strict(summary), indent=2, allow_nan=False))
     else:
         _print_summary(summary)
         console.print("[bold]protocol[/]:")
@@ -477,6 +481,17 @@ def _open_store(out: Path) -> RunStore:
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity (at any depth) replaced by None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _floor(test_error: np.ndarray) -> float | None:

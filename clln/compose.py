@@ -381,6 +381,9 @@ def execute(
     except DriverError as exc:
         status, message = "paused", f"hardware fault: {exc}"
         raise
+    except UserError as exc:  # e.g. training diverged: the run fails with that one line
+        message = str(exc)
+        raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         raise

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clln.controller.bounds import INT64_MAX, bounded_float, bounded_int
 from clln.controller.errors import ProtocolError
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
@@ -29,6 +30,18 @@ Positive = Annotated[float, Field(gt=0, strict=True)]
 NonNegative = Annotated[float, Field(ge=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
+# Ranges that keep the physics finite (clln.controller.bounds): what a bench can be.
+Volts = bounded_float(-1e3, 1e3, "V", "no bench drives more than 1 kV; beyond, squared drops overflow")
+Siemens = bounded_float(1e-12, 1e3, "S", "1 TOhm to 1 mOhm: wider ratios make the network singular")
+Ohms = bounded_float(0.0, 1e9, "ohm", "up to 1 GOhm")
+PositiveOhms = bounded_float(1e-3, 1e9, "ohm", "1 mOhm to 1 GOhm")
+Alpha = bounded_float(1e-15, 1e6, "S/V^2", "larger rates overflow the update in one step")
+Nudge = bounded_float(1e-6, 1e3, "", "alpha / eta must stay finite and the clamps within the bench")
+Count = bounded_int(1, 10**9, "", "at most a billion")
+SmallCount = bounded_int(1, 10**6, "", "at most a million")
+Seed = bounded_int(0, INT64_MAX, "", "seeds are stored as signed 64-bit integers")
+SquaredVolts = bounded_float(0.0, 1e6, "V^2", "errors and signals are squared volts within +-1 kV")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -38,11 +51,11 @@ class NetworkSpec(_Strict):
     """``[network]``: the topology."""
 
     kind: Literal["lattice", "delaunay", "jammed", "edge-list"]
-    rows: PositiveInt | None = None
-    cols: PositiveInt | None = None
+    rows: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
+    cols: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
     periodic: Bool = False
-    nodes: Annotated[int, Field(ge=3, strict=True)] | None = None
-    coordination: Positive | None = None
+    nodes: bounded_int(3, 10**9, "", "the size estimate refuses what memory cannot hold") | None = None
+    coordination: bounded_float(1e-3, 1e3, "", "a mean number of contacts") | None = None
     file: Str | None = None
 
     @model_validator(mode="after")
@@ -80,13 +93,13 @@ class EdgeSpec(_Strict):
     """
 
     kind: Literal["continuous", "stepped"] = "continuous"
-    gmin: Positive = 1e-4
-    gmax: Positive = 1e-2
-    init: tuple[Positive, Positive] | None = None
-    taps: Annotated[int, Field(ge=2, strict=True)] = 129
-    r_series: NonNegative = 1000.0
-    r_ab: Positive = 10_000.0
-    r_wiper: NonNegative = 75.0
+    gmin: Siemens = 1e-4
+    gmax: Siemens = 1e-2
+    init: tuple[Siemens, Siemens] | None = None
+    taps: bounded_int(2, 65536, "", "digital potentiometers have at most 16-bit wipers") = 129
+    r_series: Ohms = 1000.0
+    r_ab: PositiveOhms = 10_000.0
+    r_wiper: Ohms = 75.0
     init_taps: tuple[Int, Int] | None = None
 
     @model_validator(mode="after")
@@ -106,21 +119,21 @@ class TaskSpec(_Strict):
     """``[task]``: what to learn. Node roles are picked at random (seeded) unless given."""
 
     kind: Literal["regression", "allostery", "classification"]
-    inputs: PositiveInt = 2
-    outputs: PositiveInt = 2
-    classes: Annotated[int, Field(ge=2, strict=True)] | None = None
-    train: PositiveInt = 30
-    test: PositiveInt = 100
-    input_range: tuple[Float, Float] = (0.0, 1.0)
-    grounds: PositiveInt = 1
+    inputs: SmallCount = 2
+    outputs: SmallCount = 2
+    classes: bounded_int(2, 10**6, "", "at most a million") | None = None
+    train: SmallCount = 30
+    test: SmallCount = 100
+    input_range: tuple[Volts, Volts] = (0.0, 1.0)
+    grounds: SmallCount = 1
     source_nodes: list[Int] | None = None
     ground_nodes: list[Int] | None = None
     output_nodes: list[Int] | None = None
     output_edges: list[tuple[Int, Int]] | None = None
-    high_ground: Float = 1.0
-    target_high: Float = 0.3
-    target_low: Float = 0.0
-    spread: Positive = 0.08
+    high_ground: Volts = 1.0
+    target_high: Volts = 0.3
+    target_low: Volts = 0.0
+    spread: bounded_float(1e-12, 1e3, "V", "a spread beyond 1 kV is no class") = 0.08
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
@@ -153,11 +166,11 @@ class OverclampSpec(_Strict):
     teaching; the update is averaged over the samples still teaching when ``normalise``.
     See clln.controller.schemes.Overclamp."""
 
-    eta: Positive = 10.0
-    margin: NonNegative | Literal["auto"] = "auto"
-    noise_margin: NonNegative = 5.0
-    noise_readings: Annotated[int, Field(ge=2, strict=True)] = 4
-    rails: tuple[Float, Float] | None = None
+    eta: Nudge = 10.0
+    margin: Annotated[float, Field(ge=0, le=1e3, strict=True)] | Literal["auto"] = "auto"  # V, within 1 kV
+    noise_margin: bounded_float(0.0, 1e6, "", "a multiple of the measured noise") = 5.0
+    noise_readings: Annotated[int, Field(ge=2, le=10**6, strict=True)] = 4
+    rails: tuple[Volts, Volts] | None = None
     normalise: Bool = True
     symmetric: Bool = True
 
@@ -172,8 +185,8 @@ class AutoZeroSpec(_Strict):
     """``[training.scheme.auto-zero]``: a zero-nudge measurement every ``every`` steps,
     averaged over the last ``window`` of them, subtracted from every update."""
 
-    every: PositiveInt = 10
-    window: PositiveInt = 10
+    every: Count = 10
+    window: SmallCount = 10
 
 
 class ChopSpec(_Strict):
@@ -199,15 +212,15 @@ class TrainingSpec(_Strict):
     """``[training]``: rule and hyper-parameters."""
 
     rule: Literal["coupled", "stepped"] = "coupled"
-    alpha: Positive = 1e-3
-    eta: Positive = 0.1
-    step: PositiveInt = 1
-    threshold: NonNegative = 0.0
-    batch: PositiveInt = 30
-    steps: PositiveInt = 1000
-    test_every: PositiveInt = 50
-    snapshot_every: PositiveInt = 100
-    target_error: Positive | None = None
+    alpha: Alpha = 1e-3
+    eta: Nudge = 0.1
+    step: bounded_int(1, 65535, "taps", "at most a 16-bit wiper's range") = 1
+    threshold: SquaredVolts = 0.0
+    batch: SmallCount = 30
+    steps: Count = 1000
+    test_every: Count = 50
+    snapshot_every: Count = 100
+    target_error: bounded_float(1e-300, 1e6, "", "a positive cost in squared volts") | None = None
     backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
     scheme: SchemeSpec | None = None
 
@@ -222,7 +235,7 @@ class SimulatorSpec(_Strict):
 
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "ideal"
     parameters: Imperfections = Imperfections()
-    bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
+    bench_seed: Seed | None = None
     solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
 
     @property
@@ -237,7 +250,7 @@ class Protocol(_Strict):
     format: Int
     name: Str
     description: Str = ""
-    seed: Annotated[int, Field(ge=0, strict=True)] = 0
+    seed: Seed = 0
     network: NetworkSpec
     edges: EdgeSpec = EdgeSpec()
     task: TaskSpec

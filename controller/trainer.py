@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clln.controller.backend import Measurement, NetworkBackend, SteppedEdges
+from clln.controller.bounds import DivergedError
 from clln.controller.rules import UpdateRule, contrastive_signal
 from clln.controller.schemes import Nudge, Scheme
 from clln.controller.task import Dataset, Task
@@ -200,7 +201,9 @@ class Trainer:
         signal = contrastive_signal(free, clamped, self._incidence)
         edges = self.backend.edges
         state = self.backend.read_edges() if edges.kind == "stepped" else None
-        commands = self.rule.commands(self._scaled(signal), self.config.eta, edges, state)
+        _finite(index, "the learning signal", signal)
+        commands = _finite(index, "the update", self.rule.commands(self._scaled(signal), self.config.eta,
+                                                                  edges, state))
         applied = self.backend.adjust(commands)
         nudge = clamps - free.at_nodes(self.task.clamp_nodes)
         return StepRecord(
@@ -274,9 +277,10 @@ class Trainer:
             else:  # symmetric: half the difference of the mirrored and the nudged states
                 mirrored = self._measure_clamped(sources, nudge.anti, swap)
                 signal = 0.5 * contrastive_signal(mirrored, clamped, self._incidence, weights)
-            signal = self._scaled(scheme.correct(signal * scheme.weight_scale(nudge)))
+            signal = _finite(index, "the learning signal",
+                             self._scaled(scheme.correct(signal * scheme.weight_scale(nudge))))
             taps = self.backend.read_edges().taps if scheme.residuals is not None else None
-            commands = scheme.commands(self.rule, signal, eta, edges, taps)
+            commands = _finite(index, "the update", scheme.commands(self.rule, signal, eta, edges, taps))
         else:  # nothing teaches: no update at all, so no bias is applied either
             commands = np.zeros(self.backend.network.n_edges,
                                 dtype=np.int64 if isinstance(edges, SteppedEdges) else float)
@@ -314,6 +318,7 @@ class Trainer:
         t0 = time.perf_counter()
         if resumed_tests is None:
             initial_test, initial_acc = self.evaluate(self.task.test)
+            _finite(0, "the initial test error", initial_test)
             if on_initial_test is not None:
                 on_initial_test(initial_test, initial_acc)
             last_test = initial_test
@@ -324,11 +329,13 @@ class Trainer:
         interrupted = False
         for index in range(start_step + 1, cfg.steps + 1):
             record = self.step(index)
+            _finite(index, "the batch error", record.error)
             if self.backoff is not None:
                 self.backoff.observe(record.error, record.update_norm)
             last = index == cfg.steps
             if index % cfg.test_every == 0 or last:
                 last_test, acc = self.evaluate(self.task.test)
+                _finite(index, "the test error", last_test)
                 stopped = cfg.target_error is not None and last_test <= cfg.target_error
                 record = _with(record, test_error=last_test, test_accuracy=acc)
             if index % cfg.snapshot_every == 0 or last or stopped:
@@ -350,6 +357,17 @@ class Trainer:
             wall_time=time.perf_counter() - t0,
             interrupted=interrupted,
         )
+
+
+def _finite(step: int, what: str, values: np.ndarray | float) -> np.ndarray:
+    """``values`` as an array; DivergedError naming the step when any is NaN or infinite."""
+    array = np.asarray(values)
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        where = f" of edge {int(bad[0])}" if array.ndim else ""
+        raise DivergedError(f"training diverged at step {step}: {what}{where} is "
+                            f"{float(array.flat[bad[0]])!r}; nothing more was sent to the edges")
+    return array
 
 
 def _with(record: StepRecord, **changes: object) -> StepRecord:
