@@ -21,6 +21,7 @@ from clln.controller.calibration import (
     load_calibration,
 )
 from clln.controller.errors import ProtocolError, UserError
+from clln.controller.files import inside
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
@@ -75,8 +76,8 @@ def bench_calibration(bench: Bench, bench_path: str | Path, *, path: str | Path 
     if name is None:
         return None
     file = Path(name)
-    if path is None and not file.is_absolute():
-        file = Path(bench_path).parent / file
+    if path is None:  # named in the bench file: inside the bench file's folder
+        file = inside(str(name), Path(bench_path).parent, str(bench_path), "calibration")
     cal = load_calibration(file)
     for problem in calibration_problems(cal, hardware_hash(bench), max_age_days=max_age_days):
         warnings.warn(CalibrationWarning(f"{file}: {problem}"), stacklevel=2)

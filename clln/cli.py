@@ -121,14 +121,14 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
         progress.update(bar, completed=rec.step, **fields)
 
     console.print(
-        f"[bold]{proto.name}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
+        f"[bold]{_plain(proto.name)}[/]: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
         f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}"
     )
     run_ids: list[str] = [resume_id] if resume_id else []
 
     def started(run_id: str) -> None:
         run_ids.append(run_id)
-        progress.update(bar, description=f"run {run_id}")
+        progress.update(bar, description=f"run {_plain(run_id)}")
 
     stop = StopRequest()
 
@@ -229,8 +229,8 @@ def check(
         volts = backend.measure(zeros).voltages[0]
         state = backend.read_edges()
         backend.safe()
-        console.print(f"[bold]{spec.name}[/]{' (emulated)' if emulate else ''}: firmware "
-                      f"'{fw.name}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
+        console.print(f"[bold]{_plain(spec.name)}[/]{' (emulated)' if emulate else ''}: firmware "
+                      f"'{_plain(fw.name)}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
                       f"{fw.n_taps} taps, watchdog {fw.watchdog_ms} ms; DAQ {spec.daq.device}")
         nodes = Table("node", "AI", "role", "reading (V)", title="analog inputs, all outputs at 0 V")
         roles = {**{k: "source" for k in spec.sources.nodes}, **{k: "clamp" for k in spec.clamps.nodes},
@@ -342,7 +342,7 @@ def runs(out: OutOption = Path("runs")) -> None:
     table.columns.insert(0, Column("id", no_wrap=True, min_width=22))
     for r in store.list_runs():
         wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
-        table.add_row(r["id"], r["name"] or "", r["status"], f"{r['steps_done']}/{r['steps_planned']}",
+        table.add_row(_plain(r["id"]), _plain(r["name"] or ""), r["status"], f"{r['steps_done']}/{r['steps_planned']}",
                       wall, r["created"])
     console.print(table)
 
@@ -361,7 +361,7 @@ def show(
     else:
         _print_summary(summary)
         console.print("[bold]protocol[/]:")
-        console.print(summary["protocol"], markup=False, highlight=False)
+        console.print(_escaped(summary["protocol"], keep="\n\t"), markup=False, highlight=False)
 
 
 @app.command()
@@ -405,7 +405,7 @@ def analyze(
             proto = parse_protocol(rec["protocol_text"], str(rec["protocol_path"] or rec["id"]))
             task = rebuild_task(proto, int(rec["seed"]), rec["info"])
         except UserError as exc:
-            console.print(f"cost Hessian skipped: {exc}", markup=False, highlight=False)
+            console.print(f"cost Hessian skipped: {_escaped(exc)}", markup=False, highlight=False)
     outcome = analyze_run(store, rec["id"], task=task, what=what, probes=probes,
                           convention=convention)
     table = Table(show_header=False, box=None)
@@ -431,7 +431,8 @@ def sweep(
     from clln.sweep import load_sweep, open_client, run_sweep
 
     spec = load_sweep(sweep_file)
-    console.print(f"[bold]sweep {spec.spec.name}[/]: {len(spec.runs)} runs of {spec.protocol_path} "
+    console.print(f"[bold]sweep {_plain(spec.spec.name)}[/]: {len(spec.runs)} runs of "
+                  f"{_plain(spec.protocol_path)} "
                   f"({', '.join(spec.keys) or 'no keys'}; seeds "
                   f"{sorted({r.seed for r in spec.runs})})")
     client, cluster = open_client(scheduler, workers)
@@ -460,8 +461,8 @@ def sweep(
         if cluster is not None:
             cluster.close()
     for row in failed:
-        console.print(f"[red]run {row['index'] + 1} failed[/] ({row['run_id'] or 'not started'}): "
-                      f"{row['message']}", markup=True, highlight=False)
+        console.print(f"[red]run {row['index'] + 1} failed[/] ({_plain(row['run_id'] or 'not started')}): "
+                      f"{_plain(row['message'])}", markup=True, highlight=False)
     print(f"{len(outcome.rows) - outcome.n_failed} of {len(outcome.rows)} runs completed "
           f"in {outcome.wall_time:.1f} s", flush=True)
     print(f"results: {outcome.csv}", flush=True)
@@ -537,8 +538,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         return "-" if x is None else f"{x:.4g}"
 
     table = Table(show_header=False, box=None)
-    table.add_row("run", f"{s['id']} ({s['name']})")
-    table.add_row("status", s["status"] + (f" — {s['message']}" if s["message"] else ""))
+    table.add_row("run", _plain(f"{s['id']} ({s['name']})"))
+    table.add_row("status", s["status"] + (f" — {_plain(s['message'])}" if s["message"] else ""))
     table.add_row("steps", f"{s['steps']}/{s['steps_planned']}")
     table.add_row("train error", f"{fmt(s['initial_train_error'])} -> {fmt(s['final_train_error'])}")
     table.add_row("test error", f"{fmt(s['initial_test_error'])} -> {fmt(s['final_test_error'])}")
@@ -552,7 +553,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     b = s["backend"]
     solver = f", solver {b['solver']}" if b.get("solver") else ""
     table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}{solver})")
-    table.add_row("protocol", str(s["protocol_path"]))
+    table.add_row("protocol", _plain(s["protocol_path"]))
     console.print(table)
 
 
@@ -586,9 +587,26 @@ def _is_click(exc: Exception, name: str) -> bool:
     return isinstance(exc, tuple(kinds))
 
 
+def _escaped(text: object, keep: str = "") -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences,
+    line breaks, bidirectional overrides) shown as Python escapes, except those in ``keep``."""
+    import unicodedata
+
+    return "".join(c if c in keep or not unicodedata.category(c).startswith("C")
+                   else repr(c)[1:-1] for c in str(text))
+
+
+def _plain(text: object, keep: str = "") -> str:
+    """:func:`_escaped` and safe inside rich markup (brackets taken literally)."""
+    from rich.markup import escape
+
+    return escape(_escaped(text, keep))
+
+
 def _say(message: str) -> None:
-    """One unwrapped line on stderr (line breaks inside a message are escaped)."""
-    print(message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
+    """One unwrapped line on stderr (line breaks and escape sequences inside a message
+    are shown escaped)."""
+    print(_escaped(message), file=sys.stderr, flush=True)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clln.controller.bounds import INT64_MAX, bounded_float, bounded_int
 from clln.controller.errors import ProtocolError
+from clln.controller.files import read_user_text
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
 
@@ -331,6 +332,17 @@ def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
 Model = typing.TypeVar("Model", bound=BaseModel)
 
 
+MAX_NESTING = 32
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of parsed TOML (stops counting past MAX_NESTING)."""
+    if level > MAX_NESTING or not isinstance(value, (dict, list)):
+        return level
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(v, level + 1) for v in items), default=level + 1)
+
+
 def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str, Any]:
     """Parse TOML text and check its ``format`` version; ProtocolError naming ``source``.
     ``kind`` names the file's kind in the message (e.g. "sweep")."""
@@ -338,6 +350,11 @@ def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most "
+                            f"{MAX_NESTING} levels)") from None
+    if _depth(data) > MAX_NESTING:
+        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most {MAX_NESTING} levels)")
     found = data.get("format")
     if found is None:
         raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
@@ -363,14 +380,9 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
 
 
 def read_file(path: str | Path, what: str) -> str:
-    """A user file's text; ProtocolError (one line) when it is missing or unreadable."""
-    path = Path(path)
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read {what} file ({exc})") from None
+    """A user file's text; ProtocolError (one line) when it is missing, not a regular
+    file, too large, not UTF-8 or unreadable (clln.controller.files)."""
+    return read_user_text(path, what)
 
 
 def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
