@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import signal
+import sqlite3
 import sys
 import warnings
 from pathlib import Path
@@ -196,11 +197,17 @@ def resume(
 ) -> None:
     """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
     from its last checkpoint (a simulated run ends exactly as if never stopped)."""
-    from clln.resume import rebuild
+    from clln.resume import RESUMABLE, rebuild
 
-    store = _open_store(out)
-    exp, session, rec = rebuild(store, run)
-    store.close()
+    store = _open_store(out, write=True)
+    lease = store.lease(run, RESUMABLE)  # atomic: a second resume of the same run is refused
+    try:
+        exp, session, rec = rebuild(store, lease[0])
+    except BaseException:
+        store.release(lease)
+        raise
+    finally:
+        store.close()
     try:
         where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
         _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
@@ -342,7 +349,7 @@ def runs(out: OutOption = Path("runs")) -> None:
     table.columns.insert(0, Column("id", no_wrap=True, min_width=22))
     for r in store.list_runs():
         wall = "-" if r["wall_time"] is None else f"{r['wall_time']:.1f}"
-        table.add_row(_plain(r["id"]), _plain(r["name"] or ""), r["status"], f"{r['steps_done']}/{r['steps_planned']}",
+        table.add_row(_plain(r["id"]), _plain(r["name"] or ""), store.shown_status(r["id"], r["status"]), f"{r['steps_done']}/{r['steps_planned']}",
                       wall, r["created"])
     console.print(table)
 
@@ -362,6 +369,20 @@ def show(
         _print_summary(summary)
         console.print("[bold]protocol[/]:")
         console.print(_escaped(summary["protocol"], keep="\n\t"), markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Draw a run's PNG report again (e.g. after a crash while it was being written)."""
+    from clln.analysis.report import training_report
+
+    store = _open_store(out)
+    run_id = store.resolve(run)
+    path = training_report(store, run_id, store.run_dir(run_id) / "report.png")
+    print(f"report: {path}", flush=True)
 
 
 @app.command()
@@ -474,10 +495,12 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _open_store(out: Path) -> RunStore:
+def _open_store(out: Path, *, write: bool = False) -> RunStore:
+    """The run store in ``out``; read-only unless ``write`` (read commands work on a
+    read-only folder and never change the store)."""
     if not (out / "runs.sqlite").exists():
         raise UserError(f"{out}: no run store here (train first, or pass --out DIR)")
-    return RunStore(out)
+    return RunStore(out, readonly=not write)
 
 
 def _finite(x: float | None) -> float | None:
@@ -511,7 +534,7 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
     return {
         "id": rec["id"],
         "name": rec["name"],
-        "status": rec["status"],
+        "status": store.shown_status(rec["id"], rec["status"]),
         "created": rec["created"],
         "steps": int(rec["steps_done"]),
         "steps_planned": int(rec["steps_planned"]),
@@ -628,6 +651,11 @@ def main() -> None:
         code = app(standalone_mode=False)
     except UserError as exc:
         _say(f"error: {exc}")
+        sys.exit(2)
+    except sqlite3.DatabaseError as exc:  # a damaged, full or unwritable run store
+        from clln.controller.store import store_problem
+
+        _say(f"error: {store_problem(Path('runs.sqlite'), exc)}")
         sys.exit(2)
     except Interrupted as exc:
         _say(str(exc))

@@ -325,9 +325,11 @@ class Trainer:
         else:
             initial_test, last_test = resumed_tests
         record: StepRecord | None = None
-        stopped = False
+        # a resumed run that had already reached its target (stopped before it was marked
+        # completed) takes no further step
+        stopped = resumed_tests is not None and cfg.target_error is not None and last_test <= cfg.target_error
         interrupted = False
-        for index in range(start_step + 1, cfg.steps + 1):
+        for index in range(start_step + 1, cfg.steps + 1 if not stopped else start_step + 1):
             record = self.step(index)
             _finite(index, "the batch error", record.error)
             if self.backoff is not None:
