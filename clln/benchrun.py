@@ -234,6 +234,9 @@ def bench_experiment(
         calibration = bench_calibration(bench, bench_source)
     elif calibration == "none":
         calibration = None
+    from clln.sizes import check_size
+
+    check_size(protocol, source, nodes=bench.nodes, edges=len(bench.edges), steps=steps)
     seed = protocol.seed if seed is None else seed
     seeds = np.random.SeedSequence(seed).spawn(6)
     _, _, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])

@@ -44,8 +44,10 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpecte
 def train(
     protocol: Annotated[Path, typer.Argument(help="Protocol file (TOML).")],
     out: OutOption = Path("runs"),
-    seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
-    steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0,
+                                             max=2**63 - 1)] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1,
+                                              max=10**9)] = None,
     bench: Annotated[Path | None, typer.Option(
         help="Bench file: train on that bench (its network, edges and node roles).")] = None,
     emulate: Annotated[bool, typer.Option(
@@ -272,8 +274,8 @@ def calibrate(
     fault: Annotated[list[str] | None, typer.Option(
         help="With --emulate: inject an edge fault: stuck:EDGE[:TAP] | open:EDGE | short:EDGE "
              "(repeatable).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the measurement design.", min=0)] = 0,
-    levels: Annotated[int, typer.Option(help="Tap levels measured per edge.", min=3)] = 17,
+    seed: Annotated[int, typer.Option(help="Seed of the measurement design.", min=0, max=2**63 - 1)] = 0,
+    levels: Annotated[int, typer.Option(help="Tap levels measured per edge.", min=3, max=65536)] = 17,
     threshold: Annotated[float, typer.Option(
         help="Relative disagreement between tomography and calibration that flags an edge.",
         min=0.001)] = 0.03,
@@ -405,7 +407,8 @@ def analyze(
     out: OutOption = Path("runs"),
     what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
     probes: Annotated[int, typer.Option(
-        help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2)] = 64,
+        help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2,
+        max=100_000)] = 64,
     convention: Annotated[str, typer.Option(
         help="Nodes held in the physical Hessian: ground (seed 001) | dirichlet (sources too).")]
         = "ground",
@@ -444,7 +447,7 @@ def sweep(
     scheduler: Annotated[str | None, typer.Option(
         help="Address of a running Dask scheduler (tcp://host:8786); a local cluster when omitted.")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes of the local cluster (default: one per core).", min=1)] = None,
+        help="Worker processes of the local cluster (default: one per core).", min=1, max=4096)] = None,
     out: OutOption = Path("runs"),
 ) -> None:
     """Run a parameter sweep on Dask; every run goes to the run store, then a results
@@ -489,6 +492,9 @@ def sweep(
     print(f"results: {outcome.csv}", flush=True)
     print(f"results: {outcome.json}", flush=True)
     print(f"summary plot: {outcome.plot}", flush=True)
+    if outcome.rows and outcome.n_failed == len(outcome.rows):
+        first = outcome.rows[0]["message"] or outcome.rows[0]["status"]
+        raise UserError(f"every one of the sweep's {len(outcome.rows)} runs failed; the first: {first}")
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -213,6 +213,9 @@ def build_experiment(
     """Build network, task, simulated backend, rule and trainer config from a protocol.
     ``edge_list``: an edge-list network's recorded text (a resumed run never reads the
     file again)."""
+    from clln.sizes import check_size
+
+    check_size(protocol, source, steps=steps)  # before anything large is built
     seed = protocol.seed if seed is None else seed
     seeds = np.random.SeedSequence(seed).spawn(6)
     rng_net, rng_roles, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
