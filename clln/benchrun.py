@@ -84,6 +84,26 @@ def bench_calibration(bench: Bench, bench_path: str | Path, *, path: str | Path 
     return cal
 
 
+class BenchOverrideWarning(UserWarning):
+    """A protocol run on a bench gives keys that the bench file decides instead."""
+
+
+# What a bench decides (its network, its pots, its node roles, its own model): these
+# protocol keys are not used with --bench. edges.init_taps is (the initial taps).
+_BENCH_DECIDES = {"network": None, "edges": {"init_taps"}, "simulator": None,
+                  "task": {"inputs", "outputs", "classes", "train", "test", "input_range", "kind",
+                           "high_ground", "target_high", "target_low", "spread"}}
+
+
+def overridden_keys(protocol: Protocol) -> list[str]:
+    """The keys the protocol gives explicitly that a bench replaces (dotted, sorted)."""
+    keys = []
+    for table, kept in _BENCH_DECIDES.items():
+        section = getattr(protocol, table)
+        keys += [f"{table}.{k}" for k in sorted(section.model_fields_set) if kept is None or k not in kept]
+    return keys
+
+
 @dataclass
 class BenchSession:
     """An open bench: the backend, and the emulator when there is one."""
@@ -277,6 +297,12 @@ def bench_experiment(
             scheme.check(False, edges, rule)
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: training.scheme: {exc}") from None
+    replaced = overridden_keys(protocol)
+    if replaced:
+        warnings.warn(BenchOverrideWarning(
+            f"bench {bench.name} replaces these keys of {source}: {', '.join(replaced)} (the bench "
+            f"gives the network, edges, node roles and model; the protocol its task and training)"),
+            stacklevel=2)
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
                          faults=faults, traffic_log=traffic_log, calibration=calibration)
     try:

@@ -639,9 +639,10 @@ def _say(message: str) -> None:
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    from clln.benchrun import BenchOverrideWarning
     from clln.controller.calibration import CalibrationWarning
 
-    if issubclass(category, CalibrationWarning):
+    if issubclass(category, (CalibrationWarning, BenchOverrideWarning)):
         _say(f"warning: {message}")
     else:
         _default_showwarning(message, category, *args, **kwargs)
