@@ -17,7 +17,7 @@ from clln.simulator.imperfections import Imperfections
 FORMAT_VERSION = 1
 Positive = Annotated[float, Field(gt=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-Index = Annotated[int, Field(ge=0, strict=True)]
+Index = Annotated[int, Field(ge=0, le=10**6, strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 
 
@@ -30,22 +30,22 @@ class DaqSpec(_Strict):
 
     device: Name
     terminal_config: Literal["RSE", "NRSE", "DIFF", "PSEUDO_DIFF"] = "RSE"
-    sample_rate: Positive = 10_000.0
-    settle_samples: Annotated[int, Field(ge=0, strict=True)] = 20
-    average_samples: PositiveInt = 16
-    ai_range: Positive = 10.0
-    ao_range: Positive = 10.0
+    sample_rate: Annotated[float, Field(gt=0, le=1e8, strict=True)] = 10_000.0  # samples/s
+    settle_samples: Annotated[int, Field(ge=0, le=10**6, strict=True)] = 20
+    average_samples: Annotated[int, Field(ge=1, le=10**6, strict=True)] = 16
+    ai_range: Annotated[float, Field(gt=0, le=1e3, strict=True)] = 10.0  # V
+    ao_range: Annotated[float, Field(gt=0, le=1e3, strict=True)] = 10.0  # V
     clamp_switch: Name | None = None
-    timeout: Positive = 10.0
+    timeout: Annotated[float, Field(gt=0, le=1e4, strict=True)] = 10.0  # s
 
 
 class SerialSpec(_Strict):
     """``[serial]``: the potentiometer controller's port."""
 
     port: Name
-    baudrate: PositiveInt = 115200
+    baudrate: Annotated[int, Field(gt=0, le=50_000_000, strict=True)] = 115200  # no UART is faster
     retries: Annotated[int, Field(ge=0, le=100, strict=True)] = 20
-    reply_timeout: Positive = 0.05
+    reply_timeout: Annotated[float, Field(gt=0, le=60, strict=True)] = 0.05  # s
     watchdog_ms: Annotated[int, Field(ge=0, le=65535, strict=True)] = 2000
 
 
@@ -54,8 +54,8 @@ class PotSpec(_Strict):
 
     chip: Literal["MCP4131", "MCP41HV51", "AD5293", "AD5206", "X9C103"]
     r_ab: Positive
-    r_series: Annotated[float, Field(ge=0, strict=True)] = 1000.0
-    r_wiper: Annotated[float, Field(ge=0, strict=True)] | None = None
+    r_series: Annotated[float, Field(ge=0, le=1e9, strict=True)] = 1000.0  # ohm
+    r_wiper: Annotated[float, Field(ge=0, le=1e9, strict=True)] | None = None  # ohm
 
     @model_validator(mode="after")
     def _r_ab_of_chip(self) -> PotSpec:
@@ -97,8 +97,8 @@ class DrivenSpec(_Strict):
 class LimitSpec(_Strict):
     """``[limits]``: hard limits, checked before anything is written."""
 
-    max_node_voltage: Positive
-    max_edge_current: Positive
+    max_node_voltage: Annotated[float, Field(gt=0, le=1e3, strict=True)]  # V
+    max_edge_current: Positive  # A (checked against the chip's rating)
 
 
 class SmuSpec(_Strict):
@@ -109,14 +109,14 @@ class SmuSpec(_Strict):
     visa_library: str = ""                     # "" the system VISA; "file.yaml@sim" for pyvisa-sim
     nodes: tuple[Index, Index]                 # the fixture's two nodes
     current: Annotated[float, Field(gt=0, le=1e-2, strict=True)] = 5e-5  # A, test current
-    compliance: Positive = 1.0                 # V, voltage compliance
+    compliance: Annotated[float, Field(gt=0, le=1e3, strict=True)] = 1.0  # V, voltage compliance
 
 
 class EmulatorSpec(_Strict):
     """``[emulator]``: the bench model used by ``--emulate``."""
 
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "pot-bench"
-    seed: Index = 0
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)] = 0
     parameters: Imperfections = Imperfections()
 
     @property
@@ -130,7 +130,7 @@ class Bench(_Strict):
     format: Annotated[int, Field(strict=True)]
     name: Name
     description: str = ""
-    nodes: PositiveInt
+    nodes: Annotated[int, Field(gt=0, le=10**6, strict=True)]
     positions: list[tuple[float, float]] | None = None
     ai: list[Name]
     grounds: list[Index]

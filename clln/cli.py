@@ -654,6 +654,10 @@ _default_showwarning = warnings.showwarning
 def main() -> None:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     warnings.showwarning = _show_warning
+    # numpy's overflow and invalid-value warnings: the finite checks turn a non-finite
+    # result into one line ("training diverged at step k: ..."), nothing more is printed
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="clln")
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
