@@ -221,7 +221,9 @@ def adversarial(limit: int | None) -> None:
         problems = {"traceback": "Traceback" in err, "exit 1": code == 1, "write outside": wrote,
                     "library load": loaded, "raw escape printed": raw, "secret echoed": secret,
                     "non-finite AO rows": ao, "suspect tap frames": frames,
-                    "multi-line error": code == 2 and err.strip().count("\n") > 0 and "warning" not in err}
+                    "multi-line error": code == 2 and err.strip().count("\n") > 0 and "warning" not in err
+                    and not err.startswith("Usage:")}
+        counts["usage errors (click's own 3-line format)"] += code == 2 and err.startswith("Usage:")
         codes[code] += 1
         per_category[case.category] += 1
         bad = {k: v for k, v in problems.items() if v}
@@ -243,7 +245,8 @@ def adversarial(limit: int | None) -> None:
     print(f"exit codes {dict(codes)}")
     keys = ["traceback", "exit 1", "write outside", "library load", "raw escape printed", "secret echoed",
             "non-finite AO rows", "suspect tap frames", "multi-line error"]
-    print("outside serial/VISA cases: " + "; ".join(f"{k} {counts[k]}" for k in keys))
+    print("outside serial/VISA cases: " + "; ".join(f"{k} {counts[k]}" for k in keys)
+          + f"; usage errors in click's own format {counts["usage errors (click's own 3-line format)"]}")
     print(f"serial-URL and VISA-library cases failing on this branch: {dict(other_failures) or 0} "
           f"(of {sum(1 for c in all_cases if c.other)})", flush=True)
 

@@ -644,11 +644,8 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 
     if issubclass(category, (CalibrationWarning, BenchOverrideWarning)):
         _say(f"warning: {message}")
-    else:
-        _default_showwarning(message, category, *args, **kwargs)
-
-
-_default_showwarning = warnings.showwarning
+    else:  # any other warning: one escaped line too (it may quote a name or a file)
+        _say(f"warning: {category.__name__}: {message}")
 
 
 def main() -> None:
@@ -658,6 +655,7 @@ def main() -> None:
     # result into one line ("training diverged at step k: ..."), nothing more is printed
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="clln")
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # names drawn in reports
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
