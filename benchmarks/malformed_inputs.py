@@ -223,7 +223,7 @@ def adversarial(limit: int | None) -> None:
                     "non-finite AO rows": ao, "suspect tap frames": frames,
                     "multi-line error": code == 2 and err.strip().count("\n") > 0 and "warning" not in err
                     and not err.startswith("Usage:")}
-        counts["usage errors (click's own 3-line format)"] += code == 2 and err.startswith("Usage:")
+        counts["usage"] += code == 2 and err.startswith("Usage:")
         codes[code] += 1
         per_category[case.category] += 1
         bad = {k: v for k, v in problems.items() if v}
@@ -246,7 +246,7 @@ def adversarial(limit: int | None) -> None:
     keys = ["traceback", "exit 1", "write outside", "library load", "raw escape printed", "secret echoed",
             "non-finite AO rows", "suspect tap frames", "multi-line error"]
     print("outside serial/VISA cases: " + "; ".join(f"{k} {counts[k]}" for k in keys)
-          + f"; usage errors in click's own format {counts["usage errors (click's own 3-line format)"]}")
+          + f"; usage errors in click's own 3-line format {counts['usage']}")
     print(f"serial-URL and VISA-library cases failing on this branch: {dict(other_failures) or 0} "
           f"(of {sum(1 for c in all_cases if c.other)})", flush=True)
 
