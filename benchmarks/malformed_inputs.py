@@ -46,18 +46,9 @@ GOOD_BENCH = ROOT / "protocols" / "benches" / "example-16.toml"
 
 
 def run_cli(args: list[str]) -> tuple[int, str]:
-    err, out = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["clln", *args]
-    try:
-        with redirect_stderr(err), redirect_stdout(out):
-            clln_main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
+    """Exit code and stderr of ``clln ARGS`` run in this process."""
+    code, err, _ = run_cli_full(args)
+    return code, err
 
 
 def main() -> None:
@@ -252,6 +243,7 @@ def adversarial(limit: int | None) -> None:
 
 
 def run_cli_full(args: list[str]) -> tuple[int, str, str]:
+    """Exit code, stderr and stdout of ``clln ARGS`` run in this process."""
     err, out = io.StringIO(), io.StringIO()
     argv = sys.argv
     sys.argv = ["clln", *args]
