@@ -81,3 +81,40 @@ def test_a_silent_scheduler_is_a_bounded_wait(tmp_path: Path, monkeypatch: pytes
         sweep.open_client(f"tcp://127.0.0.1:{listener.getsockname()[1]}", None)
     assert time.perf_counter() - t0 < 10
     listener.close()
+
+
+def test_a_sweep_whose_every_run_failed_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Every run of the sweep fails (here: each run's protocol is broken on the worker); the
+    sweep says so in one line and exits 2, with its results written."""
+    from clln import cli, sweep
+
+    (tmp_path / "p.toml").write_text(DEMO)
+    (tmp_path / "s.toml").write_text('format = 1\nname = "s"\nprotocol = "p.toml"\nseeds = [1, 2]\n'
+                                     '[grid]\n"training.steps" = [2]\n')
+
+    class Done:
+        status = "finished"
+
+        def __init__(self, row: dict[str, object]) -> None:
+            self.row = row
+
+        def result(self) -> dict[str, object]:
+            return self.row
+
+    class Client:  # runs the jobs in this process, as a Dask client would on its workers
+        def submit(self, fn, job, **_):  # noqa: ANN001, ANN202
+            broken = job["protocol_text"].replace("[network]", "[network]\nrows = 0", 1)
+            return Done({**fn({**job, "protocol_text": broken}), "index": job["index"]})
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(sweep, "open_client", lambda scheduler, workers: (Client(), None))
+    monkeypatch.setattr("distributed.as_completed", lambda futures: list(futures))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["clln", "sweep", "s.toml", "--out", "runs"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "every one of the sweep's 2 runs failed" in err, err
