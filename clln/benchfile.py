@@ -27,7 +27,7 @@ MAX_CHAIN = 255
 each) in one reply, and a packet carries at most 512 payload bytes (PROTOCOL.md §2)."""
 Positive = Annotated[float, Field(gt=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-Index = Annotated[int, Field(ge=0, strict=True)]
+Index = Annotated[int, Field(ge=0, le=10**6, strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 
 
@@ -43,16 +43,16 @@ class DaqSpec(_Strict):
     terminal_config: Literal["RSE", "NRSE", "DIFF", "PSEUDO_DIFF"] = "RSE"
     mains_frequency: Literal[50, 60]            # Hz; readings average whole periods of it
     mains_cycles: Annotated[int, Field(ge=1, le=60, strict=True)] = 1  # at least this many periods
-    sample_rate: Positive = 10_000.0            # samples/s per channel
-    settle_samples: Annotated[int, Field(ge=0, strict=True)] = 20
-    ai_range: Positive | None = None            # +-V; None: the smallest covering the limits
-    ao_range: Positive | None = None
+    sample_rate: Annotated[float, Field(gt=0, le=1e8, strict=True)] = 10_000.0  # samples/s per channel
+    settle_samples: Annotated[int, Field(ge=0, le=10**6, strict=True)] = 20
+    ai_range: Annotated[float, Field(gt=0, le=1e3, strict=True)] | None = None  # +-V; None: the smallest covering the limits
+    ao_range: Annotated[float, Field(gt=0, le=1e3, strict=True)] | None = None
     clamp_switch: Name | None = None            # DO line(s), e.g. "port0/line0" or "port0/line0:1"
     clamps_driven_during_free: Annotated[bool, Field(strict=True)] = False
-    ao_max_current: Positive = 5e-3             # A each AO channel can source (X-series: 5 mA)
-    ai_input_capacitance: Positive = 100e-12    # F, charged by the multiplexer (X-series: 100 pF)
-    max_aggregate_rate: Positive = 1e6          # conversions/s over all AI channels (USB-6363)
-    timeout: Positive = 10.0
+    ao_max_current: Annotated[float, Field(gt=0, le=1.0, strict=True)] = 5e-3  # A each AO channel can source (X-series: 5 mA)
+    ai_input_capacitance: Annotated[float, Field(gt=0, le=1e-3, strict=True)] = 100e-12  # F (X-series: 100 pF)
+    max_aggregate_rate: Annotated[float, Field(gt=0, le=1e9, strict=True)] = 1e6  # conversions/s over all AI (USB-6363)
+    timeout: Annotated[float, Field(gt=0, le=1e4, strict=True)] = 10.0  # s
 
 
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 28800, 38400, 57600, 76800,
@@ -107,10 +107,10 @@ class PotSpec(_Strict):
 
     chip: Literal["MCP4131", "MCP41HV51", "AD5293", "AD5206", "X9C103"]
     r_ab: Positive
-    r_series: Annotated[float, Field(ge=0, strict=True)] = 1000.0
-    r_wiper: Annotated[float, Field(ge=0, strict=True)] | None = None
-    vss: Annotated[float, Field(strict=True)] | None = None   # V, the chip's supply (default:
-    vdd: Annotated[float, Field(strict=True)] | None = None   # its usual one, e.g. 0 and 5 V)
+    r_series: Annotated[float, Field(ge=0, le=1e9, strict=True)] = 1000.0  # ohm
+    r_wiper: Annotated[float, Field(ge=0, le=1e9, strict=True)] | None = None  # ohm
+    vss: Annotated[float, Field(ge=-100, le=100, strict=True)] | None = None   # V, the chip's supply (default:
+    vdd: Annotated[float, Field(ge=-100, le=100, strict=True)] | None = None   # its usual one, e.g. 0 and 5 V)
 
     @model_validator(mode="after")
     def _r_ab_of_chip(self) -> PotSpec:
@@ -173,8 +173,8 @@ class DrivenSpec(_Strict):
 class LimitSpec(_Strict):
     """``[limits]``: hard limits, checked before anything is written."""
 
-    max_node_voltage: Positive
-    max_edge_current: Positive
+    max_node_voltage: Annotated[float, Field(gt=0, le=1e3, strict=True)]  # V
+    max_edge_current: Positive  # A (checked against the chip's rating)
 
 
 class SmuSpec(_Strict):
@@ -192,7 +192,7 @@ class SmuSpec(_Strict):
     visa_library: str = ""                     # "" the system VISA, or "@py", "@ivi", "@sim"
     nodes: tuple[Index, Index]                 # the fixture's two nodes
     current: Annotated[float, Field(gt=0, le=1e-2, strict=True)] = 5e-5  # A, test current
-    compliance: Positive = 1.0                 # V, voltage compliance
+    compliance: Annotated[float, Field(gt=0, le=1e3, strict=True)] = 1.0  # V, voltage compliance
 
     @field_validator("visa_library")
     @classmethod
@@ -210,7 +210,7 @@ class EmulatorSpec(_Strict):
     frequency) come from there (``clln.benchrun.daq_parameters``)."""
 
     preset: Literal["ideal", "pot-bench", "twin-bench"] = "pot-bench"
-    seed: Index = 0
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)] = 0
     parameters: Imperfections = Imperfections()
 
     @property
@@ -224,7 +224,7 @@ class Bench(_Strict):
     format: Annotated[int, Field(strict=True)]
     name: Name
     description: str = ""
-    nodes: PositiveInt
+    nodes: Annotated[int, Field(gt=0, le=10**6, strict=True)]
     positions: list[tuple[float, float]] | None = None
     ai: list[Name]
     grounds: list[Index]

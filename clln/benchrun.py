@@ -22,6 +22,7 @@ from clln.controller.calibration import (
     load_calibration,
 )
 from clln.controller.errors import ProtocolError, UserError
+from clln.controller.files import inside
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.task import Task
@@ -101,12 +102,32 @@ def bench_calibration(bench: Bench, bench_path: str | Path, *, path: str | Path 
     if name is None:
         return None
     file = Path(name)
-    if path is None and not file.is_absolute():
-        file = Path(bench_path).parent / file
+    if path is None:  # named in the bench file: inside the bench file's folder
+        file = inside(str(name), Path(bench_path).parent, str(bench_path), "calibration")
     cal = load_calibration(file)
     for problem in calibration_problems(cal, hardware_hash(bench), max_age_days=max_age_days):
         warnings.warn(CalibrationWarning(f"{file}: {problem}"), stacklevel=2)
     return cal
+
+
+class BenchOverrideWarning(UserWarning):
+    """A protocol run on a bench gives keys that the bench file decides instead."""
+
+
+# What a bench decides (its network, its pots, its node roles, its own model): these
+# protocol keys are not used with --bench. edges.init_taps is (the initial taps).
+_BENCH_DECIDES = {"network": None, "edges": {"init_taps"}, "simulator": None,
+                  "task": {"inputs", "outputs", "classes", "train", "test", "input_range", "kind",
+                           "high_ground", "target_high", "target_low", "spread"}}
+
+
+def overridden_keys(protocol: Protocol) -> list[str]:
+    """The keys the protocol gives explicitly that a bench replaces (dotted, sorted)."""
+    keys = []
+    for table, kept in _BENCH_DECIDES.items():
+        section = getattr(protocol, table)
+        keys += [f"{table}.{k}" for k in sorted(section.model_fields_set) if kept is None or k not in kept]
+    return keys
 
 
 @dataclass
@@ -295,6 +316,9 @@ def bench_experiment(
         calibration = bench_calibration(bench, bench_source)
     elif calibration == "none":
         calibration = None
+    from clln.sizes import check_size
+
+    check_size(protocol, source, nodes=bench.nodes, edges=len(bench.edges), steps=steps)
     seed = protocol.seed if seed is None else seed
     seeds = np.random.SeedSequence(seed).spawn(6)
     _, _, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
@@ -328,13 +352,19 @@ def bench_experiment(
     rule: UpdateRule = CoupledRule(tr.alpha) if tr.rule == "coupled" else SteppedRule(tr.step, tr.threshold)
     config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
                          test_every=tr.test_every, snapshot_every=tr.snapshot_every,
-                         target_error=tr.target_error)
+                         target_error=tr.target_error, backoff=tr.backoff)
     scheme = build_scheme(tr.scheme)  # checked before anything is opened or written
     if scheme is not None:
         try:
             scheme.check(False, edges, rule)
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: training.scheme: {exc}") from None
+    replaced = overridden_keys(protocol)
+    if replaced:
+        warnings.warn(BenchOverrideWarning(
+            f"bench {bench.name} replaces these keys of {source}: {', '.join(replaced)} (the bench "
+            f"gives the network, edges, node roles and model; the protocol its task and training)"),
+            stacklevel=2)
     session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
                          faults=faults, traffic_log=traffic_log, calibration=calibration,
                          visa_library=visa_library, controller=controller)

@@ -7,6 +7,7 @@ import enum
 import json
 import math
 import signal
+import sqlite3
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
+from clln.controller.bounds import DivergedError
 from clln.controller.errors import BenchFault, CllnError, Interrupted, UserError
 from clln.controller.store import RunStore
 from clln.controller.trainer import StepRecord
@@ -68,8 +70,10 @@ def _main(
 def train(
     protocol: Annotated[Path, typer.Argument(metavar="PROTOCOL", help="Protocol file (TOML).")],
     out: OutOption = Path("runs"),
-    seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0)] = None,
-    steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the protocol's seed.", min=0,
+                                             max=2**63 - 1)] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.", min=1,
+                                              max=10**9)] = None,
     bench: Annotated[Path | None, typer.Option(
         help="Bench file: train on that bench (its network, edges and node roles).")] = None,
     emulate: Annotated[bool, typer.Option(
@@ -189,7 +193,7 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
                 lines.test = f"{tests[-1][1]:.4g}"
         lines(rec)
 
-    heading = (f"{proto.name}: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
+    heading = (f"{_escaped(proto.name)}: {exp.network.n_nodes} nodes, {exp.network.n_edges} edges, "
                f"{exp.task.kind}, rule {exp.rule.name}, seed {exp.seed}, {where}")
     console.print(heading, markup=False, highlight=False)
     if log_file is not None:
@@ -199,7 +203,7 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
     def started(run_id: str) -> None:
         run_ids.append(run_id)
         lines.run_id = run_id
-        progress.update(bar, description=f"run {run_id}")
+        progress.update(bar, description=f"run {_plain(run_id)}")
 
     stop = StopRequest()
 
@@ -224,6 +228,9 @@ def _train(exp: Any, proto: Any, text: str, protocol: Path, out: Path, where: st
                               f"{hint()}") from None
         except (DriverError, BenchFault) as exc:
             raise CllnError(f"{exc}; the run is paused and the backend safe{hint()}") from None
+        except DivergedError as exc:
+            where = f"run {run_ids[0]}" if run_ids else "the run"
+            raise UserError(f"{exc}; {where} is marked failed and the backend is safe") from None
         finally:
             lines.emit()  # the last step reached, and the events since the last line
             if log_file is not None:
@@ -271,11 +278,17 @@ def resume(
 ) -> None:
     """Continue a run stopped by Ctrl-C, SIGTERM, a crash, power loss or a hardware fault,
     from its last checkpoint (a simulated run ends exactly as if never stopped)."""
-    from clln.resume import rebuild
+    from clln.resume import RESUMABLE, rebuild
 
-    store = _open_store(out)
-    exp, session, rec = rebuild(store, run, visa_library=visa_library)
-    store.close()
+    store = _open_store(out, write=True)
+    lease = store.lease(run, RESUMABLE)  # atomic: a second resume of the same run is refused
+    try:
+        exp, session, rec = rebuild(store, lease[0], visa_library=visa_library)
+    except BaseException:
+        store.release(lease)
+        raise
+    finally:
+        store.close()
     try:
         where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
         _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
@@ -317,8 +330,8 @@ def check(
         if progress.live.is_started:
             progress.stop()
     spec, fw, r = out.bench, out.firmware, out.result
-    console.print(f"[bold]{spec.name}[/]{' (emulated)' if out.emulated else ''}: firmware "
-                  f"'{fw.name}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
+    console.print(f"[bold]{_plain(spec.name)}[/]{' (emulated)' if out.emulated else ''}: firmware "
+                  f"'{_plain(fw.name)}' protocol {fw.version[0]}.{fw.version[1]}, {fw.n_pots} pots x "
                   f"{fw.n_taps} taps, watchdog {fw.watchdog_ms} ms; DAQ {spec.daq.device}")
     nodes = Table("node", "AI", "role", *[f"{ao} at {r.amplitude:g} V" for ao in spec.sources.ao],
                   title="analog inputs (V), every edge at its highest resistance, clamps open")
@@ -361,8 +374,8 @@ def calibrate(
     fault: Annotated[list[str] | None, typer.Option(
         help="With --emulate: inject an edge fault: stuck:EDGE[:TAP] | open:EDGE | short:EDGE "
              "(repeatable).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the measurement design.", min=0)] = 0,
-    levels: Annotated[int, typer.Option(help="Tap levels measured per edge.", min=3)] = 17,
+    seed: Annotated[int, typer.Option(help="Seed of the measurement design.", min=0, max=2**63 - 1)] = 0,
+    levels: Annotated[int, typer.Option(help="Tap levels measured per edge.", min=3, max=65536)] = 17,
     threshold: Annotated[float, typer.Option(
         help="Relative disagreement between tomography and calibration that flags an edge.",
         min=0.001)] = 0.03,
@@ -495,7 +508,7 @@ def runs(
                                (sweep_info.get("parameters") or {}).items())
             swept = f"{sweep_info['name']} #{sweep_info['index'] + 1} (seed {sweep_info['seed']}" \
                     + (f", {params})" if params else ")")
-        table.add_row(r["id"], Text(r["name"] or ""), r["status"],
+        table.add_row(_plain(r["id"]), Text(_escaped(r["name"] or "")), store.shown_status(r["id"], r["status"]),
                       f"{r['steps_done']}/{r['steps_planned']}", err, backend, Text(swept), wall,
                       r["created"])
     console.print(table)
@@ -515,13 +528,13 @@ def show(
     summary = run_summary(store, run)
     summary["events"] = store.events(summary["id"])
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_strict(summary), indent=2, allow_nan=False))
     else:
         _print_summary(summary)
         _print_notebook(summary)
         if with_protocol:
             console.print("[bold]protocol[/]:")
-            console.print(summary["protocol"], markup=False, highlight=False)
+            console.print(_escaped(summary["protocol"], keep="\n\t"), markup=False, highlight=False)
 
 
 def _print_notebook(s: dict[str, Any]) -> None:
@@ -561,6 +574,20 @@ def _print_notebook(s: dict[str, Any]) -> None:
 
 
 @app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'latest'.")],
+    out: OutOption = Path("runs"),
+) -> None:
+    """Draw a run's PNG report again (e.g. after a crash while it was being written)."""
+    from clln.analysis.report import training_report
+
+    store = _open_store(out)
+    run_id = store.resolve(run)
+    path = training_report(store, run_id, store.run_dir(run_id) / "report.png")
+    print(f"report: {path}", flush=True)
+
+
+@app.command()
 def export(
     run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Output file: .h5/.hdf5 (HDF5) or .nc (NetCDF).")],
@@ -582,7 +609,8 @@ def analyze(
     out: OutOption = Path("runs"),
     what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
     probes: Annotated[int, typer.Option(
-        help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2)] = 64,
+        help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2,
+        max=100_000)] = 64,
     convention: Annotated[str, typer.Option(
         help="Nodes held in the physical Hessian: ground (seed 001) | dirichlet (sources too).")]
         = "ground",
@@ -603,7 +631,7 @@ def analyze(
             proto = parse_protocol(rec["protocol_text"], str(rec["protocol_path"] or rec["id"]))
             task = rebuild_task(proto, int(rec["seed"]), rec["info"])
         except UserError as exc:
-            console.print(f"cost Hessian skipped: {exc}", markup=False, highlight=False)
+            console.print(f"cost Hessian skipped: {_escaped(exc)}", markup=False, highlight=False)
     outcome = analyze_run(store, rec["id"], task=task, what=what, probes=probes,
                           convention=convention)
     table = Table(show_header=False, box=None)
@@ -621,7 +649,7 @@ def sweep(
     scheduler: Annotated[str | None, typer.Option(
         help="Address of a running Dask scheduler (tcp://host:8786); a local cluster when omitted.")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes of the local cluster (default: one per core).", min=1)] = None,
+        help="Worker processes of the local cluster (default: one per core).", min=1, max=4096)] = None,
     out: OutOption = Path("runs"),
     resume_sweep: Annotated[bool, typer.Option(
         "--resume", help="Skip the runs of this sweep already completed in the run store.")]
@@ -632,7 +660,8 @@ def sweep(
     from clln.sweep import load_sweep, open_client, run_sweep
 
     spec = load_sweep(sweep_file)
-    console.print(f"[bold]sweep {spec.spec.name}[/]: {len(spec.runs)} runs of {spec.protocol_path} "
+    console.print(f"[bold]sweep {_plain(spec.spec.name)}[/]: {len(spec.runs)} runs of "
+                  f"{_plain(spec.protocol_path)} "
                   f"({', '.join(spec.keys) or 'no keys'}; seeds "
                   f"{sorted({r.seed for r in spec.runs})})")
     client, cluster = open_client(scheduler, workers)
@@ -663,13 +692,16 @@ def sweep(
         if cluster is not None:
             cluster.close()
     for row in failed:
-        console.print(f"[red]run {row['index'] + 1} failed[/] ({row['run_id'] or 'not started'}): "
-                      f"{row['message']}", markup=True, highlight=False)
+        console.print(f"[red]run {row['index'] + 1} failed[/] ({_plain(row['run_id'] or 'not started')}): "
+                      f"{_plain(row['message'])}", markup=True, highlight=False)
     print(f"{len(outcome.rows) - outcome.n_failed} of {len(outcome.rows)} runs completed "
           f"in {outcome.wall_time:.1f} s", flush=True)
     print(f"results: {outcome.csv}", flush=True)
     print(f"results: {outcome.json}", flush=True)
     print(f"summary plot: {outcome.plot}", flush=True)
+    if outcome.rows and outcome.n_failed == len(outcome.rows):
+        first = outcome.rows[0]["message"] or outcome.rows[0]["status"]
+        raise UserError(f"every one of the sweep's {len(outcome.rows)} runs failed; the first: {first}")
 
 
 @app.command()
@@ -736,14 +768,27 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _open_store(out: Path) -> RunStore:
+def _open_store(out: Path, *, write: bool = False) -> RunStore:
+    """The run store in ``out``; read-only unless ``write`` (read commands work on a
+    read-only folder and never change the store)."""
     if not (out / "runs.sqlite").exists():
         raise UserError(f"{out}: no run store here (train first, or pass --out DIR)")
-    return RunStore(out)
+    return RunStore(out, readonly=not write)
 
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity (at any depth) replaced by None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _floor(test_error: np.ndarray) -> float | None:
@@ -761,7 +806,7 @@ def run_summary(store: RunStore, run: str) -> dict[str, Any]:
     return {
         "id": rec["id"],
         "name": rec["name"],
-        "status": rec["status"],
+        "status": store.shown_status(rec["id"], rec["status"]),
         "created": rec["created"],
         "steps": int(rec["steps_done"]),
         "steps_planned": int(rec["steps_planned"]),
@@ -791,8 +836,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         return "-" if x is None else f"{x:.4g}"
 
     table = Table(show_header=False, box=None)
-    table.add_row("run", f"{s['id']} ({s['name']})")
-    table.add_row("status", s["status"] + (f" — {s['message']}" if s["message"] else ""))
+    table.add_row("run", _plain(f"{s['id']} ({s['name']})"))
+    table.add_row("status", s["status"] + (f" — {_plain(s['message'])}" if s["message"] else ""))
     table.add_row("steps", f"{s['steps']}/{s['steps_planned']}")
     table.add_row("train error", f"{fmt(s['initial_train_error'])} -> {fmt(s['final_train_error'])}")
     table.add_row("test error", f"{fmt(s['initial_test_error'])} -> {fmt(s['final_test_error'])}")
@@ -806,7 +851,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     b = s["backend"]
     solver = f", solver {b['solver']}" if b.get("solver") else ""
     table.add_row("backend", f"{b.get('backend')} ({b.get('preset', '-')}{solver})")
-    table.add_row("protocol", str(s["protocol_path"]))
+    table.add_row("protocol", _plain(s["protocol_path"]))
     console.print(table)
 
 
@@ -840,21 +885,36 @@ def _is_click(exc: Exception, name: str) -> bool:
     return isinstance(exc, tuple(kinds))
 
 
+def _escaped(text: object, keep: str = "") -> str:
+    """``text`` safe for a terminal: control and format characters (escape sequences,
+    line breaks, bidirectional overrides) shown as Python escapes, except those in ``keep``."""
+    import unicodedata
+
+    return "".join(c if c in keep or not unicodedata.category(c).startswith("C")
+                   else repr(c)[1:-1] for c in str(text))
+
+
+def _plain(text: object, keep: str = "") -> str:
+    """:func:`_escaped` and safe inside rich markup (brackets taken literally)."""
+    from rich.markup import escape
+
+    return escape(_escaped(text, keep))
+
+
 def _say(message: str) -> None:
-    """One unwrapped line on stderr (line breaks inside a message are escaped)."""
-    print(message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
+    """One unwrapped line on stderr (line breaks and escape sequences inside a message
+    are shown escaped)."""
+    print(_escaped(message), file=sys.stderr, flush=True)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    from clln.benchrun import BenchOverrideWarning
     from clln.controller.calibration import CalibrationWarning
 
-    if issubclass(category, CalibrationWarning):
+    if issubclass(category, (CalibrationWarning, BenchOverrideWarning)):
         _say(f"warning: {message}")
-    else:
-        _default_showwarning(message, category, *args, **kwargs)
-
-
-_default_showwarning = warnings.showwarning
+    else:  # any other warning: one escaped line too (it may quote a name or a file)
+        _say(f"warning: {category.__name__}: {message}")
 
 
 def main() -> None:
@@ -864,10 +924,20 @@ def main() -> None:
     if "--debug" in args[:args.index("--")] if "--" in args else "--debug" in args:
         _state["debug"] = True  # --debug anywhere on the line, as the error messages suggest
         args.remove("--debug")
+    # numpy's overflow and invalid-value warnings: the finite checks turn a non-finite
+    # result into one line ("training diverged at step k: ..."), nothing more is printed
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="clln")
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # names drawn in reports
     try:
         code = app(args=args, prog_name="clln", standalone_mode=False)
     except UserError as exc:
         _say(f"error: {exc}")
+        sys.exit(2)
+    except sqlite3.DatabaseError as exc:  # a damaged, full or unwritable run store
+        from clln.controller.store import store_problem
+
+        _say(f"error: {store_problem(Path('runs.sqlite'), exc)}")
         sys.exit(2)
     except Interrupted as exc:
         _say(str(exc))

@@ -25,7 +25,8 @@ from clln.controller.backend import (
 )
 from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.errors import BenchFault, NetworkError, ProtocolError, UserError
-from clln.controller.network import Network, NodeRoles, delaunay, from_edge_file, square_lattice
+from clln.controller.files import inside, read_user_text
+from clln.controller.network import Network, NodeRoles, delaunay, from_edge_text, square_lattice
 from clln.controller.packing import jammed
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.schemes import AutoZero, Chop, Overclamp, Residuals, Scheme
@@ -62,6 +63,7 @@ class Experiment:
     config: TrainConfig
     batch_rng: np.random.Generator
     scheme: Scheme | None = None
+    edge_list: str | None = None  # an edge-list network's file text, recorded with the run
 
     def __post_init__(self) -> None:
         """Build the protocol's bias-suppression scheme (when it has one) and check that it
@@ -92,8 +94,17 @@ def build_scheme(spec: SchemeSpec | None) -> Scheme | None:
     )
 
 
-def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path) -> Network:
-    """The topology described by ``[network]`` (positions included)."""
+def edge_list_text(spec: NetworkSpec, base_dir: Path, source: str) -> str:
+    """The text of an edge-list network's file: relative to the protocol's folder and
+    inside it, a regular UTF-8 file within the size cap (clln.controller.files)."""
+    assert spec.file is not None
+    return read_user_text(inside(spec.file, base_dir, source, "network.file"), "edge-list")
+
+
+def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path, *,
+                  source: str = "<protocol>", edge_list: str | None = None) -> Network:
+    """The topology described by ``[network]`` (positions included). An edge list is
+    read from its file unless its recorded text ``edge_list`` is given."""
     if spec.kind == "lattice":
         assert spec.rows is not None and spec.cols is not None
         return square_lattice(spec.rows, spec.cols, periodic=spec.periodic)
@@ -105,8 +116,8 @@ def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path) -
         return jammed(spec.nodes, rng, periodic=spec.periodic,
                       **({} if spec.coordination is None else {"coordination": spec.coordination}))
     assert spec.file is not None
-    path = Path(spec.file)
-    return from_edge_file(path if path.is_absolute() else base_dir / path)
+    text = edge_list_text(spec, base_dir, source) if edge_list is None else edge_list
+    return from_edge_text(text, f"{source}: network.file {spec.file[:80]!r}")
 
 
 def pick_roles(
@@ -259,14 +270,21 @@ def build_transistor_backend(protocol: Protocol, network: Network, rng: np.rando
 
 def build_experiment(
     protocol: Protocol, *, source: str, base_dir: Path, seed: int | None = None,
-    steps: int | None = None,
+    steps: int | None = None, edge_list: str | None = None,
 ) -> Experiment:
-    """Build network, task, simulated backend, rule and trainer config from a protocol."""
+    """Build network, task, simulated backend, rule and trainer config from a protocol.
+    ``edge_list``: an edge-list network's recorded text (a resumed run never reads the
+    file again)."""
+    from clln.sizes import check_size
+
+    check_size(protocol, source, steps=steps)  # before anything large is built
     seed = protocol.seed if seed is None else seed
     seeds = np.random.SeedSequence(seed).spawn(6)
     rng_net, rng_roles, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
     noise_seed = int(seeds[5].generate_state(1)[0])
-    network = build_network(protocol.network, rng_net, base_dir)
+    if protocol.network.kind == "edge-list" and edge_list is None:
+        edge_list = edge_list_text(protocol.network, base_dir, source)
+    network = build_network(protocol.network, rng_net, base_dir, source=source, edge_list=edge_list)
     roles, outputs, output_edges = pick_roles(network, protocol.task, rng_roles, source)
     network = network.with_roles(roles)
     task = build_task(protocol.task, rng_task, outputs, output_edges)
@@ -299,12 +317,13 @@ def build_experiment(
                         else SteppedRule(tr.step, tr.threshold))
     config = TrainConfig(
         steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
-        snapshot_every=tr.snapshot_every, target_error=tr.target_error,
+        snapshot_every=tr.snapshot_every, target_error=tr.target_error, backoff=tr.backoff,
     )
     if protocol.training.mode == "in-situ":  # schedules must fit the steps run
         insitu_experiment(protocol, task, config.steps, source)
     try:
-        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch)  # type: ignore[arg-type]
+        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch,  # type: ignore[arg-type]
+                          edge_list=edge_list)
     except ProtocolError as exc:
         raise ProtocolError(f"{source}: {exc}") from None
 
@@ -338,6 +357,8 @@ def network_info(exp: Experiment) -> dict[str, Any]:
         "eta": exp.config.eta,
         "batch": exp.config.batch_size,
         "steps": exp.config.steps,
+        **({} if exp.edge_list is None else {"edge_list": {"file": exp.protocol.network.file,
+                                                          "text": exp.edge_list}}),
     }
 
 
@@ -481,6 +502,9 @@ def execute(
         raise
     except BenchFault as exc:
         status, message = "paused", f"bench fault: {exc}"
+        raise
+    except UserError as exc:  # e.g. training diverged: the run fails with that one line
+        message = str(exc)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"

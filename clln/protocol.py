@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from clln.controller.bounds import INT64_MAX, bounded_float, bounded_int
 from clln.controller.errors import ProtocolError
+from clln.controller.files import read_user_text
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
 from clln.simulator.insitu_pot import ComparatorTwinParams
@@ -31,6 +33,18 @@ Positive = Annotated[float, Field(gt=0, strict=True)]
 NonNegative = Annotated[float, Field(ge=0, strict=True)]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
+# Ranges that keep the physics finite (clln.controller.bounds): what a bench can be.
+Volts = bounded_float(-1e3, 1e3, "V", "no bench drives more than 1 kV; beyond, squared drops overflow")
+Siemens = bounded_float(1e-12, 1e3, "S", "1 TOhm to 1 mOhm: wider ratios make the network singular")
+Ohms = bounded_float(0.0, 1e9, "ohm", "up to 1 GOhm")
+PositiveOhms = bounded_float(1e-3, 1e9, "ohm", "1 mOhm to 1 GOhm")
+Alpha = bounded_float(1e-15, 1e6, "S/V^2", "larger rates overflow the update in one step")
+Nudge = bounded_float(1e-6, 1e3, "", "alpha / eta must stay finite and the clamps within the bench")
+Count = bounded_int(1, 10**9, "", "at most a billion")
+SmallCount = bounded_int(1, 10**6, "", "at most a million")
+Seed = bounded_int(0, INT64_MAX, "", "seeds are stored as signed 64-bit integers")
+SquaredVolts = bounded_float(0.0, 1e6, "V^2", "errors and signals are squared volts within +-1 kV")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -40,11 +54,11 @@ class NetworkSpec(_Strict):
     """``[network]``: the topology."""
 
     kind: Literal["lattice", "delaunay", "jammed", "edge-list"]
-    rows: PositiveInt | None = None
-    cols: PositiveInt | None = None
+    rows: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
+    cols: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
     periodic: Bool = False
-    nodes: Annotated[int, Field(ge=3, strict=True)] | None = None
-    coordination: Positive | None = None
+    nodes: bounded_int(3, 10**9, "", "the size estimate refuses what memory cannot hold") | None = None
+    coordination: bounded_float(1e-3, 1e3, "", "a mean number of contacts") | None = None
     file: Str | None = None
 
     @model_validator(mode="after")
@@ -95,26 +109,26 @@ class EdgeSpec(_Strict):
     """
 
     kind: Literal["continuous", "stepped", "transistor", "level1"] = "continuous"
-    gmin: Positive = 1e-4
-    gmax: Positive = 1e-2
-    init: tuple[Positive, Positive] | None = None
-    taps: Annotated[int, Field(ge=2, strict=True)] = 129
-    r_series: NonNegative = 1000.0
-    r_ab: Positive = 10_000.0
-    r_wiper: NonNegative = 75.0
+    gmin: Siemens = 1e-4
+    gmax: Siemens = 1e-2
+    init: tuple[Siemens, Siemens] | None = None
+    taps: bounded_int(2, 65536, "", "digital potentiometers have at most 16-bit wipers") = 129
+    r_series: Ohms = 1000.0
+    r_ab: PositiveOhms = 10_000.0
+    r_wiper: Ohms = 75.0
     init_taps: tuple[Int, Int] | None = None
-    gate_min: Float = 0.0
-    gate_max: Float = 5.0
-    gate_resolution: NonNegative = 0.0
-    gate_init: tuple[Float, Float] | None = None
-    s: Positive = 8.5e-4
-    v_t: Float = 0.62
-    lam: NonNegative = 0.02
-    g_off: NonNegative | None = None
-    capacitance: Positive = 2.2e-6
-    charge_resistance: Positive = 1e3
-    window: Positive = 100e-6
-    fixed_resistors: list[tuple[Int, Int, Positive]] | None = None
+    gate_min: Volts = 0.0
+    gate_max: Volts = 5.0
+    gate_resolution: bounded_float(0.0, 1e3, "V", "a gate step within the gate range") = 0.0
+    gate_init: tuple[Volts, Volts] | None = None
+    s: bounded_float(1e-12, 1e3, "A/V^2", "a transistor's gain factor") = 8.5e-4
+    v_t: Volts = 0.62
+    lam: bounded_float(0.0, 1e3, "1/V", "channel-length modulation") = 0.02
+    g_off: bounded_float(0.0, 1e3, "S", "up to 1 kS") | None = None
+    capacitance: bounded_float(1e-15, 1e3, "F", "1 fF to 1 kF") = 2.2e-6
+    charge_resistance: PositiveOhms = 1e3
+    window: bounded_float(1e-12, 1e6, "s", "a learning window up to 1e6 s") = 100e-6
+    fixed_resistors: list[tuple[Int, Int, PositiveOhms]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EdgeSpec:
@@ -143,21 +157,21 @@ class TaskSpec(_Strict):
     """``[task]``: what to learn. Node roles are picked at random (seeded) unless given."""
 
     kind: Literal["regression", "allostery", "classification"]
-    inputs: PositiveInt = 2
-    outputs: PositiveInt = 2
-    classes: Annotated[int, Field(ge=2, strict=True)] | None = None
-    train: PositiveInt = 30
-    test: PositiveInt = 100
-    input_range: tuple[Float, Float] = (0.0, 1.0)
-    grounds: PositiveInt = 1
+    inputs: SmallCount = 2
+    outputs: SmallCount = 2
+    classes: bounded_int(2, 10**6, "", "at most a million") | None = None
+    train: SmallCount = 30
+    test: SmallCount = 100
+    input_range: tuple[Volts, Volts] = (0.0, 1.0)
+    grounds: SmallCount = 1
     source_nodes: list[Int] | None = None
     ground_nodes: list[Int] | None = None
     output_nodes: list[Int] | None = None
     output_edges: list[tuple[Int, Int]] | None = None
-    high_ground: Float = 1.0
-    target_high: Float = 0.3
-    target_low: Float = 0.0
-    spread: Positive = 0.08
+    high_ground: Volts = 1.0
+    target_high: Volts = 0.3
+    target_low: Volts = 0.0
+    spread: bounded_float(1e-12, 1e3, "V", "a spread beyond 1 kV is no class") = 0.08
     dataset: Literal["xor", "quadratic", "seed002-pair"] | None = None
     encoding: Literal["signed", "complement"] = "signed"
 
@@ -206,11 +220,11 @@ class OverclampSpec(_Strict):
     teaching; the update is averaged over the samples still teaching when ``normalise``.
     See clln.controller.schemes.Overclamp."""
 
-    eta: Positive = 10.0
-    margin: NonNegative | Literal["auto"] = "auto"
-    noise_margin: NonNegative = 5.0
-    noise_readings: Annotated[int, Field(ge=2, strict=True)] = 4
-    rails: tuple[Float, Float] | None = None
+    eta: Nudge = 10.0
+    margin: Annotated[float, Field(ge=0, le=1e3, strict=True)] | Literal["auto"] = "auto"  # V, within 1 kV
+    noise_margin: bounded_float(0.0, 1e6, "", "a multiple of the measured noise") = 5.0
+    noise_readings: Annotated[int, Field(ge=2, le=10**6, strict=True)] = 4
+    rails: tuple[Volts, Volts] | None = None
     normalise: Bool = True
     symmetric: Bool = True
 
@@ -225,8 +239,8 @@ class AutoZeroSpec(_Strict):
     """``[training.scheme.auto-zero]``: a zero-nudge measurement every ``every`` steps,
     averaged over the last ``window`` of them, subtracted from every update."""
 
-    every: PositiveInt = 10
-    window: PositiveInt = 10
+    every: Count = 10
+    window: SmallCount = 10
 
 
 class ChopSpec(_Strict):
@@ -302,15 +316,16 @@ class TrainingSpec(_Strict):
     a bench that learns in place, described by ``[training.insitu]``."""
 
     rule: Literal["coupled", "stepped"] = "coupled"
-    alpha: Positive = 1e-3
-    eta: Positive = 0.1
-    step: PositiveInt = 1
-    threshold: NonNegative = 0.0
-    batch: PositiveInt = 30
-    steps: PositiveInt = 1000
-    test_every: PositiveInt = 50
-    snapshot_every: PositiveInt = 100
-    target_error: Positive | None = None
+    alpha: Alpha = 1e-3
+    eta: Nudge = 0.1
+    step: bounded_int(1, 65535, "taps", "at most a 16-bit wiper's range") = 1
+    threshold: SquaredVolts = 0.0
+    batch: SmallCount = 30
+    steps: Count = 1000
+    test_every: Count = 50
+    snapshot_every: Count = 100
+    target_error: bounded_float(1e-300, 1e6, "", "a positive cost in squared volts") | None = None
+    backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
     scheme: SchemeSpec | None = None
     mode: Literal["host", "in-situ"] = "host"
     insitu: InSituSpec | None = None
@@ -353,7 +368,7 @@ class SimulatorSpec(_Strict):
                     "transistor-pair"] = "ideal"
     parameters: Imperfections = Imperfections()
     comparator: ComparatorSpec | None = None
-    bench_seed: Annotated[int, Field(ge=0, strict=True)] | None = None
+    bench_seed: Seed | None = None
     solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
     lu: Literal["superlu", "umfpack"] = "superlu"
 
@@ -380,7 +395,7 @@ class Protocol(_Strict):
     format: Int
     name: Str
     description: Str = ""
-    seed: Annotated[int, Field(ge=0, strict=True)] = 0
+    seed: Seed = 0
     network: NetworkSpec
     edges: EdgeSpec = EdgeSpec()
     task: TaskSpec
@@ -480,6 +495,17 @@ def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
 Model = typing.TypeVar("Model", bound=BaseModel)
 
 
+MAX_NESTING = 32
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of parsed TOML (stops counting past MAX_NESTING)."""
+    if level > MAX_NESTING or not isinstance(value, (dict, list)):
+        return level
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(v, level + 1) for v in items), default=level + 1)
+
+
 def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str, Any]:
     """Parse TOML text and check its ``format`` version; ProtocolError naming ``source``.
     ``kind`` names the file's kind in the message (e.g. "sweep")."""
@@ -487,6 +513,11 @@ def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most "
+                            f"{MAX_NESTING} levels)") from None
+    if _depth(data) > MAX_NESTING:
+        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most {MAX_NESTING} levels)")
     found = data.get("format")
     if found is None:
         raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
@@ -512,14 +543,9 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
 
 
 def read_file(path: str | Path, what: str) -> str:
-    """A user file's text; ProtocolError (one line) when it is missing or unreadable."""
-    path = Path(path)
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read {what} file ({exc})") from None
+    """A user file's text; ProtocolError (one line) when it is missing, not a regular
+    file, too large, not UTF-8 or unreadable (clln.controller.files)."""
+    return read_user_text(path, what)
 
 
 def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:

@@ -49,8 +49,12 @@ def rebuild(store: RunStore, run: str, *, faults: Faults | None = None, visa_lib
     steps = int(rec["steps_planned"])
     bench = rec["info"].get("bench")
     if bench is None:
+        recorded = rec["info"].get("edge_list")
+        if protocol.network.kind == "edge-list" and recorded is None:
+            raise UserError(f"run {run_id} did not record its edge list (made by an older clln); "
+                            f"it cannot be resumed")
         return build_experiment(protocol, source=source, base_dir=base, seed=int(rec["seed"]),
-                                steps=steps), None, rec
+                                steps=steps, edge_list=None if recorded is None else recorded["text"]), None, rec
     spec = parse_bench(bench["text"], bench["path"])
     exp, session = bench_experiment(protocol, spec, bench["text"], source=source,
                                     bench_source=bench["path"], target=bench["target"],

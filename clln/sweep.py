@@ -57,7 +57,7 @@ class SweepSpec(_Strict):
     name: Annotated[str, Field(strict=True, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: Annotated[str, Field(strict=True)] = ""
     protocol: Annotated[str, Field(strict=True)]
-    seeds: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)] | None = None
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]], Field(min_length=1)] | None = None
     set: dict[str, Any] = {}
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
     points: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
@@ -72,12 +72,27 @@ class SweepSpec(_Strict):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a sweep: its index, parameters, seed and effective protocol text."""
+    """One run of a sweep: its index, parameters and seed; its effective protocol text
+    is written when asked for (validation does not need it)."""
 
     index: int
     parameters: dict[str, Any]
     seed: int
-    protocol_text: str
+    _base: tuple[str, str, dict[str, Any], dict[str, Any]]  # sweep name, protocol path, base data, set
+
+    @property
+    def protocol_text(self) -> str:
+        import tomli_w
+
+        name, protocol_path, base_data, fixed = self._base
+        effective = copy.deepcopy(base_data)
+        for key, value in {**fixed, **self.parameters}.items():
+            _set_dotted(effective, key, value)
+        effective["seed"] = self.seed
+        shown = ", ".join(f"{k} = {v!r}" for k, v in self.parameters.items()) or "no parameters"
+        header = (f"# sweep {name!r} run {self.index + 1}: {shown}, seed {self.seed}\n"
+                  f"# from {protocol_path}\n")
+        return header + tomli_w.dumps(effective)
 
 
 @dataclass(frozen=True)
@@ -151,12 +166,22 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     data[parts[-1]] = value
 
 
+def _replace_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in ``data``, copying (not changing) every nested table on its path."""
+    parts = key.split(".")
+    for part in parts[:-1]:
+        inner = data.get(part)
+        data[part] = dict(inner) if isinstance(inner, dict) else {}
+        data = data[part]
+    data[parts[-1]] = value
+
+
 def parse_sweep(text: str, path: Path) -> Sweep:
     """Validate sweep TOML text read from ``path``; raise ProtocolError naming the file,
-    the key and what is allowed. Every run's protocol is validated too."""
-    import tomli_w
-
-    from clln.protocol import load_protocol, parse_protocol, read_toml, validate
+    the key and what is allowed. Every run's protocol is validated too, in time linear
+    in the number of points: each protocol table is validated once per distinct setting
+    of its swept keys (checks never span tables), seeds once."""
+    from clln.protocol import Protocol, load_protocol, read_toml, validate
 
     source = str(path)
     data = read_toml(text, source, FORMAT_VERSION, "sweep")
@@ -197,19 +222,36 @@ def parse_sweep(text: str, path: Path) -> Sweep:
                             f"{', '.join(keys) or '(none)'}")
 
     seeds = spec.seeds or [base.seed]
+    shared = (spec.name, str(protocol_path), base_data, dict(spec.set))
+    checked: set[tuple[Any, ...]] = set()
     runs: list[RunSpec] = []
     for point in points:
+        tables: dict[str, dict[str, Any]] = {}
+        for key, value in {**spec.set, **point}.items():
+            tables.setdefault(key.split(".")[0], {})[key] = value
+        for table, values in tables.items():
+            memo: tuple[Any, ...] = (table, *values.items())
+            try:
+                if memo in checked:
+                    continue
+            except TypeError:  # a list value: compare by its text
+                memo = (table, repr(sorted(values.items())))
+                if memo in checked:
+                    continue
+            effective = dict(base_data)  # copies only the dicts on the swept keys' paths
+            for key, value in values.items():
+                _replace_dotted(effective, key, value)
+            model = Protocol.model_fields[table].annotation
+            try:  # the table's own model is enough (and fast) when it is valid
+                if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                    raise ValueError
+                model.model_validate(effective[table])
+            except (ValueError, TypeError):  # the whole protocol names the key and values
+                shown = ", ".join(f"{k} = {v!r}" for k, v in point.items()) or "no parameters"
+                validate(Protocol, effective, f"{source} ({shown})")
+            checked.add(memo)
         for seed in seeds:
-            effective = copy.deepcopy(base_data)
-            for key, value in {**spec.set, **point}.items():
-                _set_dotted(effective, key, value)
-            effective["seed"] = seed
-            shown = ", ".join(f"{k} = {v!r}" for k, v in point.items()) or "no parameters"
-            header = (f"# sweep {spec.name!r} run {len(runs) + 1}: {shown}, seed {seed}\n"
-                      f"# from {protocol_path}\n")
-            protocol_text = header + tomli_w.dumps(effective)
-            parse_protocol(protocol_text, f"{source} ({shown})")  # names the key and values
-            runs.append(RunSpec(len(runs), point, seed, protocol_text))
+            runs.append(RunSpec(len(runs), point, seed, shared))
     return Sweep(path, spec, protocol_path, keys, tuple(runs))
 
 
@@ -309,14 +351,42 @@ def open_client(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
     if scheduler is not None:
         if workers is not None:
             raise UserError("--workers sizes a local cluster; it cannot be combined with --scheduler")
-        try:
-            return Client(scheduler, timeout="5s"), None
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+        return _connect(Client, scheduler), None
     n = workers or max(1, os.cpu_count() or 1)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, silence_logs=logging.ERROR)
     return Client(cluster), cluster
+
+
+SCHEDULER_TIMEOUT_S = 15.0
+
+
+def _connect(client_class: Any, scheduler: str) -> Any:
+    """A client of the scheduler, within SCHEDULER_TIMEOUT_S however the far end behaves
+    (a listener that accepts and never answers included); one-line UserError otherwise."""
+    import threading
+
+    hint = ("check the address (tcp://host:8786) and that a Dask scheduler listens there "
+            "('dask scheduler' on that host)")
+    found: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            found["client"] = client_class(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S / 2:g}s")
+        except Exception as exc:  # noqa: BLE001 - reported below as one line
+            found["error"] = exc
+
+    thread = threading.Thread(target=connect, name="clln-scheduler-handshake", daemon=True)
+    thread.start()
+    thread.join(SCHEDULER_TIMEOUT_S)
+    if thread.is_alive():
+        raise UserError(f"the Dask scheduler at {scheduler} did not complete its handshake within "
+                        f"{SCHEDULER_TIMEOUT_S:g} s; {hint}")
+    if "error" in found:
+        exc = found["error"]
+        raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); {hint}")
+    return found["client"]
 
 
 def run_sweep(

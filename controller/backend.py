@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from clln.controller.bounds import require_finite
 from clln.controller.network import Network
 
 
@@ -251,13 +252,14 @@ def boundary_arrays(
     network: Network, sources: np.ndarray, clamps: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``measure``'s arguments as float arrays of checked shapes: sources (B, n_sources)
-    and clamps (B, n_clamps) or None; ValueError otherwise."""
+    and clamps (B, n_clamps) or None; ValueError otherwise, NonFiniteError for a NaN or
+    an infinity."""
     roles = network.roles
-    sources = np.atleast_2d(np.asarray(sources, dtype=float))
+    sources = np.atleast_2d(require_finite(np.asarray(sources, dtype=float), "measure: source voltages"))
     if sources.ndim != 2 or sources.shape[1] != len(roles.sources):
         raise ValueError(f"sources must be (B, {len(roles.sources)}), got {sources.shape}")
     if clamps is not None:
-        clamps = np.atleast_2d(np.asarray(clamps, dtype=float))
+        clamps = np.atleast_2d(require_finite(np.asarray(clamps, dtype=float), "measure: clamp voltages"))
         if clamps.shape != (sources.shape[0], len(roles.clamps)):
             raise ValueError(f"clamps must be ({sources.shape[0]}, {len(roles.clamps)}), got {clamps.shape}")
     return sources, clamps

@@ -76,6 +76,7 @@ from scipy.sparse.csgraph import connected_components
 
 from clln.controller.backend import SteppedEdges
 from clln.controller.errors import CllnError, ProtocolError, UserError
+from clln.controller.files import read_user_text
 from clln.controller.network import Network
 
 FORMAT_VERSION = 1
@@ -357,11 +358,9 @@ def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration file; a missing or malformed file is a one-line ProtocolError."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProtocolError(f"{path}: no such calibration file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{path}: cannot read calibration file ({exc})") from None
+        data = json.loads(read_user_text(path, "calibration"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"{path}: cannot read calibration file ({str(exc)[:120]})") from None
     return Calibration.from_dict(data, str(path))
 
 

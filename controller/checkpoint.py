@@ -67,6 +67,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "batch_rng": trainer.rng.bit_generator.state,
         "backend": backend.state_dict() if hasattr(backend, "state_dict") else None,
         "scheme": scheme.state_dict() if scheme is not None and hasattr(scheme, "state_dict") else None,
+        **({"backoff": trainer.backoff.state_dict()} if getattr(trainer, "backoff", None) else {}),
     }
 
 
@@ -78,3 +79,5 @@ def restore_trainer(trainer: Any, state: dict[str, Any]) -> None:
     scheme = getattr(trainer, "scheme", None)
     if state.get("scheme") is not None and scheme is not None:
         scheme.load_state_dict(state["scheme"])
+    if state.get("backoff") is not None and getattr(trainer, "backoff", None) is not None:
+        trainer.backoff.load_state_dict(state["backoff"])

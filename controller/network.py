@@ -9,6 +9,7 @@ voltage drops are ``dv = B @ v``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from scipy.spatial import Delaunay
 
 from clln.controller.errors import NetworkError, ProtocolError
+from clln.controller.files import read_user_text
 
 
 @dataclass(frozen=True)
@@ -181,16 +183,21 @@ def delaunay(
 
 
 def from_edge_file(path: str | Path) -> Network:
-    """Read a network from a text file.
+    """Read a network from a text file (see :func:`from_edge_text`); a regular UTF-8
+    file within the size cap of clln.controller.files."""
+    return from_edge_text(read_user_text(path, "edge-list"), str(path))
+
+
+MAX_EDGE_INDEX = 10**8
+
+
+def from_edge_text(text: str, path: str) -> Network:
+    """A network from the text of an edge list (``path`` names it in errors).
 
     Lines ``a b`` give edges between integer node indices; optional lines
     ``node k x y`` give positions (all nodes or none). ``#`` starts a comment.
+    An offending line is quoted only as a short escaped excerpt.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ProtocolError(f"{path}: cannot read edge-list file ({exc.strerror})") from None
     edges: list[tuple[int, int]] = []
     positions: dict[int, tuple[float, float]] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -199,14 +206,23 @@ def from_edge_file(path: str | Path) -> Network:
             continue
         try:
             if line[0] == "node" and len(line) == 4:
-                positions[int(line[1])] = (float(line[2]), float(line[3]))
+                k, x, y = int(line[1]), float(line[2]), float(line[3])
+                if not (0 <= k <= MAX_EDGE_INDEX and math.isfinite(x) and math.isfinite(y)):
+                    raise ValueError
+                positions[k] = (x, y)
             elif len(line) == 2:
-                edges.append((int(line[0]), int(line[1])))
+                a, b = int(line[0]), int(line[1])
+                if not (0 <= a <= MAX_EDGE_INDEX and 0 <= b <= MAX_EDGE_INDEX):
+                    raise ValueError
+                edges.append((a, b))
             else:
                 raise ValueError
         except ValueError:
+            excerpt = raw.strip()
+            excerpt = repr(excerpt[:40]) + (" ..." if len(excerpt) > 40 else "")
             raise ProtocolError(
-                f"{path}:{lineno}: expected 'a b' (edge) or 'node k x y', got {raw.strip()!r}"
+                f"{path}:{lineno}: expected 'a b' (edge) or 'node k x y' with node indices in "
+                f"0..{MAX_EDGE_INDEX} and finite positions, got {excerpt}"
             ) from None
     if not edges:
         raise ProtocolError(f"{path}: no edges found")

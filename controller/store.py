@@ -8,11 +8,15 @@ initial conductances, and per-step records.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,22 +150,34 @@ class RunStore:
     root : directory of the store; created if missing.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, readonly: bool = False) -> None:
         self.root = Path(root)
+        self.path = self.root / "runs.sqlite"
+        self.readonly = readonly
+        if readonly:  # read commands: nothing is created or written, a read-only folder works
+            if not self.path.is_file():
+                raise UserError(f"{self.root}: no run store here (train first, or pass --out DIR)")
+            # in a folder we cannot write, SQLite cannot make its WAL index: read the file as is
+            flags = "mode=ro" if os.access(self.root, os.W_OK) else "immutable=1"
+            uri = f"{self.path.resolve().as_uri()}?{flags}"
+            with database_errors(self.path):
+                self._db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+                self._db.execute("SELECT count(*) FROM runs").fetchone()
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"{self.root}: cannot create the runs directory ({exc.strerror})") from None
-        self.path = self.root / "runs.sqlite"
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)  # idempotent DDL; executescript commits by itself
-        with self._tx():
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+        with database_errors(self.path):
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)  # idempotent DDL; executescript commits by itself
+            with self._tx():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
 
     def _tx(self) -> sqlite3.Connection:
         return _Transaction(self._db)  # type: ignore[return-value]
@@ -178,7 +194,11 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         """Folder for a run's reports (created on demand)."""
         path = self.root / run_id
-        path.mkdir(exist_ok=True)
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot create the run's folder ({exc.strerror}); check the "
+                            f"folder's permissions or copy the runs folder somewhere writable") from None
         return path
 
     # -- writing -------------------------------------------------------------
@@ -258,10 +278,50 @@ class RunStore:
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?)", (run_id, host, pid))
 
+    def lease(self, run: str, resumable: tuple[str, ...], host: str | None = None,
+              pid: int | None = None) -> tuple[str, str, str | None]:
+        """Take a stopped run for this process, atomically (one BEGIN IMMEDIATE
+        transaction): refused with a UserError when its status is not in ``resumable``
+        or another live process holds it. Marks it running, owned by (host, pid).
+        Returns (run id, the status it had, its message) for :meth:`release`."""
+        host = host or socket.gethostname()
+        pid = os.getpid() if pid is None else pid
+        run_id = self.resolve(run)
+        with self._tx():
+            status, message = self._db.execute("SELECT status, message FROM runs WHERE id = ?",
+                                               (run_id,)).fetchone()
+            owner = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?", (run_id,)).fetchone()
+            if status == "running" and owner is not None and (owner[0], owner[1]) != (host, pid) \
+                    and process_alive(str(owner[0]), int(owner[1])) is not False:
+                where = f"process {owner[1]}" + ("" if owner[0] == host else f" on {owner[0]}")
+                raise UserError(f"run {run_id} is still running ({where}); stop it first")
+            if status not in resumable:
+                raise UserError(f"run {run_id} is {status}; only a stopped run can be resumed")
+            self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?)", (run_id, host, pid))
+            self._db.execute("UPDATE runs SET status = 'running' WHERE id = ?", (run_id,))
+        return run_id, status, message
+
+    def release(self, lease: tuple[str, str, str | None]) -> None:
+        """Give a leased run back with the status it had (resuming it failed to start)."""
+        run_id, status, message = lease
+        with self._tx():
+            self._db.execute("UPDATE runs SET status = ?, message = ? WHERE id = ? AND status = 'running'",
+                             (status, message, run_id))
+
     def owner(self, run: str) -> tuple[str, int] | None:
         row = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?",
                                (self.resolve(run),)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
+
+    def shown_status(self, run_id: str, status: str) -> str:
+        """The status to show: a run marked running whose process is gone (this host)
+        shows as "interrupted (process gone)"; it can be resumed."""
+        if status != "running":
+            return status
+        owner = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?", (run_id,)).fetchone()
+        if owner is None or process_alive(str(owner[0]), int(owner[1])) is False:
+            return "interrupted (process gone)"
+        return status
 
     def restart(self, run_id: str) -> None:
         """Forget a run's records (it stopped before its first checkpoint) and mark it running."""
@@ -451,6 +511,47 @@ class RunStore:
             snapshot_steps=np.array([s for s, _ in snaps], dtype=np.int64),
             snapshots=np.array(snap_g) if snap_g else np.zeros((0, 0)),
         )
+
+
+def process_alive(host: str, pid: int) -> bool | None:
+    """Whether process ``pid`` on ``host`` exists; None when that cannot be told (another host)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def database_errors(path: Path) -> Iterator[None]:
+    """Turn SQLite's errors about the database file into one actionable UserError line."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise UserError(store_problem(path, exc)) from None
+
+
+def store_problem(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """One line saying what is wrong with a run store and what to do."""
+    text = str(exc)
+    if "full" in text:
+        return (f"{path}: the disk is full ({text}); free some space, then 'clln resume RUN' "
+                f"continues a stopped run")
+    if "malformed" in text or "not a database" in text or "disk I/O" in text:
+        return (f"{path}: the run store is damaged ({text}); restore it from a backup, or move it "
+                f"aside and train with a new --out DIR ('sqlite3 runs.sqlite .recover' can salvage runs)")
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return (f"{path}: the run store cannot be written ({text}); check the folder's permissions "
+                f"or pass --out DIR")
+    if "locked" in text or "busy" in text:
+        return f"{path}: the run store stayed locked by another process ({text}); try again"
+    return f"{path}: run store error ({text})"
 
 
 class _Transaction:

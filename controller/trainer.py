@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clln.controller.backend import Measurement, NetworkBackend, SteppedEdges
+from clln.controller.bounds import DivergedError
 from clln.controller.rules import UpdateRule, contrastive_signal
 from clln.controller.schemes import Nudge, Scheme
 from clln.controller.task import Dataset, Task
@@ -31,6 +32,7 @@ class TrainConfig:
     test_every : evaluate the test set every this many steps (and at the start and end).
     snapshot_every : record all conductances every this many steps.
     target_error : stop when the test error falls to this value (task cost units).
+    backoff : learning-rate safeguard (see :class:`Backoff`); None keeps the rate fixed.
     """
 
     steps: int
@@ -39,6 +41,58 @@ class TrainConfig:
     test_every: int = 50
     snapshot_every: int = 50
     target_error: float | None = None
+    backoff: int | None = None
+
+
+class Backoff:
+    """Learning-rate safeguard against an unstable stiff mode after convergence.
+
+    Full-batch coupled learning near its minimum is gradient descent with step alpha:
+    a mode of the cost Hessian with alpha * lambda > 2 grows by |1 - alpha lambda| per
+    step, however small the error already is. Edges pinned at gmin are the stiffest
+    (their curvature grows as 1/g), and once the error has reached round-off an edge
+    leaving gmin can start such a mode: jammed-2x2 reached 1.8e-28, then the update
+    grew 1.3-4x per step with the clipped set alternating, and the error followed
+    to 1e-2. Once the batch error has fallen ``decades`` decades below its first
+    value, converged descent only shrinks the updates; when the update norm then
+    grows for ``patience`` steps in a row to above twice its lowest value, the
+    learning rate is halved (``scale`` multiplies every update), and halved again at
+    every further step of growth in that run of steps.
+    """
+
+    decades = 6.0
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.scale = 1.0
+        self.first = float("nan")
+        self.best_error = float("inf")
+        self.best_norm = float("inf")
+        self.last_norm = float("inf")
+        self.rising = 0
+        self.halvings = 0
+
+    def observe(self, error: float, update_norm: float) -> None:
+        """Account for one step's batch error and update norm."""
+        if self.first != self.first:  # nan: the first step
+            self.first = error
+        self.best_error = min(self.best_error, error)
+        if not self.best_error <= self.first * 10.0 ** -self.decades:
+            return
+        self.rising = self.rising + 1 if update_norm > self.last_norm else 0
+        self.last_norm = update_norm
+        self.best_norm = min(self.best_norm, update_norm)
+        if self.rising >= self.patience and update_norm > 2.0 * self.best_norm:
+            self.scale *= 0.5
+            self.halvings += 1
+
+    def state_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("scale", "first", "best_error", "best_norm",
+                                              "last_norm", "rising", "halvings")}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value) if key in ("rising", "halvings") else float(value))
 
 
 @dataclass(frozen=True)
@@ -109,6 +163,11 @@ class Trainer:
         self.scheme = scheme
         if scheme is not None:
             scheme.check(self._twin, backend.edges, rule)
+        self.backoff = None if config.backoff is None else Backoff(config.backoff)
+
+    def _scaled(self, signal: np.ndarray) -> np.ndarray:
+        """The contrastive signal times the safeguard's learning-rate scale."""
+        return signal if self.backoff is None else signal * self.backoff.scale
 
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
         """(cost, accuracy) of the free network on a dataset."""
@@ -142,7 +201,9 @@ class Trainer:
         signal = contrastive_signal(free, clamped, self._incidence)
         edges = self.backend.edges
         state = self.backend.read_edges() if edges.kind == "stepped" else None
-        commands = self.rule.commands(signal, self.config.eta, edges, state)
+        _finite(index, "the learning signal", signal)
+        commands = _finite(index, "the update", self.rule.commands(self._scaled(signal), self.config.eta,
+                                                                  edges, state))
         applied = self.backend.adjust(commands)
         nudge = clamps - free.at_nodes(self.task.clamp_nodes)
         return StepRecord(
@@ -216,9 +277,10 @@ class Trainer:
             else:  # symmetric: half the difference of the mirrored and the nudged states
                 mirrored = self._measure_clamped(sources, nudge.anti, swap)
                 signal = 0.5 * contrastive_signal(mirrored, clamped, self._incidence, weights)
-            signal = scheme.correct(signal * scheme.weight_scale(nudge))
+            signal = _finite(index, "the learning signal",
+                             self._scaled(scheme.correct(signal * scheme.weight_scale(nudge))))
             taps = self.backend.read_edges().taps if scheme.residuals is not None else None
-            commands = scheme.commands(self.rule, signal, eta, edges, taps)
+            commands = _finite(index, "the update", scheme.commands(self.rule, signal, eta, edges, taps))
         else:  # nothing teaches: no update at all, so no bias is applied either
             commands = np.zeros(self.backend.network.n_edges,
                                 dtype=np.int64 if isinstance(edges, SteppedEdges) else float)
@@ -256,19 +318,26 @@ class Trainer:
         t0 = time.perf_counter()
         if resumed_tests is None:
             initial_test, initial_acc = self.evaluate(self.task.test)
+            _finite(0, "the initial test error", initial_test)
             if on_initial_test is not None:
                 on_initial_test(initial_test, initial_acc)
             last_test = initial_test
         else:
             initial_test, last_test = resumed_tests
         record: StepRecord | None = None
-        stopped = False
+        # a resumed run that had already reached its target (stopped before it was marked
+        # completed) takes no further step
+        stopped = resumed_tests is not None and cfg.target_error is not None and last_test <= cfg.target_error
         interrupted = False
-        for index in range(start_step + 1, cfg.steps + 1):
+        for index in range(start_step + 1, cfg.steps + 1 if not stopped else start_step + 1):
             record = self.step(index)
+            _finite(index, "the batch error", record.error)
+            if self.backoff is not None:
+                self.backoff.observe(record.error, record.update_norm)
             last = index == cfg.steps
             if index % cfg.test_every == 0 or last:
                 last_test, acc = self.evaluate(self.task.test)
+                _finite(index, "the test error", last_test)
                 stopped = cfg.target_error is not None and last_test <= cfg.target_error
                 record = _with(record, test_error=last_test, test_accuracy=acc)
             if index % cfg.snapshot_every == 0 or last or stopped:
@@ -290,6 +359,17 @@ class Trainer:
             wall_time=time.perf_counter() - t0,
             interrupted=interrupted,
         )
+
+
+def _finite(step: int, what: str, values: np.ndarray | float) -> np.ndarray:
+    """``values`` as an array; DivergedError naming the step when any is NaN or infinite."""
+    array = np.asarray(values)
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        where = f" of edge {int(bad[0])}" if array.ndim else ""
+        raise DivergedError(f"training diverged at step {step}: {what}{where} is "
+                            f"{float(array.flat[bad[0]])!r}; nothing more was sent to the edges")
+    return array
 
 
 def _with(record: StepRecord, **changes: object) -> StepRecord:

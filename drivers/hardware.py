@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from clln.controller.backend import Applied, EdgeState, Measurement, SteppedEdges, boundary_arrays
+from clln.controller.bounds import require_finite
 from clln.controller.calibration import Calibration, ChannelCalibration
 from clln.controller.errors import LimitError, UserError
 from clln.controller.events import emit
@@ -79,6 +80,9 @@ def check_limits(values: np.ndarray, table: np.ndarray, limits: Limits, *, where
     prefix = f"{where}: " if where else ""
     if values.size == 0:
         return
+    if not np.all(np.isfinite(values)):
+        raise LimitError(f"{prefix}a boundary voltage is not finite ({values[~np.isfinite(values)][0]!r}); "
+                         f"nothing was sent")
     peak = float(np.abs(values).max())
     if peak > limits.max_node_voltage:
         raise LimitError(
@@ -323,12 +327,13 @@ class HardwareBackend:
         return self._taps.copy()
 
     def adjust(self, commands: np.ndarray) -> Applied:
-        commands = np.asarray(commands)
+        commands = require_finite(commands, "adjust: tap commands")
         if self._taps is None:
             raise RuntimeError("call connect() first")
         if commands.shape != self._taps.shape:
             raise ValueError(f"commands must have shape {self._taps.shape}, got {commands.shape}")
-        wanted = self._taps + commands.astype(np.int64)
+        span = self._edges.n_taps  # no move is longer: huge commands cannot overflow int64
+        wanted = self._taps + np.clip(commands, -span, span).astype(np.int64)
         taps = np.clip(wanted, 0, self._edges.n_taps - 1)
         applied = taps - self._taps
         if np.any(applied):

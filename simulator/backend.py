@@ -24,6 +24,7 @@ from clln.controller.backend import (
     SteppedEdges,
     boundary_arrays,
 )
+from clln.controller.bounds import require_finite
 from clln.controller.errors import ProtocolError
 from clln.controller.network import Network, NodeRoles
 from clln.simulator.imperfections import BenchInstance, Imperfections
@@ -288,12 +289,13 @@ class SimulatedBackend(SimulatedSeam):
         return self._node_resistance_from(total, clamped=clamped)
 
     def adjust(self, commands: np.ndarray) -> Applied:
-        commands = np.asarray(commands)
+        commands = require_finite(commands, "adjust: edge commands")
         if commands.shape != self._g.shape:
             raise ValueError(f"commands must have shape {self._g.shape}, got {commands.shape}")
         if isinstance(self._edges, SteppedEdges):
             assert self._taps is not None
-            wanted = self._taps + commands.astype(np.int64)
+            span = self._edges.n_taps  # no move is longer: huge commands cannot overflow int64
+            wanted = self._taps + np.clip(commands, -span, span).astype(np.int64)
             taps = np.clip(wanted, 0, self._edges.n_taps - 1)
             applied = taps - self._taps
             clipped = taps != wanted

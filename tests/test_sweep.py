@@ -97,9 +97,9 @@ def test_seeds_default_to_the_protocol_seed(tmp_path: Path) -> None:
      r"protocol, seeds, set"),
     ('[grid]\n"training.etta" = [0.1]',
      r"s\.toml: grid\.training\.etta: unknown protocol key; allowed: training\.alpha, "
-     r"training\.batch"),
+     r"training\.backoff, training\.batch"),
     ('[grid]\n"training.eta" = [0.1, -1.0]',
-     r"s\.toml \(training\.eta = -1\.0\): training\.eta: .*greater than 0"),
+     r"s\.toml \(training\.eta = -1\.0\): training\.eta: .*(greater than 0|must be within)"),
     ('[grid]\n"training.rule" = ["coupled", "hebbian"]',
      r"training\.rule: 'hebbian' is not allowed; allowed: 'coupled' or 'stepped'"),
     ('[grid]\n"training.eta" = 0.1', r"s\.toml: grid\.training\.eta: .*valid list \(got 0\.1\)"),
