@@ -59,14 +59,19 @@ def test_choices_shown_as_choices() -> None:
     assert "completed|running|interrupted|paused|failed" in out
 
 
-def test_debug_accepted_after_the_command(tmp_path: Path) -> None:
-    (tmp_path / "runs.sqlite").write_bytes(b"not a database at all" * 100)
+def test_debug_accepted_after_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clln import cli
+
+    def broken(*args: object, **kwargs: object) -> None:  # an unexpected failure (a bug)
+        raise ZeroDivisionError("an unexpected failure")
+
+    monkeypatch.setattr(cli, "_open_store", broken)
     plain = clln("runs", "--out", tmp_path)
     assert plain.returncode == 1 and "run with --debug" in plain.stderr
     assert "Traceback" not in plain.stderr
     debug = clln("runs", "--out", tmp_path, "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
-    assert "DatabaseError" in debug.stderr
+    assert "ZeroDivisionError" in debug.stderr
 
 
 def _fake_run(store: RunStore, name: str, status: str, tags: list[str], sweep: dict | None,
