@@ -755,7 +755,7 @@ def control(
 
     if action not in CONTROL_ACTIONS:
         raise UserError(f"ACTION: {action!r} is not allowed; allowed: {', '.join(CONTROL_ACTIONS)}")
-    store = _open_store(out)
+    store = _open_store(out, write=True)
     run_id = store.resolve(run)
     status = store.progress(run_id)["status"]
     if status != "running":

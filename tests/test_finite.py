@@ -20,7 +20,7 @@ from clln.controller.errors import UserError
 from clln.controller.network import NodeRoles, square_lattice
 from clln.drivers.daq import NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
-from clln.drivers.potbank import FirmwareInfo, PotBank
+from clln.drivers.potbank import FirmwareInfo, FirmwareStatus, PotBank
 
 ROOT = Path(__file__).resolve().parents[1]
 TAPS = 129
@@ -34,6 +34,9 @@ def bench() -> tuple[HardwareBackend, object, object]:
     pots = create_autospec(PotBank, instance=True)
     pots.connect.return_value = FirmwareInfo((1, 0), net.n_edges, TAPS, 64, 2000, "pots")
     pots.get_all.return_value = np.full(net.n_edges, 64, dtype=np.int64)
+    pots.boot = None  # no BOOT packet: the port was opened without a reset
+    pots.status.return_value = FirmwareStatus(parked=False, watchdog_tripped=False, handshake=True,
+                                              crc_errors=0, frames_ok=0, uptime_ms=0)
     table = np.tile(1.0 / (1075.0 + np.arange(TAPS) * 10_000.0 / (TAPS - 1)), (net.n_edges, 1))
     hw = HardwareBackend(net, daq, pots, SteppedEdges(table), chain=np.arange(net.n_edges),
                          ai_of_node=np.arange(9), limits=Limits(10.0, 0.02))
