@@ -1,4 +1,4 @@
-"""Learning bias and what it does (seed 002; SCIENCE.md "Imperfection and learning bias").
+"""Learning bias and what it does (seed 002; docs/science.md, "Learning bias").
 
 * :func:`alternate` trains one backend on several tasks in turn (task k for tau / n
   steps, then the next), the protocol of seed 002's limit cycles;

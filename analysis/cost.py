@@ -4,7 +4,7 @@ Outputs are linear functionals of the node voltages, ``O = P v`` with ``P``
 (n_out x n): a row e_o per output node, or e_a - e_b per output edge (allostery).
 For a sample with source voltages x the free state is ``v = Phi x`` (Phi: the
 source columns of the harmonic basis, n x n_sources). Differentiating Kirchhoff's
-law (SCIENCE.md)::
+law (docs/science.md)::
 
     dO_o / dg_j = -(P s_j)_o dV_j,        dV_j = (B v)_j,  s_j = G b_j
 

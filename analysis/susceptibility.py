@@ -1,4 +1,4 @@
-"""Physical Hessian and edge susceptibilities (seed 001, SCIENCE.md §Susceptibility).
+"""Physical Hessian and edge susceptibilities (seed 001, docs/science.md, "Susceptibility").
 
 Conventions
 -----------
@@ -10,7 +10,7 @@ bordered by the *held* nodes ``D``, whose voltage is fixed at 0 V for the respon
 
 Two choices of D (``held_nodes(network, convention)``):
 
-* ``ground`` (default; seed 001 eq. 2, SCIENCE.md): D = the ground node(s). The
+* ``ground`` (default; seed 001 eq. 2, docs/science.md): D = the ground node(s). The
   inputs are thought of as currents injected at the sources, which are free nodes.
 * ``dirichlet``: D = sources and grounds, the nodes a voltage-driven bench actually
   holds. With it the free state is ``H [v; mu] = [0; v_D]`` and the cost Hessian

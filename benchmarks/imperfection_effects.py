@@ -2,7 +2,7 @@
 
 Trains ``protocols/regression-2x2.toml`` (continuous edges, coupled rule) and
 ``protocols/pot-bench-regression.toml`` (potentiometer edges, stepped rule) with one
-imperfection model switched on at a time, at its HARDWARE.md default, then with whole
+imperfection model switched on at a time, at its docs/hardware.md default, then with whole
 presets, and prints a Markdown table of the final test error (median of the last
 quarter of the test evaluations) and its ratio to the ideal run of the same family.
 
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="protocol seeds per row (median)")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    print(f"| imperfection (one at a time, HARDWARE.md defaults) | edges, rule "
+    print(f"| imperfection (one at a time, docs/hardware.md defaults) | edges, rule "
           f"| final test MSE (V^2), median of {args.seeds} seeds | rms output error | vs ideal |")
     print("| --- | --- | --- | --- | --- |")
     for family, name, rows in (("continuous, coupled", "regression-2x2", CONTINUOUS),

@@ -1,6 +1,6 @@
 """Process-wide runtime settings of the composition root (thread pools).
 
-Measured on the 2-core machine of PERFORMANCE.md: the simulator's calls into the
+Measured on the 2-core machine of docs/benchmarks-speed.md: the simulator's calls into the
 BLAS bundled with numpy and scipy are tiny (k x k clamp systems) or memory-bound
 (edge chunks), so a second OpenBLAS thread never helps them; worse, OpenBLAS's idle
 worker spins for a while after each call and takes the core the sparse

@@ -1,4 +1,4 @@
-"""Bias-suppression schemes (SCIENCE.md, "Imperfection and learning bias", "Overclamping").
+"""Bias-suppression schemes (docs/science.md, "Learning bias", "Bias-suppression schemes").
 
 A real CLLN forms its update with an uncontrolled but *deterministic* per-edge error b_j
 (V^2): twin-network mismatch, offsets of the per-edge signal circuits, asymmetric
@@ -47,7 +47,7 @@ from clln.controller.task import Dataset, Task
 
 @dataclass(eq=False)
 class Overclamp:
-    """Overclamping with margin gating (SCIENCE.md, "Overclamping").
+    """Overclamping with margin gating (docs/science.md, "Bias-suppression schemes").
 
     Clamps O^C = O^F + eta (y - O^F), clipped to ``rails`` when given (``eta`` very large
     with rails is pure rail clamping). A regression (or allostery) sample teaches while

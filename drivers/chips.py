@@ -1,4 +1,4 @@
-"""Datasheet figures of digital potentiometers in rheostat mode (HARDWARE.md)."""
+"""Datasheet figures of digital potentiometers in rheostat mode (docs/hardware.md)."""
 
 from __future__ import annotations
 

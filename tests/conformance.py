@@ -1,4 +1,4 @@
-"""One conformance suite for every NetworkBackend (STYLE.md 4).
+"""One conformance suite for every NetworkBackend (docs/contributing.md, "Style").
 
 Subclass :class:`BackendConformance` and provide a ``backend`` fixture that yields a
 fresh backend plus the class attribute ``volt_tolerance`` (how far a measured node

@@ -1,4 +1,4 @@
-"""Expected-exchange doubles for instrument drivers (STYLE.md 2)."""
+"""Expected-exchange doubles for instrument drivers (docs/contributing.md, "Style")."""
 
 from __future__ import annotations
 

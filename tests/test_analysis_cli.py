@@ -21,6 +21,8 @@ from clln.compose import build_experiment, rebuild_task
 from clln.controller.store import RunStore
 from clln.protocol import load_protocol, parse_protocol
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PROTOCOL = """\

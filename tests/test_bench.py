@@ -75,6 +75,7 @@ def test_noise_off_runs_are_identical_too() -> None:
     assert np.array_equal(taps_sim, taps_emu) and err_sim == err_emu
 
 
+@pytest.mark.slow
 def test_every_edge_at_its_commanded_tap_with_a_faulty_link() -> None:
     checked = []
 
@@ -119,6 +120,7 @@ def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=120, **kw)
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_hot_protocol_with_one_line_and_no_traffic(tmp_path: Path) -> None:
     hot = tmp_path / "hot.toml"
     hot.write_text(DEMO.read_text().replace("input_range = [0.0, 1.0]", "input_range = [0.0, 2.5]"))
@@ -132,6 +134,7 @@ def test_cli_refuses_a_hot_protocol_with_one_line_and_no_traffic(tmp_path: Path)
                                    for x in log.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_the_outputs_at_zero_and_the_run_interrupted(tmp_path: Path) -> None:
     log = tmp_path / "traffic.jsonl"
     runs = tmp_path / "runs"
@@ -154,6 +157,7 @@ def test_sigterm_leaves_the_outputs_at_zero_and_the_run_interrupted(tmp_path: Pa
     assert shown["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_check_reads_every_channel_and_edge() -> None:
     result = cli("check", str(BENCH), "--emulate")
     assert result.returncode == 0, result.stderr
@@ -161,6 +165,7 @@ def test_check_reads_every_channel_and_edge() -> None:
     assert "clln bench emulator" in result.stdout and "protocol 1.1" in result.stdout
 
 
+@pytest.mark.slow
 def test_check_of_a_missing_port_is_one_line() -> None:
     result = cli("check", str(BENCH))
     assert result.returncode == 2

@@ -23,6 +23,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_check_names_two_swapped_ai_channels_and_a_swapped_chain_pair() -> None:
     result = cli("check", str(BENCH), "--emulate", "--fault", "swap-ai:ai3:ai4", "--fault", "swap-chain:2:3")
     assert result.returncode == 3, result.stderr

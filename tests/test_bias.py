@@ -115,6 +115,7 @@ def test_asymmetric_actuators_need_continuous_edges() -> None:
 # -- what the bias does -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plain_error_floor_grows_in_proportion_to_the_bias() -> None:
     floors = []
     for b in (3e-8, 1e-7):
@@ -142,6 +143,7 @@ def test_limit_cycle_span_grows_as_tau_squared_at_small_tau() -> None:
     assert loglog_slope(taus, spans) == pytest.approx(2.0, abs=0.2)
 
 
+@pytest.mark.slow
 def test_bias_drift_erases_a_first_task_unless_the_remedy_stops_it() -> None:
     """Training a task the network already solves: with a bias the first task is lost
     while the second's error stays low; with the remedy nothing moves."""

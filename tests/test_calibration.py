@@ -106,6 +106,7 @@ def test_kcl_rows_are_the_currents_out_of_the_free_nodes() -> None:
     assert np.allclose(kcl_matrix(v, net.edges, free) @ g, currents.ravel(), rtol=0, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_one_tap_state_leaves_a_second_null_direction_linked_states_do_not() -> None:
     model, table = ideal_model()
     target = SimTarget(model)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "protocols" / "benches" / "example-16.toml"
 PROTOCOL = ROOT / "protocols" / "bench-regression-2x2.toml"

@@ -22,6 +22,8 @@ import pytest
 
 from clln.controller.store import RunStore
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "protocols/demo.toml"
 REGRESSION = "protocols/regression-2x2.toml"

@@ -121,6 +121,7 @@ def test_without_a_clamp_switch_the_bench_is_refused_unless_declared_and_then_cl
         switched.close()
 
 
+@pytest.mark.slow
 def test_mains_frequency_other_than_50_or_60_exits_2_before_anything_opens(tmp_path: Path) -> None:
     bad = tmp_path / "bench.toml"
     bad.write_text(TEXT.replace("mains_frequency = 50", "mains_frequency = 55"))
@@ -129,6 +130,7 @@ def test_mains_frequency_other_than_50_or_60_exits_2_before_anything_opens(tmp_p
     assert result.stderr == f"error: {bad}: daq.mains_frequency: 55 is not allowed; allowed: 50 or 60\n"
 
 
+@pytest.mark.slow
 def test_negative_sources_on_an_mcp4131_bench_are_refused_before_anything_is_written(tmp_path: Path) -> None:
     """Classification drives -x: below the MCP4131's -0.3 V terminal limit."""
     bench = tmp_path / "bench5.toml"

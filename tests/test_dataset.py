@@ -74,6 +74,7 @@ def test_load_run_equals_the_store(run: tuple[Path, str]) -> None:
     assert ds["step_time"].attrs["standard_name"] == "time"
 
 
+@pytest.mark.slow
 def test_netcdf_export_is_cf_compliant_and_equals_load_run(run: tuple[Path, str],
                                                            tmp_path: Path) -> None:
     import xarray as xr

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from clln.protocol import Protocol
 from clln.reference import protocol_reference
 from tests.conftest import ROOT
@@ -39,6 +41,7 @@ def test_protocol_reference_lists_every_model_key() -> None:
             "meta.operator", "meta.tags"} <= listed
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}

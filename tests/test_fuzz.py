@@ -19,6 +19,7 @@ from clln.protocol import parse_protocol
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @FAST
 @given(mutated(PROTOCOL))
 def test_malformed_protocols_give_one_line_protocol_errors(text: str) -> None:

@@ -181,6 +181,7 @@ def test_protocol_keys_are_validated() -> None:
         parse_protocol(host[:host.index("[training.insitu]")] + host[host.index("[simulator]"):], "f")
 
 
+@pytest.mark.slow
 def test_bad_schedule_exits_2_with_one_line_and_records_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(PROTOCOL.read_text().replace("eta = 1.0 ", "eta = 4.0 "))
@@ -194,6 +195,7 @@ def test_bad_schedule_exits_2_with_one_line_and_records_nothing(tmp_path: Path) 
     assert not (tmp_path / "runs" / "runs.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_in_situ_run_learns_is_recorded_and_reproduces(tmp_path: Path) -> None:
     protocol, text = load_protocol(PROTOCOL)
     outcomes, finals = [], []
@@ -216,6 +218,7 @@ def test_in_situ_run_learns_is_recorded_and_reproduces(tmp_path: Path) -> None:
     assert finals[0]["backend"]["preset"] == "comparator-twin"
 
 
+@pytest.mark.slow
 def test_interrupted_in_situ_run_resumes_exactly(tmp_path: Path) -> None:
     protocol, text = load_protocol(PROTOCOL)
     calls = {"n": 0}

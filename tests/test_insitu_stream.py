@@ -57,6 +57,7 @@ def test_simulator_and_emulated_stream_give_identical_trajectories() -> None:
         assert (emu.test_error is None) == (sim.test_error is None)
 
 
+@pytest.mark.slow
 def test_no_record_is_lost_under_corrupted_bytes() -> None:
     simulated, streamed, driver = both(experiment(train=2, steps=60), Faults(corrupt=0.01, seed=4),
                                        credit=16)

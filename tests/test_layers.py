@@ -1,4 +1,4 @@
-"""Layer rules of DESIGN.md, checked on the source: controller <- simulator | drivers
+"""Layer rules of docs/design.md ("Layers"), checked on the source: controller <- simulator | drivers
 <- analysis <- clln. The controller never imports a backend; the simulator and the
 drivers never import each other; nothing imports a bare top-level folder."""
 

@@ -17,6 +17,8 @@ from clln.controller.store import RunStore
 from tests.conftest import PROTOCOLS
 from tests.test_cli_help import clln as run_cli
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 CLLN = [sys.executable, "-m", "clln.cli"]
 
 

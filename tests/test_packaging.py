@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

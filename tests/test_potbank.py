@@ -152,6 +152,7 @@ def test_out_of_range_taps_are_refused_before_sending() -> None:
     link.done()
 
 
+@pytest.mark.slow
 def test_driver_and_emulator_over_a_real_pty_with_faults() -> None:
     """1 % of the bytes dropped or corrupted, both ways: every write still lands exactly."""
     firmware = PotFirmware(16, 129)
@@ -312,6 +313,7 @@ def test_a_reset_after_the_handshake_is_a_fault(running) -> None:
         bank.close()
 
 
+@pytest.mark.slow
 def test_keepalive_feeds_the_watchdog_while_the_host_is_busy(running) -> None:
     link, firmware = running
     bank = PotBank(open_port(link.path, reset_on_open=False, port_class=link.port_class()),

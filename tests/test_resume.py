@@ -17,6 +17,8 @@ from clln.controller.checkpoint import pack_state, unpack_state
 from clln.controller.store import RunStore
 from clln.protocol import parse_protocol
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ROOT / "protocols"
 

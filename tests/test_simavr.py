@@ -21,6 +21,8 @@ from clln.drivers.potbank import PotBank, open_port
 from clln.drivers.wire import FrameReader, Packet
 from clln.simulator import avr
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 BOOT_REPLY = 0x89
 PARK_TAP = 128  # MCP4131 full scale 0x080: W = A, the highest W-B resistance
 

@@ -21,6 +21,8 @@ from clln.controller.store import RunStore
 from clln.protocol import parse_protocol
 from clln.sweep import load_sweep, open_client, parse_sweep, run_sweep
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "protocols" / "regression-2x2.toml"
 BIN = Path(sys.executable).parent

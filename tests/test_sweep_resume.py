@@ -11,6 +11,8 @@ from clln.controller.store import RunStore
 from clln.sweep import parse_sweep, run_sweep
 from tests.conftest import PROTOCOLS
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 SWEEP = f"""
 format = 1
 name = "resumable"

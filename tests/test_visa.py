@@ -306,6 +306,7 @@ def run_clln(*args: object) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.slow
 def test_unknown_model_or_library_path_in_a_bench_file_exits_2_and_loads_nothing(tmp_path: Path) -> None:
     """A bench file naming a shared library: one line, exit 2, the library never loaded
     (its constructor would write a marker file)."""

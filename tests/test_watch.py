@@ -22,6 +22,8 @@ import pytest
 from clln.controller.store import RunStore
 from tests.conftest import PROTOCOLS, ROOT, require_tool
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 CLLN = [sys.executable, "-m", "clln.cli"]
 DOCS = ROOT / "docs"
 

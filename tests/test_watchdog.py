@@ -22,6 +22,8 @@ from clln.drivers.errors import FirmwareParked
 from clln.protocol import parse_protocol
 from clln.resume import bench_info
 
+pytestmark = pytest.mark.slow  # subprocesses or long runs: left out of -m "not slow"
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "protocols" / "benches" / "example-16.toml"
 DEMO = ROOT / "protocols" / "demo.toml"
