@@ -1,10 +1,17 @@
 """Does a training curve stay down once it has converged?
 
 ``growth_after_convergence(errors)`` compares the error after convergence with its
-floor. The floor is the median of the last quarter of the batch errors; the running
+floor. It reads the upper envelope of consecutive pairs, max(e_k, e_k+1), so that a
+period-2 alternation (an edge clipped at gmin every other step, as in aging-linear-map
+seed 0, whose error alternates between two branches about 2x apart while both descend)
+is measured on one branch, not on whichever branch a window's median happens to pick.
+The floor is the median of the last quarter of the batch errors; the running
 median over ``window`` steps (so single batches do not count) first comes within
-``slack`` times the floor at convergence; the growth is the largest running median after
-that, over the floor (1: none; within ``slack``: within noise). Errors below ``roundoff`` times the first error
+``slack`` times the floor at convergence; the growth is the largest rise of the running
+median after that over the lowest running median reached before it (1: the error never
+rose; within ``slack``: within noise). Measured against the lowest level reached, not
+against the floor of the last quarter, a burst that does not come back down (allostery
+seed 3 from 1e-30 to 7e-3 for the rest of the run) counts in full. Errors below ``roundoff`` times the first error
 are rounding noise and count as that level (a double resolves squared voltages to
 about 1e-32 V^2 at 1 V, far below any physical floor).
 
@@ -32,7 +39,7 @@ import numpy as np
 class Convergence:
     floor: float           # median error of the last quarter
     converged_at: int      # last step (1-based) of the first window whose median is within slack x floor
-    growth: float          # max running median after convergence / floor (1 = none)
+    growth: float          # max running median after convergence / lowest one before it (1 = none)
     final: float           # last batch error
 
 
@@ -53,8 +60,12 @@ def growth_after_convergence(errors: np.ndarray, *, window: int = 25, slack: flo
     a documented floor (task cost units; 0: none)."""
     e = np.asarray(errors, dtype=float)
     e = np.maximum(e, max(roundoff * e[0], band))
+    if e.size > 1:
+        e = np.maximum(e[:-1], e[1:])  # pair k covers steps k+1 and k+2 (1-based)
     floor = float(np.median(e[-max(1, e.size // 4):]))
     w = min(window, e.size)
     medians = np.array([np.median(e[i:i + w]) for i in range(0, e.size - w + 1)])
     k = int(np.argmax(medians <= slack * floor))
-    return Convergence(floor, k + w, float(medians[k:].max() / floor), float(errors[-1]))
+    after = medians[k:]
+    return Convergence(floor, k + w + (1 if len(errors) > 1 else 0),
+                       float((after / np.minimum.accumulate(after)).max()), float(errors[-1]))

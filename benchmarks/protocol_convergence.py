@@ -2,8 +2,9 @@
 
 For each protocol in protocols/ (and protocols/bias/), trains seeds 0..4 (the protocol's
 own steps) and prints the final test error, the floor of the batch error, the step it
-was reached, and the growth after convergence (clln.analysis.convergence: the running
-median of 25 steps against the floor; 1.0 means none, below 3 is within noise).
+was reached, and the growth after convergence (clln.analysis.convergence: the largest
+rise of the running median of 25 steps over the lowest one before it; 1.0 means none,
+below 3 is within noise).
 Protocols with a learning bias and no suppression scheme (protocols/bias/ floor, cycles,
 memory, *-plain) are measured against their documented floor as well (``band``: clln.analysis.convergence.bias_floor of their rms b_j and eta, or
 the measured floor of docs/benchmarks-bias.md where twin mismatch or taps add to b_j):
