@@ -24,7 +24,7 @@ the floor depends on how far the network has drifted"). For them the criterion i
 as the band, so the growth is the largest running median after convergence over
 max(floor, band), and within ``slack`` means the run stayed within its documented
 floor. ``bias_floor`` gives the band from the floor law measured in
-docs/benchmarks-bias.md (sqrt of the floor MSE 4.63 uV at rms b_j 1e-7 V^2 and eta 0.1,
+docs/benchmarks-bias.md (sqrt of the floor MSE 4.39 uV at rms b_j 1e-7 V^2 and eta 0.1,
 growing as |b| / eta). Protocols without a bias get no band.
 """
 
@@ -45,7 +45,7 @@ class Convergence:
 
 #: sqrt(floor MSE) of plain coupled learning at rms b_j = BIAS_REF and eta = ETA_REF
 #: (5x5 lattice, 2x2 map; docs/benchmarks-bias.md, benchmarks/bias_suppression.py)
-FLOOR_RMS_V, BIAS_REF_V2, ETA_REF = 4.63e-6, 1e-7, 0.1
+FLOOR_RMS_V, BIAS_REF_V2, ETA_REF = 4.39e-6, 1e-7, 0.1
 
 
 def bias_floor(learning_bias: float, eta: float) -> float:

@@ -103,9 +103,9 @@ def test_reversal_backoff_is_bit_identical_where_it_does_not_trigger() -> None:
 
 
 def test_the_band_is_the_documented_floor() -> None:
-    from clln.analysis.convergence import bias_floor
+    from clln.analysis.convergence import FLOOR_RMS_V, bias_floor
 
-    assert np.isclose(np.sqrt(bias_floor(1e-7, 0.1)), 4.63e-6)
+    assert np.isclose(np.sqrt(bias_floor(1e-7, 0.1)), FLOOR_RMS_V)
     assert np.isclose(bias_floor(1e-6, 0.1) / bias_floor(1e-7, 0.1), 100.0)
     assert np.isclose(bias_floor(1e-7, 0.05) / bias_floor(1e-7, 0.1), 4.0)
     # a drift that lifts the error 8x from a 1e-6 floor and lets it settle back, all within
