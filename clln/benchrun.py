@@ -352,7 +352,7 @@ def bench_experiment(
     rule: UpdateRule = CoupledRule(tr.alpha) if tr.rule == "coupled" else SteppedRule(tr.step, tr.threshold)
     config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
                          test_every=tr.test_every, snapshot_every=tr.snapshot_every,
-                         target_error=tr.target_error, backoff=tr.backoff)
+                         target_error=tr.target_error, backoff=tr.backoff, reversal_backoff=tr.reversal_backoff)
     scheme = build_scheme(tr.scheme)  # checked before anything is opened or written
     if scheme is not None:
         try:

@@ -317,7 +317,7 @@ def build_experiment(
                         else SteppedRule(tr.step, tr.threshold))
     config = TrainConfig(
         steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
-        snapshot_every=tr.snapshot_every, target_error=tr.target_error, backoff=tr.backoff,
+        snapshot_every=tr.snapshot_every, target_error=tr.target_error, backoff=tr.backoff, reversal_backoff=tr.reversal_backoff,
     )
     if protocol.training.mode == "in-situ":  # schedules must fit the steps run
         insitu_experiment(protocol, task, config.steps, source)

@@ -326,6 +326,7 @@ class TrainingSpec(_Strict):
     snapshot_every: Count = 100
     target_error: bounded_float(1e-300, 1e6, "", "a positive cost in squared volts") | None = None
     backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
+    reversal_backoff: Annotated[int, Field(ge=1, le=1000, strict=True)] | None = None
     scheme: SchemeSpec | None = None
     mode: Literal["host", "in-situ"] = "host"
     insitu: InSituSpec | None = None

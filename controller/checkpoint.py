@@ -68,6 +68,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "backend": backend.state_dict() if hasattr(backend, "state_dict") else None,
         "scheme": scheme.state_dict() if scheme is not None and hasattr(scheme, "state_dict") else None,
         **({"backoff": trainer.backoff.state_dict()} if getattr(trainer, "backoff", None) else {}),
+        **({"reversal": trainer.reversal.state_dict()} if getattr(trainer, "reversal", None) else {}),
     }
 
 
@@ -81,3 +82,5 @@ def restore_trainer(trainer: Any, state: dict[str, Any]) -> None:
         scheme.load_state_dict(state["scheme"])
     if state.get("backoff") is not None and getattr(trainer, "backoff", None) is not None:
         trainer.backoff.load_state_dict(state["backoff"])
+    if state.get("reversal") is not None and getattr(trainer, "reversal", None) is not None:
+        trainer.reversal.load_state_dict(state["reversal"])

@@ -15,9 +15,12 @@ from clln.protocol import load_protocol
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def errors(name: str, seed: int) -> np.ndarray:
+def errors(name: str, seed: int, **training: object) -> np.ndarray:
+    """Batch errors of a shipped protocol at ``seed``, ``training`` keys overridden."""
     path = ROOT / "protocols" / f"{name}.toml"
     proto, _ = load_protocol(path)
+    if training:
+        proto = proto.model_copy(update={"training": proto.training.model_copy(update=training)})
     exp = build_experiment(proto, source=str(path), base_dir=path.parent, seed=seed)
     out: list[float] = []
     make_trainer(exp).run([lambda r: out.append(r.error)])
@@ -56,3 +59,58 @@ def test_the_measure_sees_a_burst() -> None:
     burst[300:340] = 1e-3
     assert growth_after_convergence(e).growth < 3.0
     assert growth_after_convergence(burst).growth > 1e6
+
+
+def test_reversal_backoff_stops_the_regression_2x5_burst() -> None:
+    """regression-2x5 seed 0: at a 1e-5 plateau edges leave gmin, the applied update flips
+    and grows (alpha * lambda > 2) and the error bursts 270x; the shipped safeguard keeps
+    it within noise, and taking it out brings the burst back."""
+    with_it = growth_after_convergence(errors("regression-2x5", 0))
+    without = growth_after_convergence(errors("regression-2x5", 0, reversal_backoff=None))
+    assert with_it.growth < 3.0, with_it
+    assert without.growth > 5.0, without
+
+
+def test_reversal_backoff_reads_only_flipping_growing_updates() -> None:
+    from clln.controller.trainer import ReversalBackoff
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=40)
+    drift = rng.normal(size=40)
+    steady = ReversalBackoff(2)  # converging descent: same direction, shrinking
+    for k in range(30):
+        steady.observe(1e-3 * 0.9**k, 0.9**k * drift)
+    damped = ReversalBackoff(2)  # 1 < alpha lambda < 2: flips but shrinks
+    for k in range(30):
+        damped.observe(1e-3 + 1e-4 * 0.8**k, (-0.8) ** k * v)
+    unstable = ReversalBackoff(2)  # alpha lambda = 2.3: flips and grows by 1.3 per step
+    for k in range(6):
+        unstable.observe(1e-5 * (1 + 0.3 * k), 1e-3 * drift + (-1.3) ** k * v)
+    assert steady.halvings == damped.halvings == 0 and steady.scale == damped.scale == 1.0
+    assert unstable.halvings >= 1 and unstable.scale == 0.5**unstable.halvings
+    again = ReversalBackoff(2)
+    again.load_state_dict(unstable.state_dict())
+    assert again.scale == unstable.scale and again.reversing == unstable.reversing
+    assert np.array_equal(again.previous, unstable.previous)
+
+
+def test_reversal_backoff_is_bit_identical_where_it_does_not_trigger() -> None:
+    """demo never flips with a growing update: with and without the safeguard the run is
+    the same to the last bit."""
+    base = errors("demo", 0)
+    guarded = errors("demo", 0, reversal_backoff=2)
+    assert np.array_equal(base, guarded)
+
+
+def test_the_band_is_the_documented_floor() -> None:
+    from clln.analysis.convergence import FLOOR_RMS_V, bias_floor
+
+    assert np.isclose(np.sqrt(bias_floor(1e-7, 0.1)), FLOOR_RMS_V)
+    assert np.isclose(bias_floor(1e-6, 0.1) / bias_floor(1e-7, 0.1), 100.0)
+    assert np.isclose(bias_floor(1e-7, 0.05) / bias_floor(1e-7, 0.1), 4.0)
+    # a drift that lifts the error 8x from a 1e-6 floor and lets it settle back, all within
+    # three times a documented 3e-6 floor
+    e = np.concatenate([np.geomspace(1e-2, 1e-6, 200), np.geomspace(1e-6, 8e-6, 100),
+                        np.geomspace(8e-6, 1e-6, 100), np.full(200, 1e-6)])
+    assert growth_after_convergence(e).growth > 3.0
+    assert growth_after_convergence(e, band=3e-6).growth < 3.0
