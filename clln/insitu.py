@@ -29,7 +29,11 @@ from clln.simulator.insitu_pot import (
     ComparatorTwinParams,
     ComparatorTwinPhysics,
 )
-from clln.simulator.insitu_transistor import EdgeCircuitParams, TransistorInSituBench, TransistorTwinPhysics
+from clln.simulator.insitu_transistor import (
+    EdgeCircuitParams,
+    TransistorInSituBench,
+    TransistorTwinPhysics,
+)
 
 if TYPE_CHECKING:
     from clln.compose import Experiment

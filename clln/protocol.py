@@ -21,8 +21,8 @@ from clln.controller.files import read_user_text
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
 from clln.simulator.insitu_pot import ComparatorTwinParams
-from clln.simulator.insitu_transistor import EdgeCircuitParams
 from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
+from clln.simulator.insitu_transistor import EdgeCircuitParams
 
 FORMAT_VERSION = 1
 
@@ -423,10 +423,11 @@ class Protocol(_Strict):
         preset = self.simulator.preset
         in_place = preset in ("comparator-twin", *TRANSISTOR_INSITU_PRESETS)
         if in_place != (self.training.mode == "in-situ"):
-            raise ValueError(f"simulator.preset: {preset!r} with mode {self.training.mode!r}; "
-                             "the presets that learn in place (comparator-twin, "
-                             f"{', '.join(TRANSISTOR_INSITU_PRESETS)}) go with training.mode = "
-                             "'in-situ', and only they")
+            named = preset if in_place else "comparator-twin"
+            raise ValueError(f"simulator.preset: {named!r} learns in place and goes with "
+                             "training.mode = 'in-situ' (and only it; so do "
+                             f"{', '.join(TRANSISTOR_INSITU_PRESETS)}); got preset "
+                             f"{preset!r} with mode {self.training.mode!r}")
         if self.simulator.comparator is not None and preset != "comparator-twin":
             raise ValueError("simulator.comparator: applies to preset 'comparator-twin' only")
         if self.simulator.edge_circuit is not None and preset not in TRANSISTOR_INSITU_PRESETS:

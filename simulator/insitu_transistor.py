@@ -14,9 +14,9 @@ and one learning circuit that drives both gates through R while learning is enab
 * the gate follows dV_G/dt = (u_j - V_G) / (R C) - V_G / (R_leak C) (leakage).
 
 While learning is enabled the twins stay held at their boundary values, so as the gates
-move the drops move: the window is integrated in time by Heun's method with sub-steps
-of at most RC / ``substeps_per_rc`` (the network re-settled at every stage), not by one
-Euler step. Between windows the gates only leak, for ``hold_time`` per measured sample.
+move the drops move: the window is integrated in time by Heun's method with adaptive
+steps (local error below ``step_tolerance``, at most RC / ``substeps_per_rc``; the
+network re-settled at every stage), not by one Euler step. Between windows the gates only leak, for ``hold_time`` per measured sample.
 
 Learning bias arises only from these parts (no additive term): difference-amplifier
 and driver offsets, twin mismatch of the devices, the capacitors' leak, and the
@@ -25,14 +25,13 @@ asymmetric drive. All are drawn from ``bench_seed`` and recorded (``describe``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from clln.controller.backend import EdgeState, GateEdges
-from clln.controller.insitu import InSituExperiment, InSituRecord, run_loop
+from clln.controller.insitu import PhysicsBench
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
 from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
@@ -57,7 +56,9 @@ class EdgeCircuitParams:
         for each twin separately (twin mismatch).
     leak_resistance : gate capacitor leak, ohm (0: none).
     hold_time : time per measured sample (the gates leak), s.
-    substeps_per_rc : sub-steps of the window integration per RC (at least one).
+    substeps_per_rc : the window integration's longest step is RC / this.
+    step_tolerance : largest local error (V) of one integration step; steps shrink
+        until it holds (the drive is stiff when the multiplier gain is high).
     noise_rms : readout noise of the node voltages the host sees, V (0: noise off).
     """
 
@@ -73,6 +74,7 @@ class EdgeCircuitParams:
     leak_resistance: float = 1e10
     hold_time: float = 1e-3
     substeps_per_rc: int = 16
+    step_tolerance: float = 1e-3
     noise_rms: float = 0.0
 
     @property
@@ -139,7 +141,7 @@ class TransistorTwinPhysics:
         self._warm[key] = v
         return v
 
-    def _hold(self, seconds: float) -> None:
+    def hold(self, seconds: float) -> None:
         """The gates leak for ``seconds`` (learning disabled)."""
         self.time_s += seconds
         p = self.params
@@ -151,7 +153,7 @@ class TransistorTwinPhysics:
         is given), with readout noise."""
         sources = np.atleast_2d(np.asarray(sources, dtype=float))
         clamps = None if clamps is None else np.atleast_2d(np.asarray(clamps, dtype=float))
-        self._hold(self.params.hold_time * sources.shape[0])
+        self.hold(self.params.hold_time * sources.shape[0])
         v = self._settle(0 if clamps is None else 1, sources, clamps)
         if self.params.noise_rms:
             v = v + self.params.noise_rms * self._noise.standard_normal(v.shape)
@@ -188,13 +190,17 @@ class TransistorTwinPhysics:
         src = np.atleast_2d(np.asarray(sources, dtype=float))
         held = np.atleast_2d(np.asarray(clamps, dtype=float))
         mirror = None if free_clamps is None else np.atleast_2d(np.asarray(free_clamps, dtype=float))
-        n_sub = max(1, int(np.ceil(duration_s * self.params.substeps_per_rc / self.params.rc - 1e-9)))
-        dt = duration_s / n_sub
-        g = self.gates
-        for _ in range(n_sub):  # Heun: explicit trapezoid, second order
+        p = self.params
+        longest = p.rc / max(p.substeps_per_rc, 1)
+        dt, t, g = min(duration_s, longest), 0.0, self.gates
+        while duration_s - t > 1e-15:  # Heun with an Euler error estimate: adaptive steps
+            dt = min(dt, duration_s - t)
             k1 = self.gate_rate(g, src, held, mirror)
             k2 = self.gate_rate(g + dt * k1, src, held, mirror)
-            g = g + 0.5 * dt * (k1 + k2)
+            error = 0.5 * dt * float(np.abs(k2 - k1).max())
+            if error <= p.step_tolerance or dt <= 1e-9:
+                g, t = g + 0.5 * dt * (k1 + k2), t + dt
+            dt = min(longest, dt * min(2.0, max(0.2, 0.9 * np.sqrt(p.step_tolerance / max(error, 1e-300)))))
         self.gates = g
         self.time_s += duration_s
 
@@ -226,12 +232,10 @@ class TransistorTwinPhysics:
                 "output_offset": self.output_offset.tolist(), "asymmetry": self.asymmetry.tolist()}
 
 
-class TransistorInSituBench:
+class TransistorInSituBench(PhysicsBench):
     """The simulated twin transistor bench as a backend that
     :class:`~clln.controller.capabilities.LearnsInPlace`: it runs the loop
     (:func:`~clln.controller.insitu.run_loop`) on its own physics."""
-
-    twin = True
 
     def __init__(self, physics: TransistorTwinPhysics, edges: GateEdges, *, preset: str,
                  bench_seed: int = 0, noise_seed: int = 0) -> None:
@@ -241,35 +245,12 @@ class TransistorInSituBench:
         self._seeds = {"bench_seed": bench_seed, "noise_seed": noise_seed}
 
     @property
-    def network(self) -> Network:
-        return self.physics.network
-
-    @property
     def edges(self) -> GateEdges:
         return self._edges
-
-    def run_insitu(self, experiment: InSituExperiment, start_step: int,
-                   n_steps: int) -> Iterator[InSituRecord]:
-        return run_loop(self.physics, experiment, start_step, n_steps)
-
-    def read_state(self) -> np.ndarray:
-        return self.physics.read_state()
 
     def read_edges(self) -> EdgeState:
         """The free twin's gate voltages (V)."""
         return EdgeState(self.physics.read_state(), None)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.physics.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.physics.load_state_dict(state)
-
-    def safe(self) -> None:
-        """Learning is off between windows and every source is released after a run."""
-
-    def close(self) -> None:
-        self.safe()
 
     def describe(self) -> dict[str, object]:
         ph = self.physics
