@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from clln.analysis.seed002 import limit_cycle, loglog_slope, pair_physics
 from clln.compose import build_experiment, make_trainer
 from clln.controller.network import Network, NodeRoles
 from clln.protocol import load_protocol
@@ -116,3 +117,14 @@ def test_preset_needs_transistor_edges_and_in_situ_mode(tmp_path: Path) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and "Traceback" not in done.stderr, done.stderr
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.toml"))
+
+
+def test_seed002_limit_cycle_grows_as_tau_squared_at_small_tau() -> None:
+    """The pair's orbit under alternating tasks: D^2 log-log slope between tau = 4 ms and
+    10 ms within seed 002's 1.5-2.1 (benchmarks/seed002.py runs the whole sweep)."""
+    params = EdgeCircuitParams(multiplier_gain=80.0)
+    cycles = [limit_cycle(pair_physics(params), tau, step_rate=1000.0, burn_in_s=0.1)
+              for tau in (0.004, 0.01)]
+    slope = loglog_slope(np.array([0.004, 0.01]), np.array([c.d2 for c in cycles]))
+    assert 1.5 <= slope <= 2.1, slope
+    assert cycles[0].gates.shape == (4, 2)
