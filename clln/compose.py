@@ -41,12 +41,20 @@ from clln.controller.task import (
 )
 from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
 from clln.drivers.errors import DriverError
-from clln.insitu import comparator_bench, insitu_experiment, insitu_trainer, keep_records
+from clln.insitu import (
+    comparator_bench,
+    insitu_experiment,
+    insitu_trainer,
+    keep_records,
+    transistor_insitu_bench,
+)
 from clln.protocol import GATE_KINDS, EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
 from clln.simulator import SimulatedBackend, make_imperfections
 from clln.simulator.devices import EdgeModel, Level1, SeedTransistor
 from clln.simulator.imperfections import TRANSISTOR_PRESETS
 from clln.simulator.insitu_pot import ComparatorTwinBench
+from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
+from clln.simulator.insitu_transistor import TransistorInSituBench
 from clln.simulator.transistor_backend import LearningWindow, TransistorBackend
 
 
@@ -245,6 +253,14 @@ def edge_model(spec: EdgeSpec) -> EdgeModel:
     return SeedTransistor(s=spec.s, v_t=spec.v_t, **({} if spec.g_off is None else {"g_off": spec.g_off}))
 
 
+def lattice_16(network: Network, preset: str, source: str) -> None:
+    """ProtocolError unless the network is the PNAS 4x4 periodic lattice."""
+    if not (network.n_nodes == 16 and network.n_edges == 32):
+        raise ProtocolError(f"{source}: simulator.preset: {preset!r} is the 4x4 periodic lattice "
+                            f"(16 nodes, 32 edges); the network has {network.n_nodes} nodes, "
+                            f"{network.n_edges} edges")
+
+
 def build_transistor_backend(protocol: Protocol, network: Network, rng: np.random.Generator, *,
                              source: str, bench_seed: int, noise_seed: int) -> TransistorBackend:
     """The simulated transistor bench of a protocol; initial gates uniform in ``gate_init``
@@ -253,10 +269,8 @@ def build_transistor_backend(protocol: Protocol, network: Network, rng: np.rando
     span = e.gate_max - e.gate_min
     lo, hi = e.gate_init or (e.gate_min + 0.4 * span, e.gate_min + 0.6 * span)
     initial = rng.uniform(lo, hi, size=network.n_edges)
-    if sim.preset == "transistor-16" and not (network.n_nodes == 16 and network.n_edges == 32):
-        raise ProtocolError(f"{source}: simulator.preset: 'transistor-16' is the 4x4 periodic lattice "
-                            f"(16 nodes, 32 edges); the network has {network.n_nodes} nodes, "
-                            f"{network.n_edges} edges")
+    if sim.preset == "transistor-16":
+        lattice_16(network, sim.preset, source)
     try:
         return TransistorBackend(
             network, edge_model(e), GateEdges(e.gate_min, e.gate_max, e.gate_resolution), initial,
@@ -291,13 +305,18 @@ def build_experiment(
     sim = protocol.simulator
     e = protocol.edges
     bench_seed = seed if sim.bench_seed is None else sim.bench_seed
-    backend: NetworkBackend | ComparatorTwinBench
+    backend: NetworkBackend | ComparatorTwinBench | TransistorInSituBench
     if sim.preset == "comparator-twin":  # a bench that learns in place
         build_edges(protocol.edges, network.n_edges, rng_init)  # keeps rng_init's stream as it was
         try:
             backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: {exc}") from None
+    elif sim.preset in TRANSISTOR_INSITU_PRESETS:  # transistor edges that learn in place
+        if sim.preset == "transistor-16-insitu":
+            lattice_16(network, sim.preset, source)
+        backend = transistor_insitu_bench(protocol, network, edge_model(e), rng_init, bench_seed,
+                                          noise_seed)
     elif e.kind in GATE_KINDS:
         backend = build_transistor_backend(protocol, network, rng_init, source=source,
                                            bench_seed=bench_seed, noise_seed=noise_seed)

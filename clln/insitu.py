@@ -1,5 +1,6 @@
 """Composition of the in-situ mode: the experiment a bench that learns in place runs
-(from ``[training.insitu]``), the simulated comparator-twin bench, and its trainer."""
+(from ``[training.insitu]``), the simulated comparator-twin and transistor benches, and
+its trainer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clln.controller.backend import GateEdges
 from clln.controller.errors import ProtocolError
 from clln.controller.insitu import InSituExperiment, InSituRecord, InSituTrainer, TimerModel
 from clln.controller.network import Network
@@ -20,11 +22,17 @@ from clln.drivers.insitu import InSituBench
 from clln.drivers.potbank import open_port
 from clln.protocol import Protocol
 from clln.simulator.bench import Faults
+from clln.simulator.devices import EdgeModel
 from clln.simulator.insitu_device import EmulatedInSituBench
 from clln.simulator.insitu_pot import (
     ComparatorTwinBench,
     ComparatorTwinParams,
     ComparatorTwinPhysics,
+)
+from clln.simulator.insitu_transistor import (
+    EdgeCircuitParams,
+    TransistorInSituBench,
+    TransistorTwinPhysics,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +101,32 @@ def comparator_bench(protocol: Protocol, network: Network, rng_init: np.random.G
     physics = ComparatorTwinPhysics(network, taps, params, bench_seed=bench_seed,
                                     noise_seed=noise_seed)
     return ComparatorTwinBench(physics, bench_seed=bench_seed, noise_seed=noise_seed)
+
+
+def edge_circuit_params(protocol: Protocol) -> EdgeCircuitParams:
+    """The parts of a transistor bench that learns in place: defaults with
+    ``[simulator.edge_circuit]`` applied."""
+    given = protocol.simulator.edge_circuit
+    overrides = {} if given is None else given.model_dump(exclude_none=True)
+    return EdgeCircuitParams(**{**asdict(EdgeCircuitParams()), **overrides})
+
+
+def transistor_insitu_bench(protocol: Protocol, network: Network, model: EdgeModel,
+                            rng_init: np.random.Generator, bench_seed: int,
+                            noise_seed: int) -> TransistorInSituBench:
+    """The simulated twin transistor bench that learns in place; initial gates uniform in
+    ``edges.gate_init`` (the middle fifth of the gate range when omitted)."""
+    e = protocol.edges
+    span = e.gate_max - e.gate_min
+    lo, hi = e.gate_init or (e.gate_min + 0.4 * span, e.gate_min + 0.6 * span)
+    gates = rng_init.uniform(lo, hi, size=network.n_edges)
+    physics = TransistorTwinPhysics(
+        network, model, gates, edge_circuit_params(protocol), bench_seed=bench_seed,
+        noise_seed=noise_seed,
+        fixed_resistors=[(a, b, 1.0 / ohms) for a, b, ohms in e.fixed_resistors or []])
+    return TransistorInSituBench(physics, GateEdges(e.gate_min, e.gate_max, e.gate_resolution),
+                                 preset=protocol.simulator.preset, bench_seed=bench_seed,
+                                 noise_seed=noise_seed)
 
 
 def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer:

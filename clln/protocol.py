@@ -21,6 +21,8 @@ from clln.controller.files import read_user_text
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
 from clln.simulator.insitu_pot import ComparatorTwinParams
+from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
+from clln.simulator.insitu_transistor import EdgeCircuitParams
 
 FORMAT_VERSION = 1
 
@@ -354,6 +356,14 @@ ComparatorSpec = create_model(  # the parts of the comparator-twin bench, all op
 ComparatorSpec.__doc__ = ("``[simulator.comparator]``: parts of the 'comparator-twin' bench "
                           "(clln.simulator.insitu_pot.ComparatorTwinParams); omitted keys keep "
                           "their defaults.")
+EdgeCircuitSpec = create_model(  # the parts of the transistor benches that learn in place
+    "EdgeCircuitSpec", __base__=_Strict,
+    **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
+       for f in fields(EdgeCircuitParams)},
+)
+EdgeCircuitSpec.__doc__ = ("``[simulator.edge_circuit]``: parts of the transistor benches that "
+                           "learn in place (clln.simulator.insitu_transistor.EdgeCircuitParams); "
+                           "omitted keys keep their defaults.")
 
 
 class SimulatorSpec(_Strict):
@@ -366,9 +376,10 @@ class SimulatorSpec(_Strict):
     """
 
     preset: Literal["ideal", "pot-bench", "twin-bench", "comparator-twin", "transistor-16",
-                    "transistor-pair"] = "ideal"
+                    "transistor-pair", "transistor-16-insitu", "transistor-pair-insitu"] = "ideal"
     parameters: Imperfections = Imperfections()
     comparator: ComparatorSpec | None = None
+    edge_circuit: EdgeCircuitSpec | None = None
     bench_seed: Seed | None = None
     solver: Literal["auto", "cholmod", "qdldl", "superlu"] = "auto"
     lu: Literal["superlu", "umfpack"] = "superlu"
@@ -410,13 +421,22 @@ class Protocol(_Strict):
         if insitu is not None and insitu.learn_flags is not None and len(insitu.learn_flags) != self.task.train:
             raise ValueError(f"training.insitu.learn_flags: {len(insitu.learn_flags)} entries; "
                              f"allowed: one per training sample (task.train = {self.task.train})")
-        in_place = self.simulator.preset == "comparator-twin"
+        preset = self.simulator.preset
+        in_place = preset in ("comparator-twin", *TRANSISTOR_INSITU_PRESETS)
         if in_place != (self.training.mode == "in-situ"):
-            raise ValueError("simulator.preset: 'comparator-twin' learns in place and goes with "
-                             "training.mode = 'in-situ' (and only it); got preset "
-                             f"{self.simulator.preset!r} with mode {self.training.mode!r}")
-        if self.simulator.comparator is not None and not in_place:
+            named = preset if in_place else "comparator-twin"
+            raise ValueError(f"simulator.preset: {named!r} learns in place and goes with "
+                             "training.mode = 'in-situ' (and only it; so do "
+                             f"{', '.join(TRANSISTOR_INSITU_PRESETS)}); got preset "
+                             f"{preset!r} with mode {self.training.mode!r}")
+        if self.simulator.comparator is not None and preset != "comparator-twin":
             raise ValueError("simulator.comparator: applies to preset 'comparator-twin' only")
+        if self.simulator.edge_circuit is not None and preset not in TRANSISTOR_INSITU_PRESETS:
+            raise ValueError("simulator.edge_circuit: applies to presets "
+                             f"{', '.join(TRANSISTOR_INSITU_PRESETS)} only")
+        if preset in TRANSISTOR_INSITU_PRESETS and self.edges.kind not in GATE_KINDS:
+            raise ValueError(f"edges.kind: {self.edges.kind!r}; preset {preset!r} needs "
+                             f"{' or '.join(GATE_KINDS)}")
         if self.training.mode == "in-situ" and self.task.kind == "allostery":
             raise ValueError("task.kind: 'allostery' is not available in mode 'in-situ'; "
                              "allowed: regression, classification")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -305,6 +305,39 @@ def run_loop(physics: InSituPhysics, experiment: InSituExperiment, start_step: i
             record = InSituRecord(**{**record.__dict__, "test_error": test_error,
                                      "test_accuracy": test_acc})
         yield record
+
+
+class PhysicsBench:
+    """A simulated bench that learns in place by running :func:`run_loop` on its own
+    physics (``self.physics``: the :class:`InSituPhysics` primitives plus ``network``,
+    ``state_dict`` and ``load_state_dict``); subclasses add ``edges``, ``read_edges`` and
+    ``describe``."""
+
+    twin = True
+    physics: Any
+
+    @property
+    def network(self) -> Any:
+        return self.physics.network
+
+    def run_insitu(self, experiment: InSituExperiment, start_step: int,
+                   n_steps: int) -> Iterator[InSituRecord]:
+        return run_loop(self.physics, experiment, start_step, n_steps)
+
+    def read_state(self) -> np.ndarray:
+        return self.physics.read_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.physics.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.physics.load_state_dict(state)
+
+    def safe(self) -> None:
+        """Learning is off between windows and every source is released after a run."""
+
+    def close(self) -> None:
+        self.safe()
 
 
 class InSituTrainer:

@@ -19,14 +19,13 @@ of clock pulses: ``floor(window * clock_hz)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from clln.controller.backend import EdgeState, SteppedEdges
-from clln.controller.insitu import InSituExperiment, InSituRecord, run_loop
+from clln.controller.insitu import PhysicsBench
 from clln.controller.network import Network
 from clln.simulator.physics import LinearNetworkSolver
 
@@ -157,12 +156,10 @@ class ComparatorTwinPhysics:
         self.pulses = int(state["pulses"])
 
 
-class ComparatorTwinBench:
+class ComparatorTwinBench(PhysicsBench):
     """The simulated comparator-clocked twin bench as a backend that
     :class:`~clln.controller.capabilities.LearnsInPlace`: it runs the loop
     (:func:`~clln.controller.insitu.run_loop`) on its own physics."""
-
-    twin = True
 
     def __init__(self, physics: ComparatorTwinPhysics, *, bench_seed: int = 0,
                  noise_seed: int = 0) -> None:
@@ -171,35 +168,12 @@ class ComparatorTwinBench:
         self._edges = SteppedEdges(physics.nominal_table())
 
     @property
-    def network(self) -> Network:
-        return self.physics.network
-
-    @property
     def edges(self) -> SteppedEdges:
         return self._edges
-
-    def run_insitu(self, experiment: InSituExperiment, start_step: int,
-                   n_steps: int) -> Iterator[InSituRecord]:
-        return run_loop(self.physics, experiment, start_step, n_steps)
-
-    def read_state(self) -> np.ndarray:
-        return self.physics.read_state()
 
     def read_edges(self) -> EdgeState:
         taps = self.physics.taps.copy()
         return EdgeState(self._edges.conductance(taps), taps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.physics.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.physics.load_state_dict(state)
-
-    def safe(self) -> None:
-        """Learning is off between windows and every source is released after a run."""
-
-    def close(self) -> None:
-        self.safe()
 
     def describe(self) -> dict[str, object]:
         return {"kind": "simulated-insitu", "backend": "simulator, learns in place",
