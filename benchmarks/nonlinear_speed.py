@@ -22,6 +22,10 @@ in [1.5, 2.5] V, this prints per size, measured in one run:
 * ``speedup``: ngspice per sample / clln step (whole batch), and per sample;
 * ``peak``: the process's peak resident memory, MB.
 
+All times are CPU seconds (clln runs single-threaded here: bundled BLAS limited to one
+thread; ngspice's are its child processes' CPU time plus this process's share), so a
+machine shared with other work does not distort the ratios.
+
 Then, at the middle size: the LU libraries (SuperLU, UMFPACK) on the same block
 system, and one block-diagonal system for the batch against a loop over samples.
 
@@ -77,9 +81,9 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
     lus0, krylov0 = solver.refactorizations, solver.krylov_iterations
     for k in range(repeats):
         lu0 = solver.lu_seconds
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         trainer.step(k + 1)
-        steps.append(time.perf_counter() - t0)
+        steps.append(time.process_time() - t0)
         bare.append(solver.lu_seconds - lu0)
     iters = np.concatenate(backend.iterations)
     return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
@@ -90,8 +94,15 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
             "gmres": (solver.krylov_iterations - krylov0) / max(iters.sum(), 1)}
 
 
+def cpu_with_children() -> float:
+    """CPU seconds of this process and its finished children (the ngspice runs)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def time_ngspice(m_edges: int, samples: int) -> float:
-    """Seconds per sample for ngspice: one free and one clamped operating point."""
+    """CPU seconds per sample for ngspice (netlists written, ``ngspice -b`` run, output
+    read back): one free and one clamped operating point."""
     backend, task = build(m_edges, samples)
     net = backend.network
     gates = backend.read_edges().conductances
@@ -99,11 +110,11 @@ def time_ngspice(m_edges: int, samples: int) -> float:
     sources = task.source_voltages(task.train.x)
     times = []
     for b in range(samples):
-        t0 = time.perf_counter()
+        t0 = cpu_with_children()
         free = solve_with_ngspice(net, model, gates, sources[b])
         clamps = free[list(net.roles.clamps)] + 0.3 * (task.train.y[b] - free[list(net.roles.clamps)])
         solve_with_ngspice(net, model, gates, sources[b], clamps)
-        times.append(time.perf_counter() - t0)
+        times.append(cpu_with_children() - t0)
     return float(np.median(times))
 
 
@@ -170,7 +181,7 @@ def main() -> None:
                 print(f"-- {row['edges']} edges: ngspice per sample ...", flush=True)
                 spice[row["edges"]] = time_ngspice(row["edges"], args.spice_samples)
     measured = sorted(spice)
-    print(f"\nbatch {args.batch}; times in seconds; ~ = extrapolated (power law through the "
+    print(f"\nbatch {args.batch}; times in CPU seconds; ~ = extrapolated (power law through the "
           f"measured ngspice sizes)")
     print(f"step lu: the step with every sample's Jacobian factorized; step: with --linear {args.linear}; "
           "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")

@@ -220,7 +220,7 @@ class NonlinearNetworkSolver:
         self._clamp_entries = np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos)
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.lu_seconds = 0.0  # wall time in the linear algebra: LUs, solves, GMRES
+        self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
         self.lu_calls = 0
 
     # -- physics -------------------------------------------------------------
@@ -469,9 +469,9 @@ class NonlinearNetworkSolver:
         """Factorize the Jacobian with entries ``values`` (nnz,) as the shared preconditioner."""
         pat = self._pattern
         matrix = sp.csc_matrix((values, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
-        started = time.perf_counter()
+        started = time.process_time()
         self._shared[clamped] = self._lu.factorize(matrix, 1)
-        self.lu_seconds += time.perf_counter() - started
+        self.lu_seconds += time.process_time() - started
         self.lu_calls += 1
         self.refactorizations += 1
         self._shared_stale[clamped] = False
@@ -488,7 +488,7 @@ class NonlinearNetworkSolver:
         the blocks of ``jacobians``, block-diagonal). Stops when
         every sample's linear residual is at most ``krylov_rtol`` of |rhs_b|, or after
         ``krylov_max_iter`` iterations; returns (s, iterations)."""
-        started = time.perf_counter()
+        started = time.process_time()
         k, nf = rhs.shape
         beta = np.linalg.norm(rhs, axis=1)
         safe = np.where(beta > 0, beta, 1.0)
@@ -519,7 +519,7 @@ class NonlinearNetworkSolver:
                 break
         step = np.einsum("kj,jkn->kn", coeffs, precond[:used])
         self.krylov_iterations += used * k
-        self.lu_seconds += time.perf_counter() - started
+        self.lu_seconds += time.process_time() - started
         return step, used
 
     def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
@@ -532,9 +532,9 @@ class NonlinearNetworkSolver:
             hi = min(count, lo + size)
             indices, indptr = self._block_pattern(hi - lo)
             matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
-            started = time.perf_counter()
+            started = time.process_time()
             handle = self._lu.factorize(matrix, hi - lo)
-            self.lu_seconds += time.perf_counter() - started
+            self.lu_seconds += time.process_time() - started
             self.lu_calls += 1
             chunk_of[samples[lo:hi]] = len(chunks)
             chunks.append((samples[lo:hi], handle))
@@ -545,7 +545,7 @@ class NonlinearNetworkSolver:
         nf = self.n_free
         step = np.empty_like(residual)
         row_of = {int(s): k for k, s in enumerate(samples)}
-        started = time.perf_counter()
+        started = time.process_time()
         for c in np.unique(chunk_of[samples]):
             members, handle = chunks[c]
             rhs = np.zeros((members.size, nf))
@@ -553,7 +553,7 @@ class NonlinearNetworkSolver:
             rhs[wanted] = residual[[row_of[int(members[k])] for k in wanted]]
             out = self._lu.solve(handle, rhs.ravel()).reshape(members.size, nf)
             step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
-        self.lu_seconds += time.perf_counter() - started
+        self.lu_seconds += time.process_time() - started
         return step
 
 
