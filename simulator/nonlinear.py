@@ -346,10 +346,7 @@ class NonlinearNetworkSolver:
             v[:, self.clamps] = clamps
 
     def _free_residual(self, v: np.ndarray, gates: np.ndarray, clamped: bool) -> np.ndarray:
-        r = self.residual(v, gates)[:, self.free_nodes]
-        if clamped and self.clamps.size:
-            r[:, self.position[self.clamps]] = 0.0
-        return r
+        return self._free_residual_state(v, gates, clamped)[0]
 
     def _newton(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
                 iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -363,7 +360,6 @@ class NonlinearNetworkSolver:
         count = v.shape[0]
         done = np.zeros(count, dtype=bool)
         nf = self.n_free
-        free = self.free_nodes
         residual = np.zeros(count)
         if nf == 0:
             return np.ones(count, dtype=bool), residual
@@ -384,22 +380,8 @@ class NonlinearNetworkSolver:
             iterations[act] += 1
             if not np.isfinite(step).all():
                 raise NetworkError("the network's Jacobian is singular: a part of it floats")
-            size = np.abs(step).max(axis=1)
+            size, scale, norm, _state = self._line_search(v, act, step, r_all, gates, clamped)
             converged = size <= self.tol
-            scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-            norm0 = np.abs(r_all[act]).max(axis=1)
-            va = v[act]
-            trial = va.copy()
-            for _halving in range(12):  # backtrack where the residual grows
-                trial[:, free] = va[:, free] + scale[:, None] * step
-                r_new = self._free_residual(trial, gates, clamped)
-                norm = np.abs(r_new).max(axis=1)
-                worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
-                if not worse.any():
-                    break
-                scale = np.where(worse, 0.5 * scale, scale)
-            v[act] = trial
-            r_all[act] = r_new
             residual[act] = norm
             done[act] = converged
             limit = self.chord_ratio * np.where(np.isfinite(last[act]), last[act], 1e300)
@@ -463,22 +445,8 @@ class NonlinearNetworkSolver:
             if not np.isfinite(step).all():
                 self._shared_stale[clamped] = True
                 break  # the per-sample LU path decides (and names a floating part)
-            size = np.abs(step).max(axis=1)
+            size, _scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
             converged = size <= self.tol
-            scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-            norm0 = np.abs(r_all[act]).max(axis=1)
-            va = v[act]
-            trial = va.copy()
-            for _halving in range(12):  # backtrack where the residual grows
-                trial[:, free] = va[:, free] + scale[:, None] * step
-                r_new, s_new = self._free_residual_state(trial, gates, clamped)
-                norm = np.abs(r_new).max(axis=1)
-                worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
-                if not worse.any():
-                    break
-                scale = np.where(worse, 0.5 * scale, scale)
-            v[act] = trial
-            r_all[act] = r_new
             d_va[act], d_vb[act] = s_new.d_va, s_new.d_vb
             residual[act] = norm
             done[act] = converged
@@ -548,6 +516,31 @@ class NonlinearNetworkSolver:
         self.krylov_iterations += used * k
         self.lu_seconds += time.process_time() - started
         return step, used
+
+    def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
+                     gates: np.ndarray, clamped: bool):  # noqa: ANN202
+        """Move samples ``act`` of v (in place) along their Newton ``step`` (k, n_free):
+        limited to ``max_step`` volts and halved while the residual norm grows. Updates
+        their rows of ``r_all``; returns (step size, scale taken, residual norm, edge
+        state at the new point)."""
+        free = self.free_nodes
+        size = np.abs(step).max(axis=1)
+        converged = size <= self.tol
+        scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
+        norm0 = np.abs(r_all[act]).max(axis=1)
+        va = v[act]
+        trial = va.copy()
+        for _halving in range(12):  # backtrack where the residual grows
+            trial[:, free] = va[:, free] + scale[:, None] * step
+            r_new, state = self._free_residual_state(trial, gates, clamped)
+            norm = np.abs(r_new).max(axis=1)
+            worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
+            if not worse.any():
+                break
+            scale = np.where(worse, 0.5 * scale, scale)
+        v[act] = trial
+        r_all[act] = r_new
+        return size, scale, norm, state
 
     def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
                    chunks: list[tuple[np.ndarray, object]]) -> None:
