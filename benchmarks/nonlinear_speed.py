@@ -129,9 +129,9 @@ def compare_lu(m_edges: int, batch: int) -> None:
         solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), lu=lu, linear="lu")
         solver.solve(gates * 1.001, sources, start=start)  # symbolic work, caches
         solver.lu_seconds, solver.lu_calls = 0.0, 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         solver.solve(gates * 1.002, sources, start=start)
-        wall = time.perf_counter() - t0
+        wall = time.process_time() - t0
         print(f"  {lu:8s} {solver.lu_seconds / max(solver.lu_calls, 1) * 1e3:8.1f} ms per LU call, "
               f"batch solve {wall * 1e3:8.1f} ms")
     print("  samples per block-diagonal LU (SuperLU), LU seconds per Newton iteration:")
@@ -141,16 +141,16 @@ def compare_lu(m_edges: int, batch: int) -> None:
         solver.solve(gates * 1.003, sources, start=start)
         solver.lu_seconds = 0.0
         calls = solver.lu_calls = 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         result = solver.solve(gates * 1.004, sources, start=start)
-        wall = time.perf_counter() - t0
+        wall = time.process_time() - t0
         calls = int(result.iterations.max())
         print(f"    {'all ' + str(batch) if blocks is None else blocks:>6}: "
               f"{solver.lu_seconds / max(calls, 1) * 1e3:8.1f} ms, batch solve {wall * 1e3:8.1f} ms")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for b in range(batch):  # the whole Newton solve sample by sample
         solver.solve(gates * 1.005, sources[b:b + 1], start=start[b:b + 1])
-    print(f"    a Python loop of single-sample solves: {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    print(f"    a Python loop of single-sample solves: {(time.process_time() - t0) * 1e3:.1f} ms")
 
 
 def main() -> None:

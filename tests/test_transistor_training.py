@@ -139,7 +139,7 @@ def test_floating_node_and_bad_gate_exit_2_with_one_line(tmp_path: Path) -> None
 
 
 def test_convergence_failure_pauses_the_run_and_resume_completes(tmp_path: Path) -> None:
-    text = protocol_text("xor", **{"steps = 600": "steps = 6", "test_every = 50": "test_every = 3"})
+    text = protocol_text("xor", **{"steps = 1000": "steps = 6", "test_every = 50": "test_every = 3"})
     exp = experiment(text)
     store = RunStore(tmp_path / "runs")
     solver = exp.backend.solvers[0]
