@@ -8,8 +8,11 @@ in [1.5, 2.5] V, this prints per size, measured in one run:
 * ``step``: clln's training step on TransistorBackend (free and clamped batch solves by
   Newton, each warm started, the local gate update, one learning window), median over
   ``--repeats`` steps after a first (cold) step;
-* ``bare``: the Newton iterations' LU work those steps needed (block refactorization +
-  solve), per step;
+* ``step lu``: the same step with every sample's Jacobian factorized in every Newton
+  iteration (``linear = "lu"``, the solver before the shared factorization);
+* ``bare``: the linear algebra those steps needed (LU factorizations, triangular
+  solves, GMRES with its Jacobian products), per step;
+* ``LUs``, ``gmres``: shared factorizations per step, GMRES iterations per Newton step;
 * ``step/bare``: their ratio (what the step costs beyond the LU library);
 * ``iters``: Newton iterations per solve (median, 95th percentile, share <= 5);
 * ``ngspice/sample``: ``ngspice -b`` solving one sample's free and clamped operating
@@ -19,11 +22,16 @@ in [1.5, 2.5] V, this prints per size, measured in one run:
 * ``speedup``: ngspice per sample / clln step (whole batch), and per sample;
 * ``peak``: the process's peak resident memory, MB.
 
+All times are CPU seconds (clln runs single-threaded here: bundled BLAS limited to one
+thread; ngspice's are its child processes' CPU time plus this process's share), so a
+machine shared with other work does not distort the ratios.
+
 Then, at the middle size: the LU libraries (SuperLU, UMFPACK) on the same block
 system, and one block-diagonal system for the batch against a loop over samples.
 
 Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10]
        [--repeats 3] [--spice-samples 2] [--spice-max-edges 25000]
+       [--linear auto|lu|krylov] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from clln.simulator.spice import ngspice_path, solve_with_ngspice
 from clln.simulator.transistor_backend import TransistorBackend
 
 
-def build(m_edges: int, batch: int, seed: int = 0) -> tuple[TransistorBackend, Task]:
+def build(m_edges: int, batch: int, seed: int = 0, linear: str = "auto") -> tuple[TransistorBackend, Task]:
     rng = np.random.default_rng(seed)
     n = int(round(m_edges / 2.25))
     net = delaunay(n, rng, coordination=4.5)
@@ -54,7 +62,7 @@ def build(m_edges: int, batch: int, seed: int = 0) -> tuple[TransistorBackend, T
     train, test, _ = linear_map_dataset(rng, 2, 2, batch, batch)
     task = Task("regression", train, test, output_nodes=roles.clamps)
     backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0),
-                                rng.uniform(1.5, 2.5, net.n_edges))
+                                rng.uniform(1.5, 2.5, net.n_edges), linear=linear)
     return backend, task
 
 
@@ -62,29 +70,39 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def time_steps(m_edges: int, batch: int, repeats: int) -> dict[str, float]:
-    backend, task = build(m_edges, batch)
+def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str, float]:
+    backend, task = build(m_edges, batch, linear=linear)
     trainer = Trainer(backend, task, CoupledRule(2.0), TrainConfig(steps=repeats + 1, batch_size=batch,
                                                                   eta=0.3), np.random.default_rng(1))
     trainer.step(0)  # cold: Newton from a flat start
     solver = backend.solvers[0]
     steps, bare = [], []
     backend.iterations.clear()
+    lus0, krylov0 = solver.refactorizations, solver.krylov_iterations
     for k in range(repeats):
         lu0 = solver.lu_seconds
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         trainer.step(k + 1)
-        steps.append(time.perf_counter() - t0)
+        steps.append(time.process_time() - t0)
         bare.append(solver.lu_seconds - lu0)
     iters = np.concatenate(backend.iterations)
     return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
             "step": float(np.median(steps)), "bare": float(np.median(bare)),
             "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
-            "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb()}
+            "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb(),
+            "shared_lus": (solver.refactorizations - lus0) / repeats,
+            "gmres": (solver.krylov_iterations - krylov0) / max(iters.sum(), 1)}
+
+
+def cpu_with_children() -> float:
+    """CPU seconds of this process and its finished children (the ngspice runs)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def time_ngspice(m_edges: int, samples: int) -> float:
-    """Seconds per sample for ngspice: one free and one clamped operating point."""
+    """CPU seconds per sample for ngspice (netlists written, ``ngspice -b`` run, output
+    read back): one free and one clamped operating point."""
     backend, task = build(m_edges, samples)
     net = backend.network
     gates = backend.read_edges().conductances
@@ -92,11 +110,11 @@ def time_ngspice(m_edges: int, samples: int) -> float:
     sources = task.source_voltages(task.train.x)
     times = []
     for b in range(samples):
-        t0 = time.perf_counter()
+        t0 = cpu_with_children()
         free = solve_with_ngspice(net, model, gates, sources[b])
         clamps = free[list(net.roles.clamps)] + 0.3 * (task.train.y[b] - free[list(net.roles.clamps)])
         solve_with_ngspice(net, model, gates, sources[b], clamps)
-        times.append(time.perf_counter() - t0)
+        times.append(cpu_with_children() - t0)
     return float(np.median(times))
 
 
@@ -108,30 +126,31 @@ def compare_lu(m_edges: int, batch: int) -> None:
     print(f"\nLU libraries at {backend.network.n_edges} edges, batch {batch} "
           "(one warm-started batch solve):")
     for lu in available_lu():
-        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), lu=lu)
+        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), lu=lu, linear="lu")
         solver.solve(gates * 1.001, sources, start=start)  # symbolic work, caches
         solver.lu_seconds, solver.lu_calls = 0.0, 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         solver.solve(gates * 1.002, sources, start=start)
-        wall = time.perf_counter() - t0
+        wall = time.process_time() - t0
         print(f"  {lu:8s} {solver.lu_seconds / max(solver.lu_calls, 1) * 1e3:8.1f} ms per LU call, "
               f"batch solve {wall * 1e3:8.1f} ms")
     print("  samples per block-diagonal LU (SuperLU), LU seconds per Newton iteration:")
     for blocks in (1, 2, 4, None):
-        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), blocks_per_lu=blocks)
+        solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), blocks_per_lu=blocks,
+                                        linear="lu")
         solver.solve(gates * 1.003, sources, start=start)
         solver.lu_seconds = 0.0
         calls = solver.lu_calls = 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         result = solver.solve(gates * 1.004, sources, start=start)
-        wall = time.perf_counter() - t0
+        wall = time.process_time() - t0
         calls = int(result.iterations.max())
         print(f"    {'all ' + str(batch) if blocks is None else blocks:>6}: "
               f"{solver.lu_seconds / max(calls, 1) * 1e3:8.1f} ms, batch solve {wall * 1e3:8.1f} ms")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for b in range(batch):  # the whole Newton solve sample by sample
         solver.solve(gates * 1.005, sources[b:b + 1], start=start[b:b + 1])
-    print(f"    a Python loop of single-sample solves: {(time.perf_counter() - t0) * 1e3:.1f} ms")
+    print(f"    a Python loop of single-sample solves: {(time.process_time() - t0) * 1e3:.1f} ms")
 
 
 def main() -> None:
@@ -142,12 +161,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spice-samples", type=int, default=2)
     parser.add_argument("--spice-max-edges", type=float, default=25_000)
+    parser.add_argument("--linear", default="auto", choices=["auto", "lu", "krylov"])
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the per-sample-LU step (linear = lu)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     rows = []
-    for m in sizes:
-        print(f"-- {m:.0e} edges: training steps ...", flush=True)
-        rows.append(time_steps(m, args.batch, args.repeats))
+    for m in sizes:  # the shared-LU step first: the peak memory printed is its own
+        print(f"-- {m:.0e} edges: training steps ({args.linear}, then per-sample LU) ...", flush=True)
+        row = time_steps(m, args.batch, args.repeats, args.linear)
+        row["step_lu"] = time_steps(m, args.batch, args.repeats, "lu")["step"] if args.baseline else float("nan")
+        rows.append(row)
     spice: dict[int, float] = {}
     if ngspice_path() is None:
         print("ngspice not installed: no baseline (apt-get install ngspice)")
@@ -157,9 +181,12 @@ def main() -> None:
                 print(f"-- {row['edges']} edges: ngspice per sample ...", flush=True)
                 spice[row["edges"]] = time_ngspice(row["edges"], args.spice_samples)
     measured = sorted(spice)
-    print(f"\nbatch {args.batch}; times in seconds; ~ = extrapolated (power law through the "
+    print(f"\nbatch {args.batch}; times in CPU seconds; ~ = extrapolated (power law through the "
           f"measured ngspice sizes)")
-    print(f"{'edges':>8} {'nodes':>7} {'step':>8} {'bare':>8} {'step/bare':>9} {'iters med/p95/<=5':>18} "
+    print(f"step lu: the step with every sample's Jacobian factorized; step: with --linear {args.linear}; "
+          "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")
+    print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'lu/step':>7} {'bare':>8} {'step/bare':>9} "
+          f"{'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
           f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8}")
     for row in rows:
         m = row["edges"]
@@ -171,8 +198,10 @@ def main() -> None:
         else:
             ref, mark = float("nan"), " "
         iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
-        print(f"{m:8d} {row['nodes']:7d} {row['step']:8.3f} {row['bare']:8.3f} "
-              f"{row['step'] / row['bare']:9.2f} {iters:>18} {mark}{ref:14.2f} "
+        print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.3f} {row['step']:8.3f} "
+              f"{row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
+              f"{row['step'] / row['bare']:9.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
+              f"{mark}{ref:14.2f} "
               f"{ref / row['step']:12.1f} {ref / (row['step'] / args.batch):10.1f} {row['peak']:8.0f}")
     if len(sizes) > 1:
         compare_lu(sizes[1], args.batch)

@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover - exercised only where cvxopt is missing
     _umfpack = None
 
 LuName = Literal["superlu", "umfpack"]
+LinearName = Literal["auto", "lu", "krylov"]
 
 
 class ConvergenceError(BenchFault):
@@ -149,13 +150,26 @@ class NonlinearNetworkSolver:
         fraction of the previous one (0, the default: refactorize every iteration, plain
         Newton). Measured in training at 2e4 edges, chord steps (0.05) needed 5-7
         iterations instead of 3-4 and saved little LU time.
+    linear : how each Newton step's linear systems are solved. ``lu``: every sample's
+        Jacobian factorized (``blocks_per_lu``, ``chord_ratio``). ``krylov``: one LU shared
+        by the batch (the mean of the samples' Jacobians, kept across calls) as the
+        preconditioner of GMRES on each sample's own Jacobian, run for all samples at
+        once; refactorized when GMRES needs more than ``refactor_iterations`` iterations.
+        Samples it does not converge fall back to ``lu``. ``auto``: ``krylov`` from
+        ``krylov_min_nodes`` free nodes on, ``lu`` below (where one LU costs little).
+    krylov_rtol : GMRES stops when each sample's linear residual is below this fraction
+        of its Newton residual (an inexact Newton step; convergence is still judged by
+        ``tol`` on the step).
+    krylov_max_iter : GMRES iterations per Newton step at most.
     """
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
                  fixed_conductance: np.ndarray | None = None, device_mask: np.ndarray | None = None,
                  blocks_per_lu: int | None = 1,
-                 chord_ratio: float = 0.0) -> None:
+                 chord_ratio: float = 0.0, linear: LinearName = "auto",
+                 krylov_min_nodes: int = 1000, krylov_rtol: float = 1e-5,
+                 krylov_max_iter: int = 30, refactor_iterations: int = 12) -> None:
         if lu not in available_lu():
             raise NetworkError(f"LU library {lu!r} is not available; allowed: {', '.join(available_lu())}")
         self.network = network
@@ -166,6 +180,17 @@ class NonlinearNetworkSolver:
         self.lu_name = lu
         self.blocks_per_lu = blocks_per_lu
         self.chord_ratio = chord_ratio
+        if linear not in ("auto", "lu", "krylov"):
+            raise NetworkError(f"linear solver {linear!r} unknown; allowed: auto, lu, krylov")
+        self.linear = linear
+        self.krylov_min_nodes = krylov_min_nodes
+        self.krylov_rtol = krylov_rtol
+        self.krylov_max_iter = krylov_max_iter
+        self.refactor_iterations = refactor_iterations
+        self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
+        self._shared_stale: dict[bool, bool] = {}
+        self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
+        self.refactorizations = 0  # shared LUs computed
         self._lu = _SuperLUBlocks() if lu == "superlu" else _UmfpackBlocks()
         n, m = network.n_nodes, network.n_edges
         self.sources, self.grounds, self.clamps = boundary_nodes(network)
@@ -195,7 +220,7 @@ class NonlinearNetworkSolver:
         self._clamp_entries = np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos)
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.lu_seconds = 0.0  # wall time spent in LU refactorizations and solves
+        self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
         self.lu_calls = 0
 
     # -- physics -------------------------------------------------------------
@@ -270,7 +295,17 @@ class NonlinearNetworkSolver:
         count = sources.shape[0]
         v = self._initial(sources, clamps, start)
         iterations = np.zeros(count, dtype=np.int64)
-        done, res = self._newton(v, gates, clamps is not None, iterations)
+        if self._use_krylov():
+            done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
+            retry = np.flatnonzero(~done)
+            if retry.size:  # per-sample LUs where the shared preconditioner did not do
+                part = v[retry]
+                it = np.zeros(retry.size, dtype=np.int64)
+                done[retry], res[retry] = self._newton(part, gates, clamps is not None, it)
+                v[retry] = part
+                iterations[retry] += it
+        else:
+            done, res = self._newton(v, gates, clamps is not None, iterations)
         failed = np.flatnonzero(~done)
         if failed.size:  # source continuation from 0 V for the samples that failed
             cold = self._initial(sources[failed] * 0.0,
@@ -311,10 +346,7 @@ class NonlinearNetworkSolver:
             v[:, self.clamps] = clamps
 
     def _free_residual(self, v: np.ndarray, gates: np.ndarray, clamped: bool) -> np.ndarray:
-        r = self.residual(v, gates)[:, self.free_nodes]
-        if clamped and self.clamps.size:
-            r[:, self.position[self.clamps]] = 0.0
-        return r
+        return self._free_residual_state(v, gates, clamped)[0]
 
     def _newton(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
                 iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +360,6 @@ class NonlinearNetworkSolver:
         count = v.shape[0]
         done = np.zeros(count, dtype=bool)
         nf = self.n_free
-        free = self.free_nodes
         residual = np.zeros(count)
         if nf == 0:
             return np.ones(count, dtype=bool), residual
@@ -349,28 +380,167 @@ class NonlinearNetworkSolver:
             iterations[act] += 1
             if not np.isfinite(step).all():
                 raise NetworkError("the network's Jacobian is singular: a part of it floats")
-            size = np.abs(step).max(axis=1)
+            size, scale, norm, _state = self._line_search(v, act, step, r_all, gates, clamped)
             converged = size <= self.tol
-            scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-            norm0 = np.abs(r_all[act]).max(axis=1)
-            va = v[act]
-            trial = va.copy()
-            for _halving in range(12):  # backtrack where the residual grows
-                trial[:, free] = va[:, free] + scale[:, None] * step
-                r_new = self._free_residual(trial, gates, clamped)
-                norm = np.abs(r_new).max(axis=1)
-                worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
-                if not worse.any():
-                    break
-                scale = np.where(worse, 0.5 * scale, scale)
-            v[act] = trial
-            r_all[act] = r_new
             residual[act] = norm
             done[act] = converged
             limit = self.chord_ratio * np.where(np.isfinite(last[act]), last[act], 1e300)
             stale[act] = (self.chord_ratio <= 0) | (size > limit) | (scale < 1.0)
             last[act] = size
         return done, residual
+
+    # -- Newton-Krylov with one shared factorization ---------------------------
+
+    def _use_krylov(self) -> bool:
+        return self.linear == "krylov" or (self.linear == "auto" and self.n_free >= self.krylov_min_nodes)
+
+    def _newton_krylov(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
+                       iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inexact Newton on every sample of v (updated in place): each step solves the
+        sample's own J_b s = -r_b by GMRES, all samples together, preconditioned by one LU
+        shared by the batch; (converged, residual) per sample.
+
+        The shared LU is the mean of the active samples' Jacobians. It is kept from call
+        to call (gates and operating points move little between training steps) and
+        recomputed only when GMRES needs more than ``refactor_iterations`` iterations.
+        A sample whose preconditioned residual M^-1 r is below ``tol`` / 10 takes that as
+        its last step without GMRES (|J^-1 r| <= 10 |M^-1 r| while M^-1 J is within 0.9 of
+        the identity, which GMRES' few iterations show), so convergence is still judged
+        at ``tol`` on the step. The device state of the accepted line-search point is
+        kept for the next iteration's Jacobian.
+        """
+        count = v.shape[0]
+        done = np.zeros(count, dtype=bool)
+        residual = np.zeros(count)
+        if self.n_free == 0:
+            return np.ones(count, dtype=bool), residual
+        free = self.free_nodes
+        r_all, state = self._free_residual_state(v, gates, clamped)
+        d_va, d_vb = np.array(state.d_va), np.array(state.d_vb)  # of every sample, kept
+        for _ in range(self.max_iter):
+            act = np.flatnonzero(~done)
+            if act.size == 0:
+                break
+            values = self._values(_Derivatives(d_va[act], d_vb[act]), clamped)
+            if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
+                self._shared_factor(values.mean(axis=0), clamped)
+            iterations[act] += 1
+            started = time.process_time()
+            cheap = -self._precondition(r_all[act], clamped)
+            self.lu_seconds += time.process_time() - started
+            small = np.abs(cheap).max(axis=1) <= 0.1 * self.tol
+            if small.any():  # converged: the preconditioned residual is the last step
+                last = act[small]
+                v[np.ix_(last, free)] += cheap[small]
+                residual[last] = np.abs(r_all[last]).max(axis=1)
+                done[last] = True
+                act, values = act[~small], values[~small]
+                if act.size == 0:
+                    break
+            indices, indptr = self._block_pattern(act.size)
+            jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(act.size * self.n_free,) * 2)
+            step, inner = self._gmres(jacobians, -r_all[act], clamped)
+            if inner > self.refactor_iterations:
+                self._shared_stale[clamped] = True
+            if not np.isfinite(step).all():
+                self._shared_stale[clamped] = True
+                break  # the per-sample LU path decides (and names a floating part)
+            size, _scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
+            converged = size <= self.tol
+            d_va[act], d_vb[act] = s_new.d_va, s_new.d_vb
+            residual[act] = norm
+            done[act] = converged
+        return done, residual
+
+    def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
+        """(residual at the free nodes (B, n_free), edge state) at node voltages v."""
+        state = self.edge_state(v, gates)
+        r = np.asarray((self.incidence_t @ state.current.T).T)[:, self.free_nodes]
+        if clamped and self.clamps.size:
+            r[:, self.position[self.clamps]] = 0.0
+        return r, state
+
+    def _shared_factor(self, values: np.ndarray, clamped: bool) -> None:
+        """Factorize the Jacobian with entries ``values`` (nnz,) as the shared preconditioner."""
+        pat = self._pattern
+        matrix = sp.csc_matrix((values, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
+        started = time.process_time()
+        self._shared[clamped] = self._lu.factorize(matrix, 1)
+        self.lu_seconds += time.process_time() - started
+        self.lu_calls += 1
+        self.refactorizations += 1
+        self._shared_stale[clamped] = False
+
+    def _precondition(self, x: np.ndarray, clamped: bool) -> np.ndarray:
+        """M^-1 x of each row with the shared LU (one single right-hand side per call:
+        SuperLU's multi-column solve measured slower than the loop)."""
+        handle = self._shared[clamped]
+        return np.stack([self._lu.solve(handle, row) for row in x])
+
+    def _gmres(self, jacobians: sp.csc_matrix, rhs: np.ndarray, clamped: bool) -> tuple[np.ndarray, int]:
+        """Right-preconditioned GMRES for J_b s_b = rhs_b, every sample b at once (one
+        Arnoldi basis per sample, vectorized over samples; zero initial guess; the J_b are
+        the blocks of ``jacobians``, block-diagonal). Stops when
+        every sample's linear residual is at most ``krylov_rtol`` of |rhs_b|, or after
+        ``krylov_max_iter`` iterations; returns (s, iterations)."""
+        started = time.process_time()
+        k, nf = rhs.shape
+        beta = np.linalg.norm(rhs, axis=1)
+        safe = np.where(beta > 0, beta, 1.0)
+        limit = self.krylov_max_iter
+        basis = np.empty((limit + 1, k, nf))
+        precond = np.empty((limit, k, nf))
+        hess = np.zeros((k, limit + 1, limit))
+        basis[0] = rhs / safe[:, None]
+        target = np.zeros((k, limit + 1))
+        target[:, 0] = beta
+        coeffs = np.zeros((k, 0))
+        used = 0
+        for j in range(limit):
+            precond[j] = self._precondition(basis[j], clamped)
+            w = (jacobians @ precond[j].ravel()).reshape(k, nf)
+            for i in range(j + 1):  # modified Gram-Schmidt, per sample
+                h = np.einsum("kn,kn->k", w, basis[i])
+                hess[:, i, j] = h
+                w -= h[:, None] * basis[i]
+            hn = np.linalg.norm(w, axis=1)
+            hess[:, j + 1, j] = hn
+            basis[j + 1] = w / np.where(hn > 0, hn, 1.0)[:, None]
+            used = j + 1
+            h = hess[:, :j + 2, :j + 1]
+            coeffs = np.einsum("kij,kj->ki", np.linalg.pinv(h), target[:, :j + 2])
+            linear_res = np.linalg.norm(target[:, :j + 2] - np.einsum("kij,kj->ki", h, coeffs), axis=1)
+            if np.all(linear_res <= self.krylov_rtol * beta):
+                break
+        step = np.einsum("kj,jkn->kn", coeffs, precond[:used])
+        self.krylov_iterations += used * k
+        self.lu_seconds += time.process_time() - started
+        return step, used
+
+    def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
+                     gates: np.ndarray, clamped: bool):  # noqa: ANN202
+        """Move samples ``act`` of v (in place) along their Newton ``step`` (k, n_free):
+        limited to ``max_step`` volts and halved while the residual norm grows. Updates
+        their rows of ``r_all``; returns (step size, scale taken, residual norm, edge
+        state at the new point)."""
+        free = self.free_nodes
+        size = np.abs(step).max(axis=1)
+        converged = size <= self.tol
+        scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
+        norm0 = np.abs(r_all[act]).max(axis=1)
+        va = v[act]
+        trial = va.copy()
+        for _halving in range(12):  # backtrack where the residual grows
+            trial[:, free] = va[:, free] + scale[:, None] * step
+            r_new, state = self._free_residual_state(trial, gates, clamped)
+            norm = np.abs(r_new).max(axis=1)
+            worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
+            if not worse.any():
+                break
+            scale = np.where(worse, 0.5 * scale, scale)
+        v[act] = trial
+        r_all[act] = r_new
+        return size, scale, norm, state
 
     def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
                    chunks: list[tuple[np.ndarray, object]]) -> None:
@@ -382,9 +552,9 @@ class NonlinearNetworkSolver:
             hi = min(count, lo + size)
             indices, indptr = self._block_pattern(hi - lo)
             matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
-            started = time.perf_counter()
+            started = time.process_time()
             handle = self._lu.factorize(matrix, hi - lo)
-            self.lu_seconds += time.perf_counter() - started
+            self.lu_seconds += time.process_time() - started
             self.lu_calls += 1
             chunk_of[samples[lo:hi]] = len(chunks)
             chunks.append((samples[lo:hi], handle))
@@ -395,7 +565,7 @@ class NonlinearNetworkSolver:
         nf = self.n_free
         step = np.empty_like(residual)
         row_of = {int(s): k for k, s in enumerate(samples)}
-        started = time.perf_counter()
+        started = time.process_time()
         for c in np.unique(chunk_of[samples]):
             members, handle = chunks[c]
             rhs = np.zeros((members.size, nf))
@@ -403,7 +573,7 @@ class NonlinearNetworkSolver:
             rhs[wanted] = residual[[row_of[int(members[k])] for k in wanted]]
             out = self._lu.solve(handle, rhs.ravel()).reshape(members.size, nf)
             step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
-        self.lu_seconds += time.perf_counter() - started
+        self.lu_seconds += time.process_time() - started
         return step
 
 
@@ -445,6 +615,14 @@ def _fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int)
     order = np.empty(nf, dtype=np.int64)
     order[lu.perm_c] = np.arange(nf)  # column i of the matrix moved to position perm_c[i]
     return order
+
+
+@dataclass(frozen=True)
+class _Derivatives:
+    """The edges' dI/dV_a and dI/dV_b (B, m) of some samples, as ``_values`` reads them."""
+
+    d_va: np.ndarray
+    d_vb: np.ndarray
 
 
 class _JacobianPattern:

@@ -31,7 +31,13 @@ from clln.controller.network import Network
 from clln.simulator.backend import SimClock, SimulatedSeam
 from clln.simulator.devices import EdgeModel
 from clln.simulator.imperfections import BenchInstance, Imperfections
-from clln.simulator.nonlinear import LuName, NewtonResult, NonlinearNetworkSolver, with_resistors
+from clln.simulator.nonlinear import (
+    LinearName,
+    LuName,
+    NewtonResult,
+    NonlinearNetworkSolver,
+    with_resistors,
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ class TransistorBackend(SimulatedSeam):
     window : the learning circuit (capacitor, resistor, window length).
     bench_seed, noise_seed : seeds of the drawn devices and of the read noise.
     lu : LU library of the Newton solver.
+    linear : the Newton steps' linear solver (``auto``, ``lu``, ``krylov``; see
+        :class:`~clln.simulator.nonlinear.NonlinearNetworkSolver`).
     clock : simulated time.
     preset : name of the imperfection preset, for the record.
     fixed_resistors : optional (a, b, conductance S) resistors beside the transistor
@@ -112,7 +120,8 @@ class TransistorBackend(SimulatedSeam):
                  imperfections: Imperfections | None = None, window: LearningWindow | None = None,
                  bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
                  clock: SimClock | None = None, preset: str = "ideal",
-                 fixed_resistors: list[tuple[int, int, float]] | None = None) -> None:
+                 fixed_resistors: list[tuple[int, int, float]] | None = None,
+                 linear: LinearName = "auto") -> None:
         params = imperfections or Imperfections()
         self.imperfections = params
         self.preset = preset
@@ -141,7 +150,7 @@ class TransistorBackend(SimulatedSeam):
         self.fixed_resistors = list(fixed_resistors or [])
         self._n_fixed = len(self.fixed_resistors)
         self._solvers = [NonlinearNetworkSolver(physics, mod, lu=lu, fixed_conductance=fixed,
-                                                device_mask=mask)
+                                                device_mask=mask, linear=linear)
                          for mod in self.models]
         self._commanded = self._quantize(np.clip(initial, edges.vmin, edges.vmax))
         self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages

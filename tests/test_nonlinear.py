@@ -145,17 +145,21 @@ def test_operating_points_match_ngspice(model) -> None:  # noqa: ANN001
             model_k = model.with_spread(rng, net.n_edges, 0.01, 0.005)
         else:
             model_k = model.with_spread(rng, net.n_edges, 0.01, 0.005)
-        solver = NonlinearNetworkSolver(net, model_k)
         sources = rng.uniform(0, 1, (2, 3))
-        free = solver.solve(gates, sources)
-        clamps = free.voltages[:, list(net.roles.clamps)] + rng.uniform(-0.05, 0.05, (2, 2))
-        clamped = solver.solve(gates, sources, clamps, start=free.voltages)
+        clamp_shift = rng.uniform(-0.05, 0.05, (2, 2))
+        solved = []  # per-sample LUs, and GMRES with one shared LU as preconditioner
+        for linear in ("lu", "krylov"):
+            solver = NonlinearNetworkSolver(net, model_k, linear=linear)
+            free = solver.solve(gates, sources)
+            clamps = free.voltages[:, list(net.roles.clamps)] + clamp_shift
+            solved.append((free, clamps, solver.solve(gates, sources, clamps, start=free.voltages)))
         for b in range(2):
             ref_free = solve_with_ngspice(net, model_k, gates, sources[b])
-            ref_clamped = solve_with_ngspice(net, model_k, gates, sources[b], clamps[b])
-            for ours, ref in ((free.voltages[b], ref_free), (clamped.voltages[b], ref_clamped)):
-                err = np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-3))
-                worst = max(worst, err)
+            for free, clamps, clamped in solved:
+                ref_clamped = solve_with_ngspice(net, model_k, gates, sources[b], clamps[b])
+                for ours, ref in ((free.voltages[b], ref_free), (clamped.voltages[b], ref_clamped)):
+                    err = np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-3))
+                    worst = max(worst, err)
     print(f"{model.name}: max relative node-voltage error vs ngspice {worst:.2e}")
     assert worst <= 1e-6
 
@@ -215,6 +219,52 @@ def test_warm_started_newton_converges_in_few_iterations() -> None:
                                    free.voltages, atol=1e-9)
         previous = free
     assert np.mean(np.array(counts) <= 5) >= 0.95
+
+
+def test_shared_factorization_newton_krylov_matches_per_sample_lu() -> None:
+    """GMRES preconditioned by one LU shared by the batch converges to the per-sample-LU
+    answer along a sequence of training-like steps, keeps its factorization from step to
+    step, and still converges in <= 5 Newton iterations from warm starts."""
+    net, rng = random_transistor_network(21, 1500)
+    roles = net.roles
+    lu = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
+    krylov = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
+    assert NonlinearNetworkSolver(net, SeedTransistor())._use_krylov()  # auto at this size
+    gates = rng.uniform(1.5, 2.5, net.n_edges)
+    sources = rng.uniform(0, 1, (6, 3))
+    ref = lu.solve(gates, sources)
+    got = krylov.solve(gates, sources)
+    np.testing.assert_allclose(got.voltages, ref.voltages, atol=1e-9)
+    counts, solves = [], 0
+    for _ in range(6):
+        gates = gates + rng.normal(0, 0.01, net.n_edges)
+        ref_free = lu.solve(gates, sources, start=ref.voltages)
+        free = krylov.solve(gates, sources, start=got.voltages)
+        clamps = ref_free.voltages[:, list(roles.clamps)] + 0.02
+        ref_clamped = lu.solve(gates, sources, clamps, start=ref_free.voltages)
+        clamped = krylov.solve(gates, sources, clamps, start=free.voltages)
+        for ours, exact in ((free, ref_free), (clamped, ref_clamped)):
+            np.testing.assert_allclose(ours.voltages, exact.voltages, atol=1e-9)
+            counts += list(ours.iterations)
+        solves += 2
+        ref, got = ref_free, free
+    assert krylov.refactorizations < solves  # the shared LU is kept across steps
+    assert krylov.krylov_iterations > 0
+    assert np.mean(np.array(counts) <= 5) >= 0.95
+
+
+def test_krylov_falls_back_to_per_sample_lu() -> None:
+    """With GMRES cut to one iteration the shared-LU Newton cannot converge; the samples
+    are finished by per-sample LUs and the answer is unchanged."""
+    net, rng = random_transistor_network(22, 300)
+    gates = rng.uniform(0.8, 3.0, net.n_edges)
+    sources = rng.uniform(0, 1, (4, 3))
+    ref = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu").solve(gates, sources)
+    start = ref.voltages + rng.normal(0, 1e-3, ref.voltages.shape)  # warm: LU needs ~3 iterations
+    weak = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", krylov_max_iter=1, max_iter=5)
+    got = weak.solve(gates, sources, start=start)
+    np.testing.assert_allclose(got.voltages, ref.voltages, atol=1e-9)
+    assert got.iterations.min() > 5  # the shared-LU iterations, then the per-sample LU ones
 
 
 @pytest.mark.skipif("umfpack" not in available_lu(), reason="cvxopt (UMFPACK) not installed")

@@ -129,7 +129,7 @@ def test_floating_node_and_bad_gate_exit_2_with_one_line(tmp_path: Path) -> None
     floating.write_text(text)
     bad_gate = tmp_path / "bad_gate.toml"
     bad_gate.write_text((PROTOCOLS / "xor.toml").read_text().replace(
-        "gate_init = [1.0, 2.0]", "gate_init = [-1.0, 2.0]"))
+        "gate_init = [1.45, 1.55]", "gate_init = [-1.0, 2.0]"))
     for path, words in ((floating, "float"), (bad_gate, "gate_init")):
         res = clln_cli("train", path, "--out", tmp_path / "runs", cwd=tmp_path)
         assert res.returncode == 2, res.stderr
@@ -139,7 +139,7 @@ def test_floating_node_and_bad_gate_exit_2_with_one_line(tmp_path: Path) -> None
 
 
 def test_convergence_failure_pauses_the_run_and_resume_completes(tmp_path: Path) -> None:
-    text = protocol_text("xor", **{"steps = 600": "steps = 6", "test_every = 50": "test_every = 3"})
+    text = protocol_text("xor", **{"steps = 1000": "steps = 6", "test_every = 50": "test_every = 3"})
     exp = experiment(text)
     store = RunStore(tmp_path / "runs")
     solver = exp.backend.solvers[0]
