@@ -17,8 +17,10 @@ ALLOWED = {
     "clln.controller": set(),
     "clln.simulator": {"clln.controller"},
     "clln.drivers": {"clln.controller"},
+    # analysis may use the simulator's physics (linear, nonlinear, devices, and the in-place
+    # transistor pair that seed 002's limit-cycle analysis drives), never a backend or driver
     "clln.analysis": {"clln.controller", "clln.simulator.physics", "clln.simulator.nonlinear",
-                      "clln.simulator.devices"},
+                      "clln.simulator.devices", "clln.simulator.insitu_transistor"},
     "clln": {"clln.controller", "clln.simulator", "clln.drivers", "clln.analysis"},
 }
 BARE = {"controller", "simulator", "drivers", "analysis"}

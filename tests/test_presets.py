@@ -71,7 +71,8 @@ def test_bad_preset_lists_the_presets() -> None:
     text = (Path(__file__).parents[1] / "protocols" / "demo.toml").read_text()
     text = text.replace('preset = "ideal"', 'preset = "lab"')
     with pytest.raises(ProtocolError, match="'ideal', 'pot-bench', 'twin-bench', 'comparator-twin', "
-                                            "'transistor-16' or 'transistor-pair'"):
+                                            "'transistor-16', 'transistor-pair', 'transistor-16-insitu' "
+                                            "or 'transistor-pair-insitu'"):
         parse_protocol(text, "demo.toml")
 
 
