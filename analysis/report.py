@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
-from clln.analysis.floor import error_floor  # noqa: E402
+from clln.analysis.metrics import error_floor  # noqa: E402
 from clln.controller.store import RunStore  # noqa: E402
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.sparse.csgraph import dijkstra
 
 from clln.controller.network import Network
@@ -18,24 +18,18 @@ from clln.drivers.boards import BOARDS
 from clln.drivers.chips import CHIPS
 from clln.drivers.daq import DaqConfig, plan_daq
 from clln.drivers.visa import VISA_BACKENDS
-from clln.protocol import read_file, read_toml, validate
 from clln.simulator.imperfections import Imperfections
+from clln.tomlfile import Positive, StrictModel, read_file, read_toml, validate
 
 FORMAT_VERSION = 1
 MAX_CHAIN = 255
 """Pots a bench's chain may hold: GET_ALL answers with a status byte and every tap (2 bytes
 each) in one reply, and a packet carries at most 512 payload bytes (PROTOCOL.md §2)."""
-Positive = Annotated[float, Field(gt=0, strict=True)]
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Index = Annotated[int, Field(ge=0, le=10**6, strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class DaqSpec(_Strict):
+class DaqSpec(StrictModel):
     """``[daq]``: the NI-DAQ device, its wiring and timing (``drivers.daq.plan_daq``
     derives the ranges, the averaging window and the convert rate from these)."""
 
@@ -63,7 +57,7 @@ DEVICE_PATH = re.compile(r"/[^\x00-\x1f]*[^/\x00-\x1f]|COM[1-9][0-9]{0,2}|\\\\\.
 """An absolute device path (/dev/ttyACM0, /dev/serial/by-id/...) or a Windows COM port."""
 
 
-class SerialSpec(_Strict):
+class SerialSpec(StrictModel):
     """``[serial]``: the potentiometer controller's port."""
 
     port: Name  # a device path, never a pyserial URL
@@ -102,7 +96,7 @@ class SerialSpec(_Strict):
         return rate
 
 
-class PotSpec(_Strict):
+class PotSpec(StrictModel):
     """``[pots]``: the potentiometer chip and the series resistor of every edge."""
 
     chip: Literal["MCP4131", "MCP41HV51", "AD5293", "AD5206", "X9C103"]
@@ -150,14 +144,14 @@ class PotSpec(_Strict):
         return CHIPS[self.chip].r_wiper if self.r_wiper is None else self.r_wiper
 
 
-class EdgeSpec(_Strict):
+class BenchEdgeSpec(StrictModel):
     """``[[edges]]``: one edge: its two nodes and its potentiometer's chain position."""
 
     nodes: tuple[Index, Index]
     chain: Annotated[int, Field(ge=0, le=MAX_CHAIN - 1, strict=True)]  # one SET_ALL frame carries them all
 
 
-class DrivenSpec(_Strict):
+class DrivenSpec(StrictModel):
     """``[sources]`` / ``[clamps]``: driven nodes and their AO channels, in order."""
 
     nodes: list[Index]
@@ -170,14 +164,14 @@ class DrivenSpec(_Strict):
         return self
 
 
-class LimitSpec(_Strict):
+class LimitSpec(StrictModel):
     """``[limits]``: hard limits, checked before anything is written."""
 
     max_node_voltage: Annotated[float, Field(gt=0, le=1e3, strict=True)]  # V
     max_edge_current: Positive  # A (checked against the chip's rating)
 
 
-class SmuSpec(_Strict):
+class SmuSpec(StrictModel):
     """``[smu]``: an SMU on a fixture across two nodes (4-wire), which gives the
     calibration its scale in ohms.
 
@@ -204,7 +198,7 @@ class SmuSpec(_Strict):
         return value
 
 
-class EmulatorSpec(_Strict):
+class EmulatorSpec(StrictModel):
     """``[emulator]``: the bench model used by ``--emulate``. Its DAQ figures that the
     ``[daq]`` set-up decides (ranges, averaging, convert interval, sample timing, mains
     frequency) come from there (``clln.benchrun.daq_parameters``)."""
@@ -218,7 +212,7 @@ class EmulatorSpec(_Strict):
         return self.parameters.model_dump(include=set(self.parameters.model_fields_set))
 
 
-class Bench(_Strict):
+class Bench(StrictModel):
     """A whole bench file."""
 
     format: Annotated[int, Field(strict=True)]
@@ -231,7 +225,7 @@ class Bench(_Strict):
     daq: DaqSpec
     serial: SerialSpec
     pots: PotSpec
-    edges: list[EdgeSpec]
+    edges: list[BenchEdgeSpec]
     sources: DrivenSpec
     clamps: DrivenSpec
     limits: LimitSpec

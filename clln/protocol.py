@@ -7,33 +7,31 @@ Every error names the file, the key and the allowed values, in one line.
 
 from __future__ import annotations
 
-import tomllib
-import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import Field, create_model, model_validator
 
 from clln.controller.bounds import INT64_MAX, bounded_float, bounded_int
-from clln.controller.errors import ProtocolError
-from clln.controller.files import read_user_text
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.simulator.imperfections import Imperfections
 from clln.simulator.insitu_pot import ComparatorTwinParams
 from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
 from clln.simulator.insitu_transistor import EdgeCircuitParams
+from clln.tomlfile import (
+    Bool,
+    Int,
+    NonNegative,
+    Positive,
+    Str,
+    StrictModel,
+    read_file,
+    read_toml,
+    validate,
+)
 
 FORMAT_VERSION = 1
-
-# Strict scalars: a boolean or a string is never silently turned into a number.
-Float = Annotated[float, Field(strict=True)]
-Int = Annotated[int, Field(strict=True)]
-Bool = Annotated[bool, Field(strict=True)]
-Str = Annotated[str, Field(strict=True)]
-Positive = Annotated[float, Field(gt=0, strict=True)]
-NonNegative = Annotated[float, Field(ge=0, strict=True)]
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 # Ranges that keep the physics finite (clln.controller.bounds): what a bench can be.
 Volts = bounded_float(-1e3, 1e3, "V", "no bench drives more than 1 kV; beyond, squared drops overflow")
@@ -48,11 +46,7 @@ Seed = bounded_int(0, INT64_MAX, "", "seeds are stored as signed 64-bit integers
 SquaredVolts = bounded_float(0.0, 1e6, "V^2", "errors and signals are squared volts within +-1 kV")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class NetworkSpec(_Strict):
+class NetworkSpec(StrictModel):
     """``[network]``: the topology."""
 
     kind: Literal["lattice", "delaunay", "jammed", "edge-list"]
@@ -94,7 +88,7 @@ _GATE_KEYS = {"gate_min", "gate_max", "gate_resolution", "gate_init", "s", "v_t"
               "g_off", "capacitance", "charge_resistance", "window", "fixed_resistors"}
 
 
-class EdgeSpec(_Strict):
+class EdgeSpec(StrictModel):
     """``[edges]``: the actuators.
 
     continuous: conductance in [gmin, gmax] siemens, initial values uniform in ``init``.
@@ -155,7 +149,7 @@ class EdgeSpec(_Strict):
         return self
 
 
-class TaskSpec(_Strict):
+class TaskSpec(StrictModel):
     """``[task]``: what to learn. Node roles are picked at random (seeded) unless given."""
 
     kind: Literal["regression", "allostery", "classification"]
@@ -214,7 +208,7 @@ class TaskSpec(_Strict):
         return 2 * self.inputs + (0 if self.encoding == "complement" else 1)
 
 
-class OverclampSpec(_Strict):
+class OverclampSpec(StrictModel):
     """``[training.scheme.overclamp]``: clamp past the target (effective nudge ``eta``,
     optionally clipped at the ``rails``, V), on both sides when ``symmetric``; samples
     within ``margin`` (V, or "auto": ``noise_margin`` times the rms output noise the
@@ -237,7 +231,7 @@ class OverclampSpec(_Strict):
         return self
 
 
-class AutoZeroSpec(_Strict):
+class AutoZeroSpec(StrictModel):
     """``[training.scheme.auto-zero]``: a zero-nudge measurement every ``every`` steps,
     averaged over the last ``window`` of them, subtracted from every update."""
 
@@ -245,15 +239,15 @@ class AutoZeroSpec(_Strict):
     window: SmallCount = 10
 
 
-class ChopSpec(_Strict):
+class ChopSpec(StrictModel):
     """``[training.scheme.chop]`` (twin benches): swap the twins' roles every step."""
 
 
-class ResidualsSpec(_Strict):
+class ResidualsSpec(StrictModel):
     """``[training.scheme.residuals]`` (stepped edges): carry each edge's fractional tap."""
 
 
-class SchemeSpec(_Strict):
+class SchemeSpec(StrictModel):
     """``[training.scheme]``: bias suppression. Each sub-table present turns that
     component on (``[training.scheme.chop]`` may be empty); none is plain coupled
     learning."""
@@ -264,7 +258,7 @@ class SchemeSpec(_Strict):
     residuals: ResidualsSpec | None = None
 
 
-class InSituSpec(_Strict):
+class InSituSpec(StrictModel):
     """``[training.insitu]``: the experiment a bench that learns in place runs itself
     (see docs/insitu.md). ``eta`` and ``learn_time_us`` are one value or one per step."""
 
@@ -313,7 +307,7 @@ class InSituSpec(_Strict):
                              f"at most {self.timer_max_ticks} ticks)")
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     """``[training]``: rule and hyper-parameters. ``mode = "in-situ"`` hands the loop to
     a bench that learns in place, described by ``[training.insitu]``."""
 
@@ -349,7 +343,7 @@ class TrainingSpec(_Strict):
 
 
 ComparatorSpec = create_model(  # the parts of the comparator-twin bench, all optional
-    "ComparatorSpec", __base__=_Strict,
+    "ComparatorSpec", __base__=StrictModel,
     **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
        for f in fields(ComparatorTwinParams)},
 )
@@ -357,7 +351,7 @@ ComparatorSpec.__doc__ = ("``[simulator.comparator]``: parts of the 'comparator-
                           "(clln.simulator.insitu_pot.ComparatorTwinParams); omitted keys keep "
                           "their defaults.")
 EdgeCircuitSpec = create_model(  # the parts of the transistor benches that learn in place
-    "EdgeCircuitSpec", __base__=_Strict,
+    "EdgeCircuitSpec", __base__=StrictModel,
     **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
        for f in fields(EdgeCircuitParams)},
 )
@@ -366,7 +360,7 @@ EdgeCircuitSpec.__doc__ = ("``[simulator.edge_circuit]``: parts of the transisto
                            "omitted keys keep their defaults.")
 
 
-class SimulatorSpec(_Strict):
+class SimulatorSpec(StrictModel):
     """``[simulator]``: imperfection preset, overrides of its parameters, sparse solver
     (``solver`` for linear edges, ``lu`` for the Newton solves of transistor edges).
 
@@ -390,7 +384,7 @@ class SimulatorSpec(_Strict):
         return self.parameters.model_dump(include=set(self.parameters.model_fields_set))
 
 
-class MetaSpec(_Strict):
+class MetaSpec(StrictModel):
     """``[meta]``: the lab notebook entry of every run of this protocol (the command line's
     ``--operator``, ``--sample``, ``--note`` and ``--tag`` add to it)."""
 
@@ -401,7 +395,7 @@ class MetaSpec(_Strict):
     tags: list[Str] = []
 
 
-class Protocol(_Strict):
+class Protocol(StrictModel):
     """A whole protocol file."""
 
     format: Int
@@ -441,132 +435,6 @@ class Protocol(_Strict):
             raise ValueError("task.kind: 'allostery' is not available in mode 'in-situ'; "
                              "allowed: regression, classification")
         return self
-
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the sub-model at ``loc`` (the location of an unknown key)."""
-    def model_in(annotation: Any) -> Any:
-        """The pydantic model inside an annotation such as ``list[M]`` or ``M | None``."""
-        if hasattr(annotation, "model_fields"):
-            return annotation
-        for arg in typing.get_args(annotation):
-            found = model_in(arg)
-            if found is not None:
-                return found
-        return None
-
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):  # an item of a list of tables
-            continue
-        fields = getattr(current, "model_fields", {})
-        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        if field is None:
-            return []
-        current = model_in(field.annotation)
-    return sorted(f.alias or name for name, f in getattr(current, "model_fields", {}).items())
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p) else repr(p)
-                    for p in loc) or "(top level)"
-
-
-def _union_tag(part: Any) -> bool:
-    """Whether a location part is pydantic's tag of a union member (e.g. 'constrained-float',
-    "literal['auto']"), not a key of the file."""
-    return isinstance(part, str) and ("[" in part or part.startswith("constrained-")
-                                      or part in ("float", "int", "str", "bool"))
-
-
-def _describe_union(errors: list[dict[str, Any]]) -> tuple[str, int] | None:
-    """One line for a value that matched no member of a union (e.g. a number or 'auto'),
-    and how many of ``errors`` it covers; None when the first error is not such a case."""
-    loc = tuple(errors[0]["loc"])
-    if not loc or not _union_tag(loc[-1]):
-        return None
-    members = [e for e in errors if len(e["loc"]) == len(loc) and tuple(e["loc"])[:-1] == loc[:-1]
-               and _union_tag(e["loc"][-1])]
-    parts = [f"one of {e['ctx']['expected']}" if e["type"] == "literal_error"
-             else e["msg"].removeprefix("Value error, ").removeprefix("Input should be ") for e in members]
-    return f"{_dotted(loc[:-1])}: should be {', or '.join(parts)} (got {errors[0]['input']!r})", len(members)
-
-
-def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
-    """One line for a pydantic error of ``model``: the dotted key and what is allowed."""
-    loc = tuple(error["loc"])
-    key = _dotted(loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc)
-        return f"{key}: unknown key; allowed: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "literal_error":
-        return f"{key}: {error['input']!r} is not allowed; allowed: {error['ctx']['expected']}"
-    msg = error["msg"].removeprefix("Value error, ")
-    if not loc:  # a check across keys names its keys itself
-        return msg
-    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater", "less", "too_short")):
-        return f"{key}: {msg} (got {error['input']!r})"
-    return f"{key}: {msg}"
-
-
-Model = typing.TypeVar("Model", bound=BaseModel)
-
-
-MAX_NESTING = 32
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    """Nesting depth of parsed TOML (stops counting past MAX_NESTING)."""
-    if level > MAX_NESTING or not isinstance(value, (dict, list)):
-        return level
-    items = value.values() if isinstance(value, dict) else value
-    return max((_depth(v, level + 1) for v in items), default=level + 1)
-
-
-def read_toml(text: str, source: str, version: int, kind: str = "") -> dict[str, Any]:
-    """Parse TOML text and check its ``format`` version; ProtocolError naming ``source``.
-    ``kind`` names the file's kind in the message (e.g. "sweep")."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{source}: not valid TOML ({exc})") from None
-    except RecursionError:
-        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most "
-                            f"{MAX_NESTING} levels)") from None
-    if _depth(data) > MAX_NESTING:
-        raise ProtocolError(f"{source}: arrays or tables nested too deeply (at most {MAX_NESTING} levels)")
-    found = data.get("format")
-    if found is None:
-        raise ProtocolError(f"{source}: format: required key is missing; this clln reads "
-                            f"{kind + ' ' if kind else ''}format {version}")
-    if type(found) is not int or found != version:
-        raise ProtocolError(
-            f"{source}: format: version {found!r} is not supported; allowed: {version}"
-            + (" (upgrade clln)" if isinstance(found, int) and found > version else "")
-        )
-    return data
-
-
-def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
-    """Validate parsed file data; the first error as one line naming the key."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        union = _describe_union(errors)
-        line, covered = union if union is not None else (_describe_error(model, errors[0]), 1)
-        more = f" (and {len(errors) - covered} more)" if len(errors) > covered else ""
-        raise ProtocolError(f"{source}: {line}{more}") from None
-
-
-def read_file(path: str | Path, what: str) -> str:
-    """A user file's text; ProtocolError (one line) when it is missing, not a regular
-    file, too large, not UTF-8 or unreadable (clln.controller.files)."""
-    return read_user_text(path, what)
 
 
 def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
