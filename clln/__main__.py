@@ -1,0 +1,5 @@
+"""``python -m clln``: the command line."""
+
+from clln.cli import main
+
+main()
