@@ -60,12 +60,12 @@ def test_choices_shown_as_choices() -> None:
 
 
 def test_debug_accepted_after_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clln import cli
+    from clln.commands import runs
 
     def broken(*args: object, **kwargs: object) -> None:  # an unexpected failure (a bug)
         raise ZeroDivisionError("an unexpected failure")
 
-    monkeypatch.setattr(cli, "_open_store", broken)
+    monkeypatch.setattr(runs, "open_store", broken)
     plain = clln("runs", "--out", tmp_path)
     assert plain.returncode == 1 and "run with --debug" in plain.stderr
     assert "Traceback" not in plain.stderr
