@@ -161,7 +161,7 @@ def fit_relaxation(steps: np.ndarray, y: np.ndarray, *, floor: float = 1e-6) -> 
 
     # exponential: log y = log A - t / tau, 1/tau in [0, 1/tau_min]
     _, log_a, rate = _linear_fit(t, log_y, (0.0, 1.0 / tau_min))
-    params = {"exponential": (log_a, 1.0 / rate if rate > 0 else np.inf)}
+    params: dict[str, tuple[float, ...]] = {"exponential": (log_a, 1.0 / rate if rate > 0 else np.inf)}
 
     # stretched: log y = log A - c t^beta with c = tau^-beta >= 0; profile over beta
     def stretched_rss(beta: float) -> float:

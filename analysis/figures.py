@@ -94,10 +94,11 @@ def susceptibility_figures(data: RunData, sus: SusceptibilityResult, folder: Pat
 def aging_figures(data: RunData, aging: AgingResult, folder: Path) -> list[Path]:
     """``aging.png``: relaxation fits, C(r) per snapshot and xi(t); returns its path."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    if aging.fits is not None:
+    if aging.fits is not None and aging.steps is not None and aging.rmse is not None:
         t = aging.steps
         axes[0].loglog(np.maximum(t, 1), aging.rmse, "o", ms=3, color="black", label="data")
-        fine = np.linspace(*aging.fits.window, 400)  # the fitted points only
+        first, last = aging.fits.window
+        fine = np.linspace(first, last, 400)  # the fitted points only
         for name, fit in aging.fits.fits.items():
             mark = " (best)" if name == aging.fits.best else ""
             axes[0].loglog(np.maximum(fine, 1), fit.predict(fine),

@@ -53,7 +53,8 @@ def draw_network(
     for role, nodes in (roles or {}).items():
         if role in marks and nodes:
             m, c, name = marks[role]
-            ax.scatter(*positions[nodes].T, marker=m, c=c, s=60, zorder=3, label=name)
+            xy = positions[nodes]
+            ax.scatter(xy[:, 0], xy[:, 1], marker=m, c=c, s=60, zorder=3, label=name)
     if numbers and len(positions) <= 400:
         size = 7 if len(positions) <= 100 else 5
         for k, (x, y) in enumerate(positions[:, :2]):

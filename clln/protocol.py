@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from clln.controller.bounds import INT64_MAX, bounded_float, bounded_int
+from clln.controller.bounds import INT64_MAX
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
+from clln.controller.ranges import Range
 from clln.simulator.imperfections import Imperfections
 from clln.simulator.insitu_pot import ComparatorTwinParams
 from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
@@ -34,27 +35,27 @@ from clln.tomlfile import (
 FORMAT_VERSION = 1
 
 # Ranges that keep the physics finite (clln.controller.bounds): what a bench can be.
-Volts = bounded_float(-1e3, 1e3, "V", "no bench drives more than 1 kV; beyond, squared drops overflow")
-Siemens = bounded_float(1e-12, 1e3, "S", "1 TOhm to 1 mOhm: wider ratios make the network singular")
-Ohms = bounded_float(0.0, 1e9, "ohm", "up to 1 GOhm")
-PositiveOhms = bounded_float(1e-3, 1e9, "ohm", "1 mOhm to 1 GOhm")
-Alpha = bounded_float(1e-15, 1e6, "S/V^2", "larger rates overflow the update in one step")
-Nudge = bounded_float(1e-6, 1e3, "", "alpha / eta must stay finite and the clamps within the bench")
-Count = bounded_int(1, 10**9, "", "at most a billion")
-SmallCount = bounded_int(1, 10**6, "", "at most a million")
-Seed = bounded_int(0, INT64_MAX, "", "seeds are stored as signed 64-bit integers")
-SquaredVolts = bounded_float(0.0, 1e6, "V^2", "errors and signals are squared volts within +-1 kV")
+Volts = Annotated[float, Range(-1e3, 1e3, "V", "no bench drives more than 1 kV; beyond, squared drops overflow")]
+Siemens = Annotated[float, Range(1e-12, 1e3, "S", "1 TOhm to 1 mOhm: wider ratios make the network singular")]
+Ohms = Annotated[float, Range(0.0, 1e9, "ohm", "up to 1 GOhm")]
+PositiveOhms = Annotated[float, Range(1e-3, 1e9, "ohm", "1 mOhm to 1 GOhm")]
+Alpha = Annotated[float, Range(1e-15, 1e6, "S/V^2", "larger rates overflow the update in one step")]
+Nudge = Annotated[float, Range(1e-6, 1e3, "", "alpha / eta must stay finite and the clamps within the bench")]
+Count = Annotated[int, Range(1, 10**9, "", "at most a billion")]
+SmallCount = Annotated[int, Range(1, 10**6, "", "at most a million")]
+Seed = Annotated[int, Range(0, INT64_MAX, "", "seeds are stored as signed 64-bit integers")]
+SquaredVolts = Annotated[float, Range(0.0, 1e6, "V^2", "errors and signals are squared volts within +-1 kV")]
 
 
 class NetworkSpec(StrictModel):
     """``[network]``: the topology."""
 
     kind: Literal["lattice", "delaunay", "jammed", "edge-list"]
-    rows: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
-    cols: bounded_int(1, 10**6, "", "the size estimate refuses what memory cannot hold") | None = None
+    rows: Annotated[int, Range(1, 10**6, "", "the size estimate refuses what memory cannot hold")] | None = None
+    cols: Annotated[int, Range(1, 10**6, "", "the size estimate refuses what memory cannot hold")] | None = None
     periodic: Bool = False
-    nodes: bounded_int(3, 10**9, "", "the size estimate refuses what memory cannot hold") | None = None
-    coordination: bounded_float(1e-3, 1e3, "", "a mean number of contacts") | None = None
+    nodes: Annotated[int, Range(3, 10**9, "", "the size estimate refuses what memory cannot hold")] | None = None
+    coordination: Annotated[float, Range(1e-3, 1e3, "", "a mean number of contacts")] | None = None
     file: Str | None = None
 
     @model_validator(mode="after")
@@ -108,22 +109,22 @@ class EdgeSpec(StrictModel):
     gmin: Siemens = 1e-4
     gmax: Siemens = 1e-2
     init: tuple[Siemens, Siemens] | None = None
-    taps: bounded_int(2, 65536, "", "digital potentiometers have at most 16-bit wipers") = 129
+    taps: Annotated[int, Range(2, 65536, "", "digital potentiometers have at most 16-bit wipers")] = 129
     r_series: Ohms = 1000.0
     r_ab: PositiveOhms = 10_000.0
     r_wiper: Ohms = 75.0
     init_taps: tuple[Int, Int] | None = None
     gate_min: Volts = 0.0
     gate_max: Volts = 5.0
-    gate_resolution: bounded_float(0.0, 1e3, "V", "a gate step within the gate range") = 0.0
+    gate_resolution: Annotated[float, Range(0.0, 1e3, "V", "a gate step within the gate range")] = 0.0
     gate_init: tuple[Volts, Volts] | None = None
-    s: bounded_float(1e-12, 1e3, "A/V^2", "a transistor's gain factor") = 8.5e-4
+    s: Annotated[float, Range(1e-12, 1e3, "A/V^2", "a transistor's gain factor")] = 8.5e-4
     v_t: Volts = 0.62
-    lam: bounded_float(0.0, 1e3, "1/V", "channel-length modulation") = 0.02
-    g_off: bounded_float(0.0, 1e3, "S", "up to 1 kS") | None = None
-    capacitance: bounded_float(1e-15, 1e3, "F", "1 fF to 1 kF") = 2.2e-6
+    lam: Annotated[float, Range(0.0, 1e3, "1/V", "channel-length modulation")] = 0.02
+    g_off: Annotated[float, Range(0.0, 1e3, "S", "up to 1 kS")] | None = None
+    capacitance: Annotated[float, Range(1e-15, 1e3, "F", "1 fF to 1 kF")] = 2.2e-6
     charge_resistance: PositiveOhms = 1e3
-    window: bounded_float(1e-12, 1e6, "s", "a learning window up to 1e6 s") = 100e-6
+    window: Annotated[float, Range(1e-12, 1e6, "s", "a learning window up to 1e6 s")] = 100e-6
     fixed_resistors: list[tuple[Int, Int, PositiveOhms]] | None = None
 
     @model_validator(mode="after")
@@ -155,7 +156,7 @@ class TaskSpec(StrictModel):
     kind: Literal["regression", "allostery", "classification"]
     inputs: SmallCount = 2
     outputs: SmallCount = 2
-    classes: bounded_int(2, 10**6, "", "at most a million") | None = None
+    classes: Annotated[int, Range(2, 10**6, "", "at most a million")] | None = None
     train: SmallCount = 30
     test: SmallCount = 100
     input_range: tuple[Volts, Volts] = (0.0, 1.0)
@@ -167,7 +168,7 @@ class TaskSpec(StrictModel):
     high_ground: Volts = 1.0
     target_high: Volts = 0.3
     target_low: Volts = 0.0
-    spread: bounded_float(1e-12, 1e3, "V", "a spread beyond 1 kV is no class") = 0.08
+    spread: Annotated[float, Range(1e-12, 1e3, "V", "a spread beyond 1 kV is no class")] = 0.08
     dataset: Literal["xor", "quadratic", "seed002-pair"] | None = None
     encoding: Literal["signed", "complement"] = "signed"
 
@@ -218,7 +219,7 @@ class OverclampSpec(StrictModel):
 
     eta: Nudge = 10.0
     margin: Annotated[float, Field(ge=0, le=1e3, strict=True)] | Literal["auto"] = "auto"  # V, within 1 kV
-    noise_margin: bounded_float(0.0, 1e6, "", "a multiple of the measured noise") = 5.0
+    noise_margin: Annotated[float, Range(0.0, 1e6, "", "a multiple of the measured noise")] = 5.0
     noise_readings: Annotated[int, Field(ge=2, le=10**6, strict=True)] = 4
     rails: tuple[Volts, Volts] | None = None
     normalise: Bool = True
@@ -314,13 +315,13 @@ class TrainingSpec(StrictModel):
     rule: Literal["coupled", "stepped"] = "coupled"
     alpha: Alpha = 1e-3
     eta: Nudge = 0.1
-    step: bounded_int(1, 65535, "taps", "at most a 16-bit wiper's range") = 1
+    step: Annotated[int, Range(1, 65535, "taps", "at most a 16-bit wiper's range")] = 1
     threshold: SquaredVolts = 0.0
     batch: SmallCount = 30
     steps: Count = 1000
     test_every: Count = 50
     snapshot_every: Count = 100
-    target_error: bounded_float(1e-300, 1e6, "", "a positive cost in squared volts") | None = None
+    target_error: Annotated[float, Range(1e-300, 1e6, "", "a positive cost in squared volts")] | None = None
     backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
     reversal_backoff: Annotated[int, Field(ge=1, le=1000, strict=True)] | None = None
     scheme: SchemeSpec | None = None
@@ -342,19 +343,26 @@ class TrainingSpec(StrictModel):
         return self
 
 
-ComparatorSpec = create_model(  # the parts of the comparator-twin bench, all optional
-    "ComparatorSpec", __base__=StrictModel,
-    **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
-       for f in fields(ComparatorTwinParams)},
-)
+def _optional_keys(params: type[Any]) -> dict[str, Any]:
+    """Every field of a parameter dataclass as an optional key (omitted: its default)."""
+    return {f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
+            for f in fields(params)}
+
+
+if TYPE_CHECKING:  # built below from the parameter dataclasses; to a type checker, tables
+    class ComparatorSpec(StrictModel): ...
+
+    class EdgeCircuitSpec(StrictModel): ...
+else:
+    # the parts of the comparator-twin bench, and of the transistor benches that learn in
+    # place, all optional
+    ComparatorSpec = create_model("ComparatorSpec", __base__=StrictModel,
+                                  **_optional_keys(ComparatorTwinParams))
+    EdgeCircuitSpec = create_model("EdgeCircuitSpec", __base__=StrictModel,
+                                   **_optional_keys(EdgeCircuitParams))
 ComparatorSpec.__doc__ = ("``[simulator.comparator]``: parts of the 'comparator-twin' bench "
                           "(clln.simulator.insitu_pot.ComparatorTwinParams); omitted keys keep "
                           "their defaults.")
-EdgeCircuitSpec = create_model(  # the parts of the transistor benches that learn in place
-    "EdgeCircuitSpec", __base__=StrictModel,
-    **{f.name: ((Int if f.type in (int, "int") else NonNegative) | None, None)
-       for f in fields(EdgeCircuitParams)},
-)
 EdgeCircuitSpec.__doc__ = ("``[simulator.edge_circuit]``: parts of the transistor benches that "
                            "learn in place (clln.simulator.insitu_transistor.EdgeCircuitParams); "
                            "omitted keys keep their defaults.")

@@ -123,7 +123,7 @@ def protocol_reference() -> str:
     sections: dict[str, list[KeyDoc]] = {}
     for doc in protocol_keys(Protocol):
         sections.setdefault(doc.section, []).append(doc)
-    models = {"(top level)": Protocol}
+    models: dict[str, type[BaseModel]] = {"(top level)": Protocol}
 
     def collect(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
@@ -136,9 +136,9 @@ def protocol_reference() -> str:
     for section, docs in sections.items():
         title = "Top level" if section == "(top level)" else f"[{section}]"
         lines += [f"## {title}", ""]
-        doc = inspect.getdoc(models[section]) or ""
-        if doc:
-            lines += [doc.replace("``", "`"), ""]
+        text = inspect.getdoc(models[section]) or ""
+        if text:
+            lines += [text.replace("``", "`"), ""]
         lines += ["| key | type | default |", "| --- | --- | --- |"]
         for d in docs:
             kind = d.kind.replace("|", "\\|")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from clln.controller.errors import ProtocolError
 from clln.controller.files import read_user_text
@@ -66,7 +67,7 @@ def _union_tag(part: Any) -> bool:
                                       or part in ("float", "int", "str", "bool"))
 
 
-def _describe_union(errors: list[dict[str, Any]]) -> tuple[str, int] | None:
+def _describe_union(errors: list[ErrorDetails]) -> tuple[str, int] | None:
     """One line for a value that matched no member of a union (e.g. a number or 'auto'),
     and how many of ``errors`` it covers; None when the first error is not such a case."""
     loc = tuple(errors[0]["loc"])
@@ -79,7 +80,7 @@ def _describe_union(errors: list[dict[str, Any]]) -> tuple[str, int] | None:
     return f"{_dotted(loc[:-1])}: should be {', or '.join(parts)} (got {errors[0]['input']!r})", len(members)
 
 
-def _describe_error(model: type[BaseModel], error: dict[str, Any]) -> str:
+def _describe_error(model: type[BaseModel], error: ErrorDetails) -> str:
     """One line for a pydantic error of ``model``: the dotted key and what is allowed."""
     loc = tuple(error["loc"])
     key = _dotted(loc)

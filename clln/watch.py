@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -129,18 +129,9 @@ def _argument(doc: Any, name: str) -> str | None:
 def run_document(doc: Any, root: Path, default_run: str) -> None:
     """The page of one run (``/run?id=RUN``; ``latest`` follows the newest run)."""
     from bokeh.layouts import column, row
-    from bokeh.models import (
-        Button,
-        ColorBar,
-        ColumnDataSource,
-        DataTable,
-        Div,
-        LabelSet,
-        Legend,
-        LegendItem,
-        LogColorMapper,
-        TableColumn,
-    )
+    from bokeh.models import ColumnDataSource, LogColorMapper
+    from bokeh.models.annotations import ColorBar, LabelSet, Legend, LegendItem, Title
+    from bokeh.models.widgets import Button, DataTable, Div, TableColumn
     from bokeh.palettes import Viridis256
     from bokeh.plotting import figure
 
@@ -199,7 +190,8 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
         glyph = net.scatter("x", "y", source=view, size=9 if role == "internal" else 13,
                             color=_ROLE_COLOURS[role], line_color="white")
         label = {"clamp": "output (clamped)"}.get(role, role)
-        items.append(LegendItem(label=label, renderers=[glyph]))
+        # bokeh types a renderer list as GlyphRenderer[Glyph], invariant in the glyph
+        items.append(LegendItem(label=label, renderers=[glyph]))  # type: ignore[list-item]
     net.add_layout(LabelSet(x="x", y="y", text="label", source=nodes, x_offset=6, y_offset=4,
                             text_font_size="9px", text_color="#333333"))
     net.add_layout(Legend(items=items, location="top_left"), "below")
@@ -210,7 +202,9 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
     status = Div(name="bench", text="", width=260)
     control = Div(name="control", text="")
     buttons = []
-    for action, kind in (("pause", "warning"), ("resume", "success"), ("stop", "danger")):
+    actions: tuple[tuple[str, Literal["warning", "success", "danger"]], ...] = (
+        ("pause", "warning"), ("resume", "success"), ("stop", "danger"))
+    for action, kind in actions:
         button = Button(label=action, button_type=kind, width=80, name=f"button-{action}")
 
         def click(action: str = action) -> None:
@@ -251,7 +245,8 @@ def run_document(doc: Any, root: Path, default_run: str) -> None:
             if positive.size and positive.max() > positive.min():
                 mapper.update(low=float(positive.min()), high=float(positive.max()))
             edges.data = {**edges.data, "g": g}
-            net.title.text = f"network: edge conductance (S), step {step}"
+            if isinstance(net.title, Title):  # a figure's title is a Title model
+                net.title.text = f"network: edge conductance (S), step {step}"
         if new["events"]:
             for e in new["events"]:
                 if e["kind"] in ("pause", "resume"):
@@ -299,7 +294,8 @@ def runs_document(doc: Any, root: Path, default_sweep: str | None) -> None:
     """The list of runs with their progress (``/runs``; ``?sweep=NAME`` for one sweep, with
     its summary plot filling as runs finish)."""
     from bokeh.layouts import column
-    from bokeh.models import ColumnDataSource, DataTable, Div, HTMLTemplateFormatter, TableColumn
+    from bokeh.models import ColumnDataSource
+    from bokeh.models.widgets import DataTable, Div, HTMLTemplateFormatter, TableColumn
     from bokeh.plotting import figure
 
     store = RunStore(root)
@@ -344,7 +340,12 @@ def runs_document(doc: Any, root: Path, default_sweep: str | None) -> None:
 
     update()
     callback = doc.add_periodic_callback(update, int(POLL_S * 4000))
-    doc.on_session_destroyed(lambda _: (doc.remove_periodic_callback(callback), store.close()))
+
+    def closed(_: Any) -> None:
+        doc.remove_periodic_callback(callback)
+        store.close()
+
+    doc.on_session_destroyed(closed)
     doc.title = "clln runs"
     doc.add_root(column(header, table, summary))
 

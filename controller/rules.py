@@ -38,7 +38,8 @@ def contrastive_signal(
 class UpdateRule(Protocol):
     """Turns a contrastive signal into edge commands in actuator units."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
                  state: EdgeState | None = None) -> np.ndarray:

@@ -20,6 +20,7 @@ from clln.controller.backend import (
     ContinuousEdges,
     EdgeActuators,
     EdgeState,
+    GateEdges,
     Measurement,
     SteppedEdges,
     boundary_arrays,
@@ -158,9 +159,12 @@ class SimulatedBackend(SimulatedSeam):
         clock: SimClock | None = None,
         preset: str = "ideal",
     ) -> None:
+        if isinstance(edges, GateEdges):
+            raise TypeError("transistor edges are simulated by TransistorBackend "
+                            "(clln.simulator.transistor_backend)")
         self.preset = preset
         self._network = network
-        self._edges = edges
+        self._edges: ContinuousEdges | SteppedEdges = edges
         params = imperfections or Imperfections()
         self.imperfections = params
         self.clock = clock or SimClock(params.settle_time)
@@ -251,9 +255,8 @@ class SimulatedBackend(SimulatedSeam):
         stamps = self.clock.advance(sources.shape[0])
         free_twin, clamped_twin = (1, 0) if swap and self.twin else (0, 1 if self.twin else 0)
         free = self._measure(free_twin, sources, None, stamps)
-        clamps = np.atleast_2d(np.asarray(clamp_rule(free), dtype=float))
-        _, clamps = self._check(sources, clamps)
-        return free, self._measure(clamped_twin, sources, clamps, stamps,
+        _, checked = self._check(sources, np.atleast_2d(np.asarray(clamp_rule(free), dtype=float)))
+        return free, self._measure(clamped_twin, sources, checked, stamps,
                                    polarity=-1.0 if swap and self.twin else 1.0)
 
     def _check(self, sources: np.ndarray, clamps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -302,7 +305,7 @@ class SimulatedBackend(SimulatedSeam):
             self._taps = taps
             self._g = self._edges.conductance(taps)
         else:
-            edges: ContinuousEdges = self._edges
+            edges = self._edges
             wanted = self._g + commands.astype(float)
             g = np.clip(wanted, edges.gmin, edges.gmax)
             applied = g - self._g

@@ -64,10 +64,10 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from clln.controller.bounds import bounded_float, bounded_int
 from clln.controller.errors import ProtocolError
+from clln.controller.ranges import Range
 
-_fraction = bounded_float(0.0, 0.9, "", "a relative error; 1 or more makes a part vanish")
+_fraction = Annotated[float, Range(0.0, 0.9, "", "a relative error; 1 or more makes a part vanish")]
 
 
 class Imperfections(BaseModel):
@@ -77,42 +77,42 @@ class Imperfections(BaseModel):
 
     # edges
     tolerance: _fraction = 0.0
-    r_wiper_spread: bounded_float(0.0, 1e9, "ohm", "up to 1 GOhm") = 0.0
-    inl_lsb: bounded_float(0.0, 1e6, "LSB", "at most a million steps") = 0.0
+    r_wiper_spread: Annotated[float, Range(0.0, 1e9, "ohm", "up to 1 GOhm")] = 0.0
+    inl_lsb: Annotated[float, Range(0.0, 1e6, "LSB", "at most a million steps")] = 0.0
     r_series_tolerance: _fraction = 0.0
-    tempco: bounded_float(0.0, 0.1, "1/K", "10 %/K is beyond any resistor") = 0.0
-    drift_kelvin: bounded_float(0.0, 1e3, "K", "a lab drifts by kelvins, not more than 1000") = 0.0
-    drift_period: bounded_float(1e-6, 1e9, "s", "a microsecond to 30 years") = 3600.0
+    tempco: Annotated[float, Range(0.0, 0.1, "1/K", "10 %/K is beyond any resistor")] = 0.0
+    drift_kelvin: Annotated[float, Range(0.0, 1e3, "K", "a lab drifts by kelvins, not more than 1000")] = 0.0
+    drift_period: Annotated[float, Range(1e-6, 1e9, "s", "a microsecond to 30 years")] = 3600.0
     # DAQ inputs
-    ai_range: bounded_float(1e-6, 1e3, "V", "no DAQ reads beyond 1 kV") = 10.0
+    ai_range: Annotated[float, Range(1e-6, 1e3, "V", "no DAQ reads beyond 1 kV")] = 10.0
     ai_bits: Annotated[int, Field(ge=0, le=32, strict=True)] = 0
     ai_gain_error: _fraction = 0.0
     ai_offset_error: _fraction = 0.0
-    ai_noise_rms: bounded_float(0.0, 1e3, "V", "noise beyond 1 kV rms swamps any reading") = 0.0
-    averaging: bounded_int(1, 10**6, "", "at most a million samples") = 1
-    mux_settle_time: bounded_float(0.0, 1e3, "s", "up to 1000 s") = 0.0
-    ai_capacitance: bounded_float(0.0, 1.0, "F", "up to 1 F") = 0.0
-    ai_sample_rate: bounded_float(1e-3, 1e8, "S/s", "per channel, up to 100 MS/s") = 10_000.0
-    mains_pickup: bounded_float(0.0, 1e3, "V", "peak mains pickup at every AI input") = 0.0
-    mains_frequency: bounded_float(1.0, 1e3, "Hz", "a mains frequency") = 50.0
+    ai_noise_rms: Annotated[float, Range(0.0, 1e3, "V", "noise beyond 1 kV rms swamps any reading")] = 0.0
+    averaging: Annotated[int, Range(1, 10**6, "", "at most a million samples")] = 1
+    mux_settle_time: Annotated[float, Range(0.0, 1e3, "s", "up to 1000 s")] = 0.0
+    ai_capacitance: Annotated[float, Range(0.0, 1.0, "F", "up to 1 F")] = 0.0
+    ai_sample_rate: Annotated[float, Range(1e-3, 1e8, "S/s", "per channel, up to 100 MS/s")] = 10_000.0
+    mains_pickup: Annotated[float, Range(0.0, 1e3, "V", "peak mains pickup at every AI input")] = 0.0
+    mains_frequency: Annotated[float, Range(1.0, 1e3, "Hz", "a mains frequency")] = 50.0
     # DAQ outputs
-    ao_range: bounded_float(1e-6, 1e3, "V", "no DAQ drives beyond 1 kV") = 10.0
+    ao_range: Annotated[float, Range(1e-6, 1e3, "V", "no DAQ drives beyond 1 kV")] = 10.0
     ao_bits: Annotated[int, Field(ge=0, le=32, strict=True)] = 0
     ao_gain_error: _fraction = 0.0
     ao_offset_error: _fraction = 0.0
-    source_impedance: bounded_float(0.0, 1e9, "ohm", "up to 1 GOhm") = 0.0
+    source_impedance: Annotated[float, Range(0.0, 1e9, "ohm", "up to 1 GOhm")] = 0.0
     # twin benches and learning bias
     twin: Annotated[bool, Field(strict=True)] = False
-    learning_bias: bounded_float(0.0, 1e6, "V^2", "squared volts within +-1 kV") = 0.0
-    learning_bias_mean: bounded_float(-1e6, 1e6, "V^2", "squared volts within +-1 kV") = 0.0
+    learning_bias: Annotated[float, Range(0.0, 1e6, "V^2", "squared volts within +-1 kV")] = 0.0
+    learning_bias_mean: Annotated[float, Range(-1e6, 1e6, "V^2", "squared volts within +-1 kV")] = 0.0
     actuator_asymmetry: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.0
     # transistor edges: per-device spread (V rms of V_T, relative rms of S) and the gate
     # capacitors' leak resistance (ohm, 0: no leak)
-    vt_spread: bounded_float(0.0, 10.0, "V", "threshold spread within 10 V") = 0.0
+    vt_spread: Annotated[float, Range(0.0, 10.0, "V", "threshold spread within 10 V")] = 0.0
     s_spread: _fraction = 0.0
-    gate_leak_resistance: bounded_float(0.0, 1e18, "ohm", "up to 1 EOhm") = 0.0
+    gate_leak_resistance: Annotated[float, Range(0.0, 1e18, "ohm", "up to 1 EOhm")] = 0.0
     # time per measured sample (s), for drift and timestamps
-    settle_time: bounded_float(1e-12, 1e3, "s", "up to 1000 s per sample") = 1e-3
+    settle_time: Annotated[float, Range(1e-12, 1e3, "s", "up to 1000 s per sample")] = 1e-3
 
     @property
     def exact_readout(self) -> bool:

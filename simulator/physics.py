@@ -30,7 +30,7 @@ Factorizations (``available_solvers()``, best first; ``auto`` takes the first):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -75,18 +75,18 @@ class _Cholmod:
 
     def __init__(self, n: int) -> None:
         self.mode = "supernodal" if n >= SUPERNODAL_FROM else "simplicial"
-        self._factor: object | None = None
+        self._factor: Any = None  # the library's factor object
 
     def factorize(self, matrix: sp.csc_matrix) -> None:
         try:
             if self._factor is None:
                 self._factor = _cholmod.analyze(matrix, mode=self.mode)
-            self._factor.cholesky_inplace(matrix)  # type: ignore[attr-defined]
+            self._factor.cholesky_inplace(matrix)
         except _cholmod.CholmodError as exc:
             raise NetworkError(f"the network's Laplacian cannot be factorized ({exc})") from None
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
-        return np.asfortranarray(self._factor(rhs))  # type: ignore[misc]
+        return np.asfortranarray(self._factor(rhs))
 
 
 class _Qdldl:
@@ -95,18 +95,18 @@ class _Qdldl:
     triangle = "upper"
 
     def __init__(self, n: int) -> None:
-        self._factor: object | None = None
+        self._factor: Any = None  # the library's factor object
 
     def factorize(self, matrix: sp.csc_matrix) -> None:
         if self._factor is None:
             self._factor = _qdldl.Solver(matrix, upper=True)
         else:
-            self._factor.update(matrix, upper=True)  # type: ignore[attr-defined]
+            self._factor.update(matrix, upper=True)
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         out = np.empty_like(rhs, order="F")
         for col in range(rhs.shape[1]):
-            out[:, col] = self._factor.solve(rhs[:, col])  # type: ignore[attr-defined]
+            out[:, col] = self._factor.solve(rhs[:, col])
         return out
 
 
@@ -132,7 +132,8 @@ class _SuperLU:
         return np.asfortranarray(self._factor.solve(rhs))
 
 
-_FACTORIZATIONS = {"cholmod": _Cholmod, "qdldl": _Qdldl, "superlu": _SuperLU}
+_FACTORIZATIONS: dict[str, type[_Cholmod | _Qdldl | _SuperLU]] = {
+    "cholmod": _Cholmod, "qdldl": _Qdldl, "superlu": _SuperLU}
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -92,7 +92,7 @@ def train(
             firmware = session.backend.potbank.info
         where = {"emulate": "emulated bench", "simulate": "model of bench",
                  "hardware": "bench"}[target] + f" {bench_spec.name}"
-        used: dict[str, Any] | None = exp.backend.describe().get("calibration")
+        used = cast("dict[str, Any] | None", exp.backend.describe().get("calibration"))
         where += f", calibration {used['id']}" if used else ", datasheet tap tables"
     from clln.provenance import collect, lab_meta
 
