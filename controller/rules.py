@@ -1,4 +1,4 @@
-"""Local learning rules (SCIENCE.md, eq. CL and the hardware rule).
+"""Local learning rules (docs/science.md: eq. (CL) and "The stepped rule").
 
 Both rules use only measured node voltages: the per-edge contrastive signal
 

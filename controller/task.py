@@ -1,6 +1,6 @@
 """Learning tasks: what the sources are driven with and what the outputs should do.
 
-Three kinds (SCIENCE.md):
+Three kinds (docs/science.md, "Tasks"):
 
 * ``regression``: output *node* voltages should equal a linear map of the inputs;
   cost MSE (V^2).

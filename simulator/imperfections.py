@@ -1,7 +1,7 @@
 """Imperfection models of the simulated bench, and the presets that group them.
 
 Each model is small, seeded and documented; its defaults are datasheet figures
-(HARDWARE.md; (assumed) where the datasheet gives none). A *bench instance* is one
+(docs/hardware.md; (assumed) where the datasheet gives none). A *bench instance* is one
 draw of every per-part error (tolerances, offsets, gains, bias): it is fixed for
 the life of a bench, like the parts soldered on a board, and is drawn from the
 bench seed. Measurement noise is drawn afresh on every reading.
@@ -38,7 +38,7 @@ Models (all SI units):
   measured on one twin and the clamped state on the other;
 * transistor edges (``vt_spread``, ``s_spread``, ``gate_leak_resistance``): see
   :mod:`clln.simulator.transistor_backend`;
-* deterministic per-edge learning bias b_j (V^2, SCIENCE.md): normal with rms
+* deterministic per-edge learning bias b_j (V^2, docs/science.md "Learning bias"): normal with rms
   ``learning_bias`` plus a common part ``learning_bias_mean`` (any sign), the per-edge
   offset of the bench's edge-signal circuits (comparator or ADC offsets); it is added
   to every (dV_free)^2 - (dV_clamped)^2 the controller forms (with the opposite sign
