@@ -10,7 +10,6 @@ live simulator, so simulated and measured bench runs are analysed alike.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,14 @@ from clln.analysis.susceptibility import (
     CONVENTIONS,
     DENSE_MODES_MAX_NODES,
     GroundedGreen,
-    held_nodes,
+    hessian_boundary,
     hessian_modes,
     modes_for_fraction,
     relative_conductance,
     susceptibility_norms,
 )
 from clln.controller.errors import UserError
+from clln.controller.jsonvalues import json_ready
 from clln.controller.network import Network, NodeRoles
 from clln.controller.store import RunHistory, RunStore
 from clln.controller.task import Task
@@ -103,21 +103,6 @@ class AnalysisOutcome:
     json_path: Path | None = None
 
 
-def _clean(value: Any) -> Any:
-    """JSON-ready: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
-
-
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
@@ -156,7 +141,7 @@ def susceptibility_analysis(data: RunData, task: Task | None = None, *, probes: 
     if convention not in CONVENTIONS:
         raise UserError(f"--convention: {convention!r} is not allowed; allowed: {', '.join(CONVENTIONS)}")
     net, g = data.network, data.final
-    held = held_nodes(net, convention)
+    held = hessian_boundary(net, convention)
     green = GroundedGreen(net, g, held)
     sus = susceptibility_norms(green, probes=probes, rng=np.random.default_rng(seed))
     rel = relative_conductance(net, g)
@@ -356,7 +341,7 @@ def analyze_run(store: RunStore, run: str, *, task: Task | None = None, what: st
         aging = aging_analysis(data)
         numbers["aging"] = aging.numbers
         outcome.figures += figures.aging_figures(data, aging, folder)
-    outcome.numbers = _clean(numbers)
+    outcome.numbers = json_ready(numbers)
     outcome.json_path = folder / "analysis.json"
     outcome.json_path.write_text(json.dumps(outcome.numbers, indent=2))
     return outcome

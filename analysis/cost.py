@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from clln.analysis.susceptibility import GroundedGreen, held_nodes
+from clln.analysis.susceptibility import GroundedGreen, hessian_boundary
 from clln.controller.network import Network
 from clln.controller.task import Dataset, Task
 
@@ -91,7 +91,7 @@ class ResponseArrays:
 
 def bench_green(network: Network, conductances: np.ndarray) -> GroundedGreen:
     """The factorization the bench's physics needs: sources and grounds held."""
-    return GroundedGreen(network, conductances, held_nodes(network, "dirichlet"))
+    return GroundedGreen(network, conductances, hessian_boundary(network, "dirichlet"))
 
 
 def response_arrays(green: GroundedGreen, output: sp.csr_matrix) -> ResponseArrays:
@@ -105,7 +105,7 @@ def response_arrays(green: GroundedGreen, output: sp.csr_matrix) -> ResponseArra
     """
     net = green.network
     n_src = len(net.roles.sources)
-    if not np.array_equal(green.held, held_nodes(net, "dirichlet")):
+    if not np.array_equal(green.held, hessian_boundary(net, "dirichlet")):
         green = bench_green(net, green.conductances)  # the bench holds sources and grounds
     g_pt = green.solve(output.T.toarray())  # (n, n_out): G P^T
     q = np.asarray(net.incidence @ g_pt)
@@ -190,7 +190,7 @@ def cost_hessian(arrays: ResponseArrays, source_volts: np.ndarray, y: np.ndarray
     hess = gauss_newton_hessian(arrays, source_volts, y, kind)
     if green is None:
         return hess
-    if not np.array_equal(green.held, held_nodes(green.network, "dirichlet")):
+    if not np.array_equal(green.held, hessian_boundary(green.network, "dirichlet")):
         green = bench_green(green.network, green.conductances)
     _, e, _ = cost_terms(kind, arrays.outputs(source_volts), y)
     a = (arrays.output_susceptibility @ e.T) @ arrays.drops(source_volts).T

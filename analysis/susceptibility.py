@@ -8,7 +8,7 @@ bordered by the *held* nodes ``D``, whose voltage is fixed at 0 V for the respon
     H = [[L,   E ],        E = [e_d for d in D]   (n x h, dimensionless)
          [E^T, 0 ]]        (n + h) x (n + h)
 
-Two choices of D (``held_nodes(network, convention)``):
+Two choices of D (``hessian_boundary(network, convention)``):
 
 * ``ground`` (default; seed 001 eq. 2, docs/science.md): D = the ground node(s). The
   inputs are thought of as currents injected at the sources, which are free nodes.
@@ -58,7 +58,7 @@ DENSE_MODES_MAX_NODES = 3000
 CONVENTIONS = ("ground", "dirichlet")
 
 
-def held_nodes(network: Network, convention: str = "ground") -> np.ndarray:
+def hessian_boundary(network: Network, convention: str = "ground") -> np.ndarray:
     """(h,) the nodes bordering the physical Hessian.
 
     ``ground``: the grounds (seed 001); ``dirichlet``: the sources, then the grounds
@@ -85,7 +85,7 @@ class GroundedGreen:
     ----------
     network : topology.
     conductances : (m,) edge conductances, S.
-    held : (h,) held nodes; ``held_nodes(network)`` (the grounds) when omitted.
+    held : (h,) held nodes; ``hessian_boundary(network)`` (the grounds) when omitted.
     """
 
     def __init__(self, network: Network, conductances: np.ndarray,
@@ -97,7 +97,7 @@ class GroundedGreen:
             raise NetworkError("edge conductances must be finite and > 0 S")
         self.network = network
         self.conductances = g
-        self.held = held_nodes(network) if held is None else np.asarray(held, dtype=np.int64)
+        self.held = hessian_boundary(network) if held is None else np.asarray(held, dtype=np.int64)
         n = network.n_nodes
         is_free = np.ones(n, dtype=bool)
         is_free[self.held] = False
@@ -156,7 +156,7 @@ class GroundedGreen:
 def bordered_laplacian(network: Network, conductances: np.ndarray,
                        held: np.ndarray | None = None) -> sp.csr_matrix:
     """Physical Hessian H = [[L, E], [E^T, 0]], (n + h, n + h) sparse (S and dimensionless)."""
-    held = held_nodes(network) if held is None else np.asarray(held, dtype=np.int64)
+    held = hessian_boundary(network) if held is None else np.asarray(held, dtype=np.int64)
     n, h = network.n_nodes, held.size
     border = sp.csr_matrix((np.ones(h), (held, np.arange(h))), shape=(n, h))
     return sp.bmat([[network.laplacian(conductances), border], [border.T, None]],
@@ -165,7 +165,7 @@ def bordered_laplacian(network: Network, conductances: np.ndarray,
 
 def extended_incidence(network: Network, held: np.ndarray | None = None) -> sp.csr_matrix:
     """(m, n + h) rows bhat_j = [b_j, 0]: the incidence matrix padded for the border."""
-    held = held_nodes(network) if held is None else np.asarray(held, dtype=np.int64)
+    held = hessian_boundary(network) if held is None else np.asarray(held, dtype=np.int64)
     return sp.hstack([network.incidence, sp.csr_matrix((network.n_edges, held.size))],
                      format="csr")
 

@@ -40,7 +40,7 @@ from clln.analysis.cost import (
 )
 from clln.analysis.susceptibility import (
     GroundedGreen,
-    held_nodes,
+    hessian_boundary,
     hessian_modes,
     susceptibility_norms,
     susceptibility_vectors,
@@ -262,7 +262,7 @@ def response(store: RunStore, run_id: str) -> None:
         t0 = time.perf_counter()
         measured = measure_susceptibility(backend, convention=convention)
         wall = time.perf_counter() - t0
-        model = susceptibility_vectors(GroundedGreen(net, g, held_nodes(net, convention)))
+        model = susceptibility_vectors(GroundedGreen(net, g, hessian_boundary(net, convention)))
         ok = measured.identifiable
         err = np.abs(measured.vectors[:, ok] - model[:, ok]).max() / np.abs(model).max()
         rel = np.abs(measured.norms[ok] / np.linalg.norm(model[:, ok], axis=0) - 1)

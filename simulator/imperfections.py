@@ -66,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clln.controller.errors import ProtocolError
 from clln.controller.ranges import Range
+from clln.simulator.rheostat import rheostat_element, rheostat_table
 
 _fraction = Annotated[float, Range(0.0, 0.9, "", "a relative error; 1 or more makes a part vanish")]
 
@@ -179,20 +180,6 @@ def inl_profiles(rng: np.random.Generator, m: int, taps: int, peak_lsb: float) -
     profile = weights @ harmonics
     peak = np.abs(profile).max(axis=1, keepdims=True)
     return profile / np.where(peak > 0, peak, 1.0) * rng.uniform(0.5, 1.0, (m, 1)) * peak_lsb
-
-
-def pot_conductance_table(
-    r_ab: np.ndarray, r_wiper: np.ndarray, r_series: np.ndarray, taps: int,
-    inl_lsb: np.ndarray | None = None, element_scale: np.ndarray | float = 1.0,
-) -> np.ndarray:
-    """(m, taps) conductance (S) of rheostat-mode potentiometers with series resistors.
-
-    R(D) = r_series + r_wiper + (D + INL(D)) r_ab / (taps - 1), the element part
-    (r_ab) scaled by ``element_scale`` (thermal drift).
-    """
-    d = np.arange(taps)[None, :] + (0.0 if inl_lsb is None else inl_lsb)
-    element = d * (np.asarray(r_ab)[:, None] * np.asarray(element_scale).reshape(-1, 1)) / (taps - 1)
-    return 1.0 / (np.asarray(r_series)[:, None] + np.asarray(r_wiper)[:, None] + element)
 
 
 def quantize(v: np.ndarray, bits: int, full_range: float) -> np.ndarray:
@@ -316,8 +303,8 @@ class BenchInstance:
             r_w_j = np.maximum(uniform_spread(rng, r_wiper, params.r_wiper_spread, m), 0.0)
             r_s_j = r_series * (1.0 + uniform_spread(rng, 0.0, params.r_series_tolerance, m))
             inl = inl_profiles(rng, m, taps, params.inl_lsb)
-            table = pot_conductance_table(r_ab_j, r_w_j, r_s_j, taps, inl)
-            element = (np.arange(taps)[None, :] + inl) * r_ab_j[:, None] / (taps - 1)
+            table = rheostat_table(taps, r_ab_j, r_w_j, r_s_j, inl_lsb=inl)
+            element = rheostat_element(np.arange(taps) + inl, taps, r_ab_j[:, None])
             twins.append(EdgeErrors(gain, table, element, (r_s_j + r_w_j)[:, None], tempco))
         return cls(
             params=params,

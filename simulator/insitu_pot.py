@@ -28,6 +28,7 @@ from clln.controller.backend import EdgeState, SteppedEdges
 from clln.controller.insitu import PhysicsBench
 from clln.controller.network import Network
 from clln.simulator.physics import LinearNetworkSolver
+from clln.simulator.rheostat import rheostat_resistance, rheostat_table
 
 PRESET = "comparator-twin"
 
@@ -102,7 +103,7 @@ class ComparatorTwinPhysics:
     def conductances(self, twin: int) -> np.ndarray:
         """(m,) true conductance (S) of twin 0 (free) or 1 (clamped) at the current taps."""
         p = self.params
-        return 1.0 / (p.r_series + self.r_wiper[twin] + self.taps * self.r_total[twin] / (p.taps - 1))
+        return 1.0 / rheostat_resistance(self.taps, p.taps, self.r_total[twin], self.r_wiper[twin], p.r_series)
 
     def _settle(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> np.ndarray:
         return self._solver.solve_dense(self.conductances(twin), sources, clamps)
@@ -143,8 +144,7 @@ class ComparatorTwinPhysics:
     def nominal_table(self) -> np.ndarray:
         """(m, taps) nominal conductance per tap (what a user calibrates against), S."""
         p = self.params
-        r = p.r_series + p.r_wiper + np.arange(p.taps) * p.r_total / (p.taps - 1)
-        return np.tile(1.0 / r, (self.network.n_edges, 1))
+        return rheostat_table(p.taps, p.r_total, p.r_wiper, p.r_series, edges=self.network.n_edges)
 
     def state_dict(self) -> dict[str, Any]:
         return {"taps": self.taps.copy(), "noise": self._noise.bit_generator.state,

@@ -22,7 +22,7 @@ from clln.analysis.susceptibility import (
     GroundedGreen,
     bordered_laplacian,
     extended_incidence,
-    held_nodes,
+    hessian_boundary,
     hessian_modes,
     modes_for_fraction,
     relative_conductance,
@@ -67,7 +67,7 @@ def arrays_at(net, task, g):
 @pytest.mark.parametrize("convention", ["ground", "dirichlet"])
 def test_susceptibility_vectors_are_the_inverse_bordered_laplacian(convention: str) -> None:
     net, _, g = small_task()
-    held = held_nodes(net, convention)
+    held = hessian_boundary(net, convention)
     assert held.tolist() == ([2] if convention == "ground" else [0, 1, 2])
     dense = bordered_laplacian(net, g, held).toarray()
     bhat = extended_incidence(net, held).toarray()
@@ -79,7 +79,7 @@ def test_susceptibility_vectors_are_the_inverse_bordered_laplacian(convention: s
 @pytest.mark.parametrize("convention", ["ground", "dirichlet"])
 def test_exact_norms_match_the_eigen_sum_formula(convention: str) -> None:
     net, _, g = small_task(n=60)
-    held = held_nodes(net, convention)
+    held = hessian_boundary(net, convention)
     exact = susceptibility_norms(GroundedGreen(net, g, held), method="exact", block=7)
     modes = hessian_modes(net, g, held)
     np.testing.assert_allclose(exact.norms, modes.susceptibility(), rtol=1e-9)

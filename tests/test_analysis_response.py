@@ -14,7 +14,7 @@ from clln.analysis.cost import (
 )
 from clln.analysis.susceptibility import (
     GroundedGreen,
-    held_nodes,
+    hessian_boundary,
     susceptibility_norms,
     susceptibility_vectors,
 )
@@ -22,6 +22,7 @@ from clln.controller import ContinuousEdges, NodeRoles, SteppedEdges, delaunay
 from clln.controller.errors import NetworkError, UserError
 from clln.controller.response import measure_susceptibility, source_responses
 from clln.simulator import SimulatedBackend
+from clln.simulator.rheostat import rheostat_table
 
 
 def network(seed: int = 2, n: int = 50, grounds: tuple[int, ...] = (2,)):
@@ -37,9 +38,9 @@ def test_measured_vectors_match_the_model_on_continuous_edges(convention: str) -
     g[0] = 9.95e-3  # near gmax: the step must go down
     backend = SimulatedBackend(net, ContinuousEdges(1e-5, 1e-2), g)
     measured = measure_susceptibility(backend, relative_step=0.2, convention=convention)
-    green = GroundedGreen(net, g, held_nodes(net, convention))
+    green = GroundedGreen(net, g, hessian_boundary(net, convention))
     model = susceptibility_vectors(green)
-    assert measured.held == tuple(held_nodes(net, convention))
+    assert measured.held == tuple(hessian_boundary(net, convention))
     assert measured.identifiable.all()
     assert measured.delta[0] < 0 < measured.delta[1]
     assert np.max(np.abs(measured.vectors - model)) < 1e-9 * np.abs(model).max()
@@ -52,7 +53,7 @@ def test_measured_vectors_match_the_model_on_continuous_edges(convention: str) -
 
 def test_measured_vectors_match_the_model_on_stepped_edges() -> None:
     net, rng = network(seed=4, n=30)
-    table = np.tile(1.0 / (1000.0 + np.arange(129) * 10_000.0 / 128), (net.n_edges, 1))
+    table = rheostat_table(129, 10_000.0, 0.0, 1000.0, edges=net.n_edges)
     taps = rng.integers(0, 129, net.n_edges)
     taps[0] = 128  # at the top end: the step must go down
     backend = SimulatedBackend(net, SteppedEdges(table), taps)
@@ -114,5 +115,5 @@ def test_source_responses_are_harmonic_measures() -> None:
     phi = source_responses(backend, volts=0.5)
     # with no ground the two sources' harmonic measures sum to one everywhere
     np.testing.assert_allclose(phi.sum(axis=1), 1.0, atol=1e-12)
-    green = GroundedGreen(net, g, held_nodes(net, "dirichlet"))
+    green = GroundedGreen(net, g, hessian_boundary(net, "dirichlet"))
     np.testing.assert_allclose(phi, green.harmonic(), atol=1e-12)

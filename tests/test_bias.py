@@ -33,6 +33,7 @@ from clln.controller import (
 from clln.controller.task import linear_map_dataset
 from clln.protocol import Protocol
 from clln.simulator import Imperfections, SimulatedBackend
+from clln.simulator.rheostat import rheostat_table
 
 EDGES = ContinuousEdges(1e-6, 1.0)
 BIAS_PROTOCOLS = ROOT / "protocols" / "bias"
@@ -106,7 +107,7 @@ def test_asymmetric_actuators_move_by_their_own_up_and_down_steps() -> None:
 
 def test_asymmetric_actuators_need_continuous_edges() -> None:
     net, _, _ = random_network(4, n=20)
-    table = np.tile(1.0 / (1075.0 + np.arange(129) * 10_000.0 / 128), (net.n_edges, 1))
+    table = rheostat_table(129, 10_000.0, 75.0, 1000.0, edges=net.n_edges)
     with pytest.raises(ProtocolError, match="continuous edges"):
         SimulatedBackend(net, SteppedEdges(table), np.full(net.n_edges, 64),
                          imperfections=Imperfections(actuator_asymmetry=0.1))

@@ -9,13 +9,14 @@ from conftest import random_network
 
 from clln.controller import ContinuousEdges, SteppedEdges
 from clln.simulator import SimulatedBackend, make_imperfections
+from clln.simulator.rheostat import rheostat_table
 
 POT = (129, 10_000.0, 75.0, 1000.0)
 
 
 def pot_table(m: int) -> SteppedEdges:
     taps, r_ab, r_w, r_s = POT
-    return SteppedEdges(np.tile(1.0 / (r_s + r_w + np.arange(taps) * r_ab / (taps - 1)), (m, 1)))
+    return SteppedEdges(rheostat_table(taps, r_ab, r_w, r_s, edges=m))
 
 
 class TestIdealContinuous(BackendConformance):

@@ -10,6 +10,7 @@ from conftest import dense_solution, random_network
 from clln.controller import ContinuousEdges, SteppedEdges, contrastive_signal
 from clln.simulator import Imperfections, SimulatedBackend, make_imperfections
 from clln.simulator import imperfections as imp
+from clln.simulator.rheostat import rheostat_table
 
 RNG_SEED = 1234
 
@@ -45,8 +46,7 @@ def test_quantization_is_in_steps_of_one_lsb() -> None:
 
 def pot_bench_backend(m_seed: int = 0, **overrides: object) -> SimulatedBackend:
     net, _, _ = random_network(m_seed, n=40)
-    taps = np.arange(129)
-    table = np.tile(1.0 / (1075.0 + taps * 10_000.0 / 128), (net.n_edges, 1))
+    table = rheostat_table(129, 10_000.0, 75.0, 1000.0, edges=net.n_edges)
     params = make_imperfections("pot-bench", dict(overrides))
     return SimulatedBackend(net, SteppedEdges(table), np.full(net.n_edges, 64), imperfections=params,
                             pot=(129, 10_000.0, 75.0, 1000.0), bench_seed=7, noise_seed=8)

@@ -20,6 +20,7 @@ from clln.controller import (
 )
 from clln.controller.task import linear_map_dataset
 from clln.simulator import SimulatedBackend
+from clln.simulator.rheostat import rheostat_table
 
 EDGES = ContinuousEdges(1e-7, 1.0)
 
@@ -96,8 +97,7 @@ def test_clamped_outputs_sit_at_the_nudged_values() -> None:
 
 
 def pot_edges(m: int, taps: int = 129) -> SteppedEdges:
-    resistance = 1000.0 + 75.0 + np.arange(taps) * 10_000.0 / (taps - 1)
-    return SteppedEdges(np.tile(1.0 / resistance, (m, 1)))
+    return SteppedEdges(rheostat_table(taps, 10_000.0, 75.0, 1000.0, edges=m))
 
 
 @pytest.mark.parametrize("step", [1, 3])

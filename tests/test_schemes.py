@@ -27,6 +27,7 @@ from clln.controller.store import RunStore
 from clln.controller.task import linear_map_dataset
 from clln.protocol import parse_protocol
 from clln.simulator import Imperfections, SimulatedBackend
+from clln.simulator.rheostat import rheostat_table
 
 EDGES = ContinuousEdges(1e-6, 1.0)
 
@@ -335,8 +336,7 @@ def test_chop_needs_a_twin_bench() -> None:
 
 
 def pot_edges(m: int) -> SteppedEdges:
-    taps = np.arange(129)
-    return SteppedEdges(np.tile(1.0 / (1075.0 + taps * 10_000.0 / 128), (m, 1)))
+    return SteppedEdges(rheostat_table(129, 10_000.0, 75.0, 1000.0, edges=m))
 
 
 def test_residual_accumulation_loses_no_update_to_rounding() -> None:
