@@ -25,7 +25,7 @@ from clln.controller.errors import ProtocolError, UserError
 from clln.controller.files import inside
 from clln.controller.network import Network, NodeRoles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
-from clln.controller.task import Task
+from clln.controller.schemes import boundary_bounds
 from clln.controller.trainer import TrainConfig, Trainer
 from clln.drivers.daq import AI_OVERRANGE, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
@@ -275,29 +275,6 @@ def open_bench(
         raise
 
 
-def boundary_extremes(task: Task, eta: float, overclamp: Any = None) -> np.ndarray:
-    """Every source voltage the task uses, and the extreme clamp voltages it can ask for:
-    with nudge ``eta``, or as ``[training.scheme.overclamp]`` says (its own eta, the
-    mirrored clamps of symmetric overclamping, or its rails)."""
-    sources = np.vstack([task.source_voltages(task.train.x), task.source_voltages(task.test.x)])
-    vlo, vhi = min(float(sources.min()), 0.0), max(float(sources.max()), 0.0)
-    y = np.concatenate([task.train.y.ravel(), task.test.y.ravel()])
-    signs = (1.0,)
-    if overclamp is not None:
-        if overclamp.rails is not None:
-            return np.concatenate([sources.ravel(), np.asarray(overclamp.rails, dtype=float)])
-        eta = overclamp.eta
-        signs = (1.0, -1.0) if overclamp.symmetric else (1.0,)
-    if task.kind == "allostery":  # clamps move the end nodes by eta/2 of a drop error
-        reach = 0.5 * eta * (np.abs(y).max() + (vhi - vlo))
-        clamps = np.array([vlo - reach, vhi + reach])
-    else:
-        outs = np.array([vlo, vhi])[:, None]
-        errors = np.array([y.min(), y.max()])[None, :] - outs
-        clamps = np.concatenate([(outs + sign * eta * errors).ravel() for sign in signs])
-    return np.concatenate([sources.ravel(), clamps])
-
-
 def bench_experiment(
     protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
     target: Target, seed: int | None = None, steps: int | None = None,
@@ -339,10 +316,9 @@ def bench_experiment(
     task = build_task(spec, rng_task, outputs, output_edges)
     edges = nominal_edges(bench) if calibration is None else calibration.edges
     tr = protocol.training
-    limits = bench_limits(bench)
-    scheme = tr.scheme
-    check_limits(boundary_extremes(task, tr.eta, None if scheme is None else scheme.overclamp),
-                 edges.table, limits,
+    scheme = build_scheme(tr.scheme)
+    # every boundary voltage a step can apply, from the controller's own clamp formula
+    check_limits(np.array(boundary_bounds(task, tr.eta, scheme)), edges.table, bench_limits(bench),
                  where=f"{source} on bench {bench_source}")
     lo, hi = protocol.edges.init_taps or (edges.n_taps // 4, 3 * edges.n_taps // 4)
     if hi >= edges.n_taps:
@@ -353,8 +329,7 @@ def bench_experiment(
     config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
                          test_every=tr.test_every, snapshot_every=tr.snapshot_every,
                          target_error=tr.target_error, backoff=tr.backoff, reversal_backoff=tr.reversal_backoff)
-    scheme = build_scheme(tr.scheme)  # checked before anything is opened or written
-    if scheme is not None:
+    if scheme is not None:  # checked before anything is opened or written
         try:
             scheme.check(False, edges, rule)
         except ProtocolError as exc:
