@@ -3,6 +3,7 @@ hardware or on the emulated bench, or the bench's model in the fast simulator.""
 
 from __future__ import annotations
 
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,12 @@ def overridden_keys(protocol: Protocol) -> list[str]:
     return keys
 
 
+@typing.runtime_checkable
+class _Closes(typing.Protocol):
+    def close(self) -> None:
+        ...
+
+
 @dataclass
 class BenchSession:
     """An open bench: the backend, and the emulator when there is one."""
@@ -145,9 +152,9 @@ class BenchSession:
             self.backend.close()
         finally:
             try:
-                close_meter = getattr(self.meter if self.meter is not None else self.smu, "close", None)
-                if close_meter is not None:
-                    close_meter()
+                part = self.meter if self.meter is not None else self.smu  # the meter closes its SMU
+                if isinstance(part, _Closes):
+                    part.close()
             finally:
                 if self.emulator is not None:
                     self.emulator.close()

@@ -23,6 +23,7 @@ from clln.controller.backend import (
     NetworkBackend,
     SteppedEdges,
 )
+from clln.controller.capabilities import KeepsAlive, supports, twin_bench
 from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
 from clln.controller.errors import BenchFault, NetworkError, ProtocolError, UserError
 from clln.controller.files import inside, read_user_text
@@ -79,9 +80,8 @@ class Experiment:
         if self.scheme is None:
             self.scheme = build_scheme(self.protocol.training.scheme)
         if self.scheme is not None:
-            twin = bool(getattr(self.backend, "twin", False)) and hasattr(self.backend, "measure_twin")
             try:
-                self.scheme.check(twin, self.backend.edges, self.rule)
+                self.scheme.check(twin_bench(self.backend) is not None, self.backend.edges, self.rule)
             except ProtocolError as exc:
                 raise ProtocolError(f"training.scheme: {exc}") from None
 
@@ -478,7 +478,7 @@ def execute(
 
     store.claim(run_id, socket.gethostname(), os.getpid())
     control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop,
-                           keepalive=getattr(exp.backend, "keepalive", None))
+                           keepalive=exp.backend.keepalive if supports(exp.backend, KeepsAlive) else None)
     control.step = start_step
     if start_step:
         store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",

@@ -269,16 +269,12 @@ def boundary_arrays(
 class NetworkBackend(Protocol):
     """Everything the controller needs from a bench or a simulator.
 
-    Twin benches (a free and a clamped copy of the network measured together) also
-    have ``twin = True`` and ``measure_twin(sources, clamp_rule) -> (free, clamped)``,
-    where ``clamp_rule(free)`` gives the clamp voltages from the free twin's
-    measurement (the bench's nudge circuit); the trainer uses it when present.
-    A twin bench that supports the ``chop`` scheme also accepts ``swap=True``: the
-    twins exchange roles (free on the second twin, clamped on the first) and the
-    measurements are still returned as (free, clamped). A bench whose per-edge circuits
-    compare the two twins sees their inputs reversed, so a fixed circuit offset enters
-    (dV_free)^2 - (dV_clamped)^2 with the opposite sign; over a normal and a swapped
-    step it cancels, and a fixed twin mismatch cancels to first order.
+    Optional capabilities are declared as small Protocols in
+    :mod:`clln.controller.capabilities` and asked for by type: twin benches (a free and
+    a clamped copy measured together, :class:`~clln.controller.capabilities.MeasuresTwin`),
+    checkpointable state (:class:`~clln.controller.capabilities.Checkpointable`), a
+    controller watchdog to keep fed (:class:`~clln.controller.capabilities.KeepsAlive`),
+    and benches that learn in place (:class:`~clln.controller.capabilities.LearnsInPlace`).
     """
 
     @property
