@@ -33,7 +33,7 @@ from clln.controller.roles import RoleRequest, pick_roles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.schemes import AutoZero, Chop, Overclamp, Residuals, Scheme
 from clln.controller.seeds import SeedStreams
-from clln.controller.store import RunStore
+from clln.controller.store import RunStatus, RunStore
 from clln.controller.task import (
     Task,
     blobs_dataset,
@@ -376,7 +376,7 @@ def network_info(exp: Experiment) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TrainOutcome:
     run_id: str
-    status: str
+    status: RunStatus
     result: TrainResult | None
     report: Path | None
     store_path: Path
@@ -441,7 +441,7 @@ def resume_training(
     if tests is None:
         raise UserError(f"run {run_id} has a checkpoint but no initial test evaluation")
     store.reopen(run_id)
-    previous = store.run(run_id)["wall_time"] or 0.0
+    previous = store.run(run_id).wall_time or 0.0
     return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop,
                    start_step=step, resumed_tests=tests, wall_offset=previous)
 
@@ -487,7 +487,7 @@ def execute(
         )
 
     t0 = time.perf_counter()
-    status, message, result = "failed", None, None
+    status, message, result = RunStatus.FAILED, None, None
 
     def log(kind: str, text: str, data: dict[str, Any] | None) -> None:
         store.log_event(run_id, kind, text, step=control.step, data=data)
@@ -501,18 +501,18 @@ def execute(
                 should_stop=control,
             )
         if result.interrupted:
-            status, message = "interrupted", f"stopped at step {result.steps_done} on request"
+            status, message = RunStatus.INTERRUPTED, f"stopped at step {result.steps_done} on request"
         else:
-            status = "completed"
+            status = RunStatus.COMPLETED
     except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted by the user"
+        status, message = RunStatus.INTERRUPTED, "interrupted by the user"
         raise
     except DriverError as exc:
-        status, message = "paused", f"hardware fault: {exc}"
+        status, message = RunStatus.PAUSED, f"hardware fault: {exc}"
         store.log_event(run_id, "fault", message, step=control.step)
         raise
     except BenchFault as exc:
-        status, message = "paused", f"bench fault: {exc}"
+        status, message = RunStatus.PAUSED, f"bench fault: {exc}"
         raise
     except UserError as exc:  # e.g. training diverged: the run fails with that one line
         message = str(exc)
