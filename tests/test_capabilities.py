@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wrapping import SeamOnly
 
 from clln.compose import build_experiment
 from clln.controller import NetworkBackend, Trainer
-from clln.controller.backend import Applied, EdgeActuators, EdgeState, Measurement
+from clln.controller.backend import Measurement
 from clln.controller.capabilities import (
     CapabilityError,
     Checkpointable,
@@ -21,44 +22,10 @@ from clln.controller.capabilities import (
     twin_bench,
 )
 from clln.controller.checkpoint import trainer_state
-from clln.controller.network import Network
 from clln.drivers.hardware import HardwareBackend
 from clln.protocol import parse_protocol
 
 PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"
-
-
-class Plain:
-    """The bare seam around another backend: no optional capability declared."""
-
-    def __init__(self, inner: NetworkBackend) -> None:
-        self.inner = inner
-
-    @property
-    def network(self) -> Network:
-        return self.inner.network
-
-    @property
-    def edges(self) -> EdgeActuators:
-        return self.inner.edges
-
-    def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
-        return self.inner.measure(sources, clamps)
-
-    def adjust(self, commands: np.ndarray) -> Applied:
-        return self.inner.adjust(commands)
-
-    def read_edges(self) -> EdgeState:
-        return self.inner.read_edges()
-
-    def safe(self) -> None:
-        self.inner.safe()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def describe(self) -> dict[str, object]:
-        return self.inner.describe()
 
 
 def experiment(extra: str = ""):  # type: ignore[no-untyped-def]
@@ -86,16 +53,16 @@ def test_the_bench_declares_a_watchdog_to_keep_fed_and_its_state() -> None:
 
 
 def test_require_names_what_needs_the_capability() -> None:
-    plain = Plain(experiment().backend)
+    plain = SeamOnly(experiment().backend)
     with pytest.raises(CapabilityError, match=r"^a checkpoint needs a bench that declares Checkpointable; "
-                                              r"this backend \(Plain\) does not$"):
+                                              r"this backend \(SeamOnly\) does not$"):
         require(plain, Checkpointable, what="a checkpoint")
     assert require(plain.inner, Checkpointable, what="a checkpoint") is plain.inner
 
 
 def test_a_backend_without_declared_state_is_not_checkpointed_silently() -> None:
     exp = experiment()
-    trainer = Trainer(Plain(exp.backend), exp.task, exp.rule, exp.config, exp.batch_rng)
+    trainer = Trainer(SeamOnly(exp.backend), exp.task, exp.rule, exp.config, exp.batch_rng)
     with pytest.raises(CapabilityError, match="Checkpointable"):
         trainer_state(trainer)
     state = trainer_state(Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng))
@@ -109,7 +76,7 @@ def test_a_twin_bench_behind_the_bare_seam_is_measured_twin_by_twin() -> None:
     calls: list[str] = []
     twin = experiment("parameters = { twin = true }\n")
 
-    class Counting(Plain):
+    class Counting(SeamOnly):
         def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
             calls.append("measure")
             return super().measure(sources, clamps)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wrapping import SeamOnly
 
 import clln.benchrun as benchrun
 from clln.benchfile import parse_bench
 from clln.compose import build_experiment, build_scheme
 from clln.controller import NetworkBackend, Trainer
-from clln.controller.backend import Applied, EdgeActuators, EdgeState, Measurement
-from clln.controller.network import Network
+from clln.controller.backend import Measurement
 from clln.controller.schemes import boundary_bounds
 from clln.protocol import parse_protocol
 
@@ -36,41 +36,18 @@ SCHEMES = {
 }
 
 
-class Recording:
+class Recording(SeamOnly):
     """A backend that passes everything to ``inner`` and keeps every clamp array it is
     asked to impose."""
 
     def __init__(self, inner: NetworkBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.clamps: list[np.ndarray] = []
-
-    @property
-    def network(self) -> Network:
-        return self.inner.network
-
-    @property
-    def edges(self) -> EdgeActuators:
-        return self.inner.edges
 
     def measure(self, sources: np.ndarray, clamps: np.ndarray | None = None) -> Measurement:
         if clamps is not None:
             self.clamps.append(np.array(clamps, dtype=float))
         return self.inner.measure(sources, clamps)
-
-    def adjust(self, commands: np.ndarray) -> Applied:
-        return self.inner.adjust(commands)
-
-    def read_edges(self) -> EdgeState:
-        return self.inner.read_edges()
-
-    def safe(self) -> None:
-        self.inner.safe()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def describe(self) -> dict[str, object]:
-        return self.inner.describe()
 
 
 def recorded_clamps(backend: NetworkBackend, run: Callable[[NetworkBackend], None]) -> np.ndarray:
