@@ -28,6 +28,7 @@ import numpy as np
 import scipy.stats
 
 import clln.compose as compose
+import clln.training as training
 from clln.analysis.analyze import aging_analysis, load_run, susceptibility_analysis
 from clln.analysis.cost import (
     bench_green,
@@ -280,7 +281,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [] if args.quick else [int(s) for s in args.seeds.split(",") if s]
     aging_seeds = [] if args.quick else [int(s) for s in args.aging_seeds.split(",") if s]
-    compose.training_report = lambda *a, **k: None  # no PNG report per run here
+    training.training_report = lambda *a, **k: None  # no PNG report per run here
     t0 = time.perf_counter()
     packing_speed()
     numerics()

@@ -3,6 +3,7 @@ hardware or on the emulated bench, or the bench's model in the fast simulator.""
 
 from __future__ import annotations
 
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import serial
 
 from clln.benchfile import Bench, bench_hash, daq_config, hardware_hash, parse_bench
-from clln.compose import Experiment, build_scheme, build_task
+from clln.compose import Experiment, check_scheme, plan_experiment
 from clln.controller.backend import NetworkBackend, SteppedEdges
 from clln.controller.calibration import (
     Calibration,
@@ -24,9 +25,9 @@ from clln.controller.calibration import (
 from clln.controller.errors import ProtocolError, UserError
 from clln.controller.files import inside
 from clln.controller.network import Network, NodeRoles
-from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
-from clln.controller.task import Task
-from clln.controller.trainer import TrainConfig, Trainer
+from clln.controller.schemes import boundary_bounds
+from clln.controller.seeds import SeedStreams
+from clln.controller.trainer import Trainer
 from clln.drivers.daq import AI_OVERRANGE, NidaqmxDaq
 from clln.drivers.hardware import HardwareBackend, Limits, check_limits
 from clln.drivers.potbank import PotBank, open_port
@@ -130,6 +131,12 @@ def overridden_keys(protocol: Protocol) -> list[str]:
     return keys
 
 
+@typing.runtime_checkable
+class _Closes(typing.Protocol):
+    def close(self) -> None:
+        ...
+
+
 @dataclass
 class BenchSession:
     """An open bench: the backend, and the emulator when there is one."""
@@ -145,9 +152,9 @@ class BenchSession:
             self.backend.close()
         finally:
             try:
-                close_meter = getattr(self.meter if self.meter is not None else self.smu, "close", None)
-                if close_meter is not None:
-                    close_meter()
+                part = self.meter if self.meter is not None else self.smu  # the meter closes its SMU
+                if isinstance(part, _Closes):
+                    part.close()
             finally:
                 if self.emulator is not None:
                     self.emulator.close()
@@ -275,29 +282,6 @@ def open_bench(
         raise
 
 
-def boundary_extremes(task: Task, eta: float, overclamp: Any = None) -> np.ndarray:
-    """Every source voltage the task uses, and the extreme clamp voltages it can ask for:
-    with nudge ``eta``, or as ``[training.scheme.overclamp]`` says (its own eta, the
-    mirrored clamps of symmetric overclamping, or its rails)."""
-    sources = np.vstack([task.source_voltages(task.train.x), task.source_voltages(task.test.x)])
-    vlo, vhi = min(float(sources.min()), 0.0), max(float(sources.max()), 0.0)
-    y = np.concatenate([task.train.y.ravel(), task.test.y.ravel()])
-    signs = (1.0,)
-    if overclamp is not None:
-        if overclamp.rails is not None:
-            return np.concatenate([sources.ravel(), np.asarray(overclamp.rails, dtype=float)])
-        eta = overclamp.eta
-        signs = (1.0, -1.0) if overclamp.symmetric else (1.0,)
-    if task.kind == "allostery":  # clamps move the end nodes by eta/2 of a drop error
-        reach = 0.5 * eta * (np.abs(y).max() + (vhi - vlo))
-        clamps = np.array([vlo - reach, vhi + reach])
-    else:
-        outs = np.array([vlo, vhi])[:, None]
-        errors = np.array([y.min(), y.max()])[None, :] - outs
-        clamps = np.concatenate([(outs + sign * eta * errors).ravel() for sign in signs])
-    return np.concatenate([sources.ravel(), clamps])
-
-
 def bench_experiment(
     protocol: Protocol, bench: Bench, bench_text: str, *, source: str, bench_source: str,
     target: Target, seed: int | None = None, steps: int | None = None,
@@ -312,17 +296,18 @@ def bench_experiment(
     checked for every boundary voltage the protocol can ask for (with the calibrated
     tables when there is a calibration) before any port is opened.
     """
+    cal: Calibration | None
     if calibration == "bench":
-        calibration = bench_calibration(bench, bench_source)
+        cal = bench_calibration(bench, bench_source)
     elif calibration == "none":
-        calibration = None
+        cal = None
+    else:
+        cal = calibration
     from clln.sizes import check_size
 
     check_size(protocol, source, nodes=bench.nodes, edges=len(bench.edges), steps=steps)
     seed = protocol.seed if seed is None else seed
-    seeds = np.random.SeedSequence(seed).spawn(6)
-    _, _, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
-    noise_seed = int(seeds[5].generate_state(1)[0])
+    streams = SeedStreams(seed)
     net = bench_network(bench)
     spec = protocol.task
     roles = net.roles
@@ -336,40 +321,29 @@ def bench_experiment(
     clamps = tuple(roles.clamps)
     outputs: tuple[int, ...] = () if spec.kind == "allostery" else clamps
     output_edges = tuple(zip(clamps[::2], clamps[1::2])) if spec.kind == "allostery" else ()
-    task = build_task(spec, rng_task, outputs, output_edges)
-    edges = nominal_edges(bench) if calibration is None else calibration.edges
-    tr = protocol.training
-    limits = bench_limits(bench)
-    scheme = tr.scheme
-    check_limits(boundary_extremes(task, tr.eta, None if scheme is None else scheme.overclamp),
-                 edges.table, limits,
-                 where=f"{source} on bench {bench_source}")
+    plan = plan_experiment(protocol, seed, net, outputs, output_edges, streams=streams, steps=steps)
+    edges = nominal_edges(bench) if cal is None else cal.edges
+    # every boundary voltage a step can apply, from the controller's own clamp formula
+    check_limits(np.array(boundary_bounds(plan.task, plan.config.eta, plan.scheme)), edges.table,
+                 bench_limits(bench), where=f"{source} on bench {bench_source}")
     lo, hi = protocol.edges.init_taps or (edges.n_taps // 4, 3 * edges.n_taps // 4)
     if hi >= edges.n_taps:
         raise ProtocolError(f"{source}: edges.init_taps reach {hi}, but the bench's pots have "
                             f"{edges.n_taps} taps")
-    initial = rng_init.integers(lo, hi + 1, size=net.n_edges)
-    rule: UpdateRule = CoupledRule(tr.alpha) if tr.rule == "coupled" else SteppedRule(tr.step, tr.threshold)
-    config = TrainConfig(steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta,
-                         test_every=tr.test_every, snapshot_every=tr.snapshot_every,
-                         target_error=tr.target_error, backoff=tr.backoff, reversal_backoff=tr.reversal_backoff)
-    scheme = build_scheme(tr.scheme)  # checked before anything is opened or written
-    if scheme is not None:
-        try:
-            scheme.check(False, edges, rule)
-        except ProtocolError as exc:
-            raise ProtocolError(f"{source}: training.scheme: {exc}") from None
+    initial = streams.init.integers(lo, hi + 1, size=net.n_edges)
+    # checked before anything is opened or written; a HardwareBackend is no twin bench
+    check_scheme(plan.scheme, False, edges, plan.rule, source)
     replaced = overridden_keys(protocol)
     if replaced:
         warnings.warn(BenchOverrideWarning(
             f"bench {bench.name} replaces these keys of {source}: {', '.join(replaced)} (the bench "
             f"gives the network, edges, node roles and model; the protocol its task and training)"),
             stacklevel=2)
-    session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=noise_seed,
-                         faults=faults, traffic_log=traffic_log, calibration=calibration,
+    session = open_bench(bench, bench_text, target=target, initial_taps=initial, noise_seed=streams.noise_seed,
+                         faults=faults, traffic_log=traffic_log, calibration=cal,
                          visa_library=visa_library, controller=controller)
     try:
-        exp = Experiment(protocol, seed, net, task, session.backend, rule, config, rng_batch, scheme)
+        exp = plan.experiment(session.backend)
     except BaseException:
         session.close()
         raise

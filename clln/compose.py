@@ -1,21 +1,14 @@
-"""Composition root: turn a validated protocol into a network, task, backend and trainer,
-and run a training with recording and a report."""
+"""Composition root: turn a validated protocol into a network, task, backend and trainer.
+Running it as a recorded run is :mod:`clln.training` (re-exported here)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import clln
-from clln.analysis.report import training_report
-from clln.controller import events
 from clln.controller.backend import (
     ContinuousEdges,
     EdgeActuators,
@@ -23,14 +16,15 @@ from clln.controller.backend import (
     NetworkBackend,
     SteppedEdges,
 )
-from clln.controller.checkpoint import pack_state, restore_trainer, trainer_state, unpack_state
-from clln.controller.errors import BenchFault, NetworkError, ProtocolError, UserError
+from clln.controller.capabilities import twin_bench
+from clln.controller.errors import NetworkError, ProtocolError
 from clln.controller.files import inside, read_user_text
-from clln.controller.network import Network, NodeRoles, delaunay, from_edge_text, square_lattice
+from clln.controller.network import Network, delaunay, from_edge_text, square_lattice
 from clln.controller.packing import jammed
+from clln.controller.roles import RoleRequest, pick_roles
 from clln.controller.rules import CoupledRule, SteppedRule, UpdateRule
 from clln.controller.schemes import AutoZero, Chop, Overclamp, Residuals, Scheme
-from clln.controller.store import RunStore
+from clln.controller.seeds import SeedStreams
 from clln.controller.task import (
     Task,
     blobs_dataset,
@@ -39,16 +33,21 @@ from clln.controller.task import (
     seed002_pair_dataset,
     xor_dataset,
 )
-from clln.controller.trainer import StepCallback, StepRecord, TrainConfig, Trainer, TrainResult
-from clln.drivers.errors import DriverError
+from clln.controller.trainer import TrainConfig
 from clln.insitu import (
     comparator_bench,
     insitu_experiment,
-    insitu_trainer,
-    keep_records,
     transistor_insitu_bench,
 )
-from clln.protocol import GATE_KINDS, EdgeSpec, NetworkSpec, Protocol, SchemeSpec, TaskSpec
+from clln.protocol import (
+    GATE_KINDS,
+    EdgeSpec,
+    NetworkSpec,
+    Protocol,
+    SchemeSpec,
+    TaskSpec,
+    TrainingSpec,
+)
 from clln.simulator import SimulatedBackend, make_imperfections
 from clln.simulator.devices import EdgeModel, Level1, SeedTransistor
 from clln.simulator.imperfections import TRANSISTOR_PRESETS
@@ -56,6 +55,14 @@ from clln.simulator.insitu_pot import ComparatorTwinBench
 from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
 from clln.simulator.insitu_transistor import TransistorInSituBench
 from clln.simulator.transistor_backend import LearningWindow, TransistorBackend
+from clln.training import (  # noqa: F401  (the run API, re-exported where it always was)
+    TrainOutcome,
+    execute,
+    make_trainer,
+    network_info,
+    resume_training,
+    run_training,
+)
 
 
 @dataclass
@@ -73,18 +80,6 @@ class Experiment:
     scheme: Scheme | None = None
     edge_list: str | None = None  # an edge-list network's file text, recorded with the run
 
-    def __post_init__(self) -> None:
-        """Build the protocol's bias-suppression scheme (when it has one) and check that it
-        can run on this backend with this rule."""
-        if self.scheme is None:
-            self.scheme = build_scheme(self.protocol.training.scheme)
-        if self.scheme is not None:
-            twin = bool(getattr(self.backend, "twin", False)) and hasattr(self.backend, "measure_twin")
-            try:
-                self.scheme.check(twin, self.backend.edges, self.rule)
-            except ProtocolError as exc:
-                raise ProtocolError(f"training.scheme: {exc}") from None
-
 
 def build_scheme(spec: SchemeSpec | None) -> Scheme | None:
     """The controller's Scheme for ``[training.scheme]`` (None: plain coupled learning)."""
@@ -100,6 +95,74 @@ def build_scheme(spec: SchemeSpec | None) -> Scheme | None:
         chop=None if spec.chop is None else Chop(),
         residuals=None if spec.residuals is None else Residuals(),
     )
+
+
+def check_scheme(scheme: Scheme | None, twin: bool, edges: EdgeActuators, rule: UpdateRule,
+                 source: str) -> None:
+    """ProtocolError naming ``source`` when the protocol's scheme cannot run on a backend
+    (``twin``: a twin bench; ``edges``: its actuators) with this rule."""
+    if scheme is None:
+        return
+    try:
+        scheme.check(twin, edges, rule)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{source}: training.scheme: {exc}") from None
+
+
+def build_rule(spec: TrainingSpec) -> UpdateRule:
+    """The update rule of ``[training]``."""
+    if spec.rule == "coupled":
+        return CoupledRule(spec.alpha)  # type: ignore[return-value]
+    return SteppedRule(spec.step, spec.threshold)  # type: ignore[return-value]
+
+
+def train_config(spec: TrainingSpec, steps: int | None = None) -> TrainConfig:
+    """The trainer's hyper-parameters of ``[training]`` (``steps`` overrides its steps)."""
+    return TrainConfig(
+        steps=steps or spec.steps, batch_size=spec.batch, eta=spec.eta, test_every=spec.test_every,
+        snapshot_every=spec.snapshot_every, target_error=spec.target_error, backoff=spec.backoff,
+        reversal_backoff=spec.reversal_backoff,
+    )
+
+
+def role_request(spec: TaskSpec) -> RoleRequest:
+    """What the task of ``[task]`` needs of the network's nodes (:func:`pick_roles`)."""
+    return RoleRequest(
+        spec.n_sources, spec.grounds, spec.n_outputs, allostery=spec.kind == "allostery",
+        source_nodes=spec.source_nodes, ground_nodes=spec.ground_nodes,
+        output_nodes=spec.output_nodes, output_edges=spec.output_edges)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """An experiment up to its backend: what the simulator, the emulated bench and a
+    real bench share. Built by :func:`plan_experiment`; :meth:`experiment` adds the
+    backend."""
+
+    protocol: Protocol
+    seed: int
+    streams: SeedStreams
+    network: Network
+    task: Task
+    rule: UpdateRule
+    config: TrainConfig
+    scheme: Scheme | None
+
+    def experiment(self, backend: NetworkBackend, *, edge_list: str | None = None) -> Experiment:
+        """The experiment on ``backend`` (whose scheme check the caller has made)."""
+        return Experiment(self.protocol, self.seed, self.network, self.task, backend, self.rule,
+                          self.config, self.streams.batch, self.scheme, edge_list)
+
+
+def plan_experiment(protocol: Protocol, seed: int, network: Network, outputs: tuple[int, ...],
+                    output_edges: tuple[tuple[int, int], ...], *, streams: SeedStreams,
+                    steps: int | None = None) -> Plan:
+    """The one experiment builder: the task (its datasets from the ``task`` stream), the
+    rule, the trainer's configuration and the scheme of ``protocol`` on ``network``
+    (roles set; ``outputs`` / ``output_edges`` its output nodes / edges)."""
+    tr = protocol.training
+    task = build_task(protocol.task, streams.task, outputs, output_edges)
+    return Plan(protocol, seed, streams, network, task, build_rule(tr), train_config(tr, steps), build_scheme(tr.scheme))
 
 
 def edge_list_text(spec: NetworkSpec, base_dir: Path, source: str) -> str:
@@ -126,74 +189,6 @@ def build_network(spec: NetworkSpec, rng: np.random.Generator, base_dir: Path, *
     assert spec.file is not None
     text = edge_list_text(spec, base_dir, source) if edge_list is None else edge_list
     return from_edge_text(text, f"{source}: network.file {spec.file[:80]!r}")
-
-
-def pick_roles(
-    network: Network, spec: TaskSpec, rng: np.random.Generator, source: str
-) -> tuple[NodeRoles, tuple[int, ...], tuple[tuple[int, int], ...]]:
-    """Node roles of the task: given in the protocol, else drawn at random (seeded).
-
-    Returns (roles, output nodes, output edges).
-    """
-    n = network.n_nodes
-    order = [int(i) for i in rng.permutation(n)]
-
-    def take(given: list[int] | None, count: int, key: str) -> list[int]:
-        if given is not None:
-            if len(given) != count:
-                raise ProtocolError(f"{source}: task.{key}: needs {count} nodes, got {len(given)}")
-            bad = [g for g in given if not 0 <= g < n]
-            if bad:
-                raise ProtocolError(f"{source}: task.{key}: nodes {bad} are not in 0..{n - 1}")
-            chosen = list(given)
-        else:
-            chosen = [i for i in order if i not in used][:count]
-            if len(chosen) < count:
-                raise ProtocolError(
-                    f"{source}: task: the network has {n} nodes, too few for the task's roles"
-                )
-        used.update(chosen)
-        return chosen
-
-    used: set[int] = set()
-    for key, given in (("source_nodes", spec.source_nodes), ("ground_nodes", spec.ground_nodes),
-                       ("output_nodes", spec.output_nodes)):
-        if given is not None:
-            used.update(given)
-    sources = take(spec.source_nodes, spec.n_sources, "source_nodes")
-    grounds = take(spec.ground_nodes, spec.grounds, "ground_nodes")
-    output_edges: tuple[tuple[int, int], ...] = ()
-    outputs: tuple[int, ...] = ()
-    if spec.kind == "allostery":
-        if spec.output_edges is not None:
-            output_edges = tuple((int(a), int(b)) for a, b in spec.output_edges)
-            if len(output_edges) != spec.outputs:
-                raise ProtocolError(
-                    f"{source}: task.output_edges: needs {spec.outputs} edges, got {len(output_edges)}"
-                )
-        else:
-            picked: list[tuple[int, int]] = []
-            taken = set(sources) | set(grounds)
-            for j in rng.permutation(network.n_edges):
-                a, b = (int(x) for x in network.edges[j])
-                if a not in taken and b not in taken:
-                    picked.append((a, b))
-                    taken |= {a, b}
-                if len(picked) == spec.outputs:
-                    break
-            if len(picked) < spec.outputs:
-                raise ProtocolError(f"{source}: task: not enough free edges for {spec.outputs} outputs")
-            output_edges = tuple(picked)
-        clamps = tuple(x for e in output_edges for x in e)
-    else:
-        outputs = tuple(take(spec.output_nodes, spec.n_outputs, "output_nodes"))
-        clamps = outputs
-    try:
-        roles = NodeRoles(tuple(sources), tuple(grounds), clamps)
-        network.with_roles(roles)
-    except NetworkError as exc:
-        raise ProtocolError(f"{source}: task: {exc}") from None
-    return roles, outputs, output_edges
 
 
 def build_task(
@@ -293,248 +288,58 @@ def build_experiment(
 
     check_size(protocol, source, steps=steps)  # before anything large is built
     seed = protocol.seed if seed is None else seed
-    seeds = np.random.SeedSequence(seed).spawn(6)
-    rng_net, rng_roles, rng_task, rng_init, rng_batch = (np.random.default_rng(s) for s in seeds[:5])
-    noise_seed = int(seeds[5].generate_state(1)[0])
+    streams = SeedStreams(seed)
     if protocol.network.kind == "edge-list" and edge_list is None:
         edge_list = edge_list_text(protocol.network, base_dir, source)
-    network = build_network(protocol.network, rng_net, base_dir, source=source, edge_list=edge_list)
-    roles, outputs, output_edges = pick_roles(network, protocol.task, rng_roles, source)
+    network = build_network(protocol.network, streams.network, base_dir, source=source, edge_list=edge_list)
+    roles, outputs, output_edges = pick_roles(network, role_request(protocol.task), streams.roles, source)
     network = network.with_roles(roles)
-    task = build_task(protocol.task, rng_task, outputs, output_edges)
+    plan = plan_experiment(protocol, seed, network, outputs, output_edges, streams=streams, steps=steps)
+    backend = simulated_backend(protocol, network, streams, source=source,
+                                bench_seed=seed if protocol.simulator.bench_seed is None
+                                else protocol.simulator.bench_seed)
+    if protocol.training.mode == "in-situ":  # schedules must fit the steps run
+        insitu_experiment(protocol, plan.task, plan.config.steps, source)
+    check_scheme(plan.scheme, twin_bench(backend) is not None, backend.edges, plan.rule, source)
+    return plan.experiment(backend, edge_list=edge_list)  # type: ignore[arg-type]
+
+
+def simulated_backend(protocol: Protocol, network: Network, streams: SeedStreams, *, source: str,
+                      bench_seed: int) -> NetworkBackend | ComparatorTwinBench | TransistorInSituBench:
+    """The simulated backend of a protocol (a linear network, transistor edges, or a bench
+    that learns in place), its initial state from the ``init`` stream."""
     sim = protocol.simulator
     e = protocol.edges
-    bench_seed = seed if sim.bench_seed is None else sim.bench_seed
-    backend: NetworkBackend | ComparatorTwinBench | TransistorInSituBench
+    rng_init, noise_seed = streams.init, streams.noise_seed
     if sim.preset == "comparator-twin":  # a bench that learns in place
         build_edges(protocol.edges, network.n_edges, rng_init)  # keeps rng_init's stream as it was
         try:
-            backend = comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
+            return comparator_bench(protocol, network, rng_init, bench_seed, noise_seed)
         except ProtocolError as exc:
             raise ProtocolError(f"{source}: {exc}") from None
-    elif sim.preset in TRANSISTOR_INSITU_PRESETS:  # transistor edges that learn in place
+    if sim.preset in TRANSISTOR_INSITU_PRESETS:  # transistor edges that learn in place
         if sim.preset == "transistor-16-insitu":
             lattice_16(network, sim.preset, source)
-        backend = transistor_insitu_bench(protocol, network, edge_model(e), rng_init, bench_seed,
-                                          noise_seed)
-    elif e.kind in GATE_KINDS:
-        backend = build_transistor_backend(protocol, network, rng_init, source=source,
-                                           bench_seed=bench_seed, noise_seed=noise_seed)
-    else:
-        if sim.preset in TRANSISTOR_PRESETS:
-            raise ProtocolError(f"{source}: simulator.preset: {sim.preset!r} is a transistor bench; "
-                                f"it needs edges.kind {' or '.join(GATE_KINDS)}, not {e.kind!r}")
-        edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
-        backend = SimulatedBackend(
-            network, edges, initial,
-            imperfections=make_imperfections(sim.preset, sim.overrides),
-            pot=(e.taps, e.r_ab, e.r_wiper, e.r_series) if e.kind == "stepped" else None,
-            bench_seed=bench_seed, noise_seed=noise_seed, solver=sim.solver, preset=sim.preset,
-        )
-    tr = protocol.training
-    rule: UpdateRule = (CoupledRule(tr.alpha) if tr.rule == "coupled"
-                        else SteppedRule(tr.step, tr.threshold))
-    config = TrainConfig(
-        steps=steps or tr.steps, batch_size=tr.batch, eta=tr.eta, test_every=tr.test_every,
-        snapshot_every=tr.snapshot_every, target_error=tr.target_error, backoff=tr.backoff, reversal_backoff=tr.reversal_backoff,
+        return transistor_insitu_bench(protocol, network, edge_model(e), rng_init, bench_seed, noise_seed)
+    if e.kind in GATE_KINDS:
+        return build_transistor_backend(protocol, network, rng_init, source=source,
+                                        bench_seed=bench_seed, noise_seed=noise_seed)
+    if sim.preset in TRANSISTOR_PRESETS:
+        raise ProtocolError(f"{source}: simulator.preset: {sim.preset!r} is a transistor bench; "
+                            f"it needs edges.kind {' or '.join(GATE_KINDS)}, not {e.kind!r}")
+    edges, initial = build_edges(protocol.edges, network.n_edges, rng_init)
+    return SimulatedBackend(
+        network, edges, initial,
+        imperfections=make_imperfections(sim.preset, sim.overrides),
+        pot=(e.taps, e.r_ab, e.r_wiper, e.r_series) if e.kind == "stepped" else None,
+        bench_seed=bench_seed, noise_seed=noise_seed, solver=sim.solver, preset=sim.preset,
     )
-    if protocol.training.mode == "in-situ":  # schedules must fit the steps run
-        insitu_experiment(protocol, task, config.steps, source)
-    try:
-        return Experiment(protocol, seed, network, task, backend, rule, config, rng_batch,  # type: ignore[arg-type]
-                          edge_list=edge_list)
-    except ProtocolError as exc:
-        raise ProtocolError(f"{source}: {exc}") from None
 
 
 def rebuild_task(protocol: Protocol, seed: int, info: dict[str, Any]) -> Task:
     """The task (and its datasets) of a recorded run, from its protocol, seed and the
     output roles the run store kept in ``info``; the same random stream as
     :func:`build_experiment`, without building a network or a backend."""
-    rng_task = np.random.default_rng(np.random.SeedSequence(seed).spawn(6)[2])
     outputs = tuple(int(i) for i in info.get("output_nodes", []))
     output_edges = tuple((int(a), int(b)) for a, b in info.get("output_edges", []))
-    return build_task(protocol.task, rng_task, outputs, output_edges)
-
-
-def network_info(exp: Experiment) -> dict[str, Any]:
-    """What the run store keeps about the network and task (JSON)."""
-    net = exp.network
-    return {
-        "n_nodes": net.n_nodes,
-        "n_edges": net.n_edges,
-        "edges": net.edges.tolist(),
-        "positions": None if net.positions is None else net.positions.tolist(),
-        "sources": list(net.roles.sources),
-        "grounds": list(net.roles.grounds),
-        "clamps": list(net.roles.clamps),
-        "task": exp.task.kind,
-        "output_nodes": list(exp.task.output_nodes),
-        "output_edges": [list(e) for e in exp.task.output_edges],
-        "rule": exp.rule.name,
-        "scheme": None if exp.scheme is None else exp.scheme.describe(),
-        "eta": exp.config.eta,
-        "batch": exp.config.batch_size,
-        "steps": exp.config.steps,
-        **({} if exp.edge_list is None else {"edge_list": {"file": exp.protocol.network.file,
-                                                          "text": exp.edge_list}}),
-    }
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    run_id: str
-    status: str
-    result: TrainResult | None
-    report: Path | None
-    store_path: Path
-
-
-def make_trainer(exp: Experiment) -> Trainer:
-    """The trainer of an experiment (the in-situ trainer in mode 'in-situ')."""
-    if exp.protocol.training.mode == "in-situ":
-        return insitu_trainer(exp)  # type: ignore[return-value]
-    return Trainer(exp.backend, exp.task, exp.rule, exp.config, exp.batch_rng, scheme=exp.scheme)
-
-
-def run_training(
-    exp: Experiment,
-    store: RunStore,
-    *,
-    protocol_text: str,
-    protocol_path: str | None,
-    callbacks: Sequence[StepCallback] = (),
-    on_start: Callable[[str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    extra_info: dict[str, Any] | None = None,
-) -> TrainOutcome:
-    """Train, recording every step and a checkpoint in the run store; write the PNG report.
-
-    See :func:`execute` for how the run ends.
-    """
-    state0 = exp.backend.read_edges()
-    run_id = store.create_run(
-        name=exp.protocol.name, protocol_text=protocol_text, protocol_path=protocol_path,
-        version=clln.__version__, seed=exp.seed, backend=exp.backend.describe(),
-        info={**network_info(exp), **(extra_info or {})}, steps_planned=exp.config.steps,
-        initial_state=state0.conductances if state0.taps is None else state0.taps,
-    )
-    if on_start is not None:
-        on_start(run_id)
-    trainer = make_trainer(exp)
-    keep_records(trainer, store, run_id)
-    return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
-
-
-def resume_training(
-    exp: Experiment,
-    store: RunStore,
-    run_id: str,
-    *,
-    callbacks: Sequence[StepCallback] = (),
-    should_stop: Callable[[], bool] | None = None,
-) -> TrainOutcome:
-    """Continue a stopped run from its last checkpoint. ``exp`` must be rebuilt from the
-    run's own protocol text and seed (see :func:`rebuild_experiment`)."""
-    trainer = make_trainer(exp)
-    keep_records(trainer, store, run_id)
-    found = store.checkpoint(run_id)
-    if found is None:  # stopped before its first step was recorded: start over
-        store.restart(run_id)
-        return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop)
-    step, blob = found
-    restore_trainer(trainer, unpack_state(blob))
-    hist = store.history(run_id)
-    tests = (float(hist.test_error[0]), float(hist.test_error[-1])) if hist.test_error.size else None
-    if tests is None:
-        raise UserError(f"run {run_id} has a checkpoint but no initial test evaluation")
-    store.reopen(run_id)
-    previous = store.run(run_id)["wall_time"] or 0.0
-    return execute(exp, trainer, store, run_id, callbacks=callbacks, should_stop=should_stop,
-                   start_step=step, resumed_tests=tests, wall_offset=previous)
-
-
-def execute(
-    exp: Experiment,
-    trainer: Trainer,
-    store: RunStore,
-    run_id: str,
-    *,
-    callbacks: Sequence[StepCallback] = (),
-    should_stop: Callable[[], bool] | None = None,
-    start_step: int = 0,
-    resumed_tests: tuple[float, float] | None = None,
-    wall_offset: float = 0.0,
-) -> TrainOutcome:
-    """Run a trainer on a recorded run.
-
-    Every step's records and a checkpoint go in one transaction. The backend is put
-    in its safe state on every exit path. The run ends ``completed``; ``interrupted``
-    when ``should_stop`` asked for it at a step boundary, or on KeyboardInterrupt
-    (re-raised); ``paused`` after a hardware fault (re-raised; resumable); ``failed``
-    after anything else (re-raised).
-    """
-    from clln.monitor import StoreControl
-
-    store.claim(run_id, socket.gethostname(), os.getpid())
-    control = StoreControl(store, run_id, safe=exp.backend.safe, local=should_stop,
-                           keepalive=getattr(exp.backend, "keepalive", None))
-    control.step = start_step
-    if start_step:
-        store.log_event(run_id, "resume-point", f"resumed from the checkpoint at step {start_step}",
-                        step=start_step, data={"host": socket.gethostname(), "pid": os.getpid(),
-                                               "clln": clln.__version__})
-
-    def record(rec: StepRecord) -> None:
-        store.record_step(
-            run_id, rec.step, error=rec.error, nudge=rec.nudge, update_norm=rec.update_norm,
-            n_clipped=rec.n_clipped,
-            test=None if rec.test_error is None else (rec.test_error, rec.test_accuracy),
-            snapshot=None if rec.conductances is None else (rec.conductances, rec.taps),
-            checkpoint=pack_state(trainer_state(trainer)),
-        )
-
-    t0 = time.perf_counter()
-    status, message, result = "failed", None, None
-
-    def log(kind: str, text: str, data: dict[str, Any] | None) -> None:
-        store.log_event(run_id, kind, text, step=control.step, data=data)
-
-    try:
-        with events.recording(log):
-            result = trainer.run(
-                [record, control.observe, *callbacks], start_step=start_step,
-                resumed_tests=resumed_tests,
-                on_initial_test=lambda err, acc: store.record_test(run_id, 0, err, acc),
-                should_stop=control,
-            )
-        if result.interrupted:
-            status, message = "interrupted", f"stopped at step {result.steps_done} on request"
-        else:
-            status = "completed"
-    except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted by the user"
-        raise
-    except DriverError as exc:
-        status, message = "paused", f"hardware fault: {exc}"
-        store.log_event(run_id, "fault", message, step=control.step)
-        raise
-    except BenchFault as exc:
-        status, message = "paused", f"bench fault: {exc}"
-        raise
-    except UserError as exc:  # e.g. training diverged: the run fails with that one line
-        message = str(exc)
-        raise
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        try:
-            exp.backend.safe()
-        finally:
-            final = exp.backend.read_edges()
-            store.finish(run_id, status=status, final_state=final.conductances, final_taps=final.taps,
-                         wall_time=wall_offset + time.perf_counter() - t0, message=message,
-                         info=None if exp.scheme is None else {"scheme": exp.scheme.describe()})
-    report = training_report(store, run_id, store.run_dir(run_id) / "report.png")
-    return TrainOutcome(run_id, status, result, report, store.path)
+    return build_task(protocol.task, SeedStreams(seed).task, outputs, output_edges)

@@ -66,7 +66,7 @@ def insitu_experiment(protocol: Protocol, task: Task, steps: int, source: str) -
 def comparator_params(protocol: Protocol) -> ComparatorTwinParams:
     """The comparator-twin bench's parts: defaults with ``[simulator.comparator]`` applied."""
     given = protocol.simulator.comparator
-    overrides = {} if given is None else given.model_dump(exclude_none=True)
+    overrides: dict[str, Any] = {} if given is None else given.model_dump(exclude_none=True)
     return ComparatorTwinParams(**{**asdict(ComparatorTwinParams()), **overrides})
 
 
@@ -107,7 +107,7 @@ def edge_circuit_params(protocol: Protocol) -> EdgeCircuitParams:
     """The parts of a transistor bench that learns in place: defaults with
     ``[simulator.edge_circuit]`` applied."""
     given = protocol.simulator.edge_circuit
-    overrides = {} if given is None else given.model_dump(exclude_none=True)
+    overrides: dict[str, Any] = {} if given is None else given.model_dump(exclude_none=True)
     return EdgeCircuitParams(**{**asdict(EdgeCircuitParams()), **overrides})
 
 
@@ -140,10 +140,13 @@ def emulated_stream(exp: Experiment, faults: Faults | None = None, *, record_tim
     """The experiment's comparator twin bench behind the streaming wire protocol: the
     emulated device on a pty (the same parts and start state as ``exp.backend``) and the
     driver connected to it. Close the device when done."""
-    sim = exp.backend.physics  # type: ignore[attr-defined]
+    if not isinstance(exp.backend, ComparatorTwinBench):
+        raise TypeError(f"the streaming emulator runs a comparator twin bench, not {type(exp.backend).__name__}")
+    sim: ComparatorTwinPhysics = exp.backend.physics
     physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
-    for name in ("r_total", "r_wiper", "opamp_offset", "comparator_offset"):  # the same parts
-        setattr(physics, name, getattr(sim, name).copy())
+    # the same parts
+    physics.r_total, physics.r_wiper = sim.r_total.copy(), sim.r_wiper.copy()
+    physics.opamp_offset, physics.comparator_offset = sim.opamp_offset.copy(), sim.comparator_offset.copy()
     physics.load_state_dict(sim.state_dict())
     device = EmulatedInSituBench(physics, faults=faults)
     driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
@@ -178,11 +181,18 @@ class RecordFile:
     def read(self) -> list[InSituRecord]:
         """The records, by step."""
         rows = self._db.execute("SELECT * FROM records ORDER BY step").fetchall()
-        return [InSituRecord(int(r[0]), r[1], r[2], int(r[3]), r[4], from_blob(r[7]),  # type: ignore[arg-type]
-                             from_blob(r[8]), from_blob(r[9]), r[5], r[6]) for r in rows]
+        return [InSituRecord(int(r[0]), r[1], r[2], int(r[3]), r[4], _array(r[7]), _array(r[8]),
+                             _array(r[9]), r[5], r[6]) for r in rows]
 
     def close(self) -> None:
         self._db.close()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    """A stored record's array (never NULL in this table)."""
+    array = from_blob(blob)
+    assert array is not None
+    return array
 
 
 def keep_records(trainer: object, store: RunStore, run_id: str) -> RecordFile | None:

@@ -8,14 +8,14 @@ backend's :class:`~clln.controller.network.Network`.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
+from clln.controller._kernels import basis_drops, row_quadratic_form
 from clln.controller.bounds import require_finite
 from clln.controller.network import Network
 
@@ -88,80 +88,10 @@ class Measurement:
             power = (drops * drops) @ w
         else:  # sum_b w_b (D c_b)_j^2 = (D G D^T)_jj with D = B basis (m, r), G = C^T W C
             gram = (self.coefficients * w[:, None]).T @ self.coefficients  # (r, r)
-            power = _row_quadratic_form(_basis_drops(incidence, self.basis), gram)
+            power = row_quadratic_form(basis_drops(incidence, self.basis), gram)
         if self.edge_offsets is not None:
             power = power + self.edge_offsets * w.sum()
         return power
-
-
-# -- batch_power internals: no (B, m) arrays, one gather over edges per basis ---------
-
-_ROWS_PER_CHUNK = 16384  # a chunk's (rows, r) temporaries stay in cache; its small
-# matrix products stay below BLAS's threading threshold (no spinning thread pools)
-_endpoint_cache: dict[int, tuple[weakref.ref[Any], tuple[np.ndarray, np.ndarray] | None]] = {}
-_drops_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
-
-
-def _endpoints(incidence: sp.spmatrix) -> tuple[np.ndarray, np.ndarray] | None:
-    """(a, b) node of each edge when ``incidence`` is a CSR signed incidence matrix (one
-    +1 and one -1 per row), else None. Remembered per incidence object."""
-    key = id(incidence)
-    hit = _endpoint_cache.get(key)
-    if hit is not None and hit[0]() is incidence:
-        return hit[1]
-    found = None
-    if sp.issparse(incidence) and incidence.format == "csr":
-        m = incidence.shape[0]
-        if incidence.nnz == 2 * m and np.all(np.diff(incidence.indptr) == 2):
-            data = incidence.data.reshape(m, 2)
-            cols = incidence.indices.reshape(m, 2)
-            first_plus = data[:, 0] == 1.0
-            if np.all(data.sum(axis=1) == 0.0) and np.all(np.abs(data) == 1.0):
-                found = (np.where(first_plus, cols[:, 0], cols[:, 1]).astype(np.intp),
-                         np.where(first_plus, cols[:, 1], cols[:, 0]).astype(np.intp))
-    if len(_endpoint_cache) >= 8:
-        _endpoint_cache.clear()
-    _endpoint_cache[key] = (weakref.ref(incidence), found)
-    return found
-
-
-def _basis_drops(incidence: sp.spmatrix, basis: np.ndarray) -> np.ndarray:
-    """(m, r) edge drops ``incidence @ basis``.
-
-    The free and clamped measurements of a step share one (read-only) basis, so the
-    last result is kept and reused while the same basis and incidence objects are
-    alive. For a plain incidence the drops are two row gathers (``np.take``), several
-    times faster than a sparse product at 1e6 nodes.
-    """
-    global _drops_cache
-    base = basis if basis.base is None else basis.base
-    key = (id(base), basis.__array_interface__["data"][0], basis.shape, basis.strides,
-           id(incidence))
-    cached = _drops_cache
-    frozen = not basis.flags.writeable and not base.flags.writeable
-    if (cached is not None and cached[0][:5] == key and cached[0][5]() is base
-            and cached[0][6]() is incidence and frozen):
-        return cached[1]
-    rows = np.ascontiguousarray(basis)
-    ends = _endpoints(incidence)
-    if ends is None:
-        drops = np.ascontiguousarray(incidence @ rows)
-    else:
-        drops = np.take(rows, ends[0], axis=0)
-        drops -= np.take(rows, ends[1], axis=0)
-    if frozen:  # only an immutable basis can be remembered safely
-        _drops_cache = ((*key, weakref.ref(base), weakref.ref(incidence)), drops)
-    return drops
-
-
-def _row_quadratic_form(drops: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """(m,) ``sum_rs drops[j, r] gram[r, s] drops[j, s]``, edge chunk by edge chunk."""
-    m = drops.shape[0]
-    out = np.empty(m)
-    for start in range(0, m, _ROWS_PER_CHUNK):
-        chunk = drops[start:start + _ROWS_PER_CHUNK]
-        np.einsum("jr,jr->j", chunk @ gram, chunk, out=out[start:start + _ROWS_PER_CHUNK])
-    return out
 
 
 @dataclass(frozen=True)
@@ -269,16 +199,12 @@ def boundary_arrays(
 class NetworkBackend(Protocol):
     """Everything the controller needs from a bench or a simulator.
 
-    Twin benches (a free and a clamped copy of the network measured together) also
-    have ``twin = True`` and ``measure_twin(sources, clamp_rule) -> (free, clamped)``,
-    where ``clamp_rule(free)`` gives the clamp voltages from the free twin's
-    measurement (the bench's nudge circuit); the trainer uses it when present.
-    A twin bench that supports the ``chop`` scheme also accepts ``swap=True``: the
-    twins exchange roles (free on the second twin, clamped on the first) and the
-    measurements are still returned as (free, clamped). A bench whose per-edge circuits
-    compare the two twins sees their inputs reversed, so a fixed circuit offset enters
-    (dV_free)^2 - (dV_clamped)^2 with the opposite sign; over a normal and a swapped
-    step it cancels, and a fixed twin mismatch cancels to first order.
+    Optional capabilities are declared as small Protocols in
+    :mod:`clln.controller.capabilities` and asked for by type: twin benches (a free and
+    a clamped copy measured together, :class:`~clln.controller.capabilities.MeasuresTwin`),
+    checkpointable state (:class:`~clln.controller.capabilities.Checkpointable`), a
+    controller watchdog to keep fed (:class:`~clln.controller.capabilities.KeepsAlive`),
+    and benches that learn in place (:class:`~clln.controller.capabilities.LearnsInPlace`).
     """
 
     @property

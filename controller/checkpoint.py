@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from clln.controller.capabilities import Checkpointable, require
+
+if TYPE_CHECKING:
+    from clln.controller.insitu import InSituTrainer
+    from clln.controller.trainer import Trainer
 
 _ARRAY = "__ndarray__"
 
@@ -59,28 +65,33 @@ def unpack_state(blob: bytes) -> dict[str, Any]:
     return fill(state)
 
 
-def trainer_state(trainer: Any) -> dict[str, Any]:
-    """The state of a Trainer and what it drives, for a checkpoint."""
-    backend = trainer.backend
-    scheme = getattr(trainer, "scheme", None)
+def trainer_state(trainer: Trainer | InSituTrainer) -> dict[str, Any]:
+    """The state of a trainer and what it drives, for a checkpoint. The backend must
+    declare :class:`~clln.controller.capabilities.Checkpointable` (CapabilityError
+    otherwise): a checkpoint is never written without the backend's state."""
+    backend = require(trainer.backend, Checkpointable, what="a checkpoint")
+    scheme, backoff, reversal = trainer.scheme, trainer.backoff, trainer.reversal
     return {
         "batch_rng": trainer.rng.bit_generator.state,
-        "backend": backend.state_dict() if hasattr(backend, "state_dict") else None,
-        "scheme": scheme.state_dict() if scheme is not None and hasattr(scheme, "state_dict") else None,
-        **({"backoff": trainer.backoff.state_dict()} if getattr(trainer, "backoff", None) else {}),
-        **({"reversal": trainer.reversal.state_dict()} if getattr(trainer, "reversal", None) else {}),
+        "backend": backend.state_dict(),
+        "scheme": None if scheme is None else scheme.state_dict(),
+        **({"backoff": backoff.state_dict()} if backoff is not None else {}),
+        **({"reversal": reversal.state_dict()} if reversal is not None else {}),
     }
 
 
-def restore_trainer(trainer: Any, state: dict[str, Any]) -> None:
-    """Put a freshly built Trainer (same protocol and seed) back into a checkpointed state."""
+def restore_trainer(trainer: Trainer | InSituTrainer, state: dict[str, Any]) -> None:
+    """Put a freshly built trainer (same protocol and seed) back into a checkpointed state.
+    A checkpoint written without a backend state (``"backend": None``, before every
+    backend declared its state) restores the rest."""
     trainer.rng.bit_generator.state = state["batch_rng"]
     if state.get("backend") is not None:
-        trainer.backend.load_state_dict(state["backend"])
-    scheme = getattr(trainer, "scheme", None)
+        require(trainer.backend, Checkpointable, what="resuming from a checkpoint").load_state_dict(
+            state["backend"])
+    scheme, backoff, reversal = trainer.scheme, trainer.backoff, trainer.reversal
     if state.get("scheme") is not None and scheme is not None:
         scheme.load_state_dict(state["scheme"])
-    if state.get("backoff") is not None and getattr(trainer, "backoff", None) is not None:
-        trainer.backoff.load_state_dict(state["backoff"])
-    if state.get("reversal") is not None and getattr(trainer, "reversal", None) is not None:
-        trainer.reversal.load_state_dict(state["reversal"])
+    if state.get("backoff") is not None and backoff is not None:
+        backoff.load_state_dict(state["backoff"])
+    if state.get("reversal") is not None and reversal is not None:
+        reversal.load_state_dict(state["reversal"])

@@ -32,8 +32,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clln.controller.backend import SteppedEdges
 from clln.controller.capabilities import LearnsInPlace, require
-from clln.controller.trainer import StepCallback, StepRecord, TrainResult
+from clln.controller.schemes import Scheme
+from clln.controller.trainer import Backoff, ReversalBackoff, StepCallback, StepRecord, TrainResult
 
 
 @dataclass(frozen=True)
@@ -357,25 +359,28 @@ class InSituTrainer:
         self.backend = backend
         self.experiment = experiment
         self.rng = rng  # not used by the loop; kept so checkpoints look like any run's
-        self.scheme = None
+        # what a checkpoint saves of a host-computed run, which the bench's own loop has not
+        self.scheme: Scheme | None = None
+        self.backoff: Backoff | None = None
+        self.reversal: ReversalBackoff | None = None
         self.snapshot_every = snapshot_every
         self.on_record = on_record
 
     def _step_record(self, rec: InSituRecord, previous: np.ndarray) -> StepRecord:
         ex = self.experiment
-        outs = list(_outputs(self.backend))
+        outs = list(self.bench.network.roles.clamps)
         taught = ~np.isnan(rec.clamped[:, 0])
         moved = rec.clamped[taught][:, outs] - rec.free[taught][:, outs]
         last = rec.step == ex.steps
         state = rec.state
         snapshot = rec.step % self.snapshot_every == 0 or last
-        taps = state.astype(np.int64) if _tracks_taps(self.backend) else None
+        taps = state.astype(np.int64) if isinstance(self.bench.edges, SteppedEdges) else None
         return StepRecord(
             step=rec.step, error=rec.train_error,
             nudge=float(np.sqrt(np.mean(moved**2))) if moved.size else 0.0,
             update_norm=float(np.linalg.norm(state - previous)), n_clipped=0,
             test_error=rec.test_error, test_accuracy=rec.test_accuracy,
-            conductances=_conductances(self.backend) if snapshot else None,
+            conductances=np.asarray(self.bench.read_edges().conductances) if snapshot else None,
             taps=taps if snapshot else None, teaching=rec.n_teaching,
         )
 
@@ -420,16 +425,3 @@ class InSituTrainer:
             final_train_error=step_rec.error if step_rec else float("nan"),
             stopped_on_target=False, wall_time=time.perf_counter() - t0, interrupted=interrupted,
         )
-
-
-def _outputs(backend: object) -> tuple[int, ...]:
-    return tuple(backend.network.roles.clamps)  # type: ignore[attr-defined]
-
-
-def _tracks_taps(backend: object) -> bool:
-    return getattr(getattr(backend, "edges", None), "kind", None) == "stepped"
-
-
-def _conductances(backend: object) -> np.ndarray:
-    return np.asarray(backend.read_edges().conductances)  # type: ignore[attr-defined]
-

@@ -188,6 +188,14 @@ class Overclamp:
         anti = bound(held - nudge) if self.symmetric else None
         return Nudge(bound(held + nudge), anti, weights, gains)
 
+    def clamp_bounds(self, task: Task) -> tuple[float, float]:
+        """(low, high) V: every clamp voltage :meth:`clamps` can ask for: its ``rails``
+        (the clamps are clipped to them), else the task's clamps with this eta, mirrored
+        too when symmetric (:meth:`Task.clamp_bounds`)."""
+        if self.rails is not None:
+            return float(self.rails[0]), float(self.rails[1])
+        return task.clamp_bounds(self.eta, mirrored=self.symmetric)
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"eta": self.eta, "margin": self.margin,
                                "rails": None if self.rails is None else list(self.rails),
@@ -388,6 +396,15 @@ def nearest_tap(edges: SteppedEdges, target: np.ndarray) -> np.ndarray:
     return np.where(d_hi < d_lo, hi, lo)
 
 
+def boundary_bounds(task: Task, eta: float, scheme: Scheme | None = None) -> tuple[float, float]:
+    """(low, high) V: every boundary voltage a training step can apply, sources (with
+    ground) and clamps, with nudge ``eta`` and ``scheme`` (None: plain coupled learning).
+    What a bench's limit check must admit before a run starts."""
+    src = task.source_bounds()
+    clamps = task.clamp_bounds(eta) if scheme is None else scheme.clamp_bounds(task, eta)
+    return min(src[0], clamps[0]), max(src[1], clamps[1])
+
+
 class Scheme:
     """A composition of bias-suppression components, consulted by the trainer each step.
 
@@ -442,6 +459,14 @@ class Scheme:
         if self.overclamp is not None:
             return self.overclamp.clamps(task, free, batch)
         return Nudge(task.clamp_voltages(free, batch.y, eta))
+
+    def clamp_bounds(self, task: Task, eta: float) -> tuple[float, float]:
+        """(low, high) V: every clamp voltage this scheme's steps can ask for with the
+        protocol's nudge ``eta`` (free outputs within the task's source bounds). Auto-zero
+        holds the clamped nodes at their free voltages, which lie within the source bounds."""
+        if self.overclamp is not None:
+            return self.overclamp.clamp_bounds(task)
+        return task.clamp_bounds(eta)
 
     def weight_scale(self, nudge: Nudge) -> float:
         """Factor turning the signal averaged with :meth:`Nudge.sample_weights` into the

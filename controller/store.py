@@ -8,25 +8,35 @@ initial conductances, and per-step records.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clln.controller._sqlite import Transaction, database_errors, process_alive, store_problem
 from clln.controller.errors import RunNotFoundError, UserError
+from clln.controller.records import (
+    PROCESS_GONE,
+    RECORD_FIELDS,
+    RunHistory,
+    RunRecord,
+    RunStatus,
+    from_blob,
+    to_blob,
+)
+
+__all__ = ["CONTROL_ACTIONS", "EVENT_KINDS", "PROCESS_GONE", "RunHistory", "RunRecord", "RunStatus",
+           "RunStore", "database_errors", "from_blob", "process_alive", "store_problem", "to_blob"]
 
 SCHEMA_VERSION = 1
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,39 +119,6 @@ EVENT_KINDS = ("retry", "pause", "resume", "stop", "watchdog", "warning", "fault
 CONTROL_ACTIONS = ("pause", "resume", "stop")
 
 
-def to_blob(array: np.ndarray | None) -> bytes | None:
-    """Serialise an array as ``.npy`` bytes (None stays None)."""
-    if array is None:
-        return None
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def from_blob(blob: bytes | None) -> np.ndarray | None:
-    """Inverse of :func:`to_blob`."""
-    if blob is None:
-        return None
-    return np.load(io.BytesIO(blob), allow_pickle=False)
-
-
-@dataclass(frozen=True)
-class RunHistory:
-    """Per-step and test records of a run, as arrays."""
-
-    steps: np.ndarray
-    error: np.ndarray
-    nudge: np.ndarray
-    update_norm: np.ndarray
-    n_clipped: np.ndarray
-    t: np.ndarray
-    test_steps: np.ndarray
-    test_error: np.ndarray
-    test_accuracy: np.ndarray
-    snapshot_steps: np.ndarray
-    snapshots: np.ndarray
-
-
 class RunStore:
     """All runs under one directory.
 
@@ -180,7 +157,7 @@ class RunStore:
                 )
 
     def _tx(self) -> sqlite3.Connection:
-        return _Transaction(self._db)  # type: ignore[return-value]
+        return Transaction(self._db)  # type: ignore[return-value]
 
     def close(self) -> None:
         self._db.close()
@@ -223,8 +200,8 @@ class RunStore:
             self._db.execute(
                 "INSERT INTO runs (id, created, status, name, protocol_path, protocol_text, version,"
                 " seed, backend, info, steps_planned, initial_state)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, now.isoformat(timespec="seconds"), name, protocol_path, protocol_text,
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, now.isoformat(timespec="seconds"), RunStatus.RUNNING, name, protocol_path, protocol_text,
                  version, seed, json.dumps(backend), json.dumps(info), steps_planned,
                  to_blob(initial_state)),
             )
@@ -279,7 +256,7 @@ class RunStore:
             self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?)", (run_id, host, pid))
 
     def lease(self, run: str, resumable: tuple[str, ...], host: str | None = None,
-              pid: int | None = None) -> tuple[str, str, str | None]:
+              pid: int | None = None) -> tuple[str, RunStatus, str | None]:
         """Take a stopped run for this process, atomically (one BEGIN IMMEDIATE
         transaction): refused with a UserError when its status is not in ``resumable``
         or another live process holds it. Marks it running, owned by (host, pid).
@@ -291,22 +268,22 @@ class RunStore:
             status, message = self._db.execute("SELECT status, message FROM runs WHERE id = ?",
                                                (run_id,)).fetchone()
             owner = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?", (run_id,)).fetchone()
-            if status == "running" and owner is not None and (owner[0], owner[1]) != (host, pid) \
+            if status == RunStatus.RUNNING and owner is not None and (owner[0], owner[1]) != (host, pid) \
                     and process_alive(str(owner[0]), int(owner[1])) is not False:
                 where = f"process {owner[1]}" + ("" if owner[0] == host else f" on {owner[0]}")
                 raise UserError(f"run {run_id} is still running ({where}); stop it first")
             if status not in resumable:
                 raise UserError(f"run {run_id} is {status}; only a stopped run can be resumed")
             self._db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?)", (run_id, host, pid))
-            self._db.execute("UPDATE runs SET status = 'running' WHERE id = ?", (run_id,))
-        return run_id, status, message
+            self._db.execute("UPDATE runs SET status = ? WHERE id = ?", (RunStatus.RUNNING, run_id))
+        return run_id, RunStatus(status), message
 
-    def release(self, lease: tuple[str, str, str | None]) -> None:
+    def release(self, lease: tuple[str, RunStatus, str | None]) -> None:
         """Give a leased run back with the status it had (resuming it failed to start)."""
         run_id, status, message = lease
         with self._tx():
-            self._db.execute("UPDATE runs SET status = ?, message = ? WHERE id = ? AND status = 'running'",
-                             (status, message, run_id))
+            self._db.execute("UPDATE runs SET status = ?, message = ? WHERE id = ? AND status = ?",
+                             (status, message, run_id, RunStatus.RUNNING))
 
     def owner(self, run: str) -> tuple[str, int] | None:
         row = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?",
@@ -316,11 +293,11 @@ class RunStore:
     def shown_status(self, run_id: str, status: str) -> str:
         """The status to show: a run marked running whose process is gone (this host)
         shows as "interrupted (process gone)"; it can be resumed."""
-        if status != "running":
+        if status != RunStatus.RUNNING:
             return status
         owner = self._db.execute("SELECT host, pid FROM owners WHERE run_id = ?", (run_id,)).fetchone()
         if owner is None or process_alive(str(owner[0]), int(owner[1])) is False:
-            return "interrupted (process gone)"
+            return PROCESS_GONE
         return status
 
     def restart(self, run_id: str) -> None:
@@ -328,12 +305,12 @@ class RunStore:
         with self._tx():
             for table in ("steps", "tests", "snapshots", "checkpoints"):
                 self._db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            self._db.execute("UPDATE runs SET status = 'running', steps_done = 0 WHERE id = ?", (run_id,))
+            self._db.execute("UPDATE runs SET status = ?, steps_done = 0 WHERE id = ?", (RunStatus.RUNNING, run_id))
 
     def reopen(self, run_id: str) -> None:
         """Mark a stopped run running again (it is being resumed)."""
         with self._tx():
-            self._db.execute("UPDATE runs SET status = 'running', message = NULL WHERE id = ?", (run_id,))
+            self._db.execute("UPDATE runs SET status = ?, message = NULL WHERE id = ?", (RunStatus.RUNNING, run_id))
 
     def integrity(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` result ('ok' when sound)."""
@@ -343,7 +320,7 @@ class RunStore:
         self,
         run_id: str,
         *,
-        status: str,
+        status: RunStatus,
         final_state: np.ndarray | None,
         final_taps: np.ndarray | None,
         wall_time: float,
@@ -450,17 +427,17 @@ class RunStore:
             r["backend"], r["info"] = json.loads(r["backend"]), json.loads(r["info"])
         return rows
 
-    def run(self, run: str) -> dict[str, Any]:
+    def run(self, run: str) -> RunRecord:
         """Everything recorded about a run except the per-step history."""
         run_id = self.resolve(run)
-        cur = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
-        cols = [c[0] for c in cur.description]
-        rec = dict(zip(cols, cur.fetchone()))
+        cur = self._db.execute(f"SELECT {', '.join(RECORD_FIELDS)} FROM runs WHERE id = ?", (run_id,))
+        rec = dict(zip(RECORD_FIELDS, cur.fetchone()))
         for key in ("initial_state", "final_state", "final_taps"):
             rec[key] = from_blob(rec[key])
         rec["backend"] = json.loads(rec["backend"])
         rec["info"] = json.loads(rec["info"])
-        return rec
+        rec["status"] = RunStatus(rec["status"])
+        return RunRecord(**rec)
 
     def progress(self, run_id: str) -> dict[str, Any]:
         """A run's status, steps_done, steps_planned, message and wall_time (cheap: no arrays)."""
@@ -511,58 +488,3 @@ class RunStore:
             snapshot_steps=np.array([s for s, _ in snaps], dtype=np.int64),
             snapshots=np.array(snap_g) if snap_g else np.zeros((0, 0)),
         )
-
-
-def process_alive(host: str, pid: int) -> bool | None:
-    """Whether process ``pid`` on ``host`` exists; None when that cannot be told (another host)."""
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def database_errors(path: Path) -> Iterator[None]:
-    """Turn SQLite's errors about the database file into one actionable UserError line."""
-    try:
-        yield
-    except sqlite3.DatabaseError as exc:
-        raise UserError(store_problem(path, exc)) from None
-
-
-def store_problem(path: Path, exc: sqlite3.DatabaseError) -> str:
-    """One line saying what is wrong with a run store and what to do."""
-    text = str(exc)
-    if "full" in text:
-        return (f"{path}: the disk is full ({text}); free some space, then 'clln resume RUN' "
-                f"continues a stopped run")
-    if "malformed" in text or "not a database" in text or "disk I/O" in text:
-        return (f"{path}: the run store is damaged ({text}); restore it from a backup, or move it "
-                f"aside and train with a new --out DIR ('sqlite3 runs.sqlite .recover' can salvage runs)")
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return (f"{path}: the run store cannot be written ({text}); check the folder's permissions "
-                f"or pass --out DIR")
-    if "locked" in text or "busy" in text:
-        return f"{path}: the run store stayed locked by another process ({text}); try again"
-    return f"{path}: run store error ({text})"
-
-
-class _Transaction:
-    """``with`` block that wraps statements in BEGIN IMMEDIATE / COMMIT (ROLLBACK on error)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

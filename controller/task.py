@@ -13,6 +13,7 @@ Three kinds (docs/science.md, "Tasks"):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,12 +121,47 @@ class Task:
         ``eta`` may be a scalar or a (B, 1) / (B, n_outputs) array.
         """
         out_free = self.outputs(free)
+        ends = free.at_nodes(self.clamp_nodes) if self.kind == "allostery" else out_free
+        return self._nudged(out_free, ends, y, eta)
+
+    def _nudged(self, out_free: np.ndarray, ends: np.ndarray, y: np.ndarray,
+                eta: float | np.ndarray) -> np.ndarray:
+        """The clamp formula of :meth:`clamp_voltages` from free outputs (B, n_outputs),
+        the free voltages of the clamped nodes ``ends`` (B, n_clamps) and targets y."""
         nudge = np.asarray(eta) * (np.asarray(y) - out_free)
         if self.kind == "allostery":
-            ends = free.at_nodes(self.clamp_nodes).reshape(len(out_free), -1, 2)
-            clamped = ends + 0.5 * nudge[:, :, None] * np.array([1.0, -1.0])
+            pairs = ends.reshape(len(out_free), -1, 2)
+            clamped = pairs + 0.5 * nudge[:, :, None] * np.array([1.0, -1.0])
             return clamped.reshape(len(out_free), -1)
         return out_free + nudge
+
+    def source_bounds(self) -> tuple[float, float]:
+        """(low, high) V: every source voltage of the train and test sets, with ground
+        (0 V). A free node voltage of a passive network lies within them."""
+        sources = np.vstack([self.source_voltages(self.train.x), self.source_voltages(self.test.x)])
+        return min(float(sources.min()), 0.0), max(float(sources.max()), 0.0)
+
+    def clamp_bounds(self, eta: float, *, mirrored: bool = False) -> tuple[float, float]:
+        """(low, high) V: every clamp voltage :meth:`clamp_voltages` can ask for with nudge
+        ``eta`` (and, with ``mirrored``, every mirrored clamp held - nudge of symmetric
+        overclamping), when the free outputs lie within :meth:`source_bounds`.
+
+        The clamp formula is affine in the free voltages of the clamped nodes and in the
+        targets, so its extremes over that box are at its corners: the formula itself is
+        evaluated there (the free nodes at either source bound, every target at the
+        lowest or highest target of the datasets).
+        """
+        lo, hi = self.source_bounds()
+        y = np.concatenate([self.train.y.ravel(), self.test.y.ravel()])
+        width = len(self.clamp_nodes) // self.n_outputs  # clamped nodes per output: 1, or 2 (edge ends)
+        corners = np.array(list(itertools.product((lo, hi), repeat=width)))  # (2^width, width)
+        targets = np.array([y.min(), y.max()])
+        ends = np.repeat(corners, len(targets), axis=0)  # every corner with every target
+        ty = np.tile(targets, len(corners))[:, None]
+        out_free = ends[:, :1] - ends[:, 1:] if width == 2 else ends
+        clamped = self._nudged(out_free, ends, ty, eta)
+        reach = [clamped, 2.0 * ends - clamped] if mirrored else [clamped]
+        return float(min(r.min() for r in reach)), float(max(r.max() for r in reach))
 
     def sample_errors(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(B,) per-sample cost: squared error mean (V^2), or cosine distance."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from clln.controller.backend import Measurement, NetworkBackend, SteppedEdges
 from clln.controller.bounds import DivergedError
+from clln.controller.capabilities import twin_bench
 from clln.controller.rules import UpdateRule, contrastive_signal
 from clln.controller.schemes import Nudge, Scheme
 from clln.controller.task import Dataset, Task
@@ -215,7 +216,8 @@ class Trainer:
         self.config = config
         self.rng = rng
         self._incidence = backend.network.incidence
-        self._twin = bool(getattr(backend, "twin", False)) and hasattr(backend, "measure_twin")
+        self._pair = twin_bench(backend)  # free and clamped twins measured together, or None
+        self._twin = self._pair is not None
         self.scheme = scheme
         if scheme is not None:
             scheme.check(self._twin, backend.edges, rule)
@@ -251,8 +253,8 @@ class Trainer:
         if self.scheme is not None:
             return self._scheme_step(index, batch, sources, self.scheme)
         eta = self.config.eta
-        if self._twin:  # both twins at once; the clamped twin follows the free one's outputs
-            free, clamped = self.backend.measure_twin(  # type: ignore[attr-defined]
+        if self._pair is not None:  # both twins at once; the clamped twin follows the free one's outputs
+            free, clamped = self._pair.measure_twin(
                 sources, lambda f: self.task.clamp_voltages(f, batch.y, eta))
             clamps = self.task.clamp_voltages(free, batch.y, eta)
         else:
@@ -281,15 +283,15 @@ class Trainer:
                       swap: bool) -> tuple[Measurement, Measurement, np.ndarray]:
         """Free and clamped measurements (both twins at once on a twin bench, the twins'
         roles exchanged when ``swap``) and the clamps (B, n_clamps) V that were imposed."""
-        if self._twin:
+        if self._pair is not None:
             imposed: list[np.ndarray] = []
 
             def rule(free: Measurement) -> np.ndarray:
                 imposed.append(np.asarray(clamp_rule(free), dtype=float))
                 return imposed[-1]
 
-            kwargs = {"swap": True} if swap else {}
-            free, clamped = self.backend.measure_twin(sources, rule, **kwargs)  # type: ignore[attr-defined]
+            free, clamped = (self._pair.measure_twin(sources, rule, swap=True) if swap
+                             else self._pair.measure_twin(sources, rule))
             return free, clamped, imposed[-1]
         free = self.backend.measure(sources)
         clamps = np.asarray(clamp_rule(free), dtype=float)

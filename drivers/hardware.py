@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +35,25 @@ from clln.controller.network import Network
 from clln.drivers.daq import DaqInterface
 from clln.drivers.errors import DaqError
 from clln.drivers.potbank import PotBank
+
+
+@runtime_checkable
+class OpensTasks(Protocol):
+    """A DAQ whose tasks are created and committed once per run (NI-DAQmx), not per
+    acquisition."""
+
+    def open(self) -> None:
+        ...
+
+
+@runtime_checkable
+class SwitchesClamps(Protocol):
+    """A DAQ that knows whether switches disconnect the clamp outputs in the free state.
+    A DAQ that does not declare it is taken to have them."""
+
+    @property
+    def clamps_switched(self) -> bool:
+        ...
 
 
 @dataclass(frozen=True)
@@ -207,9 +226,8 @@ class HardwareBackend:
         boot = self.potbank.boot
         if boot is not None:  # the open reset the board: why, and whether it kept the taps
             self.info["firmware"]["boot"] = {"reset_cause": boot.causes, "parked": boot.parked}
-        open_daq = getattr(self.daq, "open", None)
-        if open_daq is not None:  # the DAQ's tasks: created and committed once per run
-            open_daq()
+        if isinstance(self.daq, OpensTasks):  # the DAQ's tasks: created and committed once per run
+            self.daq.open()
         self.potbank.set_watchdog(self.watchdog_ms)
         parked = self.potbank.status().parked  # also clears a watchdog trip from before
         self._bank = self.potbank.get_all()
@@ -252,8 +270,8 @@ class HardwareBackend:
         ao = self.channels.commands(ao)  # what the AO channels must be told to put that out
         # Free state: open switches disconnect the clamp outputs; without switches they
         # hold their nodes (at 0 V) and count.
-        connected = ao if clamps is not None or not getattr(self.daq, "clamps_switched", True) \
-            else ao[:, :len(roles.sources)]
+        switched = not isinstance(self.daq, SwitchesClamps) or self.daq.clamps_switched
+        connected = ao if clamps is not None or not switched else ao[:, :len(roles.sources)]
         check_limits(connected, self._edges.table, self.limits)
         self.potbank.check_running()  # never measure a parked or restarted bank
         self.is_safe = False

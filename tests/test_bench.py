@@ -222,15 +222,15 @@ def test_bad_bench_files_name_the_key(old: str, new: str, key: str) -> None:
      "terminal window"),  # the mirrored clamps stay within 2 V but go below the MCP4131's VSS
 ])
 def test_overclamped_protocols_are_checked_with_their_own_nudge(scheme: str, refused: str | None) -> None:
-    from clln.benchrun import boundary_extremes
+    from clln.compose import build_scheme, build_task
+    from clln.controller.schemes import boundary_bounds
 
     text = DEMO.read_text() + "\n" + scheme
     proto = parse_protocol(text, "over.toml")
     bench, btext = load_bench(BENCH)
-    over = proto.training.scheme.overclamp
-    extremes = boundary_extremes(
-        bench_experiment.__globals__["build_task"](proto.task, np.random.default_rng(0), (3, 5), ()),
-        proto.training.eta, over)
+    extremes = np.array(boundary_bounds(
+        build_task(proto.task, np.random.default_rng(0), (3, 5), ()),
+        proto.training.eta, build_scheme(proto.training.scheme)))
     assert (np.abs(extremes).max() > 2.0) == (refused == "max_node_voltage")
     if refused is None:
         assert extremes.min() >= -0.3

@@ -209,7 +209,7 @@ def test_writeable_basis_is_never_reused_stale() -> None:
 
 
 def test_batch_power_spans_several_edge_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clln.controller import backend as measurement_module
+    from clln.controller import _kernels as measurement_module
 
     net, g, rng = random_network(15, n=300)
     basis = rng.standard_normal((net.n_nodes, 4))

@@ -16,7 +16,12 @@ from clln.controller.calibration.numerics import (
     effective_resistance,
     held_nodes,
 )
-from clln.controller.calibration.targets import CalibrationTarget, Progress, ResistanceMeter
+from clln.controller.calibration.targets import (
+    CalibrationTarget,
+    CentersDrive,
+    Progress,
+    ResistanceMeter,
+)
 from clln.controller.network import Network
 
 
@@ -115,7 +120,7 @@ def survey(target: CalibrationTarget, taps: np.ndarray, *, amplitude: float, row
     n_src, n_clamp = len(roles.sources), len(roles.clamps)
     # Patterns center +- amplitude: a bench whose parts take no negative voltage (e.g. an
     # MCP4131's terminals) centers its window above 0 V (HardwareBackend.drive_window).
-    center = float(target.drive_center()) if hasattr(target, "drive_center") else 0.0
+    center = float(target.drive_center()) if isinstance(target, CentersDrive) else 0.0
     counts = {"acquisitions": 0, "boundary_conditions": 0, "tap_writes": 0, "meter_readings": 0,
               "grounded_readings": 0}
     total = progress_total if progress_total is not None else len(taps)

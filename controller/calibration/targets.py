@@ -56,6 +56,16 @@ class CalibrationTarget(Protocol):
 
 
 @runtime_checkable
+class CentersDrive(Protocol):
+    """A target whose parts take no negative voltage (e.g. an MCP4131's terminals): its
+    drive window is centered above 0 V, and patterns are center +- amplitude."""
+
+    def drive_center(self) -> float:
+        """The center (V) of the window whose half-width is ``drive_limit``."""
+        ...
+
+
+@runtime_checkable
 class ResistanceMeter(Protocol):
     """A 4-wire two-point resistance between two nodes of the network, taken with every
     output at 0 V and the clamps open (sources and grounds held at 0 V, every other node
