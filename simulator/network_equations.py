@@ -71,7 +71,7 @@ class NetworkEquations:
             raise NetworkError("a clamped node is also a source or ground")
         clamp_pos = position[self.clamps]
         pat = self._pattern
-        self._clamp_entries = np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos)
+        self._clamp_entries = np.flatnonzero(np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos))
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -109,7 +109,7 @@ class NetworkEquations:
 
     def _values(self, state, clamped: bool) -> np.ndarray:  # noqa: ANN001
         derivs = np.hstack([state.d_va, state.d_vb])  # (B, 2m)
-        values = np.asarray((self._pattern.assembly @ derivs.T).T)  # (B, nnz)
+        values = np.asarray(derivs @ self._pattern.assembly_t)  # (B, nnz)
         if clamped and self.clamps.size:
             values[:, self._clamp_entries] = 0.0
             values[:, self._clamp_diag] = 1.0

@@ -97,9 +97,11 @@ class NonlinearNetworkSolver(NetworkEquations):
         once; refactorized when GMRES needs more than ``refactor_iterations`` iterations.
         Samples it does not converge fall back to ``lu``. ``auto``: ``krylov`` from
         ``krylov_min_nodes`` free nodes on, ``lu`` below (where one LU costs little).
-    krylov_rtol : GMRES stops when each sample's linear residual is below this fraction
-        of its Newton residual (an inexact Newton step; convergence is still judged by
-        ``tol`` on the step).
+    krylov_rtol, krylov_rtol_first : GMRES stops when each sample's linear residual is
+        below a fraction (the forcing term) of its Newton residual: ``krylov_rtol_first``
+        on the first Newton step, then Eisenstat and Walker's choice 2,
+        0.9 (|r_k| / |r_k-1|)^2, kept within [``krylov_rtol``, ``krylov_rtol_first``] (an
+        inexact Newton step; convergence is still judged by ``tol`` on the step).
     krylov_max_iter : GMRES iterations per Newton step at most.
     """
 
@@ -109,7 +111,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                  blocks_per_lu: int | None = 1,
                  chord_ratio: float = 0.0, linear: LinearName = "auto",
                  krylov_min_nodes: int = 1000, krylov_rtol: float = 1e-5,
-                 krylov_max_iter: int = 30, refactor_iterations: int = 12) -> None:
+                 krylov_rtol_first: float = 1e-2, krylov_max_iter: int = 30,
+                 refactor_iterations: int = 12) -> None:
         self._lu = lu_library(lu)
         super().__init__(network, model, fixed_conductance=fixed_conductance, device_mask=device_mask)
         self.tol = tol
@@ -127,6 +130,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.refactor_iterations = refactor_iterations
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
+        self.krylov_rtol_first = max(krylov_rtol_first, krylov_rtol)
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
         self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
@@ -150,7 +154,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         count = sources.shape[0]
         v = self._initial(sources, clamps, start)
         iterations = np.zeros(count, dtype=np.int64)
-        if self._use_krylov():
+        if self.uses_shared_factorization:
             done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
             retry = np.flatnonzero(~done)
             if retry.size:  # per-sample LUs where the shared preconditioner did not do
@@ -226,7 +230,9 @@ class NonlinearNetworkSolver(NetworkEquations):
 
     # -- Newton-Krylov with one shared factorization ---------------------------
 
-    def _use_krylov(self) -> bool:
+    @property
+    def uses_shared_factorization(self) -> bool:
+        """Whether Newton's linear systems go to GMRES with the shared LU (``linear``)."""
         return self.linear == "krylov" or (self.linear == "auto" and self.n_free >= self.krylov_min_nodes)
 
     def _newton_krylov(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
@@ -241,7 +247,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         A sample whose preconditioned residual M^-1 r is below ``tol`` / 10 takes that as
         its last step without GMRES (|J^-1 r| <= 10 |M^-1 r| while M^-1 J is within 0.9 of
         the identity, which GMRES' few iterations show), so convergence is still judged
-        at ``tol`` on the step. The device state of the accepted line-search point is
+        at ``tol`` on the step; for the others that solve is GMRES' first basis vector.
+        The preconditioner's solves for all samples are one multi-column solve per GMRES
+        iteration. GMRES' tolerance per sample follows the forcing term (``krylov_rtol_first``,
+        then Eisenstat-Walker). The device state of the accepted line-search point is
         kept for the next iteration's Jacobian.
         """
         count = v.shape[0]
@@ -251,17 +260,22 @@ class NonlinearNetworkSolver(NetworkEquations):
             return np.ones(count, dtype=bool), residual
         free = self.free_nodes
         r_all, state = self._free_residual_state(v, gates, clamped)
-        d_va, d_vb = np.array(state.d_va), np.array(state.d_vb)  # of every sample, kept
+        d_va, d_vb = state.d_va, state.d_vb  # of every sample, kept (fresh arrays: written in place)
+        rnorm = np.linalg.norm(r_all, axis=1)
+        forcing = np.full(count, self.krylov_rtol_first)
         for _ in range(self.max_iter):
             act = np.flatnonzero(~done)
             if act.size == 0:
                 break
-            values = self._values(Derivatives(d_va[act], d_vb[act]), clamped)
+            values = None
             if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
+                values = self._values(_rows(d_va, d_vb, act), clamped)
                 self._shared_factor(values.mean(axis=0), clamped)
             iterations[act] += 1
             started = time.process_time()
-            cheap = -self._precondition(r_all[act], clamped)
+            r_act = _take(r_all, act)
+            cheap = self._precondition(r_act, clamped)
+            np.negative(cheap, out=cheap)
             self.lu_seconds += time.process_time() - started
             small = np.abs(cheap).max(axis=1) <= 0.1 * self.tol
             if small.any():  # converged: the preconditioned residual is the last step
@@ -269,12 +283,14 @@ class NonlinearNetworkSolver(NetworkEquations):
                 v[np.ix_(last, free)] += cheap[small]
                 residual[last] = np.abs(r_all[last]).max(axis=1)
                 done[last] = True
-                act, values = act[~small], values[~small]
+                act, cheap, r_act = act[~small], cheap[~small], r_act[~small]
+                if values is not None:
+                    values = values[~small]
                 if act.size == 0:
                     break
-            indices, indptr = self._block_pattern(act.size)
-            jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(act.size * self.n_free,) * 2)
-            step, inner = self._gmres(jacobians, -r_all[act], clamped)
+            if values is None:
+                values = self._values(_rows(d_va, d_vb, act), clamped)
+            step, inner = self._gmres(values, -r_act, clamped, cheap, forcing[act])
             if inner > self.refactor_iterations:
                 self._shared_stale[clamped] = True
             if not np.isfinite(step).all():
@@ -282,9 +298,16 @@ class NonlinearNetworkSolver(NetworkEquations):
                 break  # the per-sample LU path decides (and names a floating part)
             size, _scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
             converged = size <= self.tol
-            d_va[act], d_vb[act] = s_new.d_va, s_new.d_vb
+            if act.size == count:  # every sample: keep the new arrays (no copy)
+                d_va, d_vb = s_new.d_va, s_new.d_vb
+            else:
+                d_va[act], d_vb[act] = s_new.d_va, s_new.d_vb
             residual[act] = norm
             done[act] = converged
+            new_norm = np.linalg.norm(_take(r_all, act), axis=1)  # Eisenstat-Walker forcing, choice 2
+            ratio = new_norm / np.maximum(rnorm[act], 1e-300)
+            forcing[act] = np.clip(0.9 * ratio**2, self.krylov_rtol, self.krylov_rtol_first)
+            rnorm[act] = new_norm
         return done, residual
 
     def _shared_factor(self, values: np.ndarray, clamped: bool) -> None:
@@ -299,17 +322,19 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared_stale[clamped] = False
 
     def _precondition(self, x: np.ndarray, clamped: bool) -> np.ndarray:
-        """M^-1 x of each row with the shared LU (one single right-hand side per call:
-        SuperLU's multi-column solve measured slower than the loop)."""
-        handle = self._shared[clamped]
-        return np.stack([self._lu.solve(handle, row) for row in x])
+        """M^-1 x of each row with the shared LU (all rows in one multi-column solve)."""
+        return self._lu.solve_rows(self._shared[clamped], x)
 
-    def _gmres(self, jacobians: sp.csc_matrix, rhs: np.ndarray, clamped: bool) -> tuple[np.ndarray, int]:
-        """:func:`~clln.simulator.newton_linalg.block_gmres` preconditioned by the shared
-        LU, with ``krylov_rtol`` and ``krylov_max_iter``; its time counted as linear algebra."""
+    def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
+               first: np.ndarray, rtol: np.ndarray) -> tuple[np.ndarray, int]:
+        """:func:`~clln.simulator.newton_linalg.block_gmres` on the samples' Jacobians
+        (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
+        tolerance ``rtol`` (k,); its time (operator built, GMRES) counted as linear algebra."""
         started = time.process_time()
+        indices, indptr = self._block_pattern(rhs.shape[0])
+        jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(rhs.size,) * 2)
         step, used = block_gmres(jacobians, rhs, lambda x: self._precondition(x, clamped),
-                                 rtol=self.krylov_rtol, max_iter=self.krylov_max_iter)
+                                 rtol=rtol, max_iter=self.krylov_max_iter, first=first)
         self.krylov_iterations += used * rhs.shape[0]
         self.lu_seconds += time.process_time() - started
         return step, used
@@ -324,19 +349,23 @@ class NonlinearNetworkSolver(NetworkEquations):
         size = np.abs(step).max(axis=1)
         converged = size <= self.tol
         scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-        norm0 = np.abs(r_all[act]).max(axis=1)
-        va = v[act]
-        trial = va.copy()
+        norm0 = np.abs(_take(r_all, act)).max(axis=1)
+        every = act.size == v.shape[0]
+        trial = v if every else v[act]  # every sample: moved in place
+        base = trial[:, free]
         for _halving in range(12):  # backtrack where the residual grows
-            trial[:, free] = va[:, free] + scale[:, None] * step
+            trial[:, free] = base + (step if np.all(scale == 1.0) else scale[:, None] * step)
             r_new, state = self._free_residual_state(trial, gates, clamped)
             norm = np.abs(r_new).max(axis=1)
             worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
             if not worse.any():
                 break
             scale = np.where(worse, 0.5 * scale, scale)
-        v[act] = trial
-        r_all[act] = r_new
+        if not every:
+            v[act] = trial
+            r_all[act] = r_new
+        else:
+            r_all[...] = r_new
         return size, scale, norm, state
 
     def _factorize(self, samples: np.ndarray, values: np.ndarray, chunk_of: np.ndarray,
@@ -390,3 +419,15 @@ def with_resistors(network: Network, resistors: list[tuple[int, int, float]]
     fixed = np.r_[np.zeros(m), [g for _, _, g in resistors]]
     mask = np.r_[np.ones(m, dtype=bool), np.zeros(len(resistors), dtype=bool)]
     return physics, fixed, mask
+
+
+def _rows(d_va: np.ndarray, d_vb: np.ndarray, rows: np.ndarray) -> Derivatives:
+    """The derivatives of samples ``rows`` (no copy when they are all the samples)."""
+    if rows.size == d_va.shape[0]:
+        return Derivatives(d_va, d_vb)
+    return Derivatives(d_va[rows], d_vb[rows])
+
+
+def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``, without a copy when ``rows`` are all the rows (in order)."""
+    return array if rows.size == array.shape[0] else array[rows]
