@@ -145,11 +145,11 @@ class SeedTransistor:
         f *= x
         df = s * x
         if n_below:  # the same values as the line above, on the subthreshold part
-            where = np.unravel_index(np.flatnonzero(below), x.shape)
+            where = np.nonzero(below)
             sub = np.minimum(x[where] - self.join, 0.0)
             sub /= self.decade
             np.power(10.0, sub, out=sub)
-            sub *= np.broadcast_to(knee, x.shape)[where]
+            sub *= knee if knee.ndim == 0 else np.broadcast_to(knee, x.shape)[where]
             f[where] = sub
             sub *= LN10 / self.decade
             df[where] = sub

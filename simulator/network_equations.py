@@ -52,6 +52,7 @@ class NetworkEquations:
         self.fixed_conductance = (np.zeros(m) if fixed_conductance is None
                                   else np.asarray(fixed_conductance, dtype=float))
         self.device_mask = None if device_mask is None else np.asarray(device_mask, dtype=bool)
+        self._has_fixed = bool(np.any(self.fixed_conductance))
         self._devices = None if device_mask is None else np.flatnonzero(self.device_mask)
         is_free = np.ones(n, dtype=bool)
         is_free[fixed] = False
@@ -66,6 +67,7 @@ class NetworkEquations:
         self.position = position
         self.free_nodes = np.empty(nf, dtype=np.int64)  # free node at each unknown
         self.free_nodes[position[free]] = free
+        self._incidence_free_t = self.incidence_t[self.free_nodes]  # (n_free, m), solver order
         self._pattern = JacobianPattern(a, b, position, nf, m)
         if self.clamps.size and np.any(position[self.clamps] < 0):
             raise NetworkError("a clamped node is also a source or ground")
@@ -79,8 +81,8 @@ class NetworkEquations:
     def edge_state(self, voltages: np.ndarray, gates: np.ndarray) -> EdgeCurrents:
         """Edge currents and derivatives (:class:`~clln.simulator.devices.EdgeCurrents`)
         for node voltages (B, n) and gate voltages (m,)."""
-        va = voltages[:, self._a]
-        vb = voltages[:, self._b]
+        va = np.take(voltages, self._a, axis=1)
+        vb = np.take(voltages, self._b, axis=1)
         if self.device_mask is None:
             out = self.model.currents(va, vb, gates[None, :])
         else:  # the model sees its device edges only (per-device parameters line up)
@@ -90,7 +92,7 @@ class NetworkEquations:
             for arr, got in zip(full, (part.current, part.d_va, part.d_vb, part.d_vg)):
                 arr[:, dev] = got
             out = type(part)(*full)
-        if np.any(self.fixed_conductance):
+        if self._has_fixed:
             g = self.fixed_conductance
             out = type(out)(out.current + g * (va - vb), out.d_va + g, out.d_vb - g, out.d_vg)
         return out
@@ -154,7 +156,7 @@ class NetworkEquations:
     def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
         """(residual at the free nodes (B, n_free), edge state) at node voltages v."""
         state = self.edge_state(v, gates)
-        r = np.asarray((self.incidence_t @ state.current.T).T)[:, self.free_nodes]
+        r = np.asarray((self._incidence_free_t @ state.current.T).T)
         if clamped and self.clamps.size:
             r[:, self.position[self.clamps]] = 0.0
         return r, state
