@@ -77,7 +77,6 @@ class NetworkEquations:
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-
     def edge_state(self, voltages: np.ndarray, gates: np.ndarray) -> EdgeCurrents:
         """Edge currents and derivatives (:class:`~clln.simulator.devices.EdgeCurrents`)
         for node voltages (B, n) and gate voltages (m,)."""
@@ -129,7 +128,6 @@ class NetworkEquations:
                 self._blocks.clear()
             found = self._blocks[count] = (indices.astype(np.int32), indptr.astype(np.int32))
         return found
-
 
     # -- boundary values and residuals -----------------------------------------
 

@@ -34,7 +34,6 @@ def available_lu() -> list[str]:
     return ["superlu"] + (["umfpack"] if _umfpack is not None else [])
 
 
-
 class SuperLUBlocks:
     """SuperLU on a pre-ordered matrix: natural order, diagonal pivots (no search)."""
 
@@ -112,8 +111,6 @@ def fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int) 
     order = np.empty(nf, dtype=np.int64)
     order[lu.perm_c] = np.arange(nf)  # column i of the matrix moved to position perm_c[i]
     return order
-
-
 
 
 class JacobianPattern:

@@ -50,7 +50,6 @@ class ConvergenceError(BenchFault):
         self.residual = residual
 
 
-
 @dataclass(frozen=True, eq=False)
 class NewtonResult:
     """Solved node voltages of a batch.
