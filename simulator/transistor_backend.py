@@ -161,7 +161,7 @@ class TransistorBackend(SimulatedSeam):
         self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
         self._aged_at = self.clock.now
         self._noise = np.random.default_rng(noise_seed)
-        self._warm: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # last two free states per sample
+        self._warm: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # last free states per sample
         self._warm_clamped: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # its last two clamped states
         self._version = 0  # learning windows applied (the gates' version of each stored state)
         self.extrapolate = (extrapolate if extrapolate is not None
@@ -264,8 +264,9 @@ class TransistorBackend(SimulatedSeam):
             self._warm.clear()
             self._warm_clamped.clear()
         store = self._warm if clamps is None else self._warm_clamped
+        keep = 1 if clamps is not None or self.extrapolate else 0  # older states kept
         for key, v in zip(keys, result.voltages):
-            store[key] = [(self._version, v), *store.get(key, [])[:1]]
+            store[key] = [(self._version, v), *store.get(key, [])[:keep]]
         self._last = result.voltages[-1]
         self.iterations.append(result.iterations)
         return result
