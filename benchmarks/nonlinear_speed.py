@@ -20,7 +20,10 @@ in [1.5, 2.5] V, this prints per size, measured in one run:
   where the size is at most ``--spice-max-edges``; larger sizes are extrapolated with
   the power law through the measured sizes (marked ``~``);
 * ``speedup``: ngspice per sample / clln step (whole batch), and per sample;
-* ``peak``: the process's peak resident memory, MB.
+* ``peak``: the process's peak resident memory, MB;
+* ``|dV| lu``: after the timed steps, the largest difference (V) between the step
+  solver's node voltages and per-sample-LU Newton's (to the same tolerance) for the
+  training batch.
 
 All times are CPU seconds (clln runs single-threaded here: bundled BLAS limited to one
 thread; ngspice's are its child processes' CPU time plus this process's share), so a
@@ -86,7 +89,14 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
         steps.append(time.process_time() - t0)
         bare.append(solver.lu_seconds - lu0)
     iters = np.concatenate(backend.iterations)
+    # accuracy: the step's solver against per-sample LUs (Newton to the same tolerance,
+    # started from the step solver's answer) at the trained gates
+    sources = task.source_voltages(task.train.x)
+    ours = backend.solve(0, sources, None).voltages
+    ref = NonlinearNetworkSolver(backend.network, backend.models[0], linear="lu").solve(
+        backend.gate_voltages(0), sources, start=ours).voltages
     return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
+            "error": float(np.abs(ours - ref).max()),
             "step": float(np.median(steps)), "bare": float(np.median(bare)),
             "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
             "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb(),
@@ -187,7 +197,7 @@ def main() -> None:
           "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")
     print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'lu/step':>7} {'bare':>8} {'step/bare':>9} "
           f"{'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
-          f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8}")
+          f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8} {'|dV| lu':>8}")
     for row in rows:
         m = row["edges"]
         if m in spice:
@@ -202,7 +212,8 @@ def main() -> None:
               f"{row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
               f"{row['step'] / row['bare']:9.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
               f"{mark}{ref:14.2f} "
-              f"{ref / row['step']:12.1f} {ref / (row['step'] / args.batch):10.1f} {row['peak']:8.0f}")
+              f"{ref / row['step']:12.1f} {ref / (row['step'] / args.batch):10.1f} {row['peak']:8.0f} "
+              f"{row['error']:8.1e}")
     if len(sizes) > 1:
         compare_lu(sizes[1], args.batch)
 

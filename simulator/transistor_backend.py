@@ -112,6 +112,11 @@ class TransistorBackend(SimulatedSeam):
     fixed_resistors : optional (a, b, conductance S) resistors beside the transistor
         edges, not trained and not edges of ``network`` (seed 002's small network has
         one of 500 ohm).
+    extrapolate : warm start a sample from the linear extrapolation of its last two
+        states of the same kind when they were solved at the two previous gate versions
+        (learning windows); measured at 2e4 edges it starts 10x nearer the solution and
+        saves one Newton iteration in four. None: on for networks solved with the shared
+        factorization (``linear``), off for small ones (whose runs stay as recorded).
     """
 
     _edges: GateEdges
@@ -121,7 +126,7 @@ class TransistorBackend(SimulatedSeam):
                  bench_seed: int = 0, noise_seed: int = 0, lu: LuName = "superlu",
                  clock: SimClock | None = None, preset: str = "ideal",
                  fixed_resistors: list[tuple[int, int, float]] | None = None,
-                 linear: LinearName = "auto") -> None:
+                 linear: LinearName = "auto", extrapolate: bool | None = None) -> None:
         params = imperfections or Imperfections()
         self.imperfections = params
         self.preset = preset
@@ -156,8 +161,11 @@ class TransistorBackend(SimulatedSeam):
         self._gates = np.tile(self._commanded, (n_twins, 1))  # the capacitors' voltages
         self._aged_at = self.clock.now
         self._noise = np.random.default_rng(noise_seed)
-        self._warm: dict[bytes, np.ndarray] = {}  # last free state per sample
-        self._warm_clamped: dict[bytes, list[np.ndarray]] = {}  # its last two clamped states
+        self._warm: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # last free states per sample
+        self._warm_clamped: dict[bytes, list[tuple[int, np.ndarray]]] = {}  # its last two clamped states
+        self._version = 0  # learning windows applied (the gates' version of each stored state)
+        self.extrapolate = (extrapolate if extrapolate is not None
+                            else self._solvers[0].uses_shared_factorization)
         self._last: np.ndarray | None = None
         self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
         self.is_safe = True
@@ -219,10 +227,14 @@ class TransistorBackend(SimulatedSeam):
         free_keys = self._keys(twin, sources)
         rows = []
         for i, key in enumerate(free_keys):
-            candidates = [self._warm.get(key)]
+            history = self._warm_clamped.get(key, []) if clamps is not None else self._warm.get(key, [])
+            ahead = self._extrapolated(history)
+            if ahead is not None:
+                rows.append(ahead)
+                continue
+            candidates = [h[1] for h in self._warm.get(key, [])[:1]]
             if clamps is not None:
-                candidates = self._warm_clamped.get(key, []) + candidates
-            candidates = [c for c in candidates if c is not None]
+                candidates = [h[1] for h in self._warm_clamped.get(key, [])] + candidates
             if not candidates:
                 rows.append(self._last)
             elif clamps is None or len(candidates) == 1:
@@ -231,6 +243,16 @@ class TransistorBackend(SimulatedSeam):
                 cl = self._network.roles.clamps
                 rows.append(min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max())))
         return np.stack(rows)
+
+    def _extrapolated(self, history: list[tuple[int, np.ndarray]]) -> np.ndarray | None:
+        """2 v_k - v_(k-1) from a sample's last two states, when extrapolating is on and
+        they were solved at the last two gate versions (one learning window apart)."""
+        if not self.extrapolate or len(history) < 2:
+            return None
+        (newer, v1), (older, v0) = history[0], history[1]
+        if newer != self._version - 1 or older != self._version - 2:
+            return None
+        return 2.0 * v1 - v0
 
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
@@ -241,11 +263,10 @@ class TransistorBackend(SimulatedSeam):
         if len(self._warm) > 65536:
             self._warm.clear()
             self._warm_clamped.clear()
-        if clamps is None:
-            self._warm.update(zip(keys, result.voltages))
-        else:
-            for key, v in zip(keys, result.voltages):
-                self._warm_clamped[key] = [v, *self._warm_clamped.get(key, [])[:1]]
+        store = self._warm if clamps is None else self._warm_clamped
+        keep = 1 if clamps is not None or self.extrapolate else 0  # older states kept
+        for key, v in zip(keys, result.voltages):
+            store[key] = [(self._version, v), *store.get(key, [])[:keep]]
         self._last = result.voltages[-1]
         self.iterations.append(result.iterations)
         return result
@@ -287,6 +308,7 @@ class TransistorBackend(SimulatedSeam):
         self._age()
         if np.any(applied):
             self._gates = np.clip(self.window.apply(self._gates, applied[None, :]), edges.vmin, edges.vmax)
+            self._version += 1
         self._commanded = target
         return Applied(applied, clipped)
 

@@ -229,7 +229,7 @@ def test_shared_factorization_newton_krylov_matches_per_sample_lu() -> None:
     roles = net.roles
     lu = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
     krylov = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
-    assert NonlinearNetworkSolver(net, SeedTransistor())._use_krylov()  # auto at this size
+    assert NonlinearNetworkSolver(net, SeedTransistor()).uses_shared_factorization  # auto at this size
     gates = rng.uniform(1.5, 2.5, net.n_edges)
     sources = rng.uniform(0, 1, (6, 3))
     ref = lu.solve(gates, sources)
@@ -251,6 +251,35 @@ def test_shared_factorization_newton_krylov_matches_per_sample_lu() -> None:
     assert krylov.refactorizations < solves  # the shared LU is kept across steps
     assert krylov.krylov_iterations > 0
     assert np.mean(np.array(counts) <= 5) >= 0.95
+
+
+def test_extrapolated_warm_start_saves_newton_iterations_and_changes_no_answer() -> None:
+    """On a network solved with the shared LU, TransistorBackend starts each sample from
+    the extrapolation of its last two states: the same node voltages (within the solver's
+    tolerance) in fewer Newton iterations than from the last state alone."""
+    from clln.controller import CoupledRule, Task, TrainConfig, Trainer
+    from clln.controller.backend import GateEdges
+    from clln.controller.task import linear_map_dataset
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    net, rng = random_transistor_network(23, 1500)
+    roles = net.roles
+    train, test, _ = linear_map_dataset(rng, len(roles.sources), len(roles.clamps), 6, 6)
+    task = Task("regression", train, test, output_nodes=roles.clamps)
+    gates = rng.uniform(1.5, 2.5, net.n_edges)
+    runs = {}
+    for extrapolate in (False, True):
+        backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), gates,
+                                    extrapolate=extrapolate)
+        trainer = Trainer(backend, task, CoupledRule(2.0), TrainConfig(steps=8, batch_size=6, eta=0.3),
+                          np.random.default_rng(1))
+        for index in range(8):
+            trainer.step(index)
+        last = backend.measure(task.source_voltages(train.x)).voltages
+        runs[extrapolate] = (last, np.concatenate(backend.iterations[6:]))  # steps 3 on
+    assert NonlinearNetworkSolver(net, SeedTransistor()).uses_shared_factorization
+    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-8)
+    assert runs[True][1].mean() < runs[False][1].mean()
 
 
 def test_krylov_falls_back_to_per_sample_lu() -> None:

@@ -1,0 +1,168 @@
+"""The equations of a network of nonlinear edges: Kirchhoff's current law at the free
+nodes and its Jacobian, assembled for a batch of samples into a fixed sparse pattern.
+
+Unknowns are the voltages of the free nodes F (every node but the sources and
+grounds; in a clamped state the clamped nodes are held too). For a batch of B samples
+the residual is the current leaving each free node,
+
+    r_b = B^T I(v_b)        (A),   I_j = I(v_a, v_b, V_G,j) of edge j = (a, b),
+
+and its Jacobian J_b = dr_b / dv_F is sparse with the pattern of the network's
+Laplacian but not symmetric (dI/dV_a != -dI/dV_b for a transistor). The free nodes are
+numbered in a fill-reducing order (minimum degree on J + J^T) once per network; the CSC
+pattern of one block and the map from the edges' derivatives to its entries are fixed.
+:class:`~clln.simulator.nonlinear.NonlinearNetworkSolver` solves these equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from clln.controller.errors import NetworkError
+from clln.controller.network import Network
+from clln.simulator.devices import EdgeCurrents, EdgeModel
+from clln.simulator.newton_linalg import JacobianPattern, fill_reducing_order
+from clln.simulator.physics import boundary_nodes
+
+
+class NetworkEquations:
+    """Kirchhoff's law of one network of nonlinear edges, for batches of samples.
+
+    Parameters
+    ----------
+    network : topology with roles (sources, grounds, clamps).
+    model : the edge device (:mod:`clln.simulator.devices`).
+    fixed_conductance : optional (m,) conductance (S) in parallel with each edge (e.g.
+        fixed resistors: an edge whose device never conducts plus this).
+    device_mask : optional (m,) bool, False for edges without a device (pure resistors
+        of ``fixed_conductance``).
+    """
+
+    def __init__(self, network: Network, model: EdgeModel, *,
+                 fixed_conductance: np.ndarray | None = None,
+                 device_mask: np.ndarray | None = None) -> None:
+        self.network = network
+        self.model = model
+        n, m = network.n_nodes, network.n_edges
+        self.sources, self.grounds, self.clamps = boundary_nodes(network)
+        fixed = np.r_[self.sources, self.grounds]
+        self.fixed_conductance = (np.zeros(m) if fixed_conductance is None
+                                  else np.asarray(fixed_conductance, dtype=float))
+        self.device_mask = None if device_mask is None else np.asarray(device_mask, dtype=bool)
+        self._has_fixed = bool(np.any(self.fixed_conductance))
+        self._devices = None if device_mask is None else np.flatnonzero(self.device_mask)
+        is_free = np.ones(n, dtype=bool)
+        is_free[fixed] = False
+        free = np.flatnonzero(is_free)
+        self.n_free = nf = free.size
+        a, b = network.edges[:, 0], network.edges[:, 1]
+        self._a, self._b = a, b
+        self.incidence_t = network.incidence.T.tocsr()  # (n, m): r = B^T I
+        order = fill_reducing_order(a, b, free, n)
+        position = np.full(n, -1, dtype=np.int64)
+        position[free[order]] = np.arange(nf)
+        self.position = position
+        self.free_nodes = np.empty(nf, dtype=np.int64)  # free node at each unknown
+        self.free_nodes[position[free]] = free
+        self._incidence_free_t = self.incidence_t[self.free_nodes]  # (n_free, m), solver order
+        self._pattern = JacobianPattern(a, b, position, nf, m)
+        if self.clamps.size and np.any(position[self.clamps] < 0):
+            raise NetworkError("a clamped node is also a source or ground")
+        clamp_pos = position[self.clamps]
+        pat = self._pattern
+        self._clamp_entries = np.flatnonzero(np.isin(pat.row, clamp_pos) | np.isin(pat.col, clamp_pos))
+        self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def edge_state(self, voltages: np.ndarray, gates: np.ndarray) -> EdgeCurrents:
+        """Edge currents and derivatives (:class:`~clln.simulator.devices.EdgeCurrents`)
+        for node voltages (B, n) and gate voltages (m,)."""
+        va = np.take(voltages, self._a, axis=1)
+        vb = np.take(voltages, self._b, axis=1)
+        if self.device_mask is None:
+            out = self.model.currents(va, vb, gates[None, :])
+        else:  # the model sees its device edges only (per-device parameters line up)
+            dev = self._devices
+            part = self.model.currents(va[:, dev], vb[:, dev], gates[None, dev])
+            full = [np.zeros_like(va) for _ in range(4)]
+            for arr, got in zip(full, (part.current, part.d_va, part.d_vb, part.d_vg)):
+                arr[:, dev] = got
+            out = type(part)(*full)
+        if self._has_fixed:
+            g = self.fixed_conductance
+            out = type(out)(out.current + g * (va - vb), out.d_va + g, out.d_vb - g, out.d_vg)
+        return out
+
+    def residual(self, voltages: np.ndarray, gates: np.ndarray) -> np.ndarray:
+        """(B, n) current leaving each node through its edges, A (nonzero at driven nodes)."""
+        current = self.edge_state(voltages, gates).current
+        return np.asarray((self.incidence_t @ current.T).T)
+
+    def jacobian(self, voltages: np.ndarray, gates: np.ndarray, *, clamped: bool = False) -> list[sp.csc_matrix]:
+        """d r_F / d v_F of each sample, in the solver's node order (``free_nodes``)."""
+        values = self._values(self.edge_state(voltages, gates), clamped)
+        pat = self._pattern
+        return [sp.csc_matrix((row, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
+                for row in values]
+
+    def _values(self, state, clamped: bool) -> np.ndarray:  # noqa: ANN001
+        derivs = np.hstack([state.d_va, state.d_vb])  # (B, 2m)
+        values = np.asarray(derivs @ self._pattern.assembly_t)  # (B, nnz)
+        if clamped and self.clamps.size:
+            values[:, self._clamp_entries] = 0.0
+            values[:, self._clamp_diag] = 1.0
+        return np.ascontiguousarray(values)
+
+    def _block_pattern(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self._blocks.get(count)
+        if found is None:
+            pat = self._pattern
+            offsets = np.arange(count, dtype=np.int64)
+            indices = (pat.indices[None, :] + offsets[:, None] * self.n_free).ravel()
+            indptr = np.r_[(pat.indptr[None, :-1] + offsets[:, None] * pat.nnz).ravel(),
+                           count * pat.nnz]
+            if len(self._blocks) > 16:
+                self._blocks.clear()
+            found = self._blocks[count] = (indices.astype(np.int32), indptr.astype(np.int32))
+        return found
+
+    # -- boundary values and residuals -----------------------------------------
+
+    def _initial(self, sources: np.ndarray, clamps: np.ndarray | None,
+                 start: np.ndarray | None) -> np.ndarray:
+        count = sources.shape[0]
+        if start is not None:
+            v = np.array(start, dtype=float, copy=True).reshape(count, self.network.n_nodes)
+        else:  # every free node at the mean source voltage
+            v = np.repeat(sources.mean(axis=1, keepdims=True) if sources.size else
+                          np.zeros((count, 1)), self.network.n_nodes, axis=1)
+        self._set_boundary(v, sources, clamps)
+        return v
+
+    def _set_boundary(self, v: np.ndarray, sources: np.ndarray, clamps: np.ndarray | None) -> None:
+        v[:, self.sources] = sources
+        v[:, self.grounds] = 0.0
+        if clamps is not None:
+            v[:, self.clamps] = clamps
+
+    def _free_residual(self, v: np.ndarray, gates: np.ndarray, clamped: bool) -> np.ndarray:
+        return self._free_residual_state(v, gates, clamped)[0]
+
+    def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
+        """(residual at the free nodes (B, n_free), edge state) at node voltages v."""
+        state = self.edge_state(v, gates)
+        r = np.asarray((self._incidence_free_t @ state.current.T).T)
+        if clamped and self.clamps.size:
+            r[:, self.position[self.clamps]] = 0.0
+        return r, state
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    """The edges' dI/dV_a and dI/dV_b (B, m) of some samples, as ``_values`` reads them."""
+
+    d_va: np.ndarray
+    d_vb: np.ndarray

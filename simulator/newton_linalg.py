@@ -1,0 +1,195 @@
+"""Linear algebra of the Newton solver for nonlinear networks
+(:class:`~clln.simulator.nonlinear.NonlinearNetworkSolver`): the LU libraries behind one
+interface, the fill-reducing order and the fixed CSC pattern of a network's Jacobian, and
+GMRES run for every sample of a batch at once.
+
+LU libraries: ``superlu`` (scipy, natural order on the pre-ordered matrix, diagonal
+pivots) and ``umfpack`` (SuiteSparse UMFPACK through cvxopt, whose symbolic analysis is
+kept per block count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from clln.controller.errors import NetworkError
+
+try:  # UMFPACK through cvxopt: symbolic analysis and numeric factorization kept apart
+    import cvxopt as _cvxopt
+    import cvxopt.umfpack as _umfpack
+except ImportError:  # pragma: no cover - exercised only where cvxopt is missing
+    _cvxopt = None
+    _umfpack = None
+
+LuName = Literal["superlu", "umfpack"]
+
+
+def available_lu() -> list[str]:
+    """LU libraries usable here, the default first."""
+    return ["superlu"] + (["umfpack"] if _umfpack is not None else [])
+
+
+class SuperLUBlocks:
+    """SuperLU on a pre-ordered matrix: natural order, diagonal pivots (no search)."""
+
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> spla.SuperLU:
+        try:
+            return spla.splu(matrix, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                             options={"SymmetricMode": True})
+        except RuntimeError as exc:
+            raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
+
+    def solve(self, handle: spla.SuperLU, rhs: np.ndarray) -> np.ndarray:
+        return handle.solve(rhs)
+
+    def solve_rows(self, handle: spla.SuperLU, rows: np.ndarray) -> np.ndarray:
+        """A^-1 of each row of ``rows`` (k, n), in one multi-column solve (measured 2x
+        faster than k single solves at 9,000 nodes, k = 10)."""
+        return handle.solve(np.asfortranarray(rows.T)).T
+
+
+class UmfpackBlocks:
+    """UMFPACK through cvxopt; one symbolic analysis per block count, kept."""
+
+    def __init__(self) -> None:
+        self._symbolic: dict[int, object] = {}
+
+    def factorize(self, matrix: sp.csc_matrix, key: int) -> tuple[object, object]:
+        n = matrix.shape[0]
+        rows = matrix.indices.astype(np.int64)
+        cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(matrix.indptr))
+        a = _cvxopt.spmatrix(_cvxopt.matrix(matrix.data), _cvxopt.matrix(rows),
+                             _cvxopt.matrix(cols), (n, n))
+        if key not in self._symbolic:
+            if len(self._symbolic) > 16:
+                self._symbolic.clear()
+            self._symbolic[key] = _umfpack.symbolic(a)
+        try:
+            return a, _umfpack.numeric(a, self._symbolic[key])
+        except ArithmeticError as exc:
+            raise NetworkError(f"the network's Jacobian cannot be factorized ({exc})") from None
+
+    def solve(self, handle: tuple[object, object], rhs: np.ndarray) -> np.ndarray:
+        x = _cvxopt.matrix(np.ascontiguousarray(rhs, dtype=float))
+        _umfpack.solve(handle[0], handle[1], x)
+        return np.array(x).ravel()
+
+    def solve_rows(self, handle: tuple[object, object], rows: np.ndarray) -> np.ndarray:
+        """A^-1 of each row of ``rows`` (k, n)."""
+        return np.stack([self.solve(handle, row) for row in rows])
+
+
+def lu_library(name: LuName) -> SuperLUBlocks | UmfpackBlocks:
+    """The LU library ``name`` (one of :func:`available_lu`)."""
+    if name not in available_lu():
+        raise NetworkError(f"LU library {name!r} is not available; allowed: {', '.join(available_lu())}")
+    return SuperLUBlocks() if name == "superlu" else UmfpackBlocks()
+
+
+def fill_reducing_order(a: np.ndarray, b: np.ndarray, free: np.ndarray, n: int) -> np.ndarray:
+    """Order of the free nodes (indices into ``free``) that keeps the LU factors sparse:
+    SuperLU's minimum degree on J + J^T of one block, computed once per network."""
+    nf = free.size
+    if nf < 3:
+        return np.arange(nf)
+    position = np.full(n, -1, dtype=np.int64)
+    position[free] = np.arange(nf)
+    pa, pb = position[a], position[b]
+    both = (pa >= 0) & (pb >= 0)
+    rows = np.r_[pa[both], pb[both], np.arange(nf)]
+    cols = np.r_[pb[both], pa[both], np.arange(nf)]
+    degree = np.bincount(np.r_[pa[pa >= 0], pb[pb >= 0]], minlength=nf) + 1.0
+    vals = np.r_[-np.ones(2 * int(both.sum())), degree]
+    lap = sp.csc_matrix((vals, (rows, cols)), shape=(nf, nf))
+    lu = spla.splu(lap, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                   options={"SymmetricMode": True})
+    order = np.empty(nf, dtype=np.int64)
+    order[lu.perm_c] = np.arange(nf)  # column i of the matrix moved to position perm_c[i]
+    return order
+
+
+class JacobianPattern:
+    """The CSC pattern of one block of J (free nodes in solver order) and the sparse map
+    ``assembly`` (nnz x 2m) from the stacked derivatives [dI/dV_a, dI/dV_b] to its values.
+
+    Edge (a, b) adds +dI/dV_a at (a, a), +dI/dV_b at (a, b), -dI/dV_a at (b, a) and
+    -dI/dV_b at (b, b) (row: the node whose current balance, column: the voltage).
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, position: np.ndarray, nf: int, m: int) -> None:
+        pa, pb = position[a], position[b]
+        edge = np.arange(m)
+        # (row, col, derivative column in [d_va | d_vb], sign)
+        parts = [(pa, pa, edge, 1.0), (pa, pb, edge + m, 1.0),
+                 (pb, pa, edge, -1.0), (pb, pb, edge + m, -1.0)]
+        rows, cols, src, sign = [], [], [], []
+        for r, c, s, sg in parts:
+            keep = (r >= 0) & (c >= 0)
+            rows.append(r[keep])
+            cols.append(c[keep])
+            src.append(s[keep])
+            sign.append(np.full(int(keep.sum()), sg))
+        rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+        diag = np.arange(nf)  # every free node has a diagonal slot
+        keys, slot = np.unique(np.r_[cols_a, diag] * max(nf, 1) + np.r_[rows_a, diag],
+                               return_inverse=True)
+        self.nnz = keys.size
+        col_of, row_of = np.divmod(keys, max(nf, 1))
+        self.row, self.col = row_of, col_of
+        self.indices = row_of.astype(np.int32)
+        self.indptr = np.searchsorted(col_of, np.arange(nf + 1)).astype(np.int32)
+        self.diag_slot = slot[rows_a.size:]
+        self.assembly = sp.csr_matrix(
+            (np.concatenate(sign), (slot[:rows_a.size], np.concatenate(src))), shape=(self.nnz, 2 * m))
+        self.assembly.sum_duplicates()
+        self.assembly_t = self.assembly.T  # (2m x nnz), CSC: derivatives (B, 2m) @ it
+
+
+def block_gmres(jacobians: sp.csc_matrix, rhs: np.ndarray,
+                precondition: Callable[[np.ndarray], np.ndarray], *, rtol: float | np.ndarray,
+                max_iter: int, first: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Right-preconditioned GMRES for J_b s_b = rhs_b, every sample b at once (one
+    Arnoldi basis per sample, vectorized over samples; zero initial guess; the J_b are
+    the blocks of ``jacobians``, block-diagonal; ``precondition`` maps (k, n) rows to
+    M^-1 of each row, all rows in one call). Stops when every sample's linear residual is
+    at most ``rtol`` (scalar or (k,)) of |rhs_b|, or after ``max_iter`` iterations;
+    returns (s, iterations). ``first``: M^-1 rhs when the caller has it already (saves
+    one preconditioner solve)."""
+    k, nf = rhs.shape
+    beta = np.linalg.norm(rhs, axis=1)
+    safe = np.where(beta > 0, beta, 1.0)
+    limit = max_iter
+    basis = np.empty((limit + 1, k, nf))
+    precond = np.empty((limit, k, nf))
+    hess = np.zeros((k, limit + 1, limit))
+    basis[0] = rhs / safe[:, None]
+    target = np.zeros((k, limit + 1))
+    target[:, 0] = beta
+    coeffs = np.zeros((k, 0))
+    used = 0
+    for j in range(limit):
+        if j == 0 and first is not None:
+            precond[0] = first / safe[:, None]
+        else:
+            precond[j] = precondition(basis[j])
+        w = (jacobians @ precond[j].ravel()).reshape(k, nf)
+        for i in range(j + 1):  # modified Gram-Schmidt, per sample
+            h = np.einsum("kn,kn->k", w, basis[i])
+            hess[:, i, j] = h
+            w -= h[:, None] * basis[i]
+        hn = np.linalg.norm(w, axis=1)
+        hess[:, j + 1, j] = hn
+        basis[j + 1] = w / np.where(hn > 0, hn, 1.0)[:, None]
+        used = j + 1
+        h = hess[:, :j + 2, :j + 1]
+        coeffs = np.einsum("kij,kj->ki", np.linalg.pinv(h), target[:, :j + 2])
+        linear_res = np.linalg.norm(target[:, :j + 2] - np.einsum("kij,kj->ki", h, coeffs), axis=1)
+        if np.all(linear_res <= rtol * beta):
+            break
+    step = np.einsum("kj,jkn->kn", coeffs, precond[:used])
+    return step, used
