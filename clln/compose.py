@@ -236,8 +236,8 @@ def build_edges(spec: EdgeSpec, n_edges: int, rng: np.random.Generator) -> tuple
         lo, hi = spec.init_taps or (spec.taps // 4, 3 * spec.taps // 4)
         return SteppedEdges(pot_table(spec, n_edges)), rng.integers(lo, hi + 1, size=n_edges)
     span = spec.gmax - spec.gmin
-    lo, hi = spec.init or (spec.gmin + 0.4 * span, spec.gmin + 0.6 * span)
-    return ContinuousEdges(spec.gmin, spec.gmax), rng.uniform(lo, hi, size=n_edges)
+    glo, ghi = spec.init or (spec.gmin + 0.4 * span, spec.gmin + 0.6 * span)
+    return ContinuousEdges(spec.gmin, spec.gmax), rng.uniform(glo, ghi, size=n_edges)
 
 
 def edge_model(spec: EdgeSpec) -> EdgeModel:

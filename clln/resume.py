@@ -11,6 +11,7 @@ from clln.benchfile import parse_bench
 from clln.benchrun import BenchSession, bench_experiment
 from clln.compose import Experiment, build_experiment
 from clln.controller.errors import UserError
+from clln.controller.records import RunRecord
 from clln.controller.store import RunStore
 from clln.protocol import parse_protocol
 from clln.simulator.bench import Faults
@@ -24,7 +25,7 @@ def bench_info(bench_path: Path, bench_text: str, target: str) -> dict[str, Any]
 
 
 def rebuild(store: RunStore, run: str, *, faults: Faults | None = None, visa_library: str | None = None
-            ) -> tuple[Experiment, BenchSession | None, dict[str, Any]]:
+            ) -> tuple[Experiment, BenchSession | None, RunRecord]:
     """The experiment of a stopped run (same protocol text, seed, steps), ready to resume.
     ``faults`` are injected on an emulated bench's serial link (for soak tests);
     ``visa_library`` opens the bench's SMU (--visa-library)."""

@@ -43,7 +43,8 @@ def pack_state(state: dict[str, Any]) -> bytes:
 
     text = json.dumps(strip(state))
     buf = io.BytesIO()
-    np.savez(buf, __json__=np.frombuffer(text.encode(), dtype=np.uint8), **arrays)
+    arrays = {"__json__": np.frombuffer(text.encode(), dtype=np.uint8), **arrays}
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return buf.getvalue()
 
 

@@ -134,7 +134,10 @@ class InSituExperiment:
     def eta(self, step: int) -> float:
         """The nudge of step ``step`` (1-based) as the hardware applies it."""
         i = step - 1
-        gain = self.amplifier_gain if self.amplified[i] else 1.0
+        gain = 1.0
+        if self.amplified[i]:
+            assert self.amplifier_gain is not None  # checked when the experiment is made
+            gain = self.amplifier_gain
         return float(gain * int(self.eta_codes[i]) / self.eta_levels)
 
     def window_s(self, step: int, n_teaching: int) -> float:
@@ -156,12 +159,12 @@ class InSituExperiment:
         eta <= 1 is set by the divider alone; eta > 1 needs ``amplifier_gain`` and is
         realised as gain * code / eta_levels. ValueError when a value cannot be realised.
         """
-        eta = np.asarray(eta, dtype=float)
-        amplified = eta > 1.0
+        etas = np.asarray(eta, dtype=float)
+        amplified: np.ndarray = etas > 1.0
         if amplified.any() and amplifier_gain is None:
             raise ValueError("eta > 1 needs an amplifier (amplifier_gain)")
         gain = np.where(amplified, amplifier_gain or 1.0, 1.0)
-        codes = np.rint(eta / gain * eta_levels).astype(np.int64)
+        codes = np.rint(etas / gain * eta_levels).astype(np.int64)
         if np.any(codes < 1) or np.any(codes > eta_levels):
             raise ValueError(f"eta must lie in 1/{eta_levels}..{gain.max():g}")
         ticks = np.rint(np.asarray(learn_time_s, dtype=float) / timer.tick_s).astype(np.int64)

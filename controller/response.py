@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clln.controller.backend import NetworkBackend, SteppedEdges
+from clln.controller.backend import ContinuousEdges, NetworkBackend, SteppedEdges
 from clln.controller.errors import NetworkError
 
 
@@ -104,10 +104,12 @@ def _step_command(backend: NetworkBackend, edge: int, relative_step: float, taps
     m = backend.network.n_edges
     edges = backend.edges
     if isinstance(edges, SteppedEdges):
-        command = np.zeros(m, dtype=np.int64)
+        command: np.ndarray = np.zeros(m, dtype=np.int64)
         assert tap is not None
         command[edge] = taps if tap + taps <= edges.n_taps - 1 else -taps
         return command
+    if not isinstance(edges, ContinuousEdges):
+        raise NetworkError(f"a measured response needs conductance or tap edges, not {edges.kind} edges")
     command = np.zeros(m)
     step = relative_step * conductance
     command[edge] = step if conductance + step <= edges.gmax else -step

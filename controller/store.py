@@ -461,7 +461,11 @@ class RunStore:
         """(step, conductances in S) of a run's most recent snapshot, or None."""
         row = self._db.execute("SELECT step, conductances FROM snapshots WHERE run_id = ?"
                                " ORDER BY step DESC LIMIT 1", (run_id,)).fetchone()
-        return None if row is None else (int(row[0]), from_blob(row[1]))
+        if row is None:
+            return None
+        conductances = from_blob(row[1])
+        assert conductances is not None  # the snapshots column is NOT NULL
+        return int(row[0]), conductances
 
     def history(self, run: str) -> RunHistory:
         """Per-step, test and snapshot records of a run."""

@@ -53,7 +53,7 @@ class NetworkEquations:
                                   else np.asarray(fixed_conductance, dtype=float))
         self.device_mask = None if device_mask is None else np.asarray(device_mask, dtype=bool)
         self._has_fixed = bool(np.any(self.fixed_conductance))
-        self._devices = None if device_mask is None else np.flatnonzero(self.device_mask)
+        self._devices = None if self.device_mask is None else np.flatnonzero(self.device_mask)
         is_free = np.ones(n, dtype=bool)
         is_free[fixed] = False
         free = np.flatnonzero(is_free)

@@ -312,7 +312,7 @@ class NonlinearNetworkSolver(NetworkEquations):
 
     def _precondition(self, x: np.ndarray, clamped: bool) -> np.ndarray:
         """M^-1 x of each row with the shared LU (all rows in one multi-column solve)."""
-        return self._lu.solve_rows(self._shared[clamped], x)
+        return self._lu.solve_rows(self._shared[clamped], x)  # type: ignore[arg-type]  # the handle type is the LU library's
 
     def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
                first: np.ndarray) -> tuple[np.ndarray, int]:

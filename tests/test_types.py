@@ -24,9 +24,6 @@ def _typecheck():  # noqa: ANN202
     return module
 
 
-@pytest.mark.xfail(strict=False, reason="mypy errors remain in modules being reworked on other "
-                   "branches (clln/benchrun.py, clln/compose.py, clln/insitu.py, controller/, "
-                   "simulator/nonlinear.py, simulator/transistor_backend.py)")
 def test_mypy_finds_no_error() -> None:
     code, lines = _typecheck().run()
     errors = [line for line in lines if ": error:" in line]

@@ -122,7 +122,7 @@ class EdgeFits:
 
 def _nullable(a: np.ndarray) -> Any:
     """Nested lists with nan as None (JSON has no nan)."""
-    return np.where(np.isnan(a), None, a).tolist()
+    return np.where(np.isnan(a), np.array(None, dtype=object), a).tolist()
 
 
 def _unnull(value: Any) -> np.ndarray:

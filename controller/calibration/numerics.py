@@ -42,7 +42,8 @@ def _compress(rows: np.ndarray) -> np.ndarray:
     """An upper-triangular R with R^T R = rows^T rows (same least-squares geometry)."""
     if rows.shape[0] <= rows.shape[1]:
         return rows
-    return np.linalg.qr(rows, mode="r")
+    r: np.ndarray = np.linalg.qr(rows, mode="r")  # type: ignore[assignment]  # mode "r" returns R alone
+    return r
 
 
 def effective_resistance(n_nodes: int, edges: np.ndarray, g: np.ndarray, held: Sequence[int],
@@ -90,7 +91,7 @@ def effective_resistance(n_nodes: int, edges: np.ndarray, g: np.ndarray, held: S
     if grounded:  # the ground node is at 0 V: drop its row and column
         gi = index[ground]
         sel = np.arange(k) != gi
-        v = np.zeros(k)
+        v: np.ndarray = np.zeros(k)
         v[sel] = np.linalg.solve(lap[np.ix_(sel, sel)], rhs[sel])
     else:  # a floating part: currents balance, potential fixed up to a constant
         v = np.linalg.lstsq(lap, rhs, rcond=None)[0]
