@@ -34,6 +34,7 @@ from clln.drivers.potbank import PotBank, open_port
 from clln.protocol import Protocol, parse_protocol
 from clln.simulator import make_imperfections
 from clln.simulator.bench import BenchModel, EdgeFaults, EmulatedBench, Faults, WiringFaults
+from clln.simulator.rheostat import rheostat_table
 
 Target = Literal["hardware", "emulate", "simulate"]
 
@@ -50,8 +51,7 @@ def bench_network(bench: Bench) -> Network:
 def nominal_edges(bench: Bench) -> SteppedEdges:
     """Datasheet tap tables: R(D) = r_series + r_wiper + D r_ab / (taps - 1)."""
     p = bench.pots
-    resistance = p.r_series + p.wiper + np.arange(p.taps) * p.r_ab / (p.taps - 1)
-    return SteppedEdges(np.tile(1.0 / resistance, (len(bench.edges), 1)))
+    return SteppedEdges(rheostat_table(p.taps, p.r_ab, p.wiper, p.r_series, edges=len(bench.edges)))
 
 
 def bench_limits(bench: Bench) -> Limits:

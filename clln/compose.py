@@ -54,6 +54,7 @@ from clln.simulator.imperfections import TRANSISTOR_PRESETS
 from clln.simulator.insitu_pot import ComparatorTwinBench
 from clln.simulator.insitu_transistor import PRESETS as TRANSISTOR_INSITU_PRESETS
 from clln.simulator.insitu_transistor import TransistorInSituBench
+from clln.simulator.rheostat import rheostat_table
 from clln.simulator.transistor_backend import LearningWindow, TransistorBackend
 from clln.training import (  # noqa: F401  (the run API, re-exported where it always was)
     TrainOutcome,
@@ -225,9 +226,7 @@ def build_task(
 
 def pot_table(spec: EdgeSpec, n_edges: int) -> np.ndarray:
     """(m, taps) nominal conductance per tap of a rheostat-mode potentiometer (S)."""
-    taps = np.arange(spec.taps)
-    resistance = spec.r_series + spec.r_wiper + taps * spec.r_ab / (spec.taps - 1)
-    return np.tile(1.0 / resistance, (n_edges, 1))
+    return rheostat_table(spec.taps, spec.r_ab, spec.r_wiper, spec.r_series, edges=n_edges)
 
 
 def build_edges(spec: EdgeSpec, n_edges: int, rng: np.random.Generator) -> tuple[EdgeActuators, np.ndarray]:

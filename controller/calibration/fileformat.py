@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 from clln.controller.backend import SteppedEdges
 from clln.controller.errors import ProtocolError
 from clln.controller.files import read_user_text
+from clln.controller.jsonvalues import json_ready
 
 FORMAT_VERSION = 1
 
@@ -185,7 +185,7 @@ class Calibration:
             "hardware_sha256": self.hardware_sha256, "clln_version": self.clln_version,
             "scale": self.scale, "flags": {str(k): v for k, v in self.flags.items()},
             "table": self.table.tolist(), "channels": self.channels.to_dict(),
-            "fits": self.fits.to_dict(), "summary": _jsonable(self.summary),
+            "fits": self.fits.to_dict(), "summary": json_ready(self.summary),
         }
 
     @classmethod
@@ -258,15 +258,3 @@ def new_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
