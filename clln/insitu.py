@@ -135,19 +135,38 @@ def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer
                          exp.batch_rng, snapshot_every=exp.config.snapshot_every)
 
 
-def emulated_stream(exp: Experiment, faults: Faults | None = None, *, record_timeout: float = 0.01,
-                    **options: Any) -> tuple[EmulatedInSituBench, InSituBench]:
-    """The experiment's comparator twin bench behind the streaming wire protocol: the
-    emulated device on a pty (the same parts and start state as ``exp.backend``) and the
-    driver connected to it. Close the device when done."""
-    sim = exp.backend.physics  # type: ignore[attr-defined]
-    physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
-    for name in ("r_total", "r_wiper", "opamp_offset", "comparator_offset"):  # the same parts
-        setattr(physics, name, getattr(sim, name).copy())
-    physics.load_state_dict(sim.state_dict())
+#: driver settings of the transistor bench's stream: a record of transistor-16's 8 samples
+#: with float64 gates (794 bytes) travels as 13 short STEP_PART frames (§12.6), 4 records
+#: fit the device's memory, and a step of the emulated physics takes long against a pot
+#: bench's (no request gives up before 80 s without progress)
+TRANSISTOR_STREAM = {"max_parts": 32, "credit": 4, "record_timeout": 0.2, "retries": 400}
+
+
+def emulated_stream(exp: Experiment, faults: Faults | None = None, **options: Any
+                    ) -> tuple[EmulatedInSituBench, InSituBench]:
+    """The experiment's simulated in-situ bench (comparator twin or twin transistor)
+    behind the streaming wire protocol: the emulated device on a pty (the same parts and
+    start state as ``exp.backend``) and the driver connected to it. ``options`` go to
+    :class:`InSituBench` (defaults: a 10 ms record timeout; :data:`TRANSISTOR_STREAM` for
+    the transistor bench). Close the device when done."""
+    backend = exp.backend
+    physics: ComparatorTwinPhysics | TransistorTwinPhysics
+    if isinstance(backend, TransistorInSituBench):
+        physics = backend.physics.replica()
+        options = {**TRANSISTOR_STREAM, **options}
+        edges: np.ndarray | GateEdges = backend.edges
+    elif isinstance(backend, ComparatorTwinBench):
+        sim = backend.physics
+        physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
+        for name in ("r_total", "r_wiper", "opamp_offset", "comparator_offset"):  # the same parts
+            setattr(physics, name, getattr(sim, name).copy())
+        physics.load_state_dict(sim.state_dict())
+        options = {"record_timeout": 0.01, **options}
+        edges = sim.nominal_table()
+    else:
+        raise ProtocolError(f"an emulated in-situ stream needs a simulated in-situ bench, not {type(backend).__name__}")
     device = EmulatedInSituBench(physics, faults=faults)
-    driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
-                         record_timeout=record_timeout, **options)
+    driver = InSituBench(open_port(device.port), physics.network, edges, **options)
     driver.connect()
     return device, driver
 
