@@ -571,7 +571,11 @@ def read_file(path: str | Path, what: str) -> str:
 
 def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
     """Validate protocol TOML text; raise ProtocolError naming ``source`` and the key."""
-    return validate(Protocol, read_toml(text, source, FORMAT_VERSION), source)
+    data = read_toml(text, source, FORMAT_VERSION)
+    if data.get("kind") == "limit-cycles":  # protocols/seed002/limit-cycles.toml: not trained
+        raise ProtocolError(f"{source}: kind: 'limit-cycles' is a seed 002 experiment, not a training "
+                            f"protocol; run it with: clln analyze {source}")
+    return validate(Protocol, data, source)
 
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:

@@ -134,3 +134,11 @@ def test_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()  # nothing written
     done = _cli("latest", "--what", "seed002", "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert done.returncode == 2 and "not a seed 002 experiment file" in done.stderr, done.stderr
+
+
+def test_train_points_to_analyze() -> None:
+    from clln.protocol import parse_protocol
+
+    with pytest.raises(ProtocolError, match=r"^lc.toml: kind: 'limit-cycles' is a seed 002 experiment, "
+                                            r"not a training protocol; run it with: clln analyze lc.toml$"):
+        parse_protocol(SHIPPED.read_text(), "lc.toml")
