@@ -169,13 +169,18 @@ class InSituBench:
     retries : consecutive requests for the same record before the run is paused.
     max_parts : 1 (the reference firmware): a record is one STEP frame; more: records
         travel as at most this many STEP_PART frames (§12.6).
+    resend_holdoff : seconds after a RESEND during which a damaged frame or a gap does
+        not ask for the record again (0: ask at once). A split record comes back as
+        many frames, some of them damaged on a noisy line: asking again for each would
+        multiply the traffic.
     """
 
     twin = True
 
     def __init__(self, transport: serial.SerialBase, network: Network, table: np.ndarray | GateEdges, *,
                  credit: int = 8, memory: MemoryModel | None = None,
-                 record_timeout: float = 0.05, retries: int = 200, max_parts: int = 1) -> None:
+                 record_timeout: float = 0.05, retries: int = 200, max_parts: int = 1,
+                 resend_holdoff: float = 0.0) -> None:
         self.transport = transport
         self.bank = PotBank(transport)
         self._network = network
@@ -189,6 +194,7 @@ class InSituBench:
         self.resends = 0
         self.records = 0
         self.max_parts = max_parts
+        self.resend_holdoff = resend_holdoff
         self._edges: SteppedEdges | GateEdges = (
             table if isinstance(table, GateEdges) else SteppedEdges(np.asarray(table, dtype=float)))
         self.wide = isinstance(table, GateEdges)  # gate volts: float64 states on the wire
@@ -259,6 +265,7 @@ class InSituBench:
         self._send(InSituCmd.ACK, struct.pack("<I", expected))
         clock = self.bank.clock
         deadline = clock() + self.record_timeout
+        quiet_until = clock()  # no RESEND for a damaged frame or a gap before this
         misses = 0
         while expected <= last:
             data = self.transport.read(max(1, self.transport.in_waiting))
@@ -284,7 +291,7 @@ class InSituBench:
                 misses = 0
                 deadline = clock() + self.record_timeout
                 self._send(InSituCmd.ACK, struct.pack("<I", expected))
-            elif clock() > deadline or gap or self._reader.dropped != dropped:
+            elif clock() > deadline or ((gap or self._reader.dropped != dropped) and clock() >= quiet_until):
                 misses += 1  # a timeout, a gap or a damaged frame: ask for the record now
                 if misses > self.retries:
                     raise PotBankTimeout(f"in-situ controller: record {expected} did not arrive "
@@ -292,6 +299,7 @@ class InSituBench:
                 self.resends += 1
                 self._send(InSituCmd.RESEND, struct.pack("<I", expected))
                 deadline = clock() + self.record_timeout
+                quiet_until = clock() + self.resend_holdoff
 
     @staticmethod
     def _whole(packet: Packet, size: int, parts: dict[int, dict[int, bytes]], expected: int) -> bytes | None:
