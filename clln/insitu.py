@@ -139,7 +139,7 @@ def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer
 #: with float64 gates (794 bytes) travels as 13 short STEP_PART frames (§12.6), 4 records
 #: fit the device's memory, and a step of the emulated physics takes long against a pot
 #: bench's (no request gives up before 80 s without progress); after a RESEND the host
-#: waits 50 ms for the record's 13 frames before asking again for a damaged one
+#: asks again for a damaged record only once the line is quiet, and 50 ms later at least
 TRANSISTOR_STREAM = {"max_parts": 32, "credit": 4, "record_timeout": 0.2, "retries": 400,
                      "resend_holdoff": 0.05}
 

@@ -169,10 +169,11 @@ class InSituBench:
     retries : consecutive requests for the same record before the run is paused.
     max_parts : 1 (the reference firmware): a record is one STEP frame; more: records
         travel as at most this many STEP_PART frames (§12.6).
-    resend_holdoff : seconds after a RESEND during which a damaged frame or a gap does
-        not ask for the record again (0: ask at once). A split record comes back as
-        many frames, some of them damaged on a noisy line: asking again for each would
-        multiply the traffic.
+    resend_holdoff : 0: a damaged frame or a gap asks for the record at once. Above 0:
+        they ask only once the line is quiet (a poll read nothing) and at least this many
+        seconds after the last RESEND. A split record comes back as many frames, some
+        of them damaged on a noisy line: asking again for each would multiply the
+        traffic until neither side can write.
     """
 
     twin = True
@@ -266,6 +267,7 @@ class InSituBench:
         clock = self.bank.clock
         deadline = clock() + self.record_timeout
         quiet_until = clock()  # no RESEND for a damaged frame or a gap before this
+        damaged = False  # a damaged frame or a gap not yet asked about
         misses = 0
         while expected <= last:
             data = self.transport.read(max(1, self.transport.in_waiting))
@@ -291,7 +293,11 @@ class InSituBench:
                 misses = 0
                 deadline = clock() + self.record_timeout
                 self._send(InSituCmd.ACK, struct.pack("<I", expected))
-            elif clock() > deadline or ((gap or self._reader.dropped != dropped) and clock() >= quiet_until):
+            damaged = damaged or gap or self._reader.dropped != dropped
+            if advanced:
+                damaged = False
+            elif clock() > deadline or (damaged and clock() >= quiet_until
+                                        and (not self.resend_holdoff or not data)):
                 misses += 1  # a timeout, a gap or a damaged frame: ask for the record now
                 if misses > self.retries:
                     raise PotBankTimeout(f"in-situ controller: record {expected} did not arrive "
@@ -300,6 +306,7 @@ class InSituBench:
                 self._send(InSituCmd.RESEND, struct.pack("<I", expected))
                 deadline = clock() + self.record_timeout
                 quiet_until = clock() + self.resend_holdoff
+                damaged = False
 
     @staticmethod
     def _whole(packet: Packet, size: int, parts: dict[int, dict[int, bytes]], expected: int) -> bytes | None:
