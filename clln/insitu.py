@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +171,24 @@ def emulated_stream(exp: Experiment, faults: Faults | None = None, **options: An
     driver = InSituBench(open_port(device.port), physics.network, edges, **options)
     driver.connect()
     return device, driver
+
+
+class StreamSession:
+    """``clln train --emulate`` of an in-situ protocol: the experiment's simulated bench
+    behind the emulated streaming device (:func:`emulated_stream`); ``experiment`` runs
+    through the driver, ``info`` goes in the run record (``clln resume`` builds the same
+    again: a fresh device, put back at the checkpoint by SET_STATE), ``close`` ends both."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.device, self.driver = emulated_stream(exp)
+        self.experiment = replace(exp, backend=self.driver)
+        self.info = {"insitu_stream": {"target": "emulate"}}
+
+    def close(self) -> None:
+        try:
+            self.driver.close()
+        finally:
+            self.device.close()
 
 
 class RecordFile:

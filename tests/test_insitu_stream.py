@@ -3,6 +3,9 @@ on a pty, which runs the same loop on the same simulated comparator twin bench."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,8 +17,15 @@ from clln.controller.store import RunStore
 from clln.drivers.errors import DriverError
 from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge, InSituBench
 from clln.drivers.potbank import open_port
-from clln.insitu import TRANSISTOR_STREAM, RecordFile, emulated_stream, insitu_experiment
+from clln.insitu import (
+    TRANSISTOR_STREAM,
+    RecordFile,
+    StreamSession,
+    emulated_stream,
+    insitu_experiment,
+)
 from clln.protocol import parse_protocol
+from clln.resume import rebuild
 from clln.simulator.bench import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,3 +280,44 @@ def test_transistor_stream_resumes_bit_identical_after_the_device_ran_ahead(tmp_
     for rec, want in zip(kept, expected, strict=True):
         assert rec.state.tobytes() == want.tobytes(), rec.step
     _same_bench_state(on_device, uninterrupted.backend.state_dict())
+
+
+@pytest.mark.slow
+def test_clln_train_emulate_streams_an_in_situ_protocol_and_resumes(tmp_path: Path) -> None:
+    """``clln train PROTOCOL --emulate`` (no bench file) runs an in-situ protocol through
+    the emulated streaming device and ends where the simulator ends, bit for bit; a host
+    protocol with --emulate alone exits 2 with one line. ``clln resume`` of such a run
+    (rebuilt in process here) meets a fresh device, put back by SET_STATE alone: it ends
+    at the uninterrupted gates to round-off (the solver starts cold)."""
+    exp, text = transistor(steps=3)
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run([sys.executable, "-m", "clln.cli", "train", str(path), "--emulate", "--out",
+                           str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    ex = insitu_experiment(exp.protocol, exp.task, 3, "t.toml")
+    expected = [r.state for r in exp.backend.run_insitu(ex, 0, 3)]
+    with RunStore(tmp_path / "runs") as store:
+        run = store.run("latest")
+        assert run["backend"]["kind"] == "insitu-serial" and run["info"]["insitu_stream"]
+        assert np.asarray(run["final_state"]).tobytes() == expected[-1].tobytes()
+        session = StreamSession(transistor(steps=3)[0])
+        try:
+            part = run_training(session.experiment, store, protocol_text=text, protocol_path=str(path),
+                                should_stop=lambda: True, extra_info=session.info)
+        finally:
+            session.close()
+        assert (part.status, part.result.steps_done) == ("interrupted", 1)
+        again, stream, _ = rebuild(store, part.run_id)
+        try:
+            resumed = resume_training(again, store, part.run_id)
+        finally:
+            stream.close()  # type: ignore[union-attr]
+        assert resumed.status == "completed"
+        np.testing.assert_allclose(store.run(part.run_id)["final_state"], expected[-1], rtol=0, atol=1e-12)
+    bad = subprocess.run([sys.executable, "-m", "clln.cli", "train", str(ROOT / "protocols" / "demo.toml"),
+                          "--emulate", "--out", str(tmp_path / "runs2")], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--emulate needs --bench" in bad.stderr
