@@ -118,7 +118,7 @@ def train(
         from clln.insitu import StreamSession
 
         session = StreamSession(build_experiment(proto, source=str(protocol), base_dir=protocol.parent,
-                                                 seed=seed, steps=steps))
+                                                 seed=seed, steps=steps), str(protocol))
         exp, extra = session.experiment, session.info
         where = "emulated streaming in-situ bench"
     elif bench is None:

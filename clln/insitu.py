@@ -18,7 +18,7 @@ from clln.controller.insitu import InSituExperiment, InSituRecord, InSituTrainer
 from clln.controller.network import Network
 from clln.controller.store import RunStore, from_blob, to_blob
 from clln.controller.task import Task
-from clln.drivers.insitu import InSituBench
+from clln.drivers.insitu import ExperimentTooLarge, InSituBench
 from clln.drivers.potbank import open_port
 from clln.protocol import Protocol
 from clln.simulator.bench import Faults
@@ -179,8 +179,16 @@ class StreamSession:
     through the driver, ``info`` goes in the run record (``clln resume`` builds the same
     again: a fresh device, put back at the checkpoint by SET_STATE), ``close`` ends both."""
 
-    def __init__(self, exp: Experiment) -> None:
+    def __init__(self, exp: Experiment, source: str) -> None:
         self.device, self.driver = emulated_stream(exp)
+        try:  # refused before a run is recorded or anything is sent
+            self.driver.fits(insitu_experiment(exp.protocol, exp.task, exp.config.steps, source))
+        except ExperimentTooLarge as exc:
+            self.close()
+            raise ProtocolError(f"{source}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
         self.experiment = replace(exp, backend=self.driver)
         self.info = {"insitu_stream": {"target": "emulate"}}
 

@@ -52,7 +52,7 @@ def rebuild(store: RunStore, run: str, *, faults: Faults | None = None, visa_lib
         from clln.insitu import StreamSession
 
         stream = StreamSession(build_experiment(protocol, source=source, base_dir=base,
-                                                seed=int(rec["seed"]), steps=steps))
+                                                seed=int(rec["seed"]), steps=steps), source)
         return stream.experiment, stream, rec  # type: ignore[return-value]
     if bench is None:
         recorded = rec["info"].get("edge_list")

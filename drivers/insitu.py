@@ -208,7 +208,8 @@ class InSituBench:
     def edges(self) -> SteppedEdges | GateEdges:
         return self._edges
 
-    def _fits(self, ex: InSituExperiment) -> None:
+    def fits(self, ex: InSituExperiment) -> None:
+        """ExperimentTooLarge (one line) unless ``ex`` fits this device (:func:`check_fits`)."""
         check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory,
                    self.wide, self.max_parts)
 
@@ -224,7 +225,7 @@ class InSituBench:
 
     def download(self, ex: InSituExperiment) -> None:
         """Send the experiment in chunks; the device checks its CRC before accepting it."""
-        self._fits(ex)
+        self.fits(ex)
         blob = encode_experiment(ex, self.wide, self.max_parts > 1)
         self.bank._exchange(InSituCmd.EXP_BEGIN,
                             struct.pack("<IH", len(blob), binascii.crc_hqx(blob, 0xFFFF)))
@@ -246,7 +247,7 @@ class InSituBench:
         """Download, then stream records ``start_step`` (0 only) or ``start_step + 1`` to
         ``start_step + n_steps``, in order, none lost."""
         ex = experiment
-        self._fits(ex)
+        self.fits(ex)
         self.download(ex)
         if start_step:  # resume: the device's state must be that of start_step
             self.bank._exchange(InSituCmd.SET_STATE, struct.pack("<I", start_step)

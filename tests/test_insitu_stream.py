@@ -302,7 +302,7 @@ def test_clln_train_emulate_streams_an_in_situ_protocol_and_resumes(tmp_path: Pa
         run = store.run("latest")
         assert run["backend"]["kind"] == "insitu-serial" and run["info"]["insitu_stream"]
         assert np.asarray(run["final_state"]).tobytes() == expected[-1].tobytes()
-        session = StreamSession(transistor(steps=3)[0])
+        session = StreamSession(transistor(steps=3)[0], "t.toml")
         try:
             part = run_training(session.experiment, store, protocol_text=text, protocol_path=str(path),
                                 should_stop=lambda: True, extra_info=session.info)
@@ -321,3 +321,10 @@ def test_clln_train_emulate_streams_an_in_situ_protocol_and_resumes(tmp_path: Pa
                          cwd=ROOT, env=env)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "--emulate needs --bench" in bad.stderr
+    big = tmp_path / "big.toml"  # 30 samples: a record of 2,202 bytes, more than 32 parts
+    big.write_text(text.replace("train = 8", "train = 30"))
+    bad = subprocess.run([sys.executable, "-m", "clln.cli", "train", str(big), "--emulate", "--out",
+                          str(tmp_path / "runs3")], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "big.toml: training.insitu: a step record of 30 samples" in bad.stderr
+    assert not (tmp_path / "runs3").exists()  # refused before a run was recorded
