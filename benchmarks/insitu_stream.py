@@ -16,7 +16,7 @@ bit) are identical, and the CPU time (time.process_time: the device runs in a th
 this process) and wall time, stream / simulator.
 
 Usage: python benchmarks/insitu_stream.py [--bench pot|transistor-16] [--steps N]
-       [--corrupt 0.01] [--credit C]
+       [--corrupt 0.01] [--credit C] [--train N]
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from clln.protocol import parse_protocol
 from clln.simulator.bench import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = {  # protocol, default steps, edits of its text
-    "pot": ("insitu-pot-regression.toml", 10_000,
-            (("train = 8", "train = 2"), ("test_every = 10", "test_every = 100"))),
-    "transistor-16": ("insitu-transistor-regression.toml", 100, (("test_every = 10", "test_every = 50"),)),
+BENCHES = {  # protocol, default steps, default training samples, edits of its text
+    "pot": ("insitu-pot-regression.toml", 10_000, 2, (("test_every = 10", "test_every = 100"),)),
+    "transistor-16": ("insitu-transistor-regression.toml", 100, 8, (("test_every = 10", "test_every = 50"),)),
 }
 
 
@@ -47,10 +46,12 @@ def main() -> None:
     parser.add_argument("--corrupt", type=float, default=0.01)
     parser.add_argument("--credit", type=int, default=None, help="default: 16 (pot), 4 (transistor-16)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--train", type=int, default=None, help="training samples; default: 2 (pot), 8 (transistor-16)")
     args = parser.parse_args()
-    name, default_steps, edits = BENCHES[args.bench]
+    name, default_steps, default_train, edits = BENCHES[args.bench]
     steps = args.steps or default_steps
-    text = (ROOT / "protocols" / name).read_text().replace("steps = 60", f"steps = {steps}")
+    text = ((ROOT / "protocols" / name).read_text().replace("steps = 60", f"steps = {steps}")
+            .replace("train = 8", f"train = {args.train or default_train}"))
     for old, new in edits:
         text = text.replace(old, new)
     protocol = parse_protocol(text, name)
