@@ -253,7 +253,6 @@ class InSituFirmware(PotFirmware):
             return bytes([OK])
         return reply
 
-
     def _set_state(self, step: int, state: np.ndarray) -> bool:
         """Put the edges at ``state``; False (nothing changed) for a state they cannot take.
         The state kept with record ``step``, when it is this one, comes back whole."""
