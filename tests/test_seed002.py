@@ -89,6 +89,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")})
 
 
+@pytest.mark.slow
 def test_analyze_prints_the_model_beside_the_measurements(tmp_path: Path) -> None:
     path = reduced(tmp_path)
     done = _cli(str(path), "--out", str(tmp_path / "runs"), cwd=tmp_path)
@@ -125,6 +126,7 @@ def test_analyze_prints_the_model_beside_the_measurements(tmp_path: Path) -> Non
     assert "tau  0.010 s" in out  # progress per period
 
 
+@pytest.mark.slow
 def test_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
     path = reduced(tmp_path, taus_s="[0.004, 0.0105]")
     done = _cli(str(path), "--out", str(tmp_path / "runs"), cwd=tmp_path)
