@@ -1,14 +1,22 @@
 """Streaming an in-situ run over a noisy serial line (PROTOCOL.md §12).
 
-``protocols/insitu-pot-regression.toml`` (2 training samples, so a STEP record is one
-short frame) run for N steps twice: on the simulated comparator twin bench (the
-baseline: the same executor without a wire) and on the emulated streaming device on a
-pty whose bytes are corrupted (one random bit flipped) with probability ``--corrupt``
-in both directions. Prints records expected, received, lost, duplicated, the
-retransmission requests, whether the tap trajectories are identical, and the time
-ratio stream / simulator.
+``--bench pot`` (default): ``protocols/insitu-pot-regression.toml`` with 2 training
+samples (a STEP record is one short frame) on the comparator twin bench.
+``--bench transistor-16``: ``protocols/insitu-transistor-regression.toml`` as shipped (8
+training samples, 4x4 periodic lattice; a record of 794 bytes with float64 gate volts,
+sent as 13 STEP_PART frames, §12.6) on the twin transistor bench.
 
-Usage: python benchmarks/insitu_stream.py [--steps 10000] [--corrupt 0.01] [--credit 16]
+Each is run for N steps twice: on the simulated bench (the baseline: the same executor
+without a wire) and on the emulated streaming device on a pty whose bytes are corrupted
+(one random bit flipped) with probability ``--corrupt`` in both directions (for
+transistor-16 from the end of the handshake on: its GET_STATE reply of 32 float64 gate
+volts is one 261-byte frame, which at 1 % seldom gets through). Prints records expected, received, lost, duplicated, the
+retransmission requests, whether the state trajectories (taps, or gate volts to the last
+bit) are identical, and the CPU time (time.process_time: the device runs in a thread of
+this process) and wall time, stream / simulator.
+
+Usage: python benchmarks/insitu_stream.py [--bench pot|transistor-16] [--steps N]
+       [--corrupt 0.01] [--credit C] [--train N]
 """
 
 from __future__ import annotations
@@ -25,46 +33,65 @@ from clln.protocol import parse_protocol
 from clln.simulator.bench import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
+BENCHES = {  # protocol, default steps, default training samples, edits of its text
+    "pot": ("insitu-pot-regression.toml", 10_000, 2, (("test_every = 10", "test_every = 100"),)),
+    "transistor-16": ("insitu-transistor-regression.toml", 100, 8, (("test_every = 10", "test_every = 50"),)),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--bench", choices=sorted(BENCHES), default="pot")
+    parser.add_argument("--steps", type=int, default=None, help="default: 10000 (pot), 100 (transistor-16)")
     parser.add_argument("--corrupt", type=float, default=0.01)
-    parser.add_argument("--credit", type=int, default=16)
+    parser.add_argument("--credit", type=int, default=None, help="default: 16 (pot), 4 (transistor-16)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--train", type=int, default=None, help="training samples; default: 2 (pot), 8 (transistor-16)")
     args = parser.parse_args()
-    text = (TEXT.replace("train = 8", "train = 2").replace("steps = 60", f"steps = {args.steps}")
-            .replace("test_every = 10", "test_every = 100"))
-    protocol = parse_protocol(text, "insitu-pot-regression.toml")
-    exp = build_experiment(protocol, source="insitu-pot-regression.toml", base_dir=ROOT)
-    ex = insitu_experiment(protocol, exp.task, exp.config.steps, "insitu-pot-regression.toml")
-    device, driver = emulated_stream(exp, Faults(corrupt=args.corrupt, seed=args.seed),
-                                     credit=args.credit)
-    t0 = time.perf_counter()
+    name, default_steps, default_train, edits = BENCHES[args.bench]
+    steps = args.steps or default_steps
+    text = ((ROOT / "protocols" / name).read_text().replace("steps = 60", f"steps = {steps}")
+            .replace("train = 8", f"train = {args.train or default_train}"))
+    for old, new in edits:
+        text = text.replace(old, new)
+    protocol = parse_protocol(text, name)
+    exp = build_experiment(protocol, source=name, base_dir=ROOT)
+    ex = insitu_experiment(protocol, exp.task, exp.config.steps, name)
+    credit = args.credit or (16 if args.bench == "pot" else 4)
+    faults = Faults(corrupt=args.corrupt, seed=args.seed)
+    if args.bench == "pot":
+        device, driver = emulated_stream(exp, faults, credit=credit)
+    else:  # GET_STATE's float64 reply (261 bytes) seldom survives 1 %: corrupt from the handshake on
+        device, driver = emulated_stream(exp, credit=credit)
+        device.link.faults = faults
+    c0, t0 = time.process_time(), time.perf_counter()
     sim_states = [r.state for r in exp.backend.run_insitu(ex, 0, ex.steps)]
-    t_sim = time.perf_counter() - t0
+    c_sim, t_sim = time.process_time() - c0, time.perf_counter() - t0
     seen: list[int] = []
     identical = True
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
+    report = max(1, ex.steps // 10)
     try:
         for rec in driver.run_insitu(ex, 0, ex.steps):
-            identical &= bool(np.array_equal(rec.state, np.float32(sim_states[rec.step])))
+            want = sim_states[rec.step] if driver.wide else np.float32(sim_states[rec.step])
+            identical &= rec.state.tobytes() == np.asarray(want, dtype=float).tobytes()
             seen.append(rec.step)
-            if rec.step % 1000 == 0:
+            if rec.step % report == 0:
                 print(f"  step {rec.step}: {driver.resends} retransmission requests so far", flush=True)
     finally:
         device.close()
-    t_stream = time.perf_counter() - t0
+    c_stream, t_stream = time.process_time() - c0, time.perf_counter() - t0
     expected = ex.steps + 1  # the initial test record and one per step
-    print(f"steps {ex.steps}, corrupted bytes {args.corrupt:.2%} each way, credit {args.credit}")
+    print(f"bench {args.bench} ({name}, {ex.n_train} training samples), steps {ex.steps}, "
+          f"corrupted bytes {args.corrupt:.2%} each way, credit {credit}")
     print(f"records expected {expected}, received {len(seen)}, lost {expected - len(set(seen))}, "
           f"duplicated {len(seen) - len(set(seen))}, in order {seen == sorted(seen)}")
     print(f"retransmission requests {driver.resends}, frames dropped by the host "
           f"{driver._reader.dropped}, records generated by the device {device.firmware.records_sent}")
-    print(f"tap trajectory identical to the simulator: {identical}")
-    print(f"time: simulator {t_sim:.1f} s, stream {t_stream:.1f} s, ratio {t_stream / t_sim:.2f}")
+    what = "gate-voltage (float64, bit for bit)" if driver.wide else "tap"
+    print(f"{what} trajectory identical to the simulator: {identical}")
+    print(f"CPU time: simulator {c_sim:.1f} s, stream {c_stream:.1f} s (host and device), ratio "
+          f"{c_stream / c_sim:.2f}; wall time: {t_sim:.1f} s, {t_stream:.1f} s")
 
 
 if __name__ == "__main__":

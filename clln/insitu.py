@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from clln.controller.insitu import InSituExperiment, InSituRecord, InSituTrainer
 from clln.controller.network import Network
 from clln.controller.store import RunStore, from_blob, to_blob
 from clln.controller.task import Task
-from clln.drivers.insitu import InSituBench
+from clln.drivers.insitu import ExperimentTooLarge, InSituBench
 from clln.drivers.potbank import open_port
 from clln.protocol import Protocol
 from clln.simulator.bench import Faults
@@ -135,24 +135,71 @@ def insitu_trainer(exp: Experiment, source: str = "<protocol>") -> InSituTrainer
                          exp.batch_rng, snapshot_every=exp.config.snapshot_every)
 
 
-def emulated_stream(exp: Experiment, faults: Faults | None = None, *, record_timeout: float = 0.01,
-                    **options: Any) -> tuple[EmulatedInSituBench, InSituBench]:
-    """The experiment's comparator twin bench behind the streaming wire protocol: the
-    emulated device on a pty (the same parts and start state as ``exp.backend``) and the
-    driver connected to it. Close the device when done."""
-    if not isinstance(exp.backend, ComparatorTwinBench):
-        raise TypeError(f"the streaming emulator runs a comparator twin bench, not {type(exp.backend).__name__}")
-    sim: ComparatorTwinPhysics = exp.backend.physics
-    physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
-    # the same parts
-    physics.r_total, physics.r_wiper = sim.r_total.copy(), sim.r_wiper.copy()
-    physics.opamp_offset, physics.comparator_offset = sim.opamp_offset.copy(), sim.comparator_offset.copy()
-    physics.load_state_dict(sim.state_dict())
+#: driver settings of the transistor bench's stream: a record of transistor-16's 8 samples
+#: with float64 gates (794 bytes) travels as 13 short STEP_PART frames (§12.6), 4 records
+#: fit the device's memory, and a step of the emulated physics takes long against a pot
+#: bench's (no request gives up before 80 s without progress); after a RESEND the host
+#: asks again for a damaged record only once the line is quiet, and 50 ms later at least
+TRANSISTOR_STREAM = {"max_parts": 32, "credit": 4, "record_timeout": 0.2, "retries": 400,
+                     "resend_holdoff": 0.05}
+
+
+def emulated_stream(exp: Experiment, faults: Faults | None = None, **options: Any
+                    ) -> tuple[EmulatedInSituBench, InSituBench]:
+    """The experiment's simulated in-situ bench (comparator twin or twin transistor)
+    behind the streaming wire protocol: the emulated device on a pty (the same parts and
+    start state as ``exp.backend``) and the driver connected to it. ``options`` go to
+    :class:`InSituBench` (defaults: a 10 ms record timeout; :data:`TRANSISTOR_STREAM` for
+    the transistor bench). Close the device when done."""
+    backend = exp.backend
+    physics: ComparatorTwinPhysics | TransistorTwinPhysics
+    if isinstance(backend, TransistorInSituBench):
+        physics = backend.physics.replica()
+        options = {**TRANSISTOR_STREAM, **options}
+        edges: np.ndarray | GateEdges = backend.edges
+    elif isinstance(backend, ComparatorTwinBench):
+        sim = backend.physics
+        physics = ComparatorTwinPhysics(sim.network, sim.taps, sim.params, bench_seed=0)
+        # the same parts
+        physics.r_total, physics.r_wiper = sim.r_total.copy(), sim.r_wiper.copy()
+        physics.opamp_offset, physics.comparator_offset = sim.opamp_offset.copy(), sim.comparator_offset.copy()
+        physics.load_state_dict(sim.state_dict())
+        options = {"record_timeout": 0.01, **options}
+        edges = sim.nominal_table()
+    else:
+        raise ProtocolError(f"an emulated in-situ stream needs a simulated in-situ bench, not {type(backend).__name__}")
     device = EmulatedInSituBench(physics, faults=faults)
-    driver = InSituBench(open_port(device.port), sim.network, sim.nominal_table(),
-                         record_timeout=record_timeout, **options)
+    driver = InSituBench(open_port(device.port), physics.network, edges, **options)
     driver.connect()
     return device, driver
+
+
+class StreamSession:
+    """``clln train --emulate`` of an in-situ protocol: the experiment's simulated bench
+    behind the emulated streaming device (:func:`emulated_stream`); ``experiment`` runs
+    through the driver, ``info`` goes in the run record (``clln resume`` builds the same
+    again: a fresh device, put back at the checkpoint by SET_STATE), ``close`` ends both."""
+
+    def __init__(self, exp: Experiment, source: str) -> None:
+        self.device, self.driver = emulated_stream(exp)
+        try:  # refused before a run is recorded or anything is sent
+            self.driver.fits(insitu_experiment(exp.protocol, exp.task, exp.config.steps, source))
+        except ExperimentTooLarge as exc:
+            self.close()
+            raise ProtocolError(f"{source}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        # an in-situ experiment's backend is a LearnsInPlace bench, asked for by type in
+        # InSituTrainer; Experiment.backend is typed for the host-computed benches
+        self.experiment = replace(exp, backend=self.driver)  # type: ignore[arg-type]
+        self.info = {"insitu_stream": {"target": "emulate"}}
+
+    def close(self) -> None:
+        try:
+            self.driver.close()
+        finally:
+            self.device.close()
 
 
 class RecordFile:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, create_model, model_validator
 
 from clln.controller.bounds import INT64_MAX
+from clln.controller.errors import ProtocolError
 from clln.controller.packing import COORDINATION_RANGE as JAMMED_COORDINATION
 from clln.controller.ranges import Range
 from clln.simulator.imperfections import Imperfections
@@ -447,7 +448,11 @@ class Protocol(StrictModel):
 
 def parse_protocol(text: str, source: str = "<protocol>") -> Protocol:
     """Validate protocol TOML text; raise ProtocolError naming ``source`` and the key."""
-    return validate(Protocol, read_toml(text, source, FORMAT_VERSION), source)
+    data = read_toml(text, source, FORMAT_VERSION)
+    if data.get("kind") == "limit-cycles":  # protocols/seed002/limit-cycles.toml: not trained
+        raise ProtocolError(f"{source}: kind: 'limit-cycles' is a seed 002 experiment, not a training "
+                            f"protocol; run it with: clln analyze {source}")
+    return validate(Protocol, data, source)
 
 
 def load_protocol(path: str | Path) -> tuple[Protocol, str]:

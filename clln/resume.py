@@ -49,6 +49,12 @@ def rebuild(store: RunStore, run: str, *, faults: Faults | None = None, visa_lib
     base = Path(rec["protocol_path"]).parent if rec["protocol_path"] else Path.cwd()
     steps = int(rec["steps_planned"])
     bench = rec["info"].get("bench")
+    if rec["info"].get("insitu_stream") is not None:  # clln train --emulate of an in-situ protocol
+        from clln.insitu import StreamSession
+
+        stream = StreamSession(build_experiment(protocol, source=source, base_dir=base,
+                                                seed=int(rec["seed"]), steps=steps), source)
+        return stream.experiment, stream, rec  # type: ignore[return-value]
     if bench is None:
         recorded = rec["info"].get("edge_list")
         if protocol.network.kind == "edge-list" and recorded is None:

@@ -1,8 +1,9 @@
 """Driver of a bench that learns in place over serial (``firmware/PROTOCOL.md`` §12,
 protocol 1.2): download the experiment, run N steps, consume the streamed records.
 
-``InSituBench(transport, network, n_taps)`` takes an *open* serial port; construction does
-no I/O, :meth:`InSituBench.connect` does the handshake. It declares
+``InSituBench(transport, network, table)`` takes an *open* serial port and the bench's
+edges (a tap table, or :class:`~clln.controller.backend.GateEdges` for gate-voltage
+state); construction does no I/O, :meth:`InSituBench.connect` does the handshake. It declares
 :class:`~clln.controller.capabilities.LearnsInPlace`: :meth:`run_insitu` downloads the
 experiment in CRC-checked chunks, starts the run and yields every step record in order,
 granting credit (how far the device may run ahead) and asking for any record that did
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import serial
 
-from clln.controller.backend import EdgeState, SteppedEdges
+from clln.controller.backend import EdgeState, GateEdges, SteppedEdges
 from clln.controller.errors import UserError
 from clln.controller.insitu import InSituExperiment, InSituRecord
 from clln.controller.network import Network
@@ -45,6 +46,13 @@ class InSituCmd:
     GET_STATE = 0x10
     SET_STATE = 0x11
     STEP = 0x92  # unsolicited record, 0x12 | 0x80
+    STEP_PART = 0x93  # one part of a record longer than a frame, 0x13 | 0x80 (§12.6)
+
+
+WIDE_STATE = 0x10  # experiment flag bit 4: states travel as float64 (§12.6)
+SPLIT = 0x20  # experiment flag bit 5: records travel as STEP_PART frames (§12.6)
+PART_HEAD = struct.Struct("<IBB")  # record, part, parts
+PART_BYTES = 64  # record bytes per STEP_PART frame: short frames survive a noisy line
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,12 @@ def _segments(values: np.ndarray) -> list[tuple[int, int]]:
     return [(i + 1, int(values[i])) for i in starts]
 
 
-def encode_experiment(ex: InSituExperiment) -> bytes:
-    """The experiment as the device stores it (§12.2), little-endian."""
+def encode_experiment(ex: InSituExperiment, wide: bool = False, split: bool = False) -> bytes:
+    """The experiment as the device stores it (§12.2), little-endian; ``wide``: states as
+    float64, ``split``: records in parts (§12.6)."""
     labels = ex.train_labels is not None
-    flags = ex.hinge | ex.normalise << 1 | ex.anti_clamp << 2 | labels << 3
+    flags = (ex.hinge | ex.normalise << 1 | ex.anti_clamp << 2 | labels << 3
+             | (WIDE_STATE if wide else 0) | (SPLIT if split else 0))
     etas = _segments(ex.eta_codes * 2 + ex.amplified.astype(np.int64))
     windows = _segments(ex.learn_ticks)
     n, n_test = len(ex.train_sources), len(ex.test_sources)
@@ -95,21 +105,31 @@ def encode_experiment(ex: InSituExperiment) -> bytes:
     return b"".join(parts)
 
 
-def record_size(n_train: int, n_nodes: int, n_edges: int) -> int:
-    """Payload bytes of one STEP record (§12.4)."""
-    return 4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 * 2 * n_train * n_nodes + 4 * n_edges
+def record_size(n_train: int, n_nodes: int, n_edges: int, wide: bool = False) -> int:
+    """Payload bytes of one STEP record (§12.4; float64 states when ``wide``, §12.6)."""
+    return 4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 * 2 * n_train * n_nodes + (8 if wide else 4) * n_edges
+
+
+def record_parts(size: int, split: bool) -> int:
+    """Frames a record of ``size`` bytes takes: one STEP frame, or STEP_PART frames of
+    :data:`PART_BYTES` when ``split`` (§12.6)."""
+    return -(-size // PART_BYTES) if split else 1
 
 
 def check_fits(ex: InSituExperiment, n_nodes: int, n_edges: int, credit: int,
-               memory: MemoryModel) -> None:
+               memory: MemoryModel, wide: bool = False, max_parts: int = 1) -> None:
     """ExperimentTooLarge (one line, key and limits) unless the experiment and ``credit``
-    records fit the device and a record fits one frame."""
-    record = record_size(ex.n_train, n_nodes, n_edges)
-    if record > MAX_PAYLOAD:
+    records fit the device and a record fits one frame (``max_parts`` 1) or
+    ``max_parts`` STEP_PART frames."""
+    record = record_size(ex.n_train, n_nodes, n_edges, wide)
+    split = max_parts > 1
+    if (not split and record > MAX_PAYLOAD) or record_parts(record, split) > max_parts:
+        limit = max_parts * PART_BYTES if split else MAX_PAYLOAD
+        frames = f"{max_parts} parts" if split else "one frame"
         raise ExperimentTooLarge(
             f"training.insitu: a step record of {ex.n_train} samples x {n_nodes} nodes is "
-            f"{record} bytes; allowed: at most {MAX_PAYLOAD} (one frame): use fewer training samples")
-    need = len(encode_experiment(ex)) + credit * record
+            f"{record} bytes; allowed: at most {limit} ({frames}): use fewer training samples")
+    need = len(encode_experiment(ex, wide, split)) + credit * record
     if need > memory.available:
         raise ExperimentTooLarge(
             f"task/training.insitu: the experiment needs {need} bytes of device memory "
@@ -117,14 +137,15 @@ def check_fits(ex: InSituExperiment, n_nodes: int, n_edges: int, credit: int,
             f"({memory.name}: {memory.sram} bytes SRAM, {memory.reserved} for the firmware)")
 
 
-def decode_record(payload: bytes, n_train: int, n_nodes: int, n_edges: int) -> InSituRecord:
+def decode_record(payload: bytes, n_train: int, n_nodes: int, n_edges: int,
+                  wide: bool = False) -> InSituRecord:
     """A STEP record's payload (§12.4) as an InSituRecord."""
     step, eta, window_us, n_teaching, train, test, acc = struct.unpack_from("<IffHfff", payload)
     off = 26
     count = n_train * n_nodes
     volts = np.frombuffer(payload, dtype="<i2", count=2 * count, offset=off).astype(float)
     volts = np.where(volts == -32768, np.nan, volts * VOLT_LSB).reshape(2, n_train, n_nodes)
-    state = np.frombuffer(payload, dtype="<f4", count=n_edges, offset=off + 4 * count)
+    state = np.frombuffer(payload, dtype="<f8" if wide else "<f4", count=n_edges, offset=off + 4 * count)
     return InSituRecord(
         step=step, eta=float(eta), window_s=float(window_us) * 1e-6, n_teaching=n_teaching,
         train_error=float(train), free=volts[0], clamped=volts[1], state=state.astype(float),
@@ -140,18 +161,27 @@ class InSituBench:
     transport : an open serial port.
     network : the network the bench realises (roles included).
     table : (m, n_taps) nominal conductance (S) of every edge at every tap (the state the
-        device reports is a tracked tap).
+        device reports is a tracked tap), or :class:`GateEdges` (the state is the gate
+        voltages, V, sent as float64: §12.6).
     credit : records the device may run ahead of the host (the rig's DAT).
     memory : the device's memory model.
     record_timeout : seconds without a new record before the host asks again.
     retries : consecutive requests for the same record before the run is paused.
+    max_parts : 1 (the reference firmware): a record is one STEP frame; more: records
+        travel as at most this many STEP_PART frames (§12.6).
+    resend_holdoff : 0: a damaged frame or a gap asks for the record at once. Above 0:
+        they ask only once the line is quiet (a poll read nothing) and at least this many
+        seconds after the last RESEND. A split record comes back as many frames, some
+        of them damaged on a noisy line: asking again for each would multiply the
+        traffic until neither side can write.
     """
 
     twin = True
 
-    def __init__(self, transport: serial.SerialBase, network: Network, table: np.ndarray, *,
+    def __init__(self, transport: serial.SerialBase, network: Network, table: np.ndarray | GateEdges, *,
                  credit: int = 8, memory: MemoryModel | None = None,
-                 record_timeout: float = 0.05, retries: int = 200) -> None:
+                 record_timeout: float = 0.05, retries: int = 200, max_parts: int = 1,
+                 resend_holdoff: float = 0.0) -> None:
         self.transport = transport
         self.bank = PotBank(transport)
         self._network = network
@@ -164,15 +194,24 @@ class InSituBench:
         self._state = np.zeros(network.n_edges)
         self.resends = 0
         self.records = 0
-        self._edges = SteppedEdges(np.asarray(table, dtype=float))
+        self.max_parts = max_parts
+        self.resend_holdoff = resend_holdoff
+        self._edges: SteppedEdges | GateEdges = (
+            table if isinstance(table, GateEdges) else SteppedEdges(np.asarray(table, dtype=float)))
+        self.wide = isinstance(table, GateEdges)  # gate volts: float64 states on the wire
 
     @property
     def network(self) -> Network:
         return self._network
 
     @property
-    def edges(self) -> SteppedEdges:
+    def edges(self) -> SteppedEdges | GateEdges:
         return self._edges
+
+    def fits(self, ex: InSituExperiment) -> None:
+        """ExperimentTooLarge (one line) unless ``ex`` fits this device (:func:`check_fits`)."""
+        check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory,
+                   self.wide, self.max_parts)
 
     def connect(self) -> None:
         """Handshake; refuses a firmware older than 1.2 (no in-situ mode)."""
@@ -186,8 +225,8 @@ class InSituBench:
 
     def download(self, ex: InSituExperiment) -> None:
         """Send the experiment in chunks; the device checks its CRC before accepting it."""
-        check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory)
-        blob = encode_experiment(ex)
+        self.fits(ex)
+        blob = encode_experiment(ex, self.wide, self.max_parts > 1)
         self.bank._exchange(InSituCmd.EXP_BEGIN,
                             struct.pack("<IH", len(blob), binascii.crc_hqx(blob, 0xFFFF)))
         for offset in range(0, len(blob), CHUNK):
@@ -208,11 +247,11 @@ class InSituBench:
         """Download, then stream records ``start_step`` (0 only) or ``start_step + 1`` to
         ``start_step + n_steps``, in order, none lost."""
         ex = experiment
-        check_fits(ex, self._network.n_nodes, self._network.n_edges, self.credit, self.memory)
+        self.fits(ex)
         self.download(ex)
         if start_step:  # resume: the device's state must be that of start_step
             self.bank._exchange(InSituCmd.SET_STATE, struct.pack("<I", start_step)
-                                + np.asarray(self._state, dtype="<f4").tobytes())
+                                + np.asarray(self._state, dtype=self._width).tobytes())
         self.bank._exchange(InSituCmd.RUN, struct.pack("<IIH", start_step, n_steps, self.credit))
         return self._stream(ex, start_step, n_steps)
 
@@ -220,12 +259,16 @@ class InSituBench:
         expected = start_step if start_step == 0 else start_step + 1
         last = start_step + n_steps
         shape = (ex.n_train, self._network.n_nodes, self._network.n_edges)
+        size = record_size(*shape, self.wide)
         held: dict[int, InSituRecord] = {}
+        parts: dict[int, dict[int, bytes]] = {}  # pieces of records sent as STEP_PART frames
         self._reader.reset()
         self.transport.timeout = min(self.transport.timeout or 0.01, 0.002)  # poll the stream
         self._send(InSituCmd.ACK, struct.pack("<I", expected))
         clock = self.bank.clock
         deadline = clock() + self.record_timeout
+        quiet_until = clock()  # no RESEND for a damaged frame or a gap before this
+        damaged = False  # a damaged frame or a gap not yet asked about
         misses = 0
         while expected <= last:
             data = self.transport.read(max(1, self.transport.in_waiting))
@@ -233,9 +276,10 @@ class InSituBench:
             dropped = self._reader.dropped
             gap = False
             for packet in self._reader.feed(data):
-                if packet.cmd != InSituCmd.STEP or len(packet.payload) != record_size(*shape):
+                payload = self._whole(packet, size, parts, expected)
+                if payload is None:
                     continue
-                rec = decode_record(packet.payload, *shape)
+                rec = decode_record(payload, *shape, self.wide)
                 if rec.step >= expected and rec.step & 0xFF == packet.seq:
                     gap = gap or (rec.step > expected and rec.step not in held)
                     held[rec.step] = rec
@@ -250,7 +294,11 @@ class InSituBench:
                 misses = 0
                 deadline = clock() + self.record_timeout
                 self._send(InSituCmd.ACK, struct.pack("<I", expected))
-            elif clock() > deadline or gap or self._reader.dropped != dropped:
+            damaged = damaged or gap or self._reader.dropped != dropped
+            if advanced:
+                damaged = False
+            elif clock() > deadline or (damaged and clock() >= quiet_until
+                                        and (not self.resend_holdoff or not data)):
                 misses += 1  # a timeout, a gap or a damaged frame: ask for the record now
                 if misses > self.retries:
                     raise PotBankTimeout(f"in-situ controller: record {expected} did not arrive "
@@ -258,15 +306,42 @@ class InSituBench:
                 self.resends += 1
                 self._send(InSituCmd.RESEND, struct.pack("<I", expected))
                 deadline = clock() + self.record_timeout
+                quiet_until = clock() + self.resend_holdoff
+                damaged = False
+
+    @staticmethod
+    def _whole(packet: Packet, size: int, parts: dict[int, dict[int, bytes]], expected: int) -> bytes | None:
+        """A whole record's payload: a STEP packet's, or the last missing STEP_PART's
+        with its pieces joined; None otherwise (the pieces are kept)."""
+        if packet.cmd == InSituCmd.STEP:
+            return packet.payload if len(packet.payload) == size else None
+        if packet.cmd != InSituCmd.STEP_PART or len(packet.payload) <= PART_HEAD.size:
+            return None
+        record, part, count = PART_HEAD.unpack_from(packet.payload)
+        if record < expected or record & 0xFF != packet.seq or not part < count == record_parts(size, True):
+            return None
+        pieces = parts.setdefault(record, {})
+        pieces[part] = packet.payload[PART_HEAD.size:]
+        if len(pieces) < count:
+            return None
+        payload = b"".join(pieces[k] for k in range(count))
+        del parts[record]
+        return payload if len(payload) == size else None
 
     # -- state --------------------------------------------------------------------------
 
+    @property
+    def _width(self) -> str:
+        return "<f8" if self.wide else "<f4"
+
     def read_state(self) -> np.ndarray:
-        """(m,) adjustable state, from the device (GET_STATE)."""
-        body = self.bank._exchange(InSituCmd.GET_STATE)
-        return np.frombuffer(body, dtype="<f4", count=self._network.n_edges, offset=4).astype(float)
+        """(m,) adjustable state, from the device (GET_STATE; float64 for gate volts)."""
+        body = self.bank._exchange(InSituCmd.GET_STATE, b"\x08" if self.wide else b"")
+        return np.frombuffer(body, dtype=self._width, count=self._network.n_edges, offset=4).astype(float)
 
     def read_edges(self) -> EdgeState:
+        if isinstance(self._edges, GateEdges):
+            return EdgeState(np.asarray(self._state, dtype=float).copy(), None)
         taps = np.rint(self._state).astype(np.int64)
         return EdgeState(self._edges.conductance(np.clip(taps, 0, self._edges.n_taps - 1)), taps)
 

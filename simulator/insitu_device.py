@@ -4,9 +4,15 @@ the credit-based record stream and its retransmission, served on a pty by
 :class:`~clln.simulator.bench.PtyLink`.
 
 The device runs the same executor as the simulator
-(:func:`clln.controller.insitu.run_loop`) on the simulated comparator-clocked twin bench
-(:class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics`), so a protocol gives the same
-adjustable-state trajectory on both.
+(:func:`clln.controller.insitu.run_loop`) on a simulated bench's physics: the
+comparator-clocked twin bench (:class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics`,
+tracked taps) or the twin transistor bench
+(:class:`~clln.simulator.insitu_transistor.TransistorTwinPhysics`, gate volts), so a
+protocol gives the same adjustable-state trajectory on both.
+
+Like the rig, it keeps the state that goes with every record it still holds (§12.5): a
+host resuming from one of them with ``SET_STATE`` puts it back exactly, its simulated
+physics included (readout-noise generator, solver warm starts).
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ from clln.simulator.bench import (
     PtyLink,
 )
 from clln.simulator.insitu_pot import ComparatorTwinPhysics
+from clln.simulator.insitu_transistor import TransistorTwinPhysics
+
+Physics = ComparatorTwinPhysics | TransistorTwinPhysics
 
 VERSION = (1, 2)
 BAD_EXPERIMENT = 0x07
 EXP_BEGIN, EXP_CHUNK, EXP_COMMIT, RUN, ACK, RESEND, GET_STATE, SET_STATE = range(0x0A, 0x12)
 STEP = 0x12 | 0x80
+STEP_PART = 0x13 | 0x80
 NO_VOLTAGE = -32768
 VOLT_LSB = 250e-6
+WIDE_STATE = 0x10  # experiment flag bit 4: states travel as float64 (§12.6)
+SPLIT = 0x20  # experiment flag bit 5: records travel as STEP_PART frames (§12.6)
+PART_BYTES = 64  # record bytes per STEP_PART frame
+GATE_CODES = 256  # the 1.0 pot commands' range on a transistor bench (no taps to move)
 
 
 def _frame(seq: int, cmd: int, payload: bytes) -> bytes:
@@ -92,8 +106,17 @@ def parse_experiment(blob: bytes) -> InSituExperiment:
         timer=TimerModel(tick_ns / 1e9, max_ticks))
 
 
-def encode_record(rec: InSituRecord) -> bytes:
-    """A STEP record's payload (§12.4)."""
+def record_frames(rec_step: int, payload: bytes, split: bool = False) -> bytes:
+    """A record as one STEP frame, or as STEP_PART frames when ``split`` (§12.6)."""
+    if not split:
+        return _frame(rec_step, STEP, payload)
+    chunks = [payload[i:i + PART_BYTES] for i in range(0, len(payload), PART_BYTES)]
+    return b"".join(_frame(rec_step, STEP_PART, struct.pack("<IBB", rec_step, k, len(chunks)) + chunk)
+                    for k, chunk in enumerate(chunks))
+
+
+def encode_record(rec: InSituRecord, wide: bool = False) -> bytes:
+    """A STEP record's payload (§12.4); the state as float64 when ``wide`` (§12.6)."""
     def code(v: np.ndarray) -> np.ndarray:
         counts = np.clip(np.rint(np.nan_to_num(v, nan=0.0) / VOLT_LSB), -32767, 32767)
         return np.where(np.isnan(v), NO_VOLTAGE, counts).astype("<i2")
@@ -103,7 +126,7 @@ def encode_record(rec: InSituRecord) -> bytes:
                        rec.train_error, nan if rec.test_error is None else rec.test_error,
                        nan if rec.test_accuracy is None else rec.test_accuracy)
     return (head + code(rec.free).tobytes() + code(rec.clamped).tobytes()
-            + np.asarray(rec.state, dtype="<f4").tobytes())
+            + np.asarray(rec.state, dtype="<f8" if wide else "<f4").tobytes())
 
 
 class InSituFirmware(PotFirmware):
@@ -111,10 +134,13 @@ class InSituFirmware(PotFirmware):
     :class:`PotFirmware` plus §12. ``memory`` is the bytes available for the experiment
     and the buffered records."""
 
-    def __init__(self, physics: ComparatorTwinPhysics, *, memory: int = 6144, **kwargs: object) -> None:
-        super().__init__(physics.network.n_edges, physics.params.taps,
+    def __init__(self, physics: Physics, *, memory: int = 6144, **kwargs: object) -> None:
+        taps = physics.params.taps if isinstance(physics, ComparatorTwinPhysics) else GATE_CODES
+        super().__init__(physics.network.n_edges, taps,
                          name="clln in-situ emulator", **kwargs)  # type: ignore[arg-type]
         self.physics = physics
+        self.wide = self.split = False  # the committed experiment's flag bits 4 and 5
+        self._kept: dict[int, tuple[np.ndarray, dict[str, object]]] = {}  # state after each held record
         self.memory = memory
         self.step = 0  # the step the physics is at
         self.experiment: InSituExperiment | None = None
@@ -146,6 +172,7 @@ class InSituFirmware(PotFirmware):
         """Run ahead to ``acked - 1 + credit`` records and send the new ones."""
         for old in [r for r in self._ring if r < acked]:
             del self._ring[old]
+            self._kept.pop(old, None)
         out = bytearray()
         while self._loop is not None and self._ring_top() < min(acked - 1 + self._credit, self._final):
             rec = next(self._loop, None)
@@ -153,7 +180,8 @@ class InSituFirmware(PotFirmware):
                 self._loop = None
                 break
             self.step = rec.step
-            self._ring[rec.step] = _frame(rec.step, STEP, encode_record(rec))
+            self._ring[rec.step] = record_frames(rec.step, encode_record(rec, self.wide), self.split)
+            self._kept[rec.step] = (self.physics.read_state(), self.physics.state_dict())
             out += self._ring[rec.step]
             self.records_sent += 1
         return bytes(out)
@@ -196,17 +224,21 @@ class InSituFirmware(PotFirmware):
                 self.experiment = parse_experiment(bytes(self._blob))
             except (ValueError, struct.error):
                 return bytes([BAD_EXPERIMENT])
+            self.wide, self.split = bool(self._blob[4] & WIDE_STATE), bool(self._blob[4] & SPLIT)
             return bytes([OK])
         if cmd == GET_STATE:
-            return bytes([OK]) + struct.pack("<I", self.step) + self.physics.read_state().astype("<f4").tobytes()
-        if cmd == SET_STATE:
-            if len(p) != 4 + 4 * m:
+            if p not in (b"", b"\x04", b"\x08"):
                 return bytes([BAD_LENGTH])
-            taps = np.rint(np.frombuffer(p, dtype="<f4", offset=4)).astype(np.int64)
-            if np.any((taps < 0) | (taps >= self.physics.params.taps)):
+            width = "<f8" if p == b"\x08" else "<f4"
+            return bytes([OK]) + struct.pack("<I", self.step) + self.physics.read_state().astype(width).tobytes()
+        if cmd == SET_STATE:
+            if len(p) not in (4 + 4 * m, 4 + 8 * m):
+                return bytes([BAD_LENGTH])
+            state = np.frombuffer(p, dtype="<f4" if len(p) == 4 + 4 * m else "<f8", offset=4).astype(float)
+            (step,) = struct.unpack_from("<I", p)
+            if not self._set_state(step, state):
                 return bytes([OUT_OF_RANGE])
-            self.physics.taps = taps
-            (self.step,) = struct.unpack_from("<I", p)
+            self.step = step
             return bytes([OK])
         if cmd == RUN:
             if len(p) != 10:
@@ -217,15 +249,37 @@ class InSituFirmware(PotFirmware):
             self._loop = run_loop(self.physics, self.experiment, start, n_steps)
             self._first = start if start == 0 else start + 1
             self._final = min(self.experiment.steps, start + n_steps)
-            self._credit, self._ring = credit, {}
+            self._credit, self._ring, self._kept = credit, {}, {}
             return bytes([OK])
         return reply
+
+    def _set_state(self, step: int, state: np.ndarray) -> bool:
+        """Put the edges at ``state``; False (nothing changed) for a state they cannot take.
+        The state kept with record ``step``, when it is this one, comes back whole."""
+        kept = self._kept.get(step)
+        ph = self.physics
+        if kept is not None and np.array_equal(kept[0], state):
+            ph.load_state_dict(kept[1])  # type: ignore[arg-type]
+            return True
+        if not np.all(np.isfinite(state)):
+            return False
+        if isinstance(ph, ComparatorTwinPhysics):
+            taps = np.rint(state).astype(np.int64)
+            if np.any((taps < 0) | (taps >= ph.params.taps)):
+                return False
+            ph.taps = taps
+            return True
+        if np.any((state < 0) | (state > ph.params.rail)):
+            return False
+        fresh = {**ph.state_dict(), "gates": np.tile(state, (2, 1)), "warm": []}
+        ph.load_state_dict(fresh)
+        return True
 
 
 class EmulatedInSituBench:
     """The in-situ device on a pseudo-terminal: ``port`` is the tty the driver opens."""
 
-    def __init__(self, physics: ComparatorTwinPhysics, *, faults: Faults | None = None,
+    def __init__(self, physics: Physics, *, faults: Faults | None = None,
                  memory: int = 6144) -> None:
         self.firmware = InSituFirmware(physics, memory=memory)
         self.link = PtyLink(self.firmware, faults=faults)

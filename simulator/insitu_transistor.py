@@ -102,6 +102,7 @@ class TransistorTwinPhysics:
                  fixed_resistors: list[tuple[int, int, float]] | None = None) -> None:
         self.network = network
         self.params = p = params
+        self._built = (model, bench_seed, noise_seed)  # for replica()
         m = network.n_edges
         gates = np.asarray(gates, dtype=float)
         if gates.shape != (m,):
@@ -209,14 +210,34 @@ class TransistorTwinPhysics:
         return self.gates[0].copy()
 
     def state_dict(self) -> dict[str, Any]:
+        """Gates, readout-noise generator, clock, and the Newton warm starts: a solve's
+        last bits depend on where Newton started, so a resumed run continues bit for bit
+        only from the same starts."""
+        warm = [{"twin": twin, "clamped": clamped, "sources": np.frombuffer(key, dtype=float).copy(),
+                 "voltages": v.copy()} for (twin, clamped, key), v in self._warm.items()]
         return {"gates": self.gates.copy(), "noise": self._noise.bit_generator.state,
-                "time_s": self.time_s}
+                "time_s": self.time_s, "warm": warm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gates = np.asarray(state["gates"], dtype=float).copy()
         self._noise.bit_generator.state = state["noise"]
         self.time_s = float(state["time_s"])
         self._warm.clear()
+        for entry in state.get("warm", ()):  # in their order, so the cache evolves as it would have
+            key = (int(entry["twin"]), bool(entry["clamped"]),
+                   np.asarray(entry["sources"], dtype=float).tobytes())
+            self._warm[key] = np.asarray(entry["voltages"], dtype=float).copy()
+
+    def replica(self) -> TransistorTwinPhysics:
+        """A second bench built from the same parts (same nominal device, bench and noise
+        seeds, fixed resistors) in this one's state: e.g. the device behind an emulated
+        serial link."""
+        model, bench_seed, noise_seed = self._built
+        twin = TransistorTwinPhysics(self.network, model, self.gates[0], self.params,
+                                     bench_seed=bench_seed, noise_seed=noise_seed,
+                                     fixed_resistors=self.fixed_resistors)
+        twin.load_state_dict(self.state_dict())
+        return twin
 
     def parts(self) -> dict[str, Any]:
         """The drawn parts, for the run record."""

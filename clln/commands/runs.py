@@ -215,9 +215,12 @@ def export(
 
 
 def analyze(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique prefix, or 'latest'.")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help=(
+        "Run id, unique prefix, or 'latest'; or a seed 002 experiment file "
+        "(protocols/seed002/limit-cycles.toml)."))],
     out: OutOption = Path("runs"),
-    what: Annotated[str, typer.Option(help="susceptibility | aging | all.")] = "all",
+    what: Annotated[str, typer.Option(help="susceptibility | aging | all; seed002 for an experiment file.")]
+        = "all",
     probes: Annotated[int, typer.Option(
         help="Probes of the randomized susceptibility estimator (above 5,000 nodes).", min=2,
         max=100_000)] = 64,
@@ -226,14 +229,21 @@ def analyze(
         = "ground",
 ) -> None:
     """Seed analyses of a run: susceptibility and cost Hessians (seed 001), learning as
-    aging (seed 000); PNG figures and analysis.json in the run's folder."""
+    aging (seed 000); PNG figures and analysis.json in the run's folder. Given a seed 002
+    experiment file instead: its limit cycles beside the measurements, figures and
+    analysis.json in OUT/analyses/NAME."""
     from clln.analysis.analyze import WHATS, analyze_run, summary_rows
     from clln.compose import rebuild_task
     from clln.controller.errors import UserError
     from clln.protocol import parse_protocol
+    from clln.seed002 import is_limit_cycle_file
 
+    if is_limit_cycle_file(Path(run)) or what == "seed002":
+        _analyze_limit_cycles(Path(run), out, what)
+        return
     if what not in WHATS:
-        raise UserError(f"--what: {what!r} is not allowed; allowed: {', '.join(WHATS)}")
+        raise UserError(f"--what: {what!r} is not allowed; allowed: {', '.join(WHATS)}, seed002 "
+                        "(with an experiment file)")
     store = open_store(out)
     rec = store.run(run)
     task = None
@@ -252,3 +262,28 @@ def analyze(
     for path in outcome.figures:
         print(f"figure: {path}", flush=True)
     print(f"numbers: {outcome.json_path}", flush=True)
+
+
+def _analyze_limit_cycles(path: Path, out: Path, what: str) -> None:
+    """``clln analyze FILE``: seed 002's limit cycles, printed beside the measurements."""
+    from clln.analysis.seed002 import overlay_lines
+    from clln.controller.errors import UserError
+    from clln.seed002 import LimitCycleExperiment, is_limit_cycle_file, progress_line
+
+    if not is_limit_cycle_file(path):
+        raise UserError(f"--what seed002: {str(path)!r} is not a seed 002 experiment file; allowed: a "
+                        ".toml file such as protocols/seed002/limit-cycles.toml")
+    if what not in ("seed002", "all"):
+        raise UserError(f"--what: {what!r} is not allowed for an experiment file; allowed: seed002, all")
+    experiment = LimitCycleExperiment(path)  # validated, measurements read: before anything runs
+    folder = out / "analyses" / experiment.spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]{plain(experiment.spec.name)}[/]: {len(experiment.spec.cycle.taus_s)} periods "
+                  f"on the twin transistor pair")
+    cycles = experiment.cycles(lambda c, cpu: print(progress_line(c, cpu), flush=True))
+    numbers, figures, json_path = experiment.write(cycles, folder)
+    for line in overlay_lines(numbers):
+        print(line, flush=True)
+    for figure in figures:
+        print(f"figure: {figure}", flush=True)
+    print(f"numbers: {json_path}", flush=True)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from clln.benchrun import BenchSession
     from clln.controller.trainer import StepRecord
     from clln.drivers.potbank import FirmwareInfo
+    from clln.insitu import StreamSession
 
 
 def train(
@@ -39,7 +40,8 @@ def train(
     bench: Annotated[Path | None, typer.Option(
         help="Bench file: train on that bench (its network, edges and node roles).")] = None,
     emulate: Annotated[bool, typer.Option(
-        help="With --bench: drive the real driver stack against the emulated bench.")] = False,
+        help="With --bench: drive the real driver stack against the emulated bench. Alone, for "
+             "an in-situ protocol: its simulated bench behind the emulated streaming device.")] = False,
     simulate: Annotated[bool, typer.Option(
         help="With --bench: the bench's model in the fast simulator (no drivers).")] = False,
     traffic_log: Annotated[Path | None, typer.Option(
@@ -64,16 +66,27 @@ def train(
     from clln.runtime import limit_bundled_blas
 
     limit_bundled_blas()
-    if (emulate or simulate or traffic_log) and bench is None:
-        raise UserError("--emulate, --simulate and --traffic-log need --bench BENCH.toml")
+    if (simulate or traffic_log) and bench is None:
+        raise UserError("--simulate and --traffic-log need --bench BENCH.toml")
     if emulate and simulate:
         raise UserError("choose one of --emulate and --simulate")
     if traffic_log is not None and not emulate:
         raise UserError("--traffic-log needs --emulate")
     proto, text = load_protocol(protocol)
-    session: BenchSession | None = None
+    if emulate and bench is None and proto.training.mode != "in-situ":
+        raise UserError("--emulate needs --bench BENCH.toml (alone it applies to training.mode = "
+                        "'in-situ' protocols only)")
+    session: BenchSession | StreamSession | None = None
     firmware: FirmwareInfo | None = None
-    if bench is None:
+    extra: dict[str, Any] = {}
+    if bench is None and emulate:  # the in-situ stream: §12 of PROTOCOL.md against the emulator
+        from clln.insitu import StreamSession
+
+        stream = StreamSession(build_experiment(proto, source=str(protocol), base_dir=protocol.parent,
+                                                seed=seed, steps=steps), str(protocol))
+        session, exp, extra = stream, stream.experiment, stream.info
+        where = "emulated streaming in-situ bench"
+    elif bench is None:
         exp = build_experiment(proto, source=str(protocol), base_dir=protocol.parent, seed=seed,
                                steps=steps)
         where = f"simulator ({exp.backend.describe()['solver']})"
@@ -96,7 +109,6 @@ def train(
         where += f", calibration {used['id']}" if used else ", datasheet tap tables"
     from clln.provenance import collect, lab_meta
 
-    extra: dict[str, Any] = {}
     if bench is not None:
         from clln.resume import bench_info
 
@@ -259,7 +271,8 @@ def resume(
     finally:
         store.close()
     try:
-        where = "simulator" if session is None else f"bench {rec['info']['bench']['path']}"
+        where = ("simulator" if session is None else "emulated streaming in-situ bench"
+                 if "insitu_stream" in rec["info"] else f"bench {rec['info']['bench']['path']}")
         _train(exp, exp.protocol, rec["protocol_text"], Path(rec["protocol_path"] or rec["id"]), out,
                f"resuming at step {rec['steps_done']} on the {where}", resume_id=rec["id"],
                log=(log_file, progress_every))
