@@ -9,15 +9,26 @@ chip-select pin. The host driver opens :attr:`SimavrPotBank.path` like any seria
 (:class:`clln.simulator.bench.EmulatedDaq`) measures the network at the taps the
 firmware actually set. ``EmulatedBench(..., controller=SimavrPotBank(...))`` puts it
 behind the emulated bench in place of the Python firmware.
+
+``build(..., insitu=True)`` compiles the protocol-1.2 firmware with the in-situ mode
+(``make INSITU=1``); :class:`SimavrInSitu` runs it with its analog front end
+(PROTOCOL.md §12.6) served by :class:`AnalogFrontEnd` on the harness's second pty, from a
+:class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics`: the physics model the Python
+emulator of the device (:mod:`clln.simulator.insitu_device`) runs on.
 """
 
 from __future__ import annotations
 
+import binascii
 import os
+import queue
+import select
 import shutil
+import struct
 import subprocess
 import threading
 import time
+import tty
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +37,7 @@ import numpy as np
 import serial
 
 from clln.simulator.bench import dtr_reset_port_class
+from clln.simulator.insitu_pot import ComparatorTwinPhysics
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "drivers" / "firmware"
 TOOLS = ("make", "avr-gcc", "avr-size", "cc")
@@ -34,6 +46,8 @@ TOOLS = ("make", "avr-gcc", "avr-size", "cc")
 MEGA2560_CS = tuple(f"A{b}" for b in range(8)) + tuple(f"C{b}" for b in range(7, -1, -1))
 MCP4131_TAPS = 129  # wiper positions 0..128 (DS22060)
 RESET_CAUSES = ("power", "external", "brownout", "watchdog")
+LEARN_PIN = "E4"  # the in-situ firmware's LEARN enable line: Mega 2560 digital pin 2 is PE4
+SRAM_START = 0x200  # first SRAM byte of the ATmega2560 (after the extended I/O space)
 
 
 class SimavrError(RuntimeError):
@@ -64,13 +78,16 @@ def _make(directory: Path, *args: str) -> str:
     return proc.stdout
 
 
-def build(out: str | Path, *, board: str = "mega2560", n_pots: int = 16, defines: str = "") -> Build:
-    """Compile the firmware (for ``board``, with extra ``-D`` ``defines``) and the harness
-    into ``out``; up-to-date files are not rebuilt."""
+def build(out: str | Path, *, board: str = "mega2560", n_pots: int = 16, defines: str = "",
+          insitu: bool = False) -> Build:
+    """Compile the firmware (for ``board``, with extra ``-D`` ``defines``; with the in-situ
+    mode of protocol 1.2 when ``insitu``) and the harness into ``out``; up-to-date files are
+    not rebuilt."""
     out = Path(out)
-    fw_dir = out / f"{board}-{n_pots}{'-' + defines.replace(' ', '') if defines else ''}"
+    fw_dir = out / (f"{board}-{n_pots}{'-' + defines.replace(' ', '') if defines else ''}"
+                    f"{'-insitu' if insitu else ''}")
     size = _make(FIRMWARE / "potbank", f"BOARD={board}", f"N_POTS={n_pots}", f"BUILD={fw_dir}",
-                 f"EXTRA={defines}")
+                 f"EXTRA={defines}", f"INSITU={1 if insitu else ''}")
     _make(FIRMWARE / "simavr", f"BUILD={out}")
     return Build(fw_dir / "potbank.elf", out / "potbank_sim", size.strip().splitlines()[-1])
 
@@ -113,7 +130,7 @@ class SimavrPotBank:
 
     def __init__(self, build: Build, cs: tuple[str, ...] = MEGA2560_CS, *, mcu: str = "atmega2560",
                  frequency: int = 16_000_000, bootloader: bool = False,
-                 startup_timeout: float = 10.0) -> None:
+                 startup_timeout: float = 10.0, extra_args: tuple[str, ...] = ()) -> None:
         self.taps = np.full(len(cs), -1, dtype=np.int64)
         self.wiper_log: list[tuple[int, int, float]] = []
         self.resets: list[int] = []
@@ -123,9 +140,11 @@ class SimavrPotBank:
         self._synced: set[str] = set()
         self._token = 0
         self._stderr: list[str] = []
+        self.frequency = frequency
+        self.stack_low: int | None = None
         self._proc = subprocess.Popen(
             [str(build.harness), str(build.elf), "-m", mcu, "-f", str(frequency),
-             *(["-b"] if bootloader else []), *cs],
+             *(["-b"] if bootloader else []), *extra_args, *cs],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1)
         self.path = ""
@@ -163,7 +182,14 @@ class SimavrPotBank:
                     self.slow_reads += 1
                 elif parts[0] == "S" and len(parts) == 2:
                     self._synced.add(parts[1])
+                elif parts[0] == "STACK" and len(parts) == 2:
+                    self.stack_low = int(parts[1])
+                else:
+                    self._line(parts)
                 self._cond.notify_all()
+
+    def _line(self, parts: list[str]) -> None:
+        """A harness line this class does not read (subclasses do)."""
 
     def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -187,6 +213,17 @@ class SimavrPotBank:
             if not self._cond.wait_for(lambda: token in self._synced, timeout):
                 raise SimavrError("simavr harness did not answer a sync")
             self._synced.discard(token)
+
+    def lowest_stack(self) -> int:
+        """The lowest stack pointer (SRAM address) the firmware has reached since its last
+        reset; ``lowest_stack() - (SRAM_START + static RAM)`` is the headroom left."""
+        self.sync()
+        self.stack_low = None
+        self._send("stack")
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.stack_low is not None, 5.0):
+                raise SimavrError("simavr harness did not report its stack")
+        return int(self.stack_low)  # type: ignore[arg-type]
 
     def reset(self, cause: str = "external", timeout: float = 5.0) -> None:
         """Reset the MCU: ``external`` (the reset pin: a DTR auto-reset), ``watchdog``,
@@ -234,6 +271,165 @@ class SimavrPotBank:
                     f.close()
                 except OSError:
                     pass
+
+
+class AnalogFrontEnd:
+    """The in-situ controller's analog front end (PROTOCOL.md §12.6), served on the
+    harness's UART1 pty from ``physics``: the twin networks settled at the sources and
+    clamps the firmware sends, their node voltages as the converters read them, and the
+    learning window as long as the firmware held its LEARN line high (simulated CPU
+    cycles, reported by the harness, at ``frequency`` Hz).
+
+    Attributes: ``windows`` (cycles of every learning window), ``requests`` served,
+    ``errors`` (damaged requests, stray windows).
+    """
+
+    INFO, MEASURE, ARM, GET_TAPS, SET_TAPS, RELEASE = range(1, 7)
+    OK, BAD_LENGTH, OUT_OF_RANGE = 0, 2, 3
+
+    def __init__(self, path: str, physics: ComparatorTwinPhysics, frequency: int) -> None:
+        self.physics = physics
+        self.frequency = frequency
+        self.windows: list[int] = []
+        self.requests = 0
+        self.errors: list[str] = []
+        self._pending: queue.Queue[int] = queue.Queue()
+        self._armed: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        roles = physics.network.roles
+        self.n_sources, self.outputs = len(roles.sources), tuple(physics.output_nodes)
+        self._fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self._fd)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def window(self, cycles: int) -> None:
+        """The harness saw LEARN high for ``cycles``: the armed window has ended."""
+        with self._lock:
+            self.windows.append(cycles)
+            if self._armed is None:
+                self.errors.append(f"learning window of {cycles} cycles with nothing armed")
+            else:
+                self._pending.put(cycles)
+
+    def _learn(self) -> None:
+        """Apply the armed window before anything else happens on the bench."""
+        with self._lock:
+            armed = self._armed
+        if armed is None:
+            return
+        try:
+            cycles = self._pending.get(timeout=5.0)
+        except queue.Empty:
+            self.errors.append("armed window never came")
+            cycles = 0
+        with self._lock:
+            self._armed = None
+        sources, clamps, free_clamps = armed
+        if cycles:
+            self.physics.learn(sources, clamps, cycles / self.frequency, free_clamps)
+
+    def _floats(self, data: bytes, offset: int, count: int) -> np.ndarray:
+        return np.frombuffer(data, dtype="<f4", count=count, offset=offset).astype(np.float64)
+
+    def _handle(self, cmd: int, p: bytes) -> bytes:
+        self._learn()
+        ns, no = self.n_sources, len(self.outputs)
+        phys = self.physics
+        m = phys.network.n_edges
+        if cmd == self.INFO:
+            return struct.pack("<BBBHBB", self.OK, phys.network.n_nodes, m, phys.params.taps, ns,
+                               no) + bytes(self.outputs)
+        if cmd in (self.MEASURE, self.ARM):
+            mirrored = cmd == self.ARM and len(p) >= 1 and p[0] & 1
+            clamped = cmd == self.ARM or (len(p) >= 1 and p[0] & 1)
+            need = 1 + 4 * (ns + no * (clamped + bool(mirrored)))
+            if len(p) != need:
+                return bytes([self.BAD_LENGTH])
+            sources = self._floats(p, 1, ns)
+            clamps = self._floats(p, 1 + 4 * ns, no) if clamped else None
+            if cmd == self.ARM:
+                free = self._floats(p, 1 + 4 * (ns + no), no) if mirrored else None
+                with self._lock:
+                    self._armed = (sources, clamps, free)  # type: ignore[assignment]
+                return bytes([self.OK])
+            volts = phys.measure(sources[None], None if clamps is None else clamps[None])[0]
+            return bytes([self.OK]) + volts.astype("<f4").tobytes()
+        if cmd == self.GET_TAPS:
+            return bytes([self.OK]) + phys.taps.astype("<u2").tobytes()
+        if cmd == self.SET_TAPS:
+            if len(p) != 2 * m:
+                return bytes([self.BAD_LENGTH])
+            taps = np.frombuffer(p, dtype="<u2").astype(np.int64)
+            if np.any(taps >= phys.params.taps):
+                return bytes([self.OUT_OF_RANGE])
+            phys.taps = taps
+            return bytes([self.OK])
+        if cmd == self.RELEASE:
+            with self._lock:
+                self._armed = None
+            return bytes([self.OK])
+        return bytes([1])  # unknown
+
+    def _serve(self) -> None:
+        buf = self._buf = bytearray()
+        while not self._closed:
+            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                buf += os.read(self._fd, 4096)
+            except OSError:
+                return
+            while len(buf) >= 4 and len(buf) >= 4 + buf[1]:
+                n = buf[1]
+                frame = bytes(buf[:4 + n])
+                del buf[:4 + n]
+                if binascii.crc_hqx(frame[:2 + n], 0xFFFF) != int.from_bytes(frame[2 + n:], "big"):
+                    self.errors.append("damaged request")
+                    buf.clear()
+                    break
+                self.requests += 1
+                try:
+                    body = self._handle(frame[0], frame[2:2 + n])
+                except Exception as exc:  # noqa: BLE001 - a model error must not stop the server
+                    self.errors.append(f"request {frame[0]}: {exc!r}")
+                    body = bytes([0xFF])
+                head = bytes([frame[0] | 0x80, len(body)]) + body
+                os.write(self._fd, head + binascii.crc_hqx(head, 0xFFFF).to_bytes(2, "big"))
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=1.0)
+        os.close(self._fd)
+
+
+class SimavrInSitu(SimavrPotBank):
+    """The in-situ firmware (``build(..., insitu=True)``) under simavr, its analog front end
+    served from ``physics`` (:class:`AnalogFrontEnd`, attribute ``front_end``). The host
+    driver (:class:`clln.drivers.insitu.InSituBench`) opens :attr:`path`."""
+
+    def __init__(self, build: Build, physics: ComparatorTwinPhysics, **kwargs: Any) -> None:
+        self.front_end: AnalogFrontEnd | None = None
+        self._afe_path = ""
+        super().__init__(build, extra_args=("-a", LEARN_PIN), **kwargs)
+        if not self._afe_path:
+            self.close()
+            raise SimavrError("simavr harness gave no front-end pty (a firmware without -a?)")
+        self.front_end = AnalogFrontEnd(self._afe_path, physics, self.frequency)
+
+    def _line(self, parts: list[str]) -> None:
+        if parts[0] == "PTY1" and len(parts) == 2:
+            self._afe_path = parts[1]
+        elif parts[0] == "L" and len(parts) == 2 and self.front_end is not None:
+            self.front_end.window(int(parts[1]))
+
+    def close(self) -> None:
+        super().close()
+        if self.front_end is not None:
+            self.front_end.close()
+            self.front_end = None
 
 
 def default_build_dir() -> Path:
