@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import serial
 
-from clln.simulator.bench import dtr_reset_port_class
+from clln.simulator.bench import Faults, dtr_reset_port_class
 from clln.simulator.insitu_pot import ComparatorTwinPhysics
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "drivers" / "firmware"
@@ -148,8 +148,10 @@ class SimavrPotBank:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             bufsize=1)
         self.path = ""
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+        self._readers = [threading.Thread(target=self._read_stderr, daemon=True),
+                         threading.Thread(target=self._read_stdout, daemon=True)]
+        for reader in self._readers:
+            reader.start()
         deadline = time.monotonic() + startup_timeout
         with self._cond:
             while not (self.path and self.resets):
@@ -265,6 +267,9 @@ class SimavrPotBank:
             except (SimavrError, subprocess.TimeoutExpired):
                 self._proc.kill()
                 self._proc.wait()
+        for reader in self._readers:  # they end at the pipes' end of file
+            if reader is not threading.current_thread():
+                reader.join(timeout=2.0)
         for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if f is not None:
                 try:
@@ -281,7 +286,10 @@ class AnalogFrontEnd:
     cycles, reported by the harness, at ``frequency`` Hz).
 
     Attributes: ``windows`` (cycles of every learning window), ``requests`` served,
-    ``errors`` (damaged requests, stray windows).
+    ``releases`` (RELEASE requests: a PARK or the watchdog), ``repeats`` (requests the
+    firmware sent again, its reply lost or late), ``damaged`` requests (dropped; the firmware
+    sends them again), ``slowest`` reply (s, wall time),
+    ``errors`` (stray windows, model errors).
     """
 
     INFO, MEASURE, ARM, GET_TAPS, SET_TAPS, RELEASE = range(1, 7)
@@ -292,6 +300,10 @@ class AnalogFrontEnd:
         self.frequency = frequency
         self.windows: list[int] = []
         self.requests = 0
+        self.releases = 0
+        self.repeats = 0
+        self.damaged = 0
+        self.slowest = 0.0  # s, the longest a request waited for its reply here
         self.errors: list[str] = []
         self._pending: queue.Queue[int] = queue.Queue()
         self._armed: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
@@ -367,6 +379,7 @@ class AnalogFrontEnd:
             phys.taps = taps
             return bytes([self.OK])
         if cmd == self.RELEASE:
+            self.releases += 1
             with self._lock:
                 self._armed = None
             return bytes([self.OK])
@@ -374,6 +387,7 @@ class AnalogFrontEnd:
 
     def _serve(self) -> None:
         buf = self._buf = bytearray()
+        last = b""
         while not self._closed:
             ready, _, _ = select.select([self._fd], [], [], 0.1)
             if not ready:
@@ -382,21 +396,25 @@ class AnalogFrontEnd:
                 buf += os.read(self._fd, 4096)
             except OSError:
                 return
-            while len(buf) >= 4 and len(buf) >= 4 + buf[1]:
-                n = buf[1]
-                frame = bytes(buf[:4 + n])
-                del buf[:4 + n]
-                if binascii.crc_hqx(frame[:2 + n], 0xFFFF) != int.from_bytes(frame[2 + n:], "big"):
-                    self.errors.append("damaged request")
+            while len(buf) >= 5 and len(buf) >= 5 + buf[2]:  # cmd, seq, len, payload, CRC
+                n = buf[2]
+                frame = bytes(buf[:5 + n])
+                del buf[:5 + n]
+                if binascii.crc_hqx(frame[:3 + n], 0xFFFF) != int.from_bytes(frame[3 + n:], "big"):
+                    self.damaged += 1  # a byte lost or spoilt: the firmware will ask again
                     buf.clear()
                     break
                 self.requests += 1
+                self.repeats += frame == last  # the firmware sent it again: a reply went astray
+                last = frame
+                started = time.monotonic()
                 try:
-                    body = self._handle(frame[0], frame[2:2 + n])
+                    body = self._handle(frame[0], frame[3:3 + n])
                 except Exception as exc:  # noqa: BLE001 - a model error must not stop the server
                     self.errors.append(f"request {frame[0]}: {exc!r}")
                     body = bytes([0xFF])
-                head = bytes([frame[0] | 0x80, len(body)]) + body
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                head = bytes([frame[0] | 0x80, frame[1], len(body)]) + body
                 os.write(self._fd, head + binascii.crc_hqx(head, 0xFFFF).to_bytes(2, "big"))
 
     def close(self) -> None:
@@ -419,6 +437,16 @@ class SimavrInSitu(SimavrPotBank):
             raise SimavrError("simavr harness gave no front-end pty (a firmware without -a?)")
         self.front_end = AnalogFrontEnd(self._afe_path, physics, self.frequency)
 
+    @classmethod
+    def twin_of(cls, bench: Any, build: Build, **kwargs: Any) -> SimavrInSitu:
+        """The firmware on a front end with the parts (drawn from the same bench seed) and
+        the taps of a simulated comparator-twin bench
+        (:class:`~clln.simulator.insitu_pot.ComparatorTwinBench`) as it stands now."""
+        p = bench.physics
+        physics = ComparatorTwinPhysics(p.network, p.taps, p.params,
+                                        bench_seed=bench.describe()["bench_seed"])
+        return cls(build, physics, **kwargs)
+
     def _line(self, parts: list[str]) -> None:
         if parts[0] == "PTY1" and len(parts) == 2:
             self._afe_path = parts[1]
@@ -430,6 +458,33 @@ class SimavrInSitu(SimavrPotBank):
         if self.front_end is not None:
             self.front_end.close()
             self.front_end = None
+
+
+class FaultyPort:
+    """An open serial port whose bytes, both ways, suffer ``faults``
+    (:class:`clln.simulator.bench.Faults`: lost, or a bit flipped): the host's side of a
+    noisy link to the simulated board."""
+
+    def __init__(self, port: serial.Serial, faults: Faults) -> None:
+        self._port = port
+        self.faults = faults
+
+    def read(self, size: int = 1) -> bytes:
+        return self.faults.apply(self._port.read(size))
+
+    def write(self, data: bytes) -> int | None:
+        return self._port.write(self.faults.apply(bytes(data)))
+
+    @property
+    def timeout(self) -> float | None:
+        return self._port.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._port.timeout = value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
 
 
 def default_build_dir() -> Path:

@@ -29,7 +29,7 @@ enum InSituCmd : uint8_t { CMD_EXP_BEGIN = 0x0A, CMD_EXP_CHUNK, CMD_EXP_COMMIT, 
 #ifndef INSITU_MAX_EDGES
 #define INSITU_MAX_EDGES 24
 #endif
-const uint8_t INSITU_MAX_PORTS = 8;          // sources, and clamped outputs
+const uint8_t INSITU_MAX_PORTS = 4;          // sources, and clamped outputs
 const uint16_t INSITU_TICK_NS = 500;         // Timer1 at 16 MHz / 8
 const uint32_t INSITU_MAX_TICKS = 65535;     // a 16-bit compare register
 const uint16_t INSITU_RECORD_MAX = 512;      // one record per frame

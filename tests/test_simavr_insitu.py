@@ -1,0 +1,250 @@
+"""The compiled in-situ firmware (drivers/firmware/potbank built with INSITU=1 for the Mega
+2560, protocol 1.2) under simavr, driven by the project's driver (clln.drivers.insitu)
+over the harness's pty. Its analog front end is served on the harness's second pty by
+the comparator-twin physics the Python emulator of the device runs on, so the compiled
+loop is compared with the Python one on the same physics model."""
+
+from __future__ import annotations
+
+import binascii
+import re
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_tool
+
+from clln.compose import Experiment, build_experiment
+from clln.controller.insitu import InSituRecord
+from clln.drivers.errors import DriverError, FirmwareError
+from clln.drivers.insitu import VOLT_LSB, InSituBench, InSituCmd, encode_experiment
+from clln.drivers.potbank import open_port
+from clln.insitu import emulated_stream, insitu_experiment
+from clln.protocol import parse_protocol
+from clln.simulator import avr
+from clln.simulator.bench import Faults
+
+pytestmark = pytest.mark.slow  # subprocesses: left out of -m "not slow"
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
+BAD_EXPERIMENT, OUT_OF_RANGE = 0x07, 0x03
+RAMEND = 0x21FF  # last SRAM byte of the ATmega2560
+FIRMWARE_SHARE = 2048  # PROTOCOL.md §12.2: what the firmware may use beside the 6144 bytes
+CYCLES_PER_TICK = 8  # Timer1 at 16 MHz / 8
+
+
+def experiment(steps: int, **insitu: str) -> Experiment:
+    """insitu-pot-regression at noise off, 4 training and 8 test samples, with
+    ``[training.insitu]`` keys replaced or added."""
+    text = (TEXT.replace("train = 8", "train = 4").replace("test = 40", "test = 8")
+            .replace("steps = 60", f"steps = {steps}").replace("test_every = 10", "test_every = 4")
+            .replace("noise_rms = 1e-3", "noise_rms = 0.0"))
+    for key, value in insitu.items():
+        line = f"{key} = {value}"
+        text, found = re.subn(rf"^{key} = .*$", line, text, flags=re.M)
+        if not found:
+            text = text.replace("[training.insitu]\n", f"[training.insitu]\n{line}\n")
+    return build_experiment(parse_protocol(text, "p.toml"), source="p.toml", base_dir=ROOT)
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> avr.Build:
+    require_tool("make", "avr-gcc", "avr-size", "cc", "simavr")
+    missing = avr.missing_tools()
+    if missing:
+        require_tool(*missing)
+    return avr.build(tmp_path_factory.mktemp("avr-insitu"), insitu=True)
+
+
+class Device:
+    """The simulated board (harness, front end) and the driver connected to it."""
+
+    def __init__(self, build: avr.Build, exp: Experiment, faults: Faults | None = None,
+                 **options: object) -> None:
+        bench = exp.backend.physics  # type: ignore[attr-defined]
+        self.sim = avr.SimavrInSitu.twin_of(exp.backend, build)  # the same parts and taps
+        assert self.sim.front_end is not None
+        self.physics = self.sim.front_end.physics
+        port = open_port(self.sim.path)
+        self.port = port if faults is None else avr.FaultyPort(port, faults)
+        self.driver = InSituBench(self.port, bench.network, bench.nominal_table(),  # type: ignore[arg-type]
+                                  **options)  # type: ignore[arg-type]
+        self.driver.bank.reply_timeout = 0.5  # a step can take a second on a loaded machine
+        self.driver.connect()
+
+    def close(self) -> None:
+        self.port.close()
+        self.sim.close()
+
+
+@pytest.fixture
+def device_factory(firmware: avr.Build) -> Iterator:  # type: ignore[type-arg]
+    made: list[Device] = []
+
+    def make(exp: Experiment, faults: Faults | None = None, **options: object) -> Device:
+        made.append(Device(firmware, exp, faults, record_timeout=0.05, **options))
+        return made[-1]
+
+    yield make
+    for device in made:
+        device.close()
+
+
+def python_records(exp: Experiment, credit: int) -> list[InSituRecord]:
+    """The whole experiment on the Python emulator of the device, over its pty."""
+    ex = insitu_experiment(exp.protocol, exp.task, exp.config.steps, "p.toml")
+    device, driver = emulated_stream(exp, credit=credit)
+    try:
+        return list(driver.run_insitu(ex, 0, ex.steps))
+    finally:
+        device.close()
+
+
+def device_step(dev: Device) -> int:
+    """The step the device is at (GET_STATE)."""
+    return struct.unpack_from("<I", dev.driver.bank._exchange(InSituCmd.GET_STATE))[0]
+
+
+def static_ram(build: avr.Build) -> int:
+    return int(re.search(r"static RAM (\d+)", build.size).group(1))  # type: ignore[union-attr]
+
+
+SCHEDULES = {
+    # every sample teaches, one window per sample; 1 % of the bytes corrupted both ways
+    "plain, noisy link": ({}, Faults(corrupt=0.01, seed=5)),
+    # hinge gating, NOR, anti-clamp, an eta schedule through a 10x amplifier, a window
+    # schedule
+    "hinge NOR anti-clamp amplified": (
+        {"hinge": "true", "margin": "0.08", "normalise": "true", "anti_clamp": "true",
+         "amplifier_gain": "10.0", "eta": "[0.5, 0.5, 0.5, 2.0, 2.0, 2.0, 2.0, 0.75]",
+         "learn_time_us": "[500.0, 500.0, 500.0, 500.0, 400.0, 400.0, 400.0, 400.0]"}, None),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_compiled_firmware_runs_the_loop_of_the_python_emulator(device_factory, firmware: avr.Build,
+                                                                 name: str) -> None:
+    """The same experiment, noise off, on the compiled firmware and on the Python emulator:
+    identical taps after every step; the same samples teach; node voltages within one
+    250 uV count (the firmware rounds f32 volts, the emulator f64); errors within f32
+    rounding; every learning window 8 ticks' cycles to within one tick (Timer1)."""
+    keys, faults = SCHEDULES[name]
+    steps = 8
+    exp = experiment(steps, **keys)
+    ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
+    dev = device_factory(exp, faults, credit=4)
+    compiled = list(dev.driver.run_insitu(ex, 0, steps))
+    emulated = python_records(exp, credit=4)
+    assert [r.step for r in compiled] == list(range(steps + 1))  # every record, in order
+    assert np.count_nonzero(compiled[-1].state != compiled[0].state) >= 3  # the taps moved
+    windows = []
+    for fw, py in zip(compiled, emulated, strict=True):
+        np.testing.assert_array_equal(fw.state, py.state)
+        assert fw.n_teaching == py.n_teaching
+        assert fw.eta == pytest.approx(py.eta, rel=1e-6)
+        assert fw.window_s == pytest.approx(py.window_s, rel=1e-6)
+        assert fw.train_error == pytest.approx(py.train_error, rel=1e-5)
+        assert (fw.test_error is None) == (py.test_error is None)
+        if py.test_error is not None:
+            assert fw.test_error == pytest.approx(py.test_error, rel=1e-5)
+        for a, b in ((fw.free, py.free), (fw.clamped, py.clamped)):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=VOLT_LSB * 1.001)
+        windows += [round(py.window_s / 0.5e-6)] * py.n_teaching
+    if "NOR" in name:
+        assert len({r.window_s for r in compiled[1:]}) > 2  # NOR and the schedule did vary it
+        assert any(r.n_teaching < 4 for r in compiled[1:])  # hinge gating did gate
+    # every window the front end saw: LEARN high for 8 cycles per tick, to within one tick
+    cycles = np.array(dev.sim.front_end.windows)
+    assert len(cycles) == len(windows) and not dev.sim.front_end.errors
+    extra = cycles - CYCLES_PER_TICK * np.array(windows)
+    assert np.all((extra >= 0) & (extra < CYCLES_PER_TICK)), extra
+    if faults is not None:
+        assert dev.driver.resends > 0  # the faults did hit
+    # the stack never reached the static data, and the firmware kept to its 2048 bytes
+    lowest = dev.sim.lowest_stack()
+    ram = static_ram(firmware)
+    assert lowest > avr.SRAM_START + ram
+    assert ram - 6144 + (RAMEND - lowest) <= FIRMWARE_SHARE
+
+
+def test_download_refuses_a_corrupted_or_foreign_experiment(device_factory) -> None:
+    exp = experiment(4)
+    ex = insitu_experiment(exp.protocol, exp.task, 4, "p.toml")
+    dev = device_factory(exp)
+    bank = dev.driver.bank
+    dev.driver.download(ex)  # committed: its CRC and layout check out
+    blob = bytearray(encode_experiment(ex))
+
+    def send(data: bytes, crc: int) -> None:
+        bank._exchange(InSituCmd.EXP_BEGIN, struct.pack("<IH", len(data), crc))
+        for offset in range(0, len(data), 64):
+            bank._exchange(InSituCmd.EXP_CHUNK, struct.pack("<I", offset) + data[offset:offset + 64])
+        bank._exchange(InSituCmd.EXP_COMMIT)
+
+    good_crc = binascii.crc_hqx(bytes(blob), 0xFFFF)
+    blob[60] ^= 0x10  # one bit flipped on its way, CRC of the original
+    with pytest.raises(FirmwareError) as info:
+        send(bytes(blob), good_crc)
+    assert info.value.status == BAD_EXPERIMENT
+    blob[60] ^= 0x10
+    blob[9] = 3  # three sources: not what this front end has; the CRC matches
+    with pytest.raises(FirmwareError) as info:
+        send(bytes(blob), binascii.crc_hqx(bytes(blob), 0xFFFF))
+    assert info.value.status == BAD_EXPERIMENT
+    with pytest.raises(FirmwareError) as info:  # nothing committed: no run
+        bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 0, 4, 4))
+    assert info.value.status == OUT_OF_RANGE
+    with pytest.raises(FirmwareError) as info:  # beyond the 6144 bytes of §12.2
+        bank._exchange(InSituCmd.EXP_BEGIN, struct.pack("<IH", 6145, 0))
+    assert info.value.status == OUT_OF_RANGE
+    with pytest.raises(FirmwareError) as info:  # a chunk past the announced size
+        bank._exchange(InSituCmd.EXP_BEGIN, struct.pack("<IH", 100, 0))
+        bank._exchange(InSituCmd.EXP_CHUNK, struct.pack("<I", 90) + bytes(11))
+    assert info.value.status == OUT_OF_RANGE
+    assert dev.sim.front_end.windows == []  # nothing ever learned
+
+
+def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
+    """Credit 2: the device runs at most two records ahead of the host. The host stops
+    after record 3 and checkpoints; GET_STATE reports the step the device ran ahead to and
+    its taps; SET_STATE and RUN continue from the checkpoint to the uninterrupted result.
+    PARK ends a run: learning disarmed, the host pauses."""
+    steps = 8
+    exp = experiment(steps)
+    ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
+    dev = device_factory(exp, credit=2)
+    uninterrupted = [r.state for r in exp.backend.run_insitu(ex, 0, steps)]
+    stream = dev.driver.run_insitu(ex, 0, steps)
+    first = [next(stream) for _ in range(4)]
+    stream.close()  # the host stops after record 3
+    deadline = time.monotonic() + 30.0
+    while device_step(dev) < 5 and time.monotonic() < deadline:
+        # it holds 0..3, so the device may reach record 5; an ACK lost is sent again
+        dev.driver._send(InSituCmd.ACK, struct.pack("<I", 4))
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert device_step(dev) == 3 + 2  # ran ahead exactly as far as the credit allows
+    np.testing.assert_array_equal(dev.driver.read_state(), dev.physics.taps)  # the front end's taps
+    np.testing.assert_array_equal(dev.physics.taps, uninterrupted[5])
+    np.testing.assert_array_equal(first[3].state, uninterrupted[3])
+    dev.driver.load_state_dict({"state": first[3].state})  # the host's checkpoint
+    rest = list(dev.driver.run_insitu(ex, 3, steps - 3))
+    assert [r.step for r in rest] == list(range(4, steps + 1))
+    for rec in rest:
+        np.testing.assert_array_equal(rec.state, uninterrupted[rec.step])
+    # PARK mid-run: the device stops, learning is disarmed, the host gives up and pauses
+    dev.driver.load_state_dict({"state": first[3].state})
+    stream = dev.driver.run_insitu(ex, 3, steps - 3)
+    assert next(stream).step == 4
+    releases = dev.sim.front_end.releases
+    dev.driver.retries = 5
+    dev.driver.safe()
+    with pytest.raises(DriverError, match="did not arrive after 5 requests; the run is paused"):
+        list(stream)
+    assert dev.sim.front_end.releases > releases
+    assert device_step(dev) < steps  # the run ended before its last step
