@@ -287,7 +287,8 @@ class AnalogFrontEnd:
 
     Attributes: ``windows`` (cycles of every learning window), ``requests`` served,
     ``releases`` (RELEASE requests: a PARK or the watchdog), ``repeats`` (requests the
-    firmware sent again, its reply lost or late), ``damaged`` requests (dropped; the firmware
+    firmware sent again, its reply lost, damaged or late: answered again, not executed
+    again), ``damaged`` requests (dropped; the firmware
     sends them again), ``slowest`` reply (s, wall time),
     ``errors`` (stray windows, model errors).
     """
@@ -387,7 +388,7 @@ class AnalogFrontEnd:
 
     def _serve(self) -> None:
         buf = self._buf = bytearray()
-        last = b""
+        last = reply = b""
         while not self._closed:
             ready, _, _ = select.select([self._fd], [], [], 0.1)
             if not ready:
@@ -405,8 +406,10 @@ class AnalogFrontEnd:
                     buf.clear()
                     break
                 self.requests += 1
-                self.repeats += frame == last  # the firmware sent it again: a reply went astray
-                last = frame
+                if frame == last:  # a retry (same seq): its reply went astray, send it again
+                    self.repeats += 1
+                    os.write(self._fd, reply)
+                    continue
                 started = time.monotonic()
                 try:
                     body = self._handle(frame[0], frame[3:3 + n])
@@ -415,7 +418,8 @@ class AnalogFrontEnd:
                     body = bytes([0xFF])
                 self.slowest = max(self.slowest, time.monotonic() - started)
                 head = bytes([frame[0] | 0x80, frame[1], len(body)]) + body
-                os.write(self._fd, head + binascii.crc_hqx(head, 0xFFFF).to_bytes(2, "big"))
+                last, reply = frame, head + binascii.crc_hqx(head, 0xFFFF).to_bytes(2, "big")
+                os.write(self._fd, reply)
 
     def close(self) -> None:
         self._closed = True

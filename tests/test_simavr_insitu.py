@@ -213,7 +213,7 @@ def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
     """Credit 2: the device runs at most two records ahead of the host. The host stops
     after record 3 and checkpoints; GET_STATE reports the step the device ran ahead to and
     its taps; SET_STATE and RUN continue from the checkpoint to the uninterrupted result.
-    PARK ends a run: learning disarmed, the host pauses."""
+    PARK ends a run: learning disarmed, the host pauses; so does the watchdog."""
     steps = 8
     exp = experiment(steps)
     ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
@@ -248,3 +248,16 @@ def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
         list(stream)
     assert dev.sim.front_end.releases > releases
     assert device_step(dev) < steps  # the run ended before its last step
+    # the watchdog ends a run whose host went silent, as PARK does
+    dev.driver.retries = 200
+    dev.driver.bank.set_watchdog(300)
+    dev.driver.load_state_dict({"state": first[3].state})
+    stream = dev.driver.run_insitu(ex, 3, steps - 3)
+    assert next(stream).step == 4
+    releases = dev.sim.front_end.releases
+    deadline = time.monotonic() + 30.0
+    while dev.sim.front_end.releases == releases and time.monotonic() < deadline:
+        time.sleep(0.1)  # the host says nothing
+    status = dev.driver.bank.status()
+    assert status.watchdog_tripped and status.parked
+    assert device_step(dev) <= 4 + 2  # it stopped within its credit, before the last step

@@ -99,7 +99,7 @@ class InSitu {
         uint32_t offset = get32(p);
         if (offset > size_ || n - 4 > size_ - offset) return status(r, ST_OUT_OF_RANGE);
         memcpy(arena_ + offset, p + 4, n - 4);
-        committed_ = false;
+        committed_ = running_ = false;
         return status(r, ST_OK);
       }
       case CMD_EXP_COMMIT:
@@ -162,6 +162,7 @@ class InSitu {
   }
 
   uint32_t step() const { return step_; }
+  bool running() const { return running_; }
 
  private:
   static uint16_t status(uint8_t* r, uint8_t s) { r[0] = s; return 1; }

@@ -107,6 +107,7 @@ struct InSituExtension {  // the controller's hooks into the in-situ mode
     return insitu.execute(cmd, p, n, r, handshake);
   }
   static void park() { insitu.park(); }
+  static bool active() { return insitu.running(); }
 };
 potbank::Controller<N_POTS, InSituExtension, potbank::INSITU_REQUEST_MAX, potbank::INSITU_REPLY_MAX>
     controller({write_tap, read_tap, send, now_ms}, N_TAPS, BOARD_NAME);

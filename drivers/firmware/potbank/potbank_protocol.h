@@ -84,6 +84,9 @@ struct NoExtension {
   // Execute a request into r (status first): the reply length, or -1 when cmd is unknown.
   static int32_t execute(uint8_t, const uint8_t*, uint16_t, uint8_t*, bool) { return -1; }
   static void park() {}
+  // Whether the extension drives the bench (a run): the watchdog then watches the host
+  // as it does an unparked chain.
+  static bool active() { return false; }
 };
 
 // EXT: the extension; REQUEST_MAX and REPLY_MAX: its largest request and reply payloads.
@@ -131,7 +134,7 @@ class Controller {
 
   void tick() {  // the watchdog and the boot guard (PROTOCOL.md §7)
     uint32_t now = hw_.millis();
-    if (handshake_ && watchdog_ms_ && !parked_ && now - last_valid_ > watchdog_ms_) {
+    if (handshake_ && watchdog_ms_ && (!parked_ || EXT::active()) && now - last_valid_ > watchdog_ms_) {
       park(); tripped_ = true;
     }
     if (boot_guard_ && now - start_ > BOOT_GUARD_MS) { park(); tripped_ = true; }

@@ -30,6 +30,12 @@
  *   stack
  *   quit
  *
+ * Each UART is bridged to its pseudo-terminal by the simulation thread itself (not by
+ * simavr's uart_pty, whose own thread feeds the simulated UART concurrently with the
+ * simulation and loses or garbles bytes under load): bytes the firmware sends go to the
+ * pty as they leave the UART, bytes from the pty enter the UART's receive FIFO while it
+ * signals room (XON).
+ *
  * Simulated time is paced to wall-clock time, so the firmware's millis() counts real
  * milliseconds (a simulation slower than real time runs as fast as it can and says so
  * on stderr when it ends).
@@ -67,7 +73,9 @@
 #include "sim_regbit.h"
 #include "avr_ioport.h"
 #include "avr_spi.h"
-#include "uart_pty.h"
+#include "avr_uart.h"
+#include <pty.h>
+#include <termios.h>
 
 #define MAX_POTS 64
 #define POR_WIPER 0x040
@@ -147,6 +155,79 @@ static void learn_changed(struct avr_irq_t* irq, uint32_t value, void* param) {
     fflush(stdout);
     learn_rise = 0;
   }
+}
+
+/* A UART bridged to a pty, pumped from the simulation thread. */
+typedef struct {
+  char uart;
+  int master;
+  char slave[64];
+  int xon;
+  uint8_t pending[4096];
+  size_t len, done;
+  unsigned long dropped;  /* bytes for the host lost because nobody read the pty */
+} bridge_t;
+
+static bridge_t bridges[2];
+static int n_bridges;
+
+static void bridge_from_avr(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq;
+  bridge_t* b = (bridge_t*)param;
+  uint8_t c = (uint8_t)value;
+  if (write(b->master, &c, 1) != 1) b->dropped++;
+}
+
+static void bridge_xon(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq; (void)value;
+  ((bridge_t*)param)->xon = 1;
+}
+
+static void bridge_xoff(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq; (void)value;
+  ((bridge_t*)param)->xon = 0;
+}
+
+static int bridge_open(bridge_t* b, char uart) {
+  int slave;
+  b->uart = uart;
+  b->xon = 1;
+  if (openpty(&b->master, &slave, b->slave, NULL, NULL) < 0) return -1;
+  struct termios tio;
+  tcgetattr(b->master, &tio);
+  cfmakeraw(&tio);
+  tcsetattr(b->master, TCSANOW, &tio);
+  (void)slave;  /* kept open, as a terminal whose other end is always there */
+  fcntl(b->master, F_SETFL, fcntl(b->master, F_GETFL) | O_NONBLOCK);
+  uint32_t flags = 0;  /* no stdio echo of the UART */
+  avr_ioctl(avr, AVR_IOCTL_UART_GET_FLAGS(uart), &flags);
+  flags &= ~AVR_UART_FLAG_STDIO;
+  avr_ioctl(avr, AVR_IOCTL_UART_SET_FLAGS(uart), &flags);
+  return 0;
+}
+
+static void bridge_attach(bridge_t* b) {
+  avr_irq_t* out = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUTPUT);
+  avr_irq_t* xon = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUT_XON);
+  avr_irq_t* xoff = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUT_XOFF);
+  avr_irq_unregister_notify(out, bridge_from_avr, b);
+  avr_irq_register_notify(out, bridge_from_avr, b);
+  avr_irq_unregister_notify(xon, bridge_xon, b);
+  avr_irq_register_notify(xon, bridge_xon, b);
+  avr_irq_unregister_notify(xoff, bridge_xoff, b);
+  avr_irq_register_notify(xoff, bridge_xoff, b);
+}
+
+/* Bytes from the host into the UART's receive FIFO, while it has room. */
+static void bridge_pump(bridge_t* b) {
+  if (b->done == b->len) {
+    ssize_t n = read(b->master, b->pending, sizeof b->pending);
+    if (n <= 0) return;
+    b->len = (size_t)n;
+    b->done = 0;
+  }
+  avr_irq_t* in = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_INPUT);
+  while (b->xon && b->done < b->len) avr_raise_irq(in, b->pending[b->done++]);
 }
 
 static int valid_combination(unsigned addr, unsigned cmd) {
@@ -257,6 +338,7 @@ static void attach(void) {
     avr_irq_unregister_notify(cs, cs_changed, &pots[i]);
     avr_irq_register_notify(cs, cs_changed, &pots[i]);
   }
+  for (int i = 0; i < n_bridges; i++) bridge_attach(&bridges[i]);
   if (learn_port) {
     avr_irq_t* learn = avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ(learn_port), learn_bit);
     avr_irq_unregister_notify(learn, learn_changed, NULL);
@@ -373,12 +455,9 @@ int main(int argc, char** argv) {
   avr_load_firmware(avr, &fw);
   avr->frequency = freq;
 
-  static uart_pty_t pty, pty1;
-  uart_pty_init(avr, &pty);
-  uart_pty_connect(&pty, '0');
-  if (learn_port) {
-    uart_pty_init(avr, &pty1);
-    uart_pty_connect(&pty1, '1');
+  if (bridge_open(&bridges[n_bridges++], '0') < 0 || (learn_port && bridge_open(&bridges[n_bridges++], '1') < 0)) {
+    fprintf(stderr, "potbank_sim: cannot open a pty: %s\n", strerror(errno));
+    return 2;
   }
 
   spi_in = avr_io_getirq(avr, AVR_IOCTL_SPI_GETIRQ(0), SPI_IRQ_INPUT);
@@ -392,8 +471,8 @@ int main(int argc, char** argv) {
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
   signal(SIGPIPE, SIG_IGN);
 
-  printf("PTY %s\n", pty.pty.slavename);
-  if (learn_port) printf("PTY1 %s\n", pty1.pty.slavename);
+  printf("PTY %s\n", bridges[0].slave);
+  if (learn_port) printf("PTY1 %s\n", bridges[1].slave);
   for (int i = 0; i < n_pots; i++) printf("W %d %u 0.000\n", i, (unsigned)pots[i].wiper);
   fflush(stdout);
   do_reset(0x01, 1);  /* power-on */
@@ -406,11 +485,10 @@ int main(int argc, char** argv) {
       if (sp < min_sp) min_sp = sp;
       if (state == cpu_Done || state == cpu_Crashed) {
         fprintf(stderr, "potbank_sim: the MCU stopped (state %d)\n", state);
-        uart_pty_stop(&pty);
-        if (learn_port) uart_pty_stop(&pty1);
         return 1;
       }
     }
+    for (int i = 0; i < n_bridges; i++) bridge_pump(&bridges[i]);
     double lead_ms = sim_ms() - (double)(wall_ns() - reset_wall_ns) / 1e6;
     if (lead_ms > 1.0) usleep((useconds_t)(lead_ms * 1000.0));
     else if (-lead_ms > behind_ms) behind_ms = -lead_ms;
@@ -419,7 +497,7 @@ int main(int argc, char** argv) {
     if (poll_stdin()) break;
   }
   if (behind_ms > 5.0) fprintf(stderr, "potbank_sim: simulation fell up to %.1f ms behind real time\n", behind_ms);
-  uart_pty_stop(&pty);
-  if (learn_port) uart_pty_stop(&pty1);
+  for (int i = 0; i < n_bridges; i++)
+    if (bridges[i].dropped) fprintf(stderr, "potbank_sim: UART%c: %lu bytes nobody read\n", bridges[i].uart, bridges[i].dropped);
   return 0;
 }
