@@ -84,7 +84,7 @@ def insitu(args: argparse.Namespace) -> None:
     rel = [abs(a.train_error - b.train_error) / b.train_error for a, b in zip(compiled, python)]
     print(f"train error: largest relative difference {max(rel):.1e} (f32 against f64)")
     ticks = np.concatenate([[round(b.window_s / 0.5e-6)] * b.n_teaching for b in python])
-    extra = np.array(afe.windows) - 8 * ticks
+    extra = np.array(afe.windows, dtype=np.int64) - 8 * ticks.astype(np.int64)
     print(f"learning windows: {len(afe.windows)} (Python loop: {ticks.size}); LEARN high for "
           f"8 cycles per tick plus {extra.min()}..{extra.max()} cycles")
     ram = int(re.search(r"static RAM (\d+)", build.size).group(1))  # type: ignore[union-attr]

@@ -53,10 +53,8 @@ def experiment(steps: int, **insitu: str) -> Experiment:
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory: pytest.TempPathFactory) -> avr.Build:
-    require_tool("make", "avr-gcc", "avr-size", "cc", "simavr")
-    missing = avr.missing_tools()
-    if missing:
-        require_tool(*missing)
+    require_tool("simavr", *avr.TOOLS)
+    require_tool(*avr.missing_tools())  # libraries and headers; nothing when all are there
     return avr.build(tmp_path_factory.mktemp("avr-insitu"), insitu=True)
 
 
@@ -131,7 +129,8 @@ def test_compiled_firmware_runs_the_loop_of_the_python_emulator(device_factory, 
     """The same experiment, noise off, on the compiled firmware and on the Python emulator:
     identical taps after every step; the same samples teach; node voltages within one
     250 uV count (the firmware rounds f32 volts, the emulator f64); errors within f32
-    rounding; every learning window 8 ticks' cycles to within one tick (Timer1)."""
+    rounding; every learning window's LEARN high time 8 CPU cycles per Timer1 tick, to
+    within one tick."""
     keys, faults = SCHEDULES[name]
     steps = 8
     exp = experiment(steps, **keys)
@@ -177,6 +176,8 @@ def test_download_refuses_a_corrupted_or_foreign_experiment(device_factory) -> N
     ex = insitu_experiment(exp.protocol, exp.task, 4, "p.toml")
     dev = device_factory(exp)
     bank = dev.driver.bank
+    assert bank.info is not None and bank.info.version == (1, 2)  # HELLO: minor 2
+    assert bank.info.name == "clln in-situ controller mega2560"
     dev.driver.download(ex)  # committed: its CRC and layout check out
     blob = bytearray(encode_experiment(ex))
 
