@@ -11,14 +11,16 @@ import re
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import require_tool
 
-from clln.compose import Experiment, build_experiment
+from clln.compose import Experiment, build_experiment, resume_training, run_training
 from clln.controller.insitu import InSituRecord
+from clln.controller.store import RunStore
 from clln.drivers.errors import DriverError, FirmwareError
 from clln.drivers.insitu import VOLT_LSB, InSituBench, InSituCmd, encode_experiment
 from clln.drivers.potbank import open_port
@@ -262,3 +264,35 @@ def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
     status = dev.driver.bank.status()
     assert status.watchdog_tripped and status.parked
     assert device_step(dev) <= 4 + 2  # it stopped within its credit, before the last step
+
+
+def test_a_run_on_the_compiled_firmware_is_recorded_and_resumed_like_any_run(device_factory,
+                                                                            tmp_path: Path) -> None:
+    """The trainer's in-situ mode on the compiled firmware: every streamed step lands in
+    the run store; stopped after step 3 and resumed, the run ends with the taps of an
+    uninterrupted run on the simulator."""
+    steps = 6
+    exp = experiment(steps)
+    ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
+    dev = device_factory(exp, credit=3)
+    expected = list(experiment(steps).backend.run_insitu(ex, 0, steps))[-1].state
+    calls = {"n": 0}
+
+    def stop_at_3() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    streamed = replace(exp, backend=dev.driver)
+    with RunStore(tmp_path) as store:
+        part = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml",
+                            should_stop=stop_at_3)
+        assert (part.status, part.result.steps_done) == ("interrupted", 3)
+        done = resume_training(streamed, store, part.run_id)
+        hist = store.history(part.run_id)
+        run = store.run(part.run_id)
+    assert done.status == "completed"
+    assert list(hist.steps) == list(range(1, steps + 1))
+    assert run["backend"]["kind"] == "insitu-serial"
+    assert "clln in-situ controller mega2560" in run["backend"]["firmware"]
+    np.testing.assert_array_equal(run["final_taps"], expected)
+    np.testing.assert_array_equal(dev.physics.taps, expected)  # what the front end's edges hold
