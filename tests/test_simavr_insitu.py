@@ -39,10 +39,32 @@ FIRMWARE_SHARE = 2048  # PROTOCOL.md §12.2: what the firmware may use beside th
 CYCLES_PER_TICK = 8  # Timer1 at 16 MHz / 8
 
 
-def experiment(steps: int, **insitu: str) -> Experiment:
-    """insitu-pot-regression at noise off, 4 training and 8 test samples, with
-    ``[training.insitu]`` keys replaced or added."""
-    text = (TEXT.replace("train = 8", "train = 4").replace("test = 40", "test = 8")
+# XOR on the same lattice: complement-encoded inputs on the corners, one output per class
+XOR_TASK = """[task]
+kind = "classification"
+dataset = "xor"
+inputs = 2
+encoding = "complement"
+source_nodes = [0, 2, 6, 8]
+ground_nodes = [4]
+output_nodes = [1, 7]
+classes = 2
+train = 4
+test = 8
+input_range = [0.0, 1.0]
+high_ground = 1.0
+target_high = 0.5
+target_low = 0.3
+spread = 0.05
+
+"""
+
+
+def experiment(steps: int, task: str | None = None, **insitu: str) -> Experiment:
+    """insitu-pot-regression at noise off, 4 training and 8 test samples (or another
+    ``[task]``), with ``[training.insitu]`` keys replaced or added."""
+    text = TEXT if task is None else re.sub(r"\[task\].*?\n\n", task, TEXT, flags=re.S)
+    text = (text.replace("train = 8", "train = 4").replace("test = 40", "test = 8")
             .replace("steps = 60", f"steps = {steps}").replace("test_every = 10", "test_every = 4")
             .replace("noise_rms = 1e-3", "noise_rms = 0.0"))
     for key, value in insitu.items():
@@ -116,6 +138,8 @@ def static_ram(build: avr.Build) -> int:
 SCHEDULES = {
     # every sample teaches, one window per sample; 1 % of the bytes corrupted both ways
     "plain, noisy link": ({}, Faults(corrupt=0.01, seed=5)),
+    # classification: hinge gating on misclassified samples, test accuracy
+    "XOR classification, hinge": ({"hinge": "true", "learn_time_us": "300.0", "task": XOR_TASK}, None),
     # hinge gating, NOR, anti-clamp, an eta schedule through a 10x amplifier, a window
     # schedule
     "hinge NOR anti-clamp amplified": (
@@ -135,7 +159,7 @@ def test_compiled_firmware_runs_the_loop_of_the_python_emulator(device_factory, 
     within one tick."""
     keys, faults = SCHEDULES[name]
     steps = 8
-    exp = experiment(steps, **keys)
+    exp = experiment(steps, **keys)  # type: ignore[arg-type]
     ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
     dev = device_factory(exp, faults, credit=4)
     compiled = list(dev.driver.run_insitu(ex, 0, steps))
@@ -152,13 +176,17 @@ def test_compiled_firmware_runs_the_loop_of_the_python_emulator(device_factory, 
         assert (fw.test_error is None) == (py.test_error is None)
         if py.test_error is not None:
             assert fw.test_error == pytest.approx(py.test_error, rel=1e-5)
+            assert fw.test_accuracy == py.test_accuracy
         for a, b in ((fw.free, py.free), (fw.clamped, py.clamped)):
             np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
             np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=VOLT_LSB * 1.001)
         windows += [round(py.window_s / 0.5e-6)] * py.n_teaching
     if "NOR" in name:
         assert len({r.window_s for r in compiled[1:]}) > 2  # NOR and the schedule did vary it
+    if "hinge" in name:
         assert any(r.n_teaching < 4 for r in compiled[1:])  # hinge gating did gate
+    if "XOR" in name:
+        assert compiled[0].test_accuracy is not None
     # every window the front end saw: LEARN high for 8 cycles per tick, to within one tick
     cycles = np.array(dev.sim.front_end.windows)
     assert len(cycles) == len(windows) and not dev.sim.front_end.errors
