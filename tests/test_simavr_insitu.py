@@ -144,8 +144,8 @@ SCHEDULES = {
     # schedule
     "hinge NOR anti-clamp amplified": (
         {"hinge": "true", "margin": "0.08", "normalise": "true", "anti_clamp": "true",
-         "amplifier_gain": "10.0", "eta": "[0.5, 0.5, 0.5, 2.0, 2.0, 2.0, 2.0, 0.75]",
-         "learn_time_us": "[500.0, 500.0, 500.0, 500.0, 400.0, 400.0, 400.0, 400.0]"}, None),
+         "amplifier_gain": "10.0", "eta": "[0.5, 0.5, 0.5, 2.0, 2.0, 0.75]",
+         "learn_time_us": "[500.0, 500.0, 500.0, 400.0, 400.0, 400.0]"}, None),
 }
 
 
@@ -158,7 +158,7 @@ def test_compiled_firmware_runs_the_loop_of_the_python_emulator(device_factory, 
     rounding; every learning window's LEARN high time 8 CPU cycles per Timer1 tick, to
     within one tick."""
     keys, faults = SCHEDULES[name]
-    steps = 8
+    steps = 6
     exp = experiment(steps, **keys)  # type: ignore[arg-type]
     ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
     dev = device_factory(exp, faults, credit=4)
