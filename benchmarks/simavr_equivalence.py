@@ -58,6 +58,14 @@ def insitu(args: argparse.Namespace) -> None:
     print(f"build: {t_build:.1f} s; {build.size}")
 
     sim = avr.SimavrInSitu.twin_of(exp.backend, build)  # before anything moves the taps
+    try:
+        compare(args, exp, ex, build, sim)
+    finally:
+        sim.close()
+
+
+def compare(args: argparse.Namespace, exp, ex, build: avr.Build, sim: avr.SimavrInSitu) -> None:  # noqa: ANN001
+    """Both devices through the driver; print what they did and where they differ."""
     device, driver = emulated_stream(exp, credit=args.credit)
     python, t_py, cpu_py = timed(lambda: list(driver.run_insitu(ex, 0, ex.steps)))
     device.close()
@@ -100,7 +108,6 @@ def insitu(args: argparse.Namespace) -> None:
     if sim.stderr.strip():
         print(f"harness: {sim.stderr.strip().splitlines()[-1]}")
     port.close()
-    sim.close()
 
 
 def main() -> None:
