@@ -26,6 +26,7 @@ import select
 import shutil
 import struct
 import subprocess
+import termios
 import threading
 import time
 import tty
@@ -313,7 +314,7 @@ class AnalogFrontEnd:
         roles = physics.network.roles
         self.n_sources, self.outputs = len(roles.sources), tuple(physics.output_nodes)
         self._fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(self._fd)
+        tty.setraw(self._fd, termios.TCSANOW)  # not TCSAFLUSH: keep what the firmware sent
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -389,22 +390,29 @@ class AnalogFrontEnd:
     def _serve(self) -> None:
         buf = self._buf = bytearray()
         last = reply = b""
+        heard = time.monotonic()
         while not self._closed:
-            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            ready, _, _ = select.select([self._fd], [], [], 0.05)
             if not ready:
+                # a request takes well under a millisecond of the link; bytes left unparsed
+                # for 200 ms are a fragment (the firmware asks again after 500 ms)
+                if buf and time.monotonic() - heard > 0.2:
+                    self.damaged += 1
+                    buf.clear()
                 continue
             try:
                 buf += os.read(self._fd, 4096)
             except OSError:
                 return
+            heard = time.monotonic()
             while len(buf) >= 5 and len(buf) >= 5 + buf[2]:  # cmd, seq, len, payload, CRC
                 n = buf[2]
                 frame = bytes(buf[:5 + n])
-                del buf[:5 + n]
                 if binascii.crc_hqx(frame[:3 + n], 0xFFFF) != int.from_bytes(frame[3 + n:], "big"):
-                    self.damaged += 1  # a byte lost or spoilt: the firmware will ask again
-                    buf.clear()
-                    break
+                    self.damaged += 1  # out of step: look for a frame one byte on
+                    del buf[:1]
+                    continue
+                del buf[:5 + n]
                 self.requests += 1
                 if frame == last:  # a retry (same seq): its reply went astray, send it again
                     self.repeats += 1

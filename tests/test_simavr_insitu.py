@@ -223,12 +223,30 @@ def test_download_refuses_a_corrupted_or_foreign_experiment(device_factory) -> N
         send(bytes(blob), good_crc)
     assert info.value.status == BAD_EXPERIMENT
     blob[60] ^= 0x10
-    blob[9] = 3  # three sources: not what this front end has; the CRC matches
-    with pytest.raises(FirmwareError) as info:
-        send(bytes(blob), binascii.crc_hqx(bytes(blob), 0xFFFF))
-    assert info.value.status == BAD_EXPERIMENT
+    # layouts the firmware cannot run, each with a matching CRC: three sources (not what
+    # this front end has), a 1 us timer (not Timer1's 0.5 us), an eta code above the divider
+    head = struct.Struct("<4sBHHBBIIHffIIHH")
+    fields = head.unpack_from(blob)
+    eta_run = len(blob) - 8 * fields[14] - 7 * fields[13]  # the first eta run's offset
+    for field, value in ((4, 3), (11, 1000), (None, 200)):
+        bad = bytearray(blob)
+        if field is None:
+            struct.pack_into("<H", bad, eta_run + 4, value)
+        else:
+            head.pack_into(bad, 0, *(value if k == field else v for k, v in enumerate(fields)))
+        with pytest.raises(FirmwareError) as info:
+            send(bytes(bad), binascii.crc_hqx(bytes(bad), 0xFFFF))
+        assert info.value.status == BAD_EXPERIMENT, field
     with pytest.raises(FirmwareError) as info:  # nothing committed: no run
         bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 0, 4, 4))
+    assert info.value.status == OUT_OF_RANGE
+    dev.driver.download(ex)
+    with pytest.raises(FirmwareError) as info:  # 40 records of 218 bytes do not fit beside it
+        bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 0, 4, 40))
+    assert info.value.status == OUT_OF_RANGE
+    taps = np.full(dev.physics.network.n_edges, 100.0, dtype="<f4")  # the pots have 100 taps
+    with pytest.raises(FirmwareError) as info:
+        bank._exchange(InSituCmd.SET_STATE, struct.pack("<I", 0) + taps.tobytes())
     assert info.value.status == OUT_OF_RANGE
     with pytest.raises(FirmwareError) as info:  # beyond the 6144 bytes of §12.2
         bank._exchange(InSituCmd.EXP_BEGIN, struct.pack("<IH", 6145, 0))
