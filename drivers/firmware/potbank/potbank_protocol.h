@@ -1,4 +1,5 @@
-// clln potentiometer controller: protocol core (drivers/firmware/PROTOCOL.md, v1.1).
+// clln potentiometer controller: protocol core (drivers/firmware/PROTOCOL.md, v1.1; with an
+// Extension such as the in-situ mode of insitu.h, v1.2).
 // Portable C++11 (no Arduino headers): the sketch potbank.ino supplies the hardware
 // hooks; tests build it on the host with a serial shim and talk to it with the
 // Python driver. Identifiers carry prefixes (CMD_, ST_, RESET_) because avr-libc
@@ -27,8 +28,7 @@ struct Hooks {
   uint32_t (*millis)();                           // monotonic milliseconds
 };
 
-uint16_t crc16(const uint8_t* p, uint16_t n) {  // CRC-16/CCITT-FALSE
-  uint16_t crc = 0xFFFF;
+uint16_t crc16(const uint8_t* p, uint16_t n, uint16_t crc = 0xFFFF) {  // CRC-16/CCITT-FALSE
   while (n--) {
     crc ^= (uint16_t)(*p++) << 8;
     for (uint8_t b = 0; b < 8; b++) crc = (crc & 0x8000) ? (crc << 1) ^ 0x1021 : crc << 1;
@@ -72,13 +72,30 @@ uint16_t cobs_encode(const uint8_t* in, uint16_t n, uint8_t* out) {
 // (2n); a packet adds 6 bytes, COBS one byte per 254 plus one.
 constexpr uint16_t max_payload(uint16_t n) { return 2 * n + 1 > 11 + NAME_MAX ? 2 * n + 1 : 11 + NAME_MAX; }
 constexpr uint16_t max_frame(uint16_t packet) { return packet + packet / 254 + 1; }
+constexpr uint16_t larger(uint16_t a, uint16_t b) { return a > b ? a : b; }
 
-template <uint16_t N_POTS>
+// Commands a later protocol minor version adds (PROTOCOL.md §12: the in-situ mode, insitu.h).
+// The controller hands an extension every request it does not know and every park; its
+// hooks are static, so a controller without one (NoExtension) costs nothing.
+struct NoExtension {
+  static uint8_t minor() { return VERSION_MINOR; }
+  // A stream command (no reply, no retry memory, §12.5): true when it was one.
+  static bool stream(uint8_t, const uint8_t*, uint16_t) { return false; }
+  // Execute a request into r (status first): the reply length, or -1 when cmd is unknown.
+  static int32_t execute(uint8_t, const uint8_t*, uint16_t, uint8_t*, bool) { return -1; }
+  static void park() {}
+  // Whether the extension drives the bench (a run): the watchdog then watches the host
+  // as it does an unparked chain.
+  static bool active() { return false; }
+};
+
+// EXT: the extension; REQUEST_MAX and REPLY_MAX: its largest request and reply payloads.
+template <uint16_t N_POTS, class EXT = NoExtension, uint16_t REQUEST_MAX = 2 * N_POTS, uint16_t REPLY_MAX = 0>
 class Controller {
  public:
   static_assert(N_POTS >= 1 && N_POTS <= 256, "SET_ALL carries 1..256 pots");
-  static const uint16_t PAYLOAD = max_payload(N_POTS);
-  static const uint16_t REQUEST_FRAME = max_frame(2 * N_POTS + 6);  // longer is garbage
+  static const uint16_t PAYLOAD = larger(max_payload(N_POTS), REPLY_MAX);
+  static const uint16_t REQUEST_FRAME = max_frame(larger(2 * N_POTS, REQUEST_MAX) + 6);  // longer is garbage
   static const uint16_t REPLY_FRAME = max_frame(PAYLOAD + 6);
 
   Controller(Hooks hooks, uint16_t n_taps, const char* name)
@@ -100,7 +117,7 @@ class Controller {
     }
     if (warm) { parked_ = false; boot_guard_ = true; } else park();
     uint8_t* r = out_ + 4;
-    r[0] = ST_OK; r[1] = reset_cause; r[2] = VERSION_MAJOR; r[3] = VERSION_MINOR; r[4] = parked_;
+    r[0] = ST_OK; r[1] = reset_cause; r[2] = VERSION_MAJOR; r[3] = minor(); r[4] = parked_;
     send_packet(0, CMD_BOOT | CMD_REPLY, 5);
   }
 
@@ -117,7 +134,7 @@ class Controller {
 
   void tick() {  // the watchdog and the boot guard (PROTOCOL.md §7)
     uint32_t now = hw_.millis();
-    if (handshake_ && watchdog_ms_ && !parked_ && now - last_valid_ > watchdog_ms_) {
+    if (handshake_ && watchdog_ms_ && (!parked_ || EXT::active()) && now - last_valid_ > watchdog_ms_) {
       park(); tripped_ = true;
     }
     if (boot_guard_ && now - start_ > BOOT_GUARD_MS) { park(); tripped_ = true; }
@@ -132,7 +149,10 @@ class Controller {
     for (uint16_t i = 0; i < N_POTS; i++) { taps_[i] = park_tap_; hw_.write_tap(i, park_tap_); }
     parked_ = true;
     boot_guard_ = false;
+    EXT::park();
   }
+
+  static uint8_t minor() { return EXT::minor(); }
 
   // Frame out_[0..4+n) as a packet (header filled here) into reply_ and send it.
   void send_packet(uint8_t seq, uint8_t cmd, uint16_t n) {
@@ -155,6 +175,7 @@ class Controller {
     if (cmd & CMD_REPLY) return;
     last_valid_ = hw_.millis();
     bump(frames_ok_);
+    if (EXT::stream(cmd, pkt + 4, len)) return;
     if (have_last_ && seq == last_seq_ && cmd == last_cmd_ && crc == last_crc_) {
       hw_.send(reply_, reply_len_);  // a retry: the same reply, not executed again
       return;
@@ -173,7 +194,7 @@ class Controller {
         if (n != 2) { r[0] = ST_BAD_LENGTH; return 1; }
         r[0] = p[0] == VERSION_MAJOR ? ST_OK : ST_INCOMPATIBLE;
         if (r[0] == ST_OK) { handshake_ = true; boot_guard_ = false; }
-        r[1] = VERSION_MAJOR; r[2] = VERSION_MINOR;
+        r[1] = VERSION_MAJOR; r[2] = minor();
         put16(r + 3, N_POTS); put16(r + 5, n_taps_); put16(r + 7, park_tap_); put16(r + 9, watchdog_ms_);
         uint16_t k = strlen(name_); if (k > NAME_MAX) k = NAME_MAX;
         memcpy(r + 11, name_, k);
@@ -191,7 +212,11 @@ class Controller {
         return 10;
       }
       case CMD_SET_ALL: case CMD_GET_ALL: case CMD_SET_ONE: case CMD_PARK: case CMD_SET_WATCHDOG: break;
-      default: r[0] = ST_UNKNOWN_COMMAND; return 1;  // CMD_BOOT too: it is never a request
+      default: {  // CMD_BOOT too: it is never a request
+        int32_t k = EXT::execute(cmd, p, n, r, handshake_);
+        if (k >= 0) return (uint16_t)k;
+        r[0] = ST_UNKNOWN_COMMAND; return 1;
+      }
     }
     if (!handshake_) { r[0] = ST_NO_HANDSHAKE; return 1; }
     switch (cmd) {

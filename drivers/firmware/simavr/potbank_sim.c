@@ -2,10 +2,14 @@
  * potbank_sim: runs the compiled potentiometer-controller firmware (potbank.elf) under
  * simavr, with UART0 on a pseudo-terminal and one MCP4131 model on each chip-select pin.
  *
- *   potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] [-b] CS...  CS = port letter and bit, e.g. A0 C7
+ *   potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] [-b] [-a PIN] CS...
+ *                              CS, PIN = port letter and bit, e.g. A0 C7
  *
  * -b: as behind a stock Arduino bootloader, which reads and clears MCUSR before the
  * sketch starts: the firmware sees MCUSR = 0 after every reset.
+ * -a PIN: the in-situ controller's analog front end (PROTOCOL.md §12.6): UART1 on a second
+ * pseudo-terminal, served by the physics model of the host side, and PIN its LEARN enable
+ * line, whose every high time is reported in simulated CPU cycles.
  *
  * stdout, one line each, flushed:
  *   PTY <path>                 the tty the host opens (UART0 at the firmware's baud rate)
@@ -15,12 +19,22 @@
  *   RESET <cause>              the MCU was reset (MCUSR bits)
  *   SLOW <pot> <sck>           a read over the shared SDI/SDO pin clocked faster than the
  *                              part allows (its data came back one bit late)
+ *   PTY1 <path>                with -a: the tty of UART1 (the analog front end's link)
+ *   L <cycles>                 with -a: LEARN was high for that many CPU cycles
+ *   STACK <address>            answer to "stack": the lowest stack pointer since the reset
  * stdin commands:
  *   reset external|watchdog|brownout|power   reset the MCU with that MCUSR cause; "power"
  *                              (a power cycle) also puts every pot back to its power-on value
  *                              and leaves the SRAM with arbitrary contents
  *   sync <token>
+ *   stack
  *   quit
+ *
+ * Each UART is bridged to its pseudo-terminal by the simulation thread itself (not by
+ * simavr's uart_pty, whose own thread feeds the simulated UART concurrently with the
+ * simulation and loses or garbles bytes under load): bytes the firmware sends go to the
+ * pty as they leave the UART, bytes from the pty enter the UART's receive FIFO while it
+ * signals room (XON).
  *
  * Simulated time is paced to wall-clock time, so the firmware's millis() counts real
  * milliseconds (a simulation slower than real time runs as fast as it can and says so
@@ -59,7 +73,9 @@
 #include "sim_regbit.h"
 #include "avr_ioport.h"
 #include "avr_spi.h"
-#include "uart_pty.h"
+#include "avr_uart.h"
+#include <pty.h>
+#include <termios.h>
 
 #define MAX_POTS 64
 #define POR_WIPER 0x040
@@ -85,6 +101,10 @@ static avr_irq_t* spi_in;
 static avr_cycle_count_t reset_cycle;
 static int bootloader;  /* -b: MCUSR reads 0 in the sketch */
 static uint64_t reset_wall_ns;
+static char learn_port;  /* -a: the LEARN line, 0 without a front end */
+static int learn_bit;
+static avr_cycle_count_t learn_rise;
+static unsigned min_sp;
 
 static uint64_t wall_ns(void) {
   struct timespec t;
@@ -123,6 +143,91 @@ static void update_select(mcp4131_t* p) {
 static void cs_changed(struct avr_irq_t* irq, uint32_t value, void* param) {
   (void)irq; (void)value;
   update_select((mcp4131_t*)param);
+}
+
+/* The LEARN line: its high time in CPU cycles, reported at the falling edge. */
+static void learn_changed(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq; (void)param;
+  if (value) {
+    learn_rise = avr->cycle;
+  } else if (learn_rise) {
+    printf("L %llu\n", (unsigned long long)(avr->cycle - learn_rise));
+    fflush(stdout);
+    learn_rise = 0;
+  }
+}
+
+/* A UART bridged to a pty, pumped from the simulation thread. */
+typedef struct {
+  char uart;
+  int master;
+  char slave[64];
+  int xon;
+  uint8_t pending[4096];
+  size_t len, done;
+  unsigned long dropped;  /* bytes for the host lost because nobody read the pty */
+} bridge_t;
+
+static bridge_t bridges[2];
+static int n_bridges;
+
+static void bridge_from_avr(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq;
+  bridge_t* b = (bridge_t*)param;
+  uint8_t c = (uint8_t)value;
+  if (write(b->master, &c, 1) != 1) b->dropped++;
+}
+
+static void bridge_xon(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq; (void)value;
+  ((bridge_t*)param)->xon = 1;
+}
+
+static void bridge_xoff(struct avr_irq_t* irq, uint32_t value, void* param) {
+  (void)irq; (void)value;
+  ((bridge_t*)param)->xon = 0;
+}
+
+static int bridge_open(bridge_t* b, char uart) {
+  int slave;
+  b->uart = uart;
+  b->xon = 1;
+  if (openpty(&b->master, &slave, b->slave, NULL, NULL) < 0) return -1;
+  struct termios tio;
+  tcgetattr(b->master, &tio);
+  cfmakeraw(&tio);
+  tcsetattr(b->master, TCSANOW, &tio);
+  (void)slave;  /* kept open, as a terminal whose other end is always there */
+  fcntl(b->master, F_SETFL, fcntl(b->master, F_GETFL) | O_NONBLOCK);
+  uint32_t flags = 0;  /* no stdio echo of the UART */
+  avr_ioctl(avr, AVR_IOCTL_UART_GET_FLAGS(uart), &flags);
+  flags &= ~AVR_UART_FLAG_STDIO;
+  avr_ioctl(avr, AVR_IOCTL_UART_SET_FLAGS(uart), &flags);
+  return 0;
+}
+
+static void bridge_attach(bridge_t* b) {
+  avr_irq_t* out = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUTPUT);
+  avr_irq_t* xon = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUT_XON);
+  avr_irq_t* xoff = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_OUT_XOFF);
+  avr_irq_unregister_notify(out, bridge_from_avr, b);
+  avr_irq_register_notify(out, bridge_from_avr, b);
+  avr_irq_unregister_notify(xon, bridge_xon, b);
+  avr_irq_register_notify(xon, bridge_xon, b);
+  avr_irq_unregister_notify(xoff, bridge_xoff, b);
+  avr_irq_register_notify(xoff, bridge_xoff, b);
+}
+
+/* Bytes from the host into the UART's receive FIFO, while it has room. */
+static void bridge_pump(bridge_t* b) {
+  if (b->done == b->len) {
+    ssize_t n = read(b->master, b->pending, sizeof b->pending);
+    if (n <= 0) return;
+    b->len = (size_t)n;
+    b->done = 0;
+  }
+  avr_irq_t* in = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(b->uart), UART_IRQ_INPUT);
+  while (b->xon && b->done < b->len) avr_raise_irq(in, b->pending[b->done++]);
 }
 
 static int valid_combination(unsigned addr, unsigned cmd) {
@@ -233,6 +338,12 @@ static void attach(void) {
     avr_irq_unregister_notify(cs, cs_changed, &pots[i]);
     avr_irq_register_notify(cs, cs_changed, &pots[i]);
   }
+  for (int i = 0; i < n_bridges; i++) bridge_attach(&bridges[i]);
+  if (learn_port) {
+    avr_irq_t* learn = avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ(learn_port), learn_bit);
+    avr_irq_unregister_notify(learn, learn_changed, NULL);
+    avr_irq_register_notify(learn, learn_changed, NULL);
+  }
 }
 
 static void do_reset(uint8_t cause, int power) {
@@ -250,6 +361,8 @@ static void do_reset(uint8_t cause, int power) {
   if (avr->reset_flags.porf.reg) avr->data[avr->reset_flags.porf.reg] = bootloader ? 0 : cause;
   reset_cycle = avr->cycle;
   reset_wall_ns = wall_ns();
+  learn_rise = 0;
+  min_sp = avr->ramend;
   for (int i = 0; i < n_pots; i++) update_select(&pots[i]);
   printf("RESET %u\n", (unsigned)cause);
   fflush(stdout);
@@ -259,6 +372,7 @@ static int command(char* line) {
   char arg[64] = "";
   if (!strncmp(line, "quit", 4)) return 1;
   if (sscanf(line, "sync %63s", arg) == 1) { printf("S %s\n", arg); fflush(stdout); return 0; }
+  if (!strncmp(line, "stack", 5)) { printf("STACK %u\n", min_sp); fflush(stdout); return 0; }
   if (sscanf(line, "reset %63s", arg) == 1) {
     if (!strcmp(arg, "power")) do_reset(0x01, 1);
     else if (!strcmp(arg, "external")) do_reset(0x02, 0);
@@ -303,6 +417,11 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[i], "-m") && i + 1 < argc) mcu = argv[++i];
     else if (!strcmp(argv[i], "-f") && i + 1 < argc) freq = (uint32_t)strtoul(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "-b")) bootloader = 1;
+    else if (!strcmp(argv[i], "-a") && i + 1 < argc && strlen(argv[i + 1]) == 2 &&
+             argv[i + 1][0] >= 'A' && argv[i + 1][0] <= 'L' && argv[i + 1][1] >= '0' && argv[i + 1][1] <= '7') {
+      learn_port = argv[++i][0];
+      learn_bit = argv[i][1] - '0';
+    }
     else if (!elf) elf = argv[i];
     else if (n_pots < MAX_POTS && strlen(argv[i]) == 2 && argv[i][0] >= 'A' && argv[i][0] <= 'L' &&
              argv[i][1] >= '0' && argv[i][1] <= '7') {
@@ -319,7 +438,7 @@ int main(int argc, char** argv) {
     }
   }
   if (!elf) {
-    fprintf(stderr, "usage: potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] CS...\n");
+    fprintf(stderr, "usage: potbank_sim FIRMWARE.elf [-m MCU] [-f HZ] [-b] [-a PIN] CS...\n");
     return 2;
   }
   elf_firmware_t fw;
@@ -336,9 +455,10 @@ int main(int argc, char** argv) {
   avr_load_firmware(avr, &fw);
   avr->frequency = freq;
 
-  static uart_pty_t pty;
-  uart_pty_init(avr, &pty);
-  uart_pty_connect(&pty, '0');
+  if (bridge_open(&bridges[n_bridges++], '0') < 0 || (learn_port && bridge_open(&bridges[n_bridges++], '1') < 0)) {
+    fprintf(stderr, "potbank_sim: cannot open a pty: %s\n", strerror(errno));
+    return 2;
+  }
 
   spi_in = avr_io_getirq(avr, AVR_IOCTL_SPI_GETIRQ(0), SPI_IRQ_INPUT);
   avr_irq_t* spi_out = avr_io_getirq(avr, AVR_IOCTL_SPI_GETIRQ(0), SPI_IRQ_OUTPUT);
@@ -351,7 +471,8 @@ int main(int argc, char** argv) {
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
   signal(SIGPIPE, SIG_IGN);
 
-  printf("PTY %s\n", pty.pty.slavename);
+  printf("PTY %s\n", bridges[0].slave);
+  if (learn_port) printf("PTY1 %s\n", bridges[1].slave);
   for (int i = 0; i < n_pots; i++) printf("W %d %u 0.000\n", i, (unsigned)pots[i].wiper);
   fflush(stdout);
   do_reset(0x01, 1);  /* power-on */
@@ -360,12 +481,14 @@ int main(int argc, char** argv) {
   for (;;) {
     for (int k = 0; k < 2000; k++) {
       int state = avr_run(avr);
+      unsigned sp = (unsigned)avr->data[R_SPL] | (unsigned)avr->data[R_SPH] << 8;
+      if (sp < min_sp) min_sp = sp;
       if (state == cpu_Done || state == cpu_Crashed) {
         fprintf(stderr, "potbank_sim: the MCU stopped (state %d)\n", state);
-        uart_pty_stop(&pty);
         return 1;
       }
     }
+    for (int i = 0; i < n_bridges; i++) bridge_pump(&bridges[i]);
     double lead_ms = sim_ms() - (double)(wall_ns() - reset_wall_ns) / 1e6;
     if (lead_ms > 1.0) usleep((useconds_t)(lead_ms * 1000.0));
     else if (-lead_ms > behind_ms) behind_ms = -lead_ms;
@@ -374,6 +497,7 @@ int main(int argc, char** argv) {
     if (poll_stdin()) break;
   }
   if (behind_ms > 5.0) fprintf(stderr, "potbank_sim: simulation fell up to %.1f ms behind real time\n", behind_ms);
-  uart_pty_stop(&pty);
+  for (int i = 0; i < n_bridges; i++)
+    if (bridges[i].dropped) fprintf(stderr, "potbank_sim: UART%c: %lu bytes nobody read\n", bridges[i].uart, bridges[i].dropped);
   return 0;
 }
