@@ -226,7 +226,9 @@ class SimavrPotBank:
         with self._cond:
             if not self._cond.wait_for(lambda: self.stack_low is not None, 5.0):
                 raise SimavrError("simavr harness did not report its stack")
-        return int(self.stack_low)  # type: ignore[arg-type]
+            low = self.stack_low
+        assert low is not None
+        return int(low)
 
     def reset(self, cause: str = "external", timeout: float = 5.0) -> None:
         """Reset the MCU: ``external`` (the reset pin: a DTR auto-reset), ``watchdog``,
