@@ -26,8 +26,9 @@ max(floor, band), and within ``slack`` means the run stayed within its documente
 floor. ``bias_floor`` gives the band from the floor law measured in
 docs/benchmarks-bias.md (sqrt of the floor MSE 4.39 uV at rms b_j 1e-7 V^2 and eta 0.1,
 growing as |b| / eta). Each seed draws its own b_j, part errors and task, so a seed's
-floor can lie above the law: twin mismatch and taps add to b_j, a drift that pins an
-edge lifts it (floor.toml seed 0: 1.3e-10 against 1.9e-11), and some seeds draw a map
+floor can lie above the law: twin mismatch and taps add to b_j, edges that reach or
+leave their bounds move it (floor.toml seed 0: 1.3e-10 against 1.9e-11, after passing
+within 9e-12 of the map on the way), and some seeds draw a map
 the lattice cannot fit (floor.toml seeds 2 and 4: 6e-4 and 3e-3 V^2, the same at zero
 bias). There the band is that seed's floor as benchmarks/bias_suppression.py measures
 and docs/benchmarks-bias.md documents it ("the floor over bench seeds": the median test
