@@ -119,9 +119,10 @@ def test_the_band_is_the_documented_floor() -> None:
 def test_reversal_backoff_stops_the_jammed_stall_burst() -> None:
     """jammed-2x2 seed 1 stalls near 2.7e-4 with edges at gmin; from step 86 an edge leaves
     its bound, the update flips and grows 50x and the error bursts 4x (steps 92-146).
-    The protocol's reversal backoff keeps it within noise; taking it out brings it back."""
-    with_it = growth_after_convergence(errors("jammed-2x2", 1, steps=300))
-    without = growth_after_convergence(errors("jammed-2x2", 1, steps=300, reversal_backoff=None))
+    The reversal backoff keeps it within noise. (The protocol does not ship it: it also
+    halves the rate early on other seeds, and over seeds 0-4 seed 3 then burst 3,000x.)"""
+    with_it = growth_after_convergence(errors("jammed-2x2", 1, steps=300, reversal_backoff=2))
+    without = growth_after_convergence(errors("jammed-2x2", 1, steps=300))
     assert with_it.growth < 3.0, with_it
     assert without.growth > 3.0, without
 
