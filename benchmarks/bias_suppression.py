@@ -54,7 +54,7 @@ SEED002 = ROOT / "benchmarks" / "data" / "seed002"
 DIRECTIONS = [[1.0, 0.25], [0.25, 1.0]]  # the two alternating tasks' input directions
 REMEDY = {"overclamp": {"eta": 10.0, "margin": "auto", "rails": [0.0, 1.0]}}  # protocols/bias/*-remedy.toml
 #: the remedy protocols' learning-rate safeguard (protocols/bias/*-remedy.toml, floor.toml)
-GUARD = {"training.reversal_backoff": 2}
+GUARD = {"training.reversal_backoff": 2, "training.reversal_arm": 1e-3}
 
 
 def protocol(name: str, changes: dict[str, Any] | None = None) -> Protocol:

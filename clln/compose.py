@@ -123,6 +123,7 @@ def train_config(spec: TrainingSpec, steps: int | None = None) -> TrainConfig:
         steps=steps or spec.steps, batch_size=spec.batch, eta=spec.eta, test_every=spec.test_every,
         snapshot_every=spec.snapshot_every, target_error=spec.target_error, backoff=spec.backoff,
         reversal_backoff=spec.reversal_backoff,
+        reversal_arm=spec.reversal_arm,
     )
 
 

@@ -325,12 +325,15 @@ class TrainingSpec(StrictModel):
     target_error: Annotated[float, Range(1e-300, 1e6, "", "a positive cost in squared volts")] | None = None
     backoff: Annotated[int, Field(ge=2, le=1000, strict=True)] | None = None
     reversal_backoff: Annotated[int, Field(ge=1, le=1000, strict=True)] | None = None
+    reversal_arm: Annotated[float, Range(1e-300, 1.0, "", "a fraction of the first step's error")] | None = None
     scheme: SchemeSpec | None = None
     mode: Literal["host", "in-situ"] = "host"
     insitu: InSituSpec | None = None
 
     @model_validator(mode="after")
     def _insitu(self) -> TrainingSpec:
+        if self.reversal_arm is not None and self.reversal_backoff is None:
+            raise ValueError("reversal_arm: arms the reversal safeguard; set reversal_backoff too")
         if self.mode == "host":
             if self.insitu is not None:
                 raise ValueError("insitu: applies to mode 'in-situ' only; set training.mode = 'in-situ'")

@@ -36,6 +36,8 @@ class TrainConfig:
     backoff : learning-rate safeguard (see :class:`Backoff`); None keeps the rate fixed.
     reversal_backoff : learning-rate safeguard against a growing period-2 oscillation
         (see :class:`ReversalBackoff`); None keeps the rate fixed.
+    reversal_arm : the reversal safeguard watches only once the batch error has come
+        down to this fraction of the first step's (None: from the first step).
     """
 
     steps: int
@@ -46,6 +48,7 @@ class TrainConfig:
     target_error: float | None = None
     backoff: int | None = None
     reversal_backoff: int | None = None
+    reversal_arm: float | None = None
 
 
 class Backoff:
@@ -116,10 +119,18 @@ class ReversalBackoff:
     (``scale`` multiplies every update), and halved again at every further such step.
     Nothing else changes: where it never triggers, a run is bit-identical to one
     without it.
+
+    ``arm`` (a fraction, or None) keeps the safeguard idle until the batch error has
+    come down to ``arm`` times the first step's: early in training, before the error has
+    fallen, a reversing and growing update is the descent finding its way (jammed-2x2
+    halved its rate at step 12 and then stalled at 5e-4), not a bound releasing a stiff
+    mode; the bursts it is meant for start from a converged error.
     """
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, patience: int, arm: float | None = None) -> None:
         self.patience = patience
+        self.arm = arm
+        self.first_error: float | None = None
         self.scale = 1.0
         self.reversing = 0
         self.halvings = 0
@@ -130,7 +141,10 @@ class ReversalBackoff:
         """Account for one step's batch error and applied update (edge units, after clipping)."""
         u = np.asarray(applied, dtype=float).ravel()
         p = self.previous
-        flips = (p is not None and error > self.best_error and float(u @ p) < 0.0
+        if self.first_error is None:
+            self.first_error = error
+        armed = self.arm is None or self.best_error <= self.arm * self.first_error
+        flips = (armed and p is not None and error > self.best_error and float(u @ p) < 0.0
                  and float(u @ u) > float(p @ p))
         self.reversing = self.reversing + 1 if flips else 0
         self.previous = u.copy()
@@ -140,8 +154,12 @@ class ReversalBackoff:
             self.halvings += 1
 
     def state_dict(self) -> dict[str, object]:
-        return {"scale": self.scale, "reversing": self.reversing, "halvings": self.halvings,
-                "best_error": self.best_error, "previous": self.previous}
+        state: dict[str, object] = {"scale": self.scale, "reversing": self.reversing,
+                                    "halvings": self.halvings, "best_error": self.best_error,
+                                    "previous": self.previous}
+        if self.arm is not None:  # older checkpoints have no first error: none was needed
+            state["first_error"] = self.first_error
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.scale = float(state["scale"])  # type: ignore[arg-type]
@@ -150,6 +168,8 @@ class ReversalBackoff:
         self.best_error = float(state["best_error"])  # type: ignore[arg-type]
         prev = state.get("previous")
         self.previous = None if prev is None else np.asarray(prev, dtype=float)
+        first = state.get("first_error")
+        self.first_error = None if first is None else float(first)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -222,7 +242,7 @@ class Trainer:
         if scheme is not None:
             scheme.check(self._twin, backend.edges, rule)
         self.backoff = None if config.backoff is None else Backoff(config.backoff)
-        self.reversal = None if config.reversal_backoff is None else ReversalBackoff(config.reversal_backoff)
+        self.reversal = None if config.reversal_backoff is None else ReversalBackoff(config.reversal_backoff, config.reversal_arm)
         self._applied: np.ndarray | None = None  # the last step's applied update
 
     def _scaled(self, signal: np.ndarray) -> np.ndarray:

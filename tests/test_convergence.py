@@ -94,6 +94,39 @@ def test_reversal_backoff_reads_only_flipping_growing_updates() -> None:
     assert np.array_equal(again.previous, unstable.previous)
 
 
+def test_an_armed_reversal_backoff_waits_until_the_error_has_come_down() -> None:
+    """With ``arm``, a flipping, growing update early in training (the error still near
+    its first value) halves nothing; the same pattern once the error is ``arm`` times
+    the first one halves the rate; and the first error survives a checkpoint."""
+    from clln.controller.trainer import ReversalBackoff
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=20)
+    early, unarmed = ReversalBackoff(2, arm=1e-3), ReversalBackoff(2)
+    for k in range(8):  # error 1e-2 .. 2.4e-2: never below 1e-3 x the first
+        for guard in (early, unarmed):
+            guard.observe(1e-2 * (1 + 0.2 * k), (-1.3) ** k * v)
+    assert early.halvings == 0 and early.scale == 1.0
+    assert unarmed.halvings >= 1
+    late = ReversalBackoff(2, arm=1e-3)
+    late.observe(1e-2, v)  # the first error
+    for k in range(8):  # converged near 1e-6 (1e-4 of the first), then a stiff mode grows
+        late.observe(1e-6 * (1 + 0.2 * k), (-1.3) ** k * v)
+    assert late.halvings >= 1
+    again = ReversalBackoff(2, arm=1e-3)
+    again.load_state_dict(late.state_dict())
+    assert again.first_error == late.first_error == 1e-2
+
+
+def test_reversal_arm_needs_the_reversal_backoff(tmp_path) -> None:  # noqa: ANN001
+    from clln.controller.errors import ProtocolError
+    from clln.protocol import parse_protocol
+
+    text = (ROOT / "protocols" / "demo.toml").read_text().replace("[training]\n", "[training]\nreversal_arm = 1e-3\n", 1)
+    with pytest.raises(ProtocolError, match="reversal_arm"):
+        parse_protocol(text, "demo.toml")
+
+
 def test_reversal_backoff_is_bit_identical_where_it_does_not_trigger() -> None:
     """demo never flips with a growing update: with and without the safeguard the run is
     the same to the last bit."""
