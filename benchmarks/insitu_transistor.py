@@ -1,14 +1,23 @@
 """transistor-16 learning in place: protocols/insitu-transistor-regression.toml over
 seeds 1-5 (tasks, devices, parts and start gates), test error final / initial per seed
-and the median; wall time per run.
+and the median; CPU time per run.
 
     python benchmarks/insitu_transistor.py [--seeds 5] [--steps 60]
+    python benchmarks/insitu_transistor.py --speed [--steps 5]
+
+``--speed``: CPU time per training step of the reference path (sparse Newton per twin,
+adaptive Heun) and of the fast one (dense batched Newton, Bogacki-Shampine 3(2)) in the
+same run, and the accuracy of one learning window: every window of the reference run
+integrated again from the same gates by both paths and by a tight solution (the fast
+path at ``step_tolerance`` 1e-8 V); the largest gate-voltage differences over all
+windows are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +29,71 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "protocols" / "insitu-transistor-regression.toml"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=None)
-    args = parser.parse_args()
+def seeds(count: int, steps: int | None) -> None:
     protocol, _ = load_protocol(PROTOCOL)
     ratios = []
-    for seed in range(1, args.seeds + 1):
-        t0 = time.perf_counter()
-        exp = build_experiment(protocol, source=str(PROTOCOL), base_dir=ROOT, seed=seed, steps=args.steps)
+    for seed in range(1, count + 1):
+        t0 = time.process_time()
+        exp = build_experiment(protocol, source=str(PROTOCOL), base_dir=ROOT, seed=seed, steps=steps)
         result = make_trainer(exp).run()
         ratio = result.final_test_error / result.initial_test_error
         ratios.append(ratio)
         print(f"seed {seed}: test MSE {result.initial_test_error:.3e} -> {result.final_test_error:.3e} V^2 "
-              f"(final/initial {ratio:.4f}), {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"median final/initial over {args.seeds} seeds: {np.median(ratios):.4f}; "
-          f"improved: {sum(r < 1 for r in ratios)}/{args.seeds}")
+              f"(final/initial {ratio:.4f}), {time.process_time() - t0:.1f} s CPU", flush=True)
+    print(f"median final/initial over {count} seeds: {np.median(ratios):.4f}; "
+          f"improved: {sum(r < 1 for r in ratios)}/{count}")
+
+
+def speed(steps: int) -> None:
+    protocol, _ = load_protocol(PROTOCOL)
+    per_step, windows = {}, []
+    for reference in (True, False):
+        exp = build_experiment(protocol, source=str(PROTOCOL), base_dir=ROOT, seed=1, steps=steps)
+        physics = exp.backend.physics  # type: ignore[attr-defined]
+        physics.reference = reference
+        if reference:  # keep every window: (sources, clamps, duration, free clamps, gates)
+            learn = physics.learn
+
+            def spy(src, clamps, duration, free_clamps=None, _learn=learn, _ph=physics):  # noqa: ANN001, ANN202
+                windows.append((src, clamps, duration, free_clamps, _ph.gates.copy()))
+                return _learn(src, clamps, duration, free_clamps)
+            physics.learn = spy
+        t0 = time.process_time()
+        make_trainer(exp).run()
+        per_step[reference] = (time.process_time() - t0) / steps
+        print(f"{'reference' if reference else 'fast':9s}: {per_step[reference] * 1e3:8.1f} ms CPU per step "
+              f"({physics.evaluations} gate-rate evaluations in {steps} steps)", flush=True)
+    print(f"speed-up per step: {per_step[True] / per_step[False]:.1f}x")
+    exp = build_experiment(protocol, source=str(PROTOCOL), base_dir=ROOT, seed=1, steps=steps)
+    physics = exp.backend.physics  # type: ignore[attr-defined]
+    tolerance = physics.params.step_tolerance
+    ends = {}
+    for name, ref, params in (("reference", True, physics.params), ("fast", False, physics.params),
+                              ("tight", False, replace(physics.params, step_tolerance=1e-8))):
+        physics.reference, physics.params = ref, params
+        out = []
+        for src, clamps, duration, free_clamps, gates in windows:
+            physics.gates = gates.copy()
+            physics.learn(src, clamps, duration, free_clamps)
+            out.append(physics.gates - gates)
+        ends[name] = np.array(out)
+    moved = np.abs(ends["tight"]).max()
+    print(f"{len(windows)} windows of {windows[0][2] * 1e6:.0f} us; step_tolerance {tolerance:g} V; "
+          f"largest gate movement in a window {moved * 1e3:.1f} mV")
+    for a, b in (("fast", "reference"), ("reference", "tight"), ("fast", "tight")):
+        print(f"max |gate {a} - gate {b}| over a window: {np.abs(ends[a] - ends[b]).max() * 1e3:.4f} mV")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--speed", action="store_true", help="reference vs fast path, and window accuracy")
+    args = parser.parse_args()
+    if args.speed:
+        speed(args.steps or 5)
+    else:
+        seeds(args.seeds, args.steps)
 
 
 if __name__ == "__main__":

@@ -126,19 +126,21 @@ class DenseTwinNewton:
         g = s0.fixed_conductance
         self._g_fixed = g if np.any(g) else None
         self._g_fixed2 = None if self._g_fixed is None else np.r_[g, -g]
-        self._row_models: dict[tuple[int, ...], EdgeModel] = {}
+        self._layouts: dict[tuple[tuple[int, int, bool], ...], tuple[EdgeModel, np.ndarray]] = {}
 
-    def _row_model(self, twins: tuple[int, ...]) -> EdgeModel:
-        """One model for stacked rows: every per-device parameter (m,) of row k's twin
-        as row k of a (K, m) array, so both twins' devices are evaluated in one call."""
-        found = self._row_models.get(twins)
+    def _layout(self, shape: tuple[tuple[int, int, bool], ...]) -> tuple[EdgeModel, np.ndarray]:
+        """For rows stacked as (twin, count, clamped) groups: one model whose per-device
+        parameters (m,) are row k's twin's as row k of a (K, m) array (both twins' devices
+        evaluated in one call), and the (K, n) mask of the nodes not solved for."""
+        found = self._layouts.get(shape)
         if found is None:
-            models = [self.solvers[t].model for t in twins]
+            models = [self.solvers[twin].model for twin, count, _ in shape for _ in range(count)]
             stacked = {f.name: np.stack([np.asarray(getattr(mod, f.name), dtype=float) for mod in models])
                        for f in fields(models[0]) if np.ndim(getattr(models[0], f.name)) == 1}
-            if len(self._row_models) > 64:
-                self._row_models.clear()
-            found = self._row_models[twins] = replace(models[0], **stacked)
+            fixed = np.concatenate([np.tile(self._fixed[clamped], (count, 1)) for _, count, clamped in shape])
+            if len(self._layouts) > 64:
+                self._layouts.clear()
+            found = self._layouts[shape] = (replace(models[0], **stacked), fixed)
         return found
 
     def _state(self, v: np.ndarray, model: EdgeModel, gates: np.ndarray,
@@ -164,19 +166,21 @@ class DenseTwinNewton:
         residual[fixed] = 0.0
         return residual, derivs
 
-    def solve(self, groups: list[tuple[int, np.ndarray, np.ndarray, bool]]) -> np.ndarray | None:
+    def solve(self, groups: list[tuple[int, np.ndarray, np.ndarray, bool]],
+              tol: float | None = None) -> np.ndarray | None:
         """Node voltages (K, n) of the stacked rows, or None when a row did not converge.
 
         groups : (twin, gates (m,), start (B, n) with the boundary values set, clamped).
+        tol : convergence, V (default the sparse solver's): the last step applied moved no
+            node by more than this; Newton's quadratic convergence leaves an error of
+            order tol^2 / (the previous step).
         """
+        tol = self.tol if tol is None else tol
         v = np.concatenate([start for _, _, start, _ in groups])
-        twins = tuple(twin for twin, _, start, _ in groups for _ in range(len(start)))
-        model = self._row_model(twins)
+        model, fixed = self._layout(tuple((twin, len(start), clamped) for twin, _, start, clamped in groups))
         dev = slice(None) if self._devices is None else self._devices
         gates = np.concatenate([np.broadcast_to(g[dev], (len(start), len(g[dev])))
                                 for _, g, start, _ in groups])
-        fixed = np.concatenate([np.broadcast_to(self._fixed[clamped], start.shape)
-                                for _, _, start, clamped in groups])
         count, n = v.shape
         residual, derivs = self._state(v, model, gates, fixed)
         for _ in range(self.max_iter):
@@ -187,7 +191,7 @@ class DenseTwinNewton:
             except np.linalg.LinAlgError:
                 return None
             size = np.abs(step).max(axis=1)
-            converged = size <= self.tol
+            converged = size <= tol
             if converged.all():  # the last step, below tol: no backtracking can apply
                 return v + step
             scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
@@ -263,11 +267,12 @@ class TransistorTwinPhysics:
         return self._settle_twins([(twin, self.gates[twin] if gates is None else gates,
                                     sources, clamps)])[0]
 
-    def _settle_twins(self, requests: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]
-                      ) -> list[np.ndarray]:
+    def _settle_twins(self, requests: list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]],
+                      tol: float | None = None) -> list[np.ndarray]:
         """Operating points (B, n) for each (twin, gates (m,), sources (B, n_sources),
         clamps (B, n_clamps) or None), solved together; each from the last solution of the
-        same twin, boundary and sources (a warm start)."""
+        same twin, boundary and sources (a warm start). ``tol``: the dense Newton's
+        convergence (V; default the solver's 1e-10)."""
         groups, keys = [], []
         for twin, gates, sources, clamps in requests:
             key = (twin, clamps is not None, sources.tobytes())
@@ -279,7 +284,7 @@ class TransistorTwinPhysics:
                 gates = np.concatenate([gates, np.zeros(self._n_fixed)])
             groups.append((twin, gates, start, clamps is not None))
             keys.append(key)
-        stacked = None if self.reference else self._dense.solve(groups)
+        stacked = None if self.reference else self._dense.solve(groups, tol)
         if stacked is None:  # the sparse Newton, with source continuation where needed
             out = [self.solvers[twin].solve(g, req[2], req[3], start=start).voltages
                    for (twin, g, start, _), req in zip(groups, requests)]
@@ -312,7 +317,7 @@ class TransistorTwinPhysics:
 
     def drive(self, v_free: np.ndarray, v_clamped: np.ndarray, gate: np.ndarray) -> np.ndarray:
         """(m,) each learning circuit's output u, V, for the twins' node voltages (n,)
-        and the gate voltage it drives."""
+        and the gate voltage it drives ((m,), or (2, m) for both twins' gates)."""
         p = self.params
         a, b = self._ends[:, 0], self._ends[:, 1]
         drop_free = v_free[a] - v_free[b] + self.opamp_offset[0]
@@ -326,8 +331,8 @@ class TransistorTwinPhysics:
         """(2, m) dV_G/dt, V/s, of both twins' gates with learning enabled."""
         p = self.params
         v_free, v_clamped = (v[0] for v in self._settle_twins(
-            [(0, gates[0], sources, free_clamps), (1, gates[1], sources, clamps)]))
-        rate = np.stack([(self.drive(v_free, v_clamped, g) - g) / p.rc for g in gates])
+            [(0, gates[0], sources, free_clamps), (1, gates[1], sources, clamps)], WINDOW_NEWTON_TOL))
+        rate = (self.drive(v_free, v_clamped, gates) - gates) / p.rc  # both twins' gates
         if p.leak_resistance > 0:
             rate -= gates / (p.leak_resistance * p.capacitance)
         return rate
@@ -396,6 +401,15 @@ def _heun(rate: Callable[[np.ndarray], np.ndarray], g: np.ndarray, duration: flo
     return g, count
 
 
+#: Newton's convergence (V) inside a learning window: a last step of 1e-6 V leaves node
+#: voltages within about 1e-12 V (quadratic convergence), far below what moves a gate
+WINDOW_NEWTON_TOL = 1e-6
+
+#: largest dt |lambda| of a Bogacki-Shampine step (|lambda| the rate's local stiffness):
+#: beyond it the embedded estimate underrates the error of the stiff drive
+STIFF_LIMIT = 0.35
+
+
 def _bogacki_shampine(rate: Callable[[np.ndarray], np.ndarray], g: np.ndarray, duration: float,
                       longest: float, tolerance: float, count: int) -> tuple[np.ndarray, int]:
     """Gates after ``duration`` s of dg/dt = rate(g): the Bogacki-Shampine 3(2) pair
@@ -414,9 +428,12 @@ def _bogacki_shampine(rate: Callable[[np.ndarray], np.ndarray], g: np.ndarray, d
         k4 = rate(new)
         count += 3
         error = dt * float(np.abs(-5.0 / 72.0 * k1 + 1.0 / 12.0 * k2 + 1.0 / 9.0 * k3 - 0.125 * k4).max())
-        if error <= tolerance or dt <= 1e-9:
+        # the estimate holds while dt |lambda| is small: |lambda| from the stages' slopes
+        stiff = float(np.linalg.norm(k2 - k1) / max(0.5 * dt * float(np.linalg.norm(k1)), 1e-300))
+        limit = STIFF_LIMIT / max(stiff, 1e-300)
+        if (error <= tolerance and dt <= 1.25 * limit) or dt <= 1e-9:
             g, t, k1 = new, t + dt, k4
-        dt = min(longest, dt * min(2.0, max(0.2, 0.9 * np.cbrt(tolerance / max(error, 1e-300)))))
+        dt = min(longest, 1.1 * limit, dt * min(2.0, max(0.2, 0.9 * np.cbrt(tolerance / max(error, 1e-300)))))
     return g, count
 
 
