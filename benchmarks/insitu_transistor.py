@@ -1,8 +1,9 @@
-"""transistor-16 learning in place: protocols/insitu-transistor-regression.toml over
-seeds 1-5 (tasks, devices, parts and start gates), test error final / initial per seed
-and the median; CPU time per run.
+"""transistor-16 learning in place: protocols/insitu-transistor-regression.toml (or with
+``--xor`` protocols/insitu-transistor-xor.toml) over seeds 1-5 (tasks, devices, parts and
+start gates): test error final / initial per seed, test accuracy for XOR, the medians;
+CPU time per run.
 
-    python benchmarks/insitu_transistor.py [--seeds 5] [--steps 60]
+    python benchmarks/insitu_transistor.py [--seeds 5] [--steps 60] [--xor]
     python benchmarks/insitu_transistor.py --speed [--steps 5]
 
 ``--speed``: CPU time per training step of the reference path (sparse Newton per twin,
@@ -27,21 +28,32 @@ from clln.protocol import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "protocols" / "insitu-transistor-regression.toml"
+XOR = ROOT / "protocols" / "insitu-transistor-xor.toml"
 
 
-def seeds(count: int, steps: int | None) -> None:
-    protocol, _ = load_protocol(PROTOCOL)
-    ratios = []
+def seeds(path: Path, count: int, steps: int | None) -> None:
+    protocol, _ = load_protocol(path)
+    ratios, errors, accuracies = [], [], []
     for seed in range(1, count + 1):
         t0 = time.process_time()
-        exp = build_experiment(protocol, source=str(PROTOCOL), base_dir=ROOT, seed=seed, steps=steps)
-        result = make_trainer(exp).run()
+        exp = build_experiment(protocol, source=str(path), base_dir=ROOT, seed=seed, steps=steps)
+        tests: list[tuple[float, float | None]] = []
+        trainer = make_trainer(exp)
+        trainer.on_record = lambda rec: (  # type: ignore[attr-defined]
+            tests.append((rec.test_error, rec.test_accuracy)) if rec.test_error is not None else None)
+        result = trainer.run()
         ratio = result.final_test_error / result.initial_test_error
         ratios.append(ratio)
+        errors.append(result.final_test_error)
+        accuracy = "" if tests[-1][1] is None else f", test accuracy {tests[0][1]:.3f} -> {tests[-1][1]:.3f}"
+        if tests[-1][1] is not None:
+            accuracies.append(tests[-1][1])
         print(f"seed {seed}: test MSE {result.initial_test_error:.3e} -> {result.final_test_error:.3e} V^2 "
-              f"(final/initial {ratio:.4f}), {time.process_time() - t0:.1f} s CPU", flush=True)
-    print(f"median final/initial over {count} seeds: {np.median(ratios):.4f}; "
-          f"improved: {sum(r < 1 for r in ratios)}/{count}")
+              f"(final/initial {ratio:.4f}){accuracy}, {time.process_time() - t0:.1f} s CPU", flush=True)
+    print(f"{path.name}, {count} seeds: median test MSE {np.median(errors):.3e} V^2, median final/initial "
+          f"{np.median(ratios):.4f}; improved: {sum(r < 1 for r in ratios)}/{count}"
+          + (f"; median test accuracy {np.median(accuracies):.3f} (each: "
+             f"{', '.join(f'{a:.3f}' for a in accuracies)})" if accuracies else ""))
 
 
 def speed(steps: int) -> None:
@@ -89,11 +101,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--speed", action="store_true", help="reference vs fast path, and window accuracy")
+    parser.add_argument("--xor", action="store_true", help="protocols/insitu-transistor-xor.toml instead")
     args = parser.parse_args()
     if args.speed:
         speed(args.steps or 5)
     else:
-        seeds(args.seeds, args.steps)
+        seeds(XOR if args.xor else PROTOCOL, args.seeds, args.steps)
 
 
 if __name__ == "__main__":
