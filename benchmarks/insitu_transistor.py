@@ -3,7 +3,7 @@
 start gates): test error final / initial per seed, test accuracy for XOR, the medians;
 CPU time per run.
 
-    python benchmarks/insitu_transistor.py [--seeds 5] [--steps 60] [--xor]
+    python benchmarks/insitu_transistor.py [--seeds 5] [--steps 60] [--xor] [--jobs 1]
     python benchmarks/insitu_transistor.py --speed [--steps 5]
 
 ``--speed``: CPU time per training step of the reference path (sparse Newton per twin,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,27 +32,32 @@ PROTOCOL = ROOT / "protocols" / "insitu-transistor-regression.toml"
 XOR = ROOT / "protocols" / "insitu-transistor-xor.toml"
 
 
-def seeds(path: Path, count: int, steps: int | None) -> None:
+def one_seed(path: Path, seed: int, steps: int | None) -> dict[str, float | None]:
+    """One seeded run: initial and final test MSE (V^2), first and last test accuracy
+    (classification), CPU seconds."""
     protocol, _ = load_protocol(path)
-    ratios, errors, accuracies = [], [], []
-    for seed in range(1, count + 1):
-        t0 = time.process_time()
-        exp = build_experiment(protocol, source=str(path), base_dir=ROOT, seed=seed, steps=steps)
-        tests: list[tuple[float, float | None]] = []
-        trainer = make_trainer(exp)
-        trainer.on_record = lambda rec: (  # type: ignore[attr-defined]
-            tests.append((rec.test_error, rec.test_accuracy)) if rec.test_error is not None else None)
-        result = trainer.run()
-        ratio = result.final_test_error / result.initial_test_error
-        ratios.append(ratio)
-        errors.append(result.final_test_error)
-        accuracy = "" if tests[-1][1] is None else f", test accuracy {tests[0][1]:.3f} -> {tests[-1][1]:.3f}"
-        if tests[-1][1] is not None:
-            accuracies.append(tests[-1][1])
-        print(f"seed {seed}: test MSE {result.initial_test_error:.3e} -> {result.final_test_error:.3e} V^2 "
-              f"(final/initial {ratio:.4f}){accuracy}, {time.process_time() - t0:.1f} s CPU", flush=True)
-    print(f"{path.name}, {count} seeds: median test MSE {np.median(errors):.3e} V^2, median final/initial "
-          f"{np.median(ratios):.4f}; improved: {sum(r < 1 for r in ratios)}/{count}"
+    t0 = time.process_time()
+    exp = build_experiment(protocol, source=str(path), base_dir=ROOT, seed=seed, steps=steps)
+    tests: list[float | None] = []
+    trainer = make_trainer(exp)
+    trainer.on_record = lambda rec: (  # type: ignore[attr-defined]
+        tests.append(rec.test_accuracy) if rec.test_error is not None else None)
+    result = trainer.run()
+    return {"initial": result.initial_test_error, "final": result.final_test_error,
+            "first_accuracy": tests[0], "accuracy": tests[-1], "cpu_s": time.process_time() - t0}
+
+
+def seeds(path: Path, count: int, steps: int | None, jobs: int = 1) -> None:
+    with ProcessPoolExecutor(max_workers=jobs) as pool:  # seeded runs, independent
+        runs = list(pool.map(one_seed, [path] * count, range(1, count + 1), [steps] * count))
+    for seed, r in enumerate(runs, start=1):
+        accuracy = "" if r["accuracy"] is None else f", test accuracy {r['first_accuracy']:.3f} -> {r['accuracy']:.3f}"
+        print(f"seed {seed}: test MSE {r['initial']:.3e} -> {r['final']:.3e} V^2 "
+              f"(final/initial {r['final'] / r['initial']:.4f}){accuracy}, {r['cpu_s']:.1f} s CPU")
+    ratios = [r["final"] / r["initial"] for r in runs]
+    accuracies = [r["accuracy"] for r in runs if r["accuracy"] is not None]
+    print(f"{path.name}, {count} seeds: median test MSE {np.median([r['final'] for r in runs]):.3e} V^2, "
+          f"median final/initial {np.median(ratios):.4f}; improved: {sum(q < 1 for q in ratios)}/{count}"
           + (f"; median test accuracy {np.median(accuracies):.3f} (each: "
              f"{', '.join(f'{a:.3f}' for a in accuracies)})" if accuracies else ""))
 
@@ -102,11 +108,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--speed", action="store_true", help="reference vs fast path, and window accuracy")
     parser.add_argument("--xor", action="store_true", help="protocols/insitu-transistor-xor.toml instead")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
     args = parser.parse_args()
     if args.speed:
         speed(args.steps or 5)
     else:
-        seeds(XOR if args.xor else PROTOCOL, args.seeds, args.steps)
+        seeds(XOR if args.xor else PROTOCOL, args.seeds, args.steps, args.jobs)
 
 
 if __name__ == "__main__":
