@@ -415,8 +415,9 @@ def _bogacki_shampine(rate: Callable[[np.ndarray], np.ndarray], g: np.ndarray, d
     """Gates after ``duration`` s of dg/dt = rate(g): the Bogacki-Shampine 3(2) pair
     (third order, its local error estimated by the embedded second-order solution and
     kept below ``tolerance`` V; the last stage of a step is the first of the next), steps
-    at most ``longest`` s. Same contract as :func:`_heun`, with fewer evaluations for a
-    given tolerance because the error estimate is of the method's own order."""
+    at most ``longest`` s and at most ``STIFF_LIMIT`` / |lambda| (|lambda| the rate's
+    local stiffness, from the first two stages). Same contract as :func:`_heun`, with
+    fewer evaluations because the error estimate is of the method's own order."""
     dt, t = min(duration, longest), 0.0
     k1 = rate(g)
     count += 1
