@@ -62,6 +62,26 @@ def test_long_window_matches_an_independent_ode_solve() -> None:
     assert np.abs(coarse.gates.ravel() - ref).max() > 10 * np.abs(physics.gates.ravel() - ref).max()
 
 
+def test_dense_batched_newton_matches_the_sparse_solver() -> None:
+    """Both twins of the 4x4 lattice (their own devices) and seed 002's pair (a fixed
+    resistor beside the transistors), free and clamped, settled together by the dense
+    batched Newton: the node voltages of the sparse per-twin Newton within 1e-9 V."""
+    protocol, _ = load_protocol(PROTOCOL)
+    lattice = build_experiment(protocol, source="p", base_dir=ROOT, seed=3).backend.physics
+    pair = pair_physics(EdgeCircuitParams(), gates=(2.4, 3.1), bench_seed=1)
+    rng = np.random.default_rng(0)
+    for physics, n_src in ((lattice, 2), (pair, 3)):
+        n_out = len(physics.output_nodes)
+        sources = rng.uniform(0.0, 1.0, (5, n_src))
+        clamps = rng.uniform(0.1, 0.4, (5, n_out))
+        gates = physics.gates + rng.normal(0.0, 0.2, physics.gates.shape)
+        fast = physics._settle_twins([(0, gates[0], sources, None), (1, gates[1], sources, clamps)])
+        extra = np.zeros(physics._n_fixed)
+        for twin, got, held in ((0, fast[0], None), (1, fast[1], clamps)):
+            want = physics.solvers[twin].solve(np.r_[gates[twin], extra], sources, held).voltages
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
 def test_driver_offset_and_leak_follow_the_closed_form() -> None:
     """No drops (sources at 0 V, amplifier offsets removed): a gate charged by its
     driver's offset v through R while leaking through R_L follows
