@@ -136,11 +136,13 @@ class DenseTwinNewton:
         if found is None:
             models = [self.solvers[twin].model for twin, count, _ in shape for _ in range(count)]
             stacked = {f.name: np.stack([np.asarray(getattr(mod, f.name), dtype=float) for mod in models])
-                       for f in fields(models[0]) if np.ndim(getattr(models[0], f.name)) == 1}
+                       for f in fields(models[0])  # type: ignore[arg-type]  # every edge model is a dataclass
+                       if np.ndim(getattr(models[0], f.name)) == 1}
             fixed = np.concatenate([np.tile(self._fixed[clamped], (count, 1)) for _, count, clamped in shape])
             if len(self._layouts) > 64:
                 self._layouts.clear()
-            found = self._layouts[shape] = (replace(models[0], **stacked), fixed)
+            stacked_model: EdgeModel = replace(models[0], **stacked)  # type: ignore[type-var]  # a dataclass
+            found = self._layouts[shape] = (stacked_model, fixed)
         return found
 
     def _state(self, v: np.ndarray, model: EdgeModel, gates: np.ndarray,
