@@ -145,14 +145,7 @@ class Overclamp:
         outputs : (B, n_outputs) free outputs, V.
         batch : the samples, with labels for classification.
         """
-        if task.kind == "classification" and batch.labels is not None:
-            rows = np.arange(len(batch))
-            correct = outputs[rows, batch.labels]
-            others = outputs.copy()
-            others[rows, batch.labels] = -np.inf
-            lead = correct - others.max(axis=1) if outputs.shape[1] > 1 else np.full(len(batch), np.inf)
-            return lead <= self.gate
-        return np.max(np.abs(batch.y - outputs), axis=1) > self.gate
+        return task.wrong(outputs, batch, self.gate)
 
     def clamps(self, task: Task, free: Measurement, batch: Dataset) -> Nudge:
         """The clamp voltages (and the mirrored ones when symmetric), which samples teach,
