@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from clln.controller.backend import ContinuousEdges, EdgeActuators, Measurement, SteppedEdges
+from clln.controller.backend import EdgeActuators, Measurement, SteppedEdges
 from clln.controller.errors import ProtocolError
 from clln.controller.rules import SteppedRule, UpdateRule
 from clln.controller.task import Dataset, Task
@@ -370,23 +370,9 @@ class Residuals:
 
 
 def nearest_tap(edges: SteppedEdges, target: np.ndarray) -> np.ndarray:
-    """(m,) per edge, the tap whose conductance in the (monotone) table row is nearest to
-    ``target`` (m,) S. Vectorised bisection: O(m log n_taps)."""
-    table = edges.table
-    m, n = table.shape
-    rows = np.arange(m)
-    sign = edges.direction.astype(float)  # key(t) = sign * g(t) rises with t
-    key = sign * np.asarray(target, dtype=float)
-    lo = np.zeros(m, dtype=np.int64)  # invariant: key(lo) <= key or lo == 0
-    hi = np.full(m, n - 1, dtype=np.int64)
-    while np.any(hi - lo > 1):
-        mid = (lo + hi) // 2
-        below = sign * table[rows, mid] <= key
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-    d_lo = np.abs(table[rows, lo] - target)
-    d_hi = np.abs(table[rows, hi] - target)
-    return np.where(d_hi < d_lo, hi, lo)
+    """(m,) per edge, the tap nearest in conductance to ``target`` (m,) S
+    (:meth:`SteppedEdges.nearest_taps`)."""
+    return edges.nearest_taps(target)
 
 
 def boundary_bounds(task: Task, eta: float, scheme: Scheme | None = None) -> tuple[float, float]:
@@ -427,9 +413,9 @@ class Scheme:
                 "scheme 'chop' needs a twin bench (free and clamped twins measured together); "
                 "on the simulator use preset 'twin-bench' or parameters.twin = true"
             )
-        if self.residuals is not None and not isinstance(edges, SteppedEdges):
+        if self.residuals is not None and not edges.is_stepped:
             raise ProtocolError("scheme 'residuals' applies to stepped edges only")
-        if (isinstance(edges, SteppedEdges) and not isinstance(rule, SteppedRule)
+        if (edges.is_stepped and not isinstance(rule, SteppedRule)
                 and self.residuals is None):
             raise ProtocolError(
                 f"rule '{rule.name}' on stepped edges needs scheme 'residuals' "
@@ -483,8 +469,7 @@ class Scheme:
         if self.residuals is None or isinstance(rule, SteppedRule) or not isinstance(edges, SteppedEdges):
             return rule.commands(signal, eta, edges)
         assert taps is not None
-        view = ContinuousEdges(float(edges.table.min()), float(edges.table.max()))
-        return self.residuals.taps(rule.commands(signal, eta, view), edges, taps)
+        return self.residuals.taps(rule.commands(signal, eta, edges.continuous_view()), edges, taps)
 
     def advance(self) -> None:
         """Called after every update step."""

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from clln.controller import Dataset, Measurement, Task
+from clln.controller import ContinuousEdges, Dataset, GateEdges, Measurement, SteppedEdges, Task
 from clln.controller.errors import ProtocolError
 from clln.controller.readouts import (
     ComplementInputs,
@@ -74,3 +74,22 @@ def test_classification_inputs_and_the_hinge() -> None:
     # leads of the correct output over the other: 0.2, -0.2, 0.01, -0.01
     assert mirrored.wrong(outputs, d, 0.05).tolist() == [False, True, True, True]
     assert mirrored.accuracy(outputs, d) == 0.5
+
+
+def test_edge_kinds_move_clip_and_step_on_their_own_units() -> None:
+    table = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])  # S; the second falls with the tap
+    stepped = SteppedEdges(table)
+    taps, applied, clipped = stepped.move(np.array([1, 1]), np.array([5, -1]))
+    assert taps.tolist() == [3, 0] and applied.tolist() == [2, -1] and clipped.tolist() == [True, False]
+    assert stepped.conductance_at(taps).tolist() == [4.0, 4.0]
+    assert stepped.step_commands(np.array([1.0, 1.0]), 2).tolist() == [2, -2]  # both towards more S
+    assert stepped.nearest_taps(np.array([2.4, 2.6])).tolist() == [1, 1]
+    assert stepped.command_dtype is np.int64 and stepped.is_stepped
+
+    cont = ContinuousEdges(0.5, 2.5)
+    g, dg, cut = cont.move(np.array([1.0, 2.0]), np.array([0.25, 1.0]))
+    assert g.tolist() == [1.25, 2.5] and dg.tolist() == [0.25, 0.5] and cut.tolist() == [False, True]
+    assert cont.step_commands(np.array([1.0, -1.0]), 4).tolist() == [4 * 2.0 / 128, -4 * 2.0 / 128]
+    gate = GateEdges(0.0, 5.12)
+    assert gate.step_commands(np.array([-1.0]), 1).tolist() == [-0.04]
+    assert cont.taps_of(g) is None and gate.taps_of(g) is None
