@@ -115,20 +115,44 @@ def _clip_move(state: np.ndarray, wanted: np.ndarray, low: float | int,
     return new, new - state, new != wanted
 
 
-def _unit_steps(direction: np.ndarray, step: int, span: float) -> np.ndarray:
-    """Real-valued commands of ``step`` hardware "taps" of 1/128 of ``span``."""
-    return direction * step * span / 128.0
+class _RealValuedEdges:
+    """What edges whose state and commands are real numbers (siemens or volts) share."""
+
+    is_stepped: ClassVar[bool] = False
+    command_dtype: ClassVar[type] = float
+
+    def _range(self) -> tuple[float, float]:
+        """(low, high) of the adjustable quantity."""
+        raise NotImplementedError
+
+    def commands_for_change(self, delta: np.ndarray, state: EdgeState | None = None) -> np.ndarray:
+        """Commands realising a change ``delta`` (m,) of the adjustable quantity: ``delta``."""
+        return delta
+
+    def step_commands(self, direction: np.ndarray, step: int) -> np.ndarray:
+        """Commands of ``step`` hardware "taps" of 1/128 of the range in each edge's
+        ``direction`` (-1, 0, +1)."""
+        low, high = self._range()
+        return direction * step * (high - low) / 128.0
+
+    def taps_of(self, state: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def reported(self, values: np.ndarray) -> EdgeState:
+        """The edge state of the real values (S or V) a device reports."""
+        return EdgeState(np.asarray(values, dtype=float).copy(), None)
 
 
 @dataclass(frozen=True)
-class ContinuousEdges:
+class ContinuousEdges(_RealValuedEdges):
     """Edges set to any conductance in [gmin, gmax] (siemens); commands are Δg."""
 
     gmin: float
     gmax: float
     kind: Literal["continuous"] = "continuous"
-    is_stepped: ClassVar[bool] = False
-    command_dtype: ClassVar[type] = float
+
+    def _range(self) -> tuple[float, float]:
+        return self.gmin, self.gmax
 
     def clip_state(self, state: np.ndarray) -> np.ndarray:
         """(m,) conductances (S) brought into [gmin, gmax]."""
@@ -141,21 +165,6 @@ class ContinuousEdges:
     def conductance_at(self, state: np.ndarray) -> np.ndarray:
         """(m,) conductance of a state, S: the state itself."""
         return state
-
-    def commands_for_change(self, delta: np.ndarray, state: EdgeState | None = None) -> np.ndarray:
-        """Commands realising a conductance change ``delta`` (m,) S: ``delta`` itself."""
-        return delta
-
-    def step_commands(self, direction: np.ndarray, step: int) -> np.ndarray:
-        """Δg of ``step`` steps of 1/128 of the range in each edge's ``direction`` (-1, 0, +1)."""
-        return _unit_steps(direction, step, self.gmax - self.gmin)
-
-    def taps_of(self, state: np.ndarray) -> np.ndarray | None:
-        return None
-
-    def reported(self, values: np.ndarray) -> EdgeState:
-        """The edge state of the real values (S) a device reports."""
-        return EdgeState(np.asarray(values, dtype=float).copy(), None)
 
     def describe(self) -> dict[str, object]:
         return {"kind": "continuous", "gmin": self.gmin, "gmax": self.gmax}
@@ -252,7 +261,7 @@ class SteppedEdges:
 
 
 @dataclass(frozen=True)
-class GateEdges:
+class GateEdges(_RealValuedEdges):
     """Transistor edges whose adjustable state is the gate voltage, in [vmin, vmax]
     volts; commands are ΔV_G (volts). ``resolution`` (V) is the step of the gate drive
     (0: continuous).
@@ -265,23 +274,9 @@ class GateEdges:
     vmax: float
     resolution: float = 0.0
     kind: Literal["gate"] = "gate"
-    is_stepped: ClassVar[bool] = False
-    command_dtype: ClassVar[type] = float
 
-    def commands_for_change(self, delta: np.ndarray, state: EdgeState | None = None) -> np.ndarray:
-        """Commands realising a gate-voltage change ``delta`` (m,) V: ``delta`` itself."""
-        return delta
-
-    def step_commands(self, direction: np.ndarray, step: int) -> np.ndarray:
-        """ΔV_G of ``step`` steps of 1/128 of the gate range in each edge's ``direction``."""
-        return _unit_steps(direction, step, self.vmax - self.vmin)
-
-    def taps_of(self, state: np.ndarray) -> np.ndarray | None:
-        return None
-
-    def reported(self, values: np.ndarray) -> EdgeState:
-        """The edge state of the gate voltages (V) a device reports."""
-        return EdgeState(np.asarray(values, dtype=float).copy(), None)
+    def _range(self) -> tuple[float, float]:
+        return self.vmin, self.vmax
 
     def describe(self) -> dict[str, object]:
         return {"kind": "gate", "vmin": self.vmin, "vmax": self.vmax, "resolution": self.resolution}
