@@ -52,7 +52,7 @@ def direction_tasks(
     task : a regression or allostery task.
     directions : (K, n_features) input directions (normalised to unit max).
     """
-    if task.kind == "classification":
+    if task.classifies:
         raise ValueError("direction_tasks needs a regression or allostery task")
     amap, *_ = np.linalg.lstsq(task.train.x, task.train.y, rcond=None)  # (n_features, n_outputs)
     tasks = []

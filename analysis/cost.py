@@ -257,7 +257,7 @@ def stiff_modes(hessian: np.ndarray, *, n_stiff: int | None = None, max_stiff: i
 
 def task_cost_kind(task: Task) -> CostKind:
     """The cost the task is trained on."""
-    return "cosine" if task.kind == "classification" else "mse"
+    return "cosine" if task.classifies else "mse"
 
 
 def task_output_operator(task: Task, n_nodes: int) -> sp.csr_matrix:

@@ -25,6 +25,7 @@ import scipy.sparse.linalg as spla
 from clln.analysis.analyze import _spearman
 from clln.controller.errors import UserError
 from clln.controller.network import Network
+from clln.controller.readouts import NodeReadout
 from clln.controller.task import Task
 from clln.simulator.devices import EdgeModel, Level1, SeedTransistor
 from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
@@ -108,7 +109,7 @@ def operating_point_analysis(network: Network, model: EdgeModel, gates: np.ndarr
         "spearman_susceptibility_vs_gate": _spearman(norms, gates),
     }
     arrays: dict[str, np.ndarray] = {"susceptibility": norms, "conductance": conductance}
-    if task is not None and task.kind != "allostery":
+    if task is not None and isinstance(task.readout, NodeReadout):  # node outputs
         outputs = np.asarray(task.output_nodes, dtype=np.int64)
         position = np.full(network.n_nodes, -1, dtype=np.int64)
         position[free] = np.arange(free.size)

@@ -48,7 +48,7 @@ def insitu_experiment(protocol: Protocol, task: Task, steps: int, source: str) -
         spec.check(steps)
     except ValueError as exc:
         raise ProtocolError(f"{source}: training.{exc}") from None
-    labels = task.train.labels if task.kind == "classification" else None
+    labels = task.labels(task.train)
     flags = None if spec.learn_flags is None else np.array(spec.learn_flags, dtype=bool)
     return InSituExperiment.from_schedules(
         train_sources=task.source_voltages(task.train.x), train_targets=task.train.y,
@@ -57,7 +57,7 @@ def insitu_experiment(protocol: Protocol, task: Task, steps: int, source: str) -
         learn_time_s=[t * 1e-6 for t in spec.schedule("learn_time_us", steps)],
         amplifier_gain=spec.amplifier_gain, eta_levels=spec.eta_levels, learn_flags=flags,
         timer=TimerModel(spec.timer_tick_us * 1e-6, spec.timer_max_ticks),
-        train_labels=labels, test_labels=None if labels is None else task.test.labels,
+        train_labels=labels, test_labels=task.labels(task.test),
         hinge=spec.hinge, margin=spec.margin, normalise=spec.normalise,
         anti_clamp=spec.anti_clamp, test_every=protocol.training.test_every,
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
 
 from clln.controller._kernels import basis_drops, row_quadratic_form
 from clln.controller.bounds import require_finite
+from clln.controller.errors import ProtocolError
 from clln.controller.network import Network
 
 
@@ -94,13 +95,79 @@ class Measurement:
         return power
 
 
+# The edge kinds. What differs between them is kept on the classes, so that rules,
+# schemes and backends ask the edges instead of switching on their type:
+#
+# * ``is_stepped``, ``command_dtype``: integer tap moves or real-valued changes;
+# * ``clip_state`` / ``move`` / ``conductance_at``: the actuator's range and what a
+#   command does to a state (taps, or conductances / gate volts);
+# * ``commands_for_change``: the commands realising a change of the adjustable quantity;
+# * ``step_commands``: the commands of ``step`` hardware steps in given directions;
+# * ``taps_of``: the integer taps of a state (None where there are none);
+# * ``reported``: the edge state of the values a device reports;
+# * ``describe``: the JSON record of the actuators.
+
+
+def _clip_move(state: np.ndarray, wanted: np.ndarray, low: float | int,
+               high: float | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(new state, applied change, clipped mask) of a move to ``wanted`` within [low, high]."""
+    new = np.clip(wanted, low, high)
+    return new, new - state, new != wanted
+
+
+class _RealValuedEdges:
+    """What edges whose state and commands are real numbers (siemens or volts) share."""
+
+    is_stepped: ClassVar[bool] = False
+    command_dtype: ClassVar[type] = float
+
+    def _range(self) -> tuple[float, float]:
+        """(low, high) of the adjustable quantity."""
+        raise NotImplementedError
+
+    def commands_for_change(self, delta: np.ndarray, state: EdgeState | None = None) -> np.ndarray:
+        """Commands realising a change ``delta`` (m,) of the adjustable quantity: ``delta``."""
+        return delta
+
+    def step_commands(self, direction: np.ndarray, step: int) -> np.ndarray:
+        """Commands of ``step`` hardware "taps" of 1/128 of the range in each edge's
+        ``direction`` (-1, 0, +1)."""
+        low, high = self._range()
+        return direction * step * (high - low) / 128.0
+
+    def taps_of(self, state: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def reported(self, values: np.ndarray) -> EdgeState:
+        """The edge state of the real values (S or V) a device reports."""
+        return EdgeState(np.asarray(values, dtype=float).copy(), None)
+
+
 @dataclass(frozen=True)
-class ContinuousEdges:
+class ContinuousEdges(_RealValuedEdges):
     """Edges set to any conductance in [gmin, gmax] (siemens); commands are Δg."""
 
     gmin: float
     gmax: float
     kind: Literal["continuous"] = "continuous"
+
+    def _range(self) -> tuple[float, float]:
+        return self.gmin, self.gmax
+
+    def clip_state(self, state: np.ndarray) -> np.ndarray:
+        """(m,) conductances (S) brought into [gmin, gmax]."""
+        return np.clip(np.asarray(state).astype(float), self.gmin, self.gmax)
+
+    def move(self, state: np.ndarray, commands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(new conductances, applied Δg, clipped mask) of commands Δg (S) from ``state``."""
+        return _clip_move(state, state + commands.astype(float), self.gmin, self.gmax)
+
+    def conductance_at(self, state: np.ndarray) -> np.ndarray:
+        """(m,) conductance of a state, S: the state itself."""
+        return state
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "continuous", "gmin": self.gmin, "gmax": self.gmax}
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +182,8 @@ class SteppedEdges:
 
     table: np.ndarray
     kind: Literal["stepped"] = "stepped"
+    is_stepped: ClassVar[bool] = True
+    command_dtype: ClassVar[type] = np.int64
 
     @property
     def n_taps(self) -> int:
@@ -129,9 +198,70 @@ class SteppedEdges:
         """(m,) conductance at the given integer taps."""
         return self.table[np.arange(self.table.shape[0]), np.asarray(taps, dtype=np.int64)]
 
+    def clip_state(self, state: np.ndarray) -> np.ndarray:
+        """(m,) integer taps brought into [0, n_taps - 1]."""
+        return np.clip(np.asarray(state).astype(np.int64), 0, self.n_taps - 1)
+
+    def move(self, state: np.ndarray, commands: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(new taps, applied Δtaps, clipped mask) of commands Δtaps from taps ``state``."""
+        span = self.n_taps  # no move is longer: huge commands cannot overflow int64
+        wanted = state + np.clip(commands, -span, span).astype(np.int64)
+        return _clip_move(state, wanted, 0, self.n_taps - 1)
+
+    def conductance_at(self, state: np.ndarray) -> np.ndarray:
+        """(m,) calibrated conductance at taps ``state``, S."""
+        return self.conductance(state)
+
+    def nearest_taps(self, target: np.ndarray) -> np.ndarray:
+        """(m,) per edge, the tap whose conductance in the (monotone) table row is nearest
+        to ``target`` (m,) S; of two equally near taps the lower. Vectorised bisection:
+        O(m log n_taps)."""
+        table = self.table
+        m, n = table.shape
+        rows = np.arange(m)
+        sign = self.direction.astype(float)  # key(t) = sign * g(t) rises with t
+        target = np.asarray(target, dtype=float)
+        key = sign * target
+        lo = np.zeros(m, dtype=np.int64)  # invariant: key(lo) <= key or lo == 0
+        hi = np.full(m, n - 1, dtype=np.int64)
+        while np.any(hi - lo > 1):
+            mid = (lo + hi) // 2
+            below = sign * table[rows, mid] <= key
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        d_lo = np.abs(table[rows, lo] - target)
+        d_hi = np.abs(table[rows, hi] - target)
+        return np.where(d_hi < d_lo, hi, lo)
+
+    def commands_for_change(self, delta: np.ndarray, state: EdgeState | None = None) -> np.ndarray:
+        """Δtaps to the taps nearest the conductances of ``state`` plus ``delta`` (m,) S."""
+        if state is None or state.taps is None:
+            raise ProtocolError("a conductance change on stepped edges needs their current taps")
+        return self.nearest_taps(state.conductances + delta) - state.taps
+
+    def step_commands(self, direction: np.ndarray, step: int) -> np.ndarray:
+        """Δtaps of ``step`` taps in the direction (-1, 0, +1) of each edge's conductance."""
+        return (step * direction * self.direction).astype(np.int64)
+
+    def taps_of(self, state: np.ndarray) -> np.ndarray | None:
+        return state.astype(np.int64)
+
+    def reported(self, values: np.ndarray) -> EdgeState:
+        """The edge state of the tracked taps a device reports as real values: the nearest
+        integer taps, and the calibrated conductance there (taps held within the table)."""
+        taps = np.rint(values).astype(np.int64)
+        return EdgeState(self.conductance(np.clip(taps, 0, self.n_taps - 1)), taps)
+
+    def continuous_view(self) -> ContinuousEdges:
+        """The table's conductance range as continuous edges (for a continuous rule)."""
+        return ContinuousEdges(float(self.table.min()), float(self.table.max()))
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "stepped", "n_taps": self.n_taps}
+
 
 @dataclass(frozen=True)
-class GateEdges:
+class GateEdges(_RealValuedEdges):
     """Transistor edges whose adjustable state is the gate voltage, in [vmin, vmax]
     volts; commands are ΔV_G (volts). ``resolution`` (V) is the step of the gate drive
     (0: continuous).
@@ -144,6 +274,12 @@ class GateEdges:
     vmax: float
     resolution: float = 0.0
     kind: Literal["gate"] = "gate"
+
+    def _range(self) -> tuple[float, float]:
+        return self.vmin, self.vmax
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "gate", "vmin": self.vmin, "vmax": self.vmax, "resolution": self.resolution}
 
 
 EdgeActuators = ContinuousEdges | SteppedEdges | GateEdges

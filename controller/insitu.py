@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clln.controller.backend import SteppedEdges
 from clln.controller.capabilities import LearnsInPlace, require
 from clln.controller.schemes import Scheme
 from clln.controller.trainer import Backoff, ReversalBackoff, StepCallback, StepRecord, TrainResult
@@ -377,7 +376,7 @@ class InSituTrainer:
         last = rec.step == ex.steps
         state = rec.state
         snapshot = rec.step % self.snapshot_every == 0 or last
-        taps = state.astype(np.int64) if isinstance(self.bench.edges, SteppedEdges) else None
+        taps = self.bench.edges.taps_of(state)
         return StepRecord(
             step=rec.step, error=rec.train_error,
             nudge=float(np.sqrt(np.mean(moved**2))) if moved.size else 0.0,

@@ -17,8 +17,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from clln.controller.backend import EdgeActuators, EdgeState, GateEdges, Measurement, SteppedEdges
-from clln.controller.errors import ProtocolError
+from clln.controller.backend import EdgeActuators, EdgeState, Measurement
 
 
 def contrastive_signal(
@@ -48,11 +47,6 @@ class UpdateRule(Protocol):
         ...
 
 
-def nearest_taps(edges: SteppedEdges, target: np.ndarray) -> np.ndarray:
-    """(m,) for each edge, the tap whose calibrated conductance is nearest ``target`` (S)."""
-    return np.argmin(np.abs(edges.table - np.asarray(target)[:, None]), axis=1).astype(np.int64)
-
-
 @dataclass(frozen=True)
 class CoupledRule:
     """Coupled learning: dg_j = (alpha / eta) s_j, siemens. On stepped edges each edge
@@ -70,12 +64,7 @@ class CoupledRule:
 
     def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
                  state: EdgeState | None = None) -> np.ndarray:
-        delta = (self.alpha / eta) * signal
-        if isinstance(edges, SteppedEdges):
-            if state is None or state.taps is None:
-                raise ProtocolError("rule 'coupled' on stepped edges needs their current taps")
-            return nearest_taps(edges, state.conductances + delta) - state.taps
-        return delta
+        return edges.commands_for_change((self.alpha / eta) * signal, state)
 
 
 @dataclass(frozen=True)
@@ -96,10 +85,5 @@ class SteppedRule:
 
     def commands(self, signal: np.ndarray, eta: float, edges: EdgeActuators,
                  state: EdgeState | None = None) -> np.ndarray:
-        direction = np.sign(signal) * (np.abs(signal) > self.threshold)
-        if isinstance(edges, SteppedEdges):
-            return (self.step * direction * edges.direction).astype(np.int64)
         # On continuous and gate edges, one "tap" is 1/128 of the range.
-        if isinstance(edges, GateEdges):
-            return direction * self.step * (edges.vmax - edges.vmin) / 128.0
-        return direction * self.step * (edges.gmax - edges.gmin) / 128.0
+        return edges.step_commands(np.sign(signal) * (np.abs(signal) > self.threshold), self.step)

@@ -14,13 +14,25 @@ Three kinds (docs/science.md, "Tasks"):
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from clln.controller.backend import Measurement
 from clln.controller.errors import ProtocolError
+from clln.controller.readouts import (
+    ComplementInputs,
+    CosineCost,
+    Cost,
+    DirectInputs,
+    EdgeDropReadout,
+    Inputs,
+    MirroredInputs,
+    NodeReadout,
+    Readout,
+    SquaredError,
+)
 
 TaskKind = Literal["regression", "allostery", "classification"]
 
@@ -46,7 +58,8 @@ class Task:
 
     Attributes
     ----------
-    kind : regression, allostery or classification.
+    kind : regression, allostery or classification (recorded and printed; the behaviour
+        is in ``readout``, ``inputs`` and ``cost``, chosen once from it).
     output_nodes : (k,) output nodes (regression, classification).
     output_edges : (k, 2) output node pairs (allostery); the output is v[a] - v[b].
     train, test : datasets.
@@ -54,6 +67,7 @@ class Task:
     complement : classification inputs drive x and high_ground - x (no separate high
         ground) instead of +x, -x and the high ground: sources stay within
         [0, high_ground], as on a bench with one supply (transistor networks).
+    readout, inputs, cost : the task's parts (:mod:`clln.controller.readouts`).
     """
 
     kind: TaskKind
@@ -63,20 +77,30 @@ class Task:
     output_edges: tuple[tuple[int, int], ...] = ()
     high_ground: float = 1.0
     complement: bool = False
+    readout: Readout = field(init=False, repr=False)
+    inputs: Inputs = field(init=False, repr=False)
+    cost_model: Cost = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        readout: Readout
         if self.kind == "allostery":
-            if not self.output_edges:
-                raise ProtocolError("an allostery task needs output edges")
-            ends = [n for e in self.output_edges for n in e]
-            if len(set(ends)) != len(ends):
-                raise ProtocolError("output edges of an allostery task must not share nodes")
+            readout = EdgeDropReadout(tuple(self.output_edges))
         elif not self.output_nodes:
             raise ProtocolError(f"a {self.kind} task needs output nodes")
+        else:
+            readout = NodeReadout(tuple(self.output_nodes))
+        inputs: Inputs = DirectInputs()
+        cost: Cost = SquaredError()
+        if self.kind == "classification":
+            inputs = ComplementInputs(self.high_ground) if self.complement else MirroredInputs(self.high_ground)
+            cost = CosineCost()
+        object.__setattr__(self, "readout", readout)
+        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "cost_model", cost)
 
     @property
     def n_outputs(self) -> int:
-        return len(self.output_edges) if self.kind == "allostery" else len(self.output_nodes)
+        return self.readout.n_outputs
 
     @property
     def n_features(self) -> int:
@@ -85,32 +109,29 @@ class Task:
     @property
     def n_sources(self) -> int:
         """Number of source nodes the task drives."""
-        if self.kind != "classification":
-            return self.n_features
-        return 2 * self.n_features + (0 if self.complement else 1)
+        return self.inputs.n_sources(self.n_features)
 
     @property
     def clamp_nodes(self) -> tuple[int, ...]:
         """Nodes held in the clamped phase, in the order of the ``clamps`` columns."""
-        if self.kind == "allostery":
-            return tuple(n for e in self.output_edges for n in e)
-        return tuple(self.output_nodes)
+        return self.readout.clamp_nodes
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the task sorts samples into labelled classes (winner-take-all)."""
+        return self.cost_model.classifies
+
+    def labels(self, dataset: Dataset) -> np.ndarray | None:
+        """The dataset's class labels when the task classifies, else None."""
+        return self.cost_model.labels(dataset)
 
     def source_voltages(self, x: np.ndarray) -> np.ndarray:
         """(B, n_sources) volts for the inputs x (B, n_features)."""
-        x = np.asarray(x, dtype=float)
-        if self.kind == "classification" and self.complement:
-            return np.hstack([x, self.high_ground - x])
-        if self.kind == "classification":
-            high = np.full((x.shape[0], 1), self.high_ground)
-            return np.hstack([x, -x, high])
-        return x
+        return self.inputs.voltages(np.asarray(x, dtype=float))
 
     def outputs(self, measurement: Measurement) -> np.ndarray:
         """(B, n_outputs) output voltages (node voltages or edge drops)."""
-        if self.kind == "allostery":
-            return measurement.drops_at(np.array(self.output_edges))
-        return measurement.at_nodes(self.output_nodes)
+        return self.readout.outputs(measurement)
 
     def clamp_voltages(
         self, free: Measurement, y: np.ndarray, eta: float | np.ndarray
@@ -121,19 +142,14 @@ class Task:
         ``eta`` may be a scalar or a (B, 1) / (B, n_outputs) array.
         """
         out_free = self.outputs(free)
-        ends = free.at_nodes(self.clamp_nodes) if self.kind == "allostery" else out_free
-        return self._nudged(out_free, ends, y, eta)
+        return self._nudged(out_free, self.readout.held(free, out_free), y, eta)
 
     def _nudged(self, out_free: np.ndarray, ends: np.ndarray, y: np.ndarray,
                 eta: float | np.ndarray) -> np.ndarray:
         """The clamp formula of :meth:`clamp_voltages` from free outputs (B, n_outputs),
         the free voltages of the clamped nodes ``ends`` (B, n_clamps) and targets y."""
         nudge = np.asarray(eta) * (np.asarray(y) - out_free)
-        if self.kind == "allostery":
-            pairs = ends.reshape(len(out_free), -1, 2)
-            clamped = pairs + 0.5 * nudge[:, :, None] * np.array([1.0, -1.0])
-            return clamped.reshape(len(out_free), -1)
-        return out_free + nudge
+        return self.readout.place(out_free, ends, nudge)
 
     def source_bounds(self) -> tuple[float, float]:
         """(low, high) V: every source voltage of the train and test sets, with ground
@@ -153,33 +169,36 @@ class Task:
         """
         lo, hi = self.source_bounds()
         y = np.concatenate([self.train.y.ravel(), self.test.y.ravel()])
-        width = len(self.clamp_nodes) // self.n_outputs  # clamped nodes per output: 1, or 2 (edge ends)
+        width = self.readout.nodes_per_output
         corners = np.array(list(itertools.product((lo, hi), repeat=width)))  # (2^width, width)
         targets = np.array([y.min(), y.max()])
         ends = np.repeat(corners, len(targets), axis=0)  # every corner with every target
         ty = np.tile(targets, len(corners))[:, None]
-        out_free = ends[:, :1] - ends[:, 1:] if width == 2 else ends
+        out_free = self.readout.corner_outputs(ends)
         clamped = self._nudged(out_free, ends, ty, eta)
         reach = [clamped, 2.0 * ends - clamped] if mirrored else [clamped]
         return float(min(r.min() for r in reach)), float(max(r.max() for r in reach))
 
     def sample_errors(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(B,) per-sample cost: squared error mean (V^2), or cosine distance."""
-        if self.kind == "classification":
-            num = np.sum(outputs * y, axis=1)
-            den = np.linalg.norm(outputs, axis=1) * np.linalg.norm(y, axis=1)
-            return 1.0 - num / np.where(den > 0, den, 1.0)
-        return np.mean((outputs - y) ** 2, axis=1)
+        return self.cost_model.sample_errors(outputs, y)
 
     def cost(self, outputs: np.ndarray, y: np.ndarray) -> float:
         """Mean cost over a batch: MSE (V^2) or mean cosine distance."""
         return float(np.mean(self.sample_errors(outputs, y)))
 
+    def wrong(self, outputs: np.ndarray, batch: Dataset, margin: float) -> np.ndarray:
+        """(B,) bool: the samples of ``batch`` whose free outputs (B, n_outputs) V are not
+        yet right by ``margin`` V (a regression output off by more than it; a classified
+        sample misclassified or leading the runner-up by no more than it)."""
+        return self.cost_model.wrong(outputs, batch, margin)
+
     def accuracy(self, outputs: np.ndarray, dataset: Dataset) -> float | None:
         """Winner-take-all accuracy for classification, None otherwise."""
-        if self.kind != "classification" or dataset.labels is None:
+        labels = self.labels(dataset)
+        if labels is None:
             return None
-        return float(np.mean(np.argmax(outputs, axis=1) == dataset.labels))
+        return float(np.mean(np.argmax(outputs, axis=1) == labels))
 
 
 def linear_map_dataset(

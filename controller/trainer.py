@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clln.controller.backend import Measurement, NetworkBackend, SteppedEdges
+from clln.controller.backend import Measurement, NetworkBackend
 from clln.controller.bounds import DivergedError
 from clln.controller.capabilities import twin_bench
 from clln.controller.rules import UpdateRule, contrastive_signal
@@ -367,8 +367,7 @@ class Trainer:
             taps = self.backend.read_edges().taps if scheme.residuals is not None else None
             commands = _finite(index, "the update", scheme.commands(self.rule, signal, eta, edges, taps))
         else:  # nothing teaches: no update at all, so no bias is applied either
-            commands = np.zeros(self.backend.network.n_edges,
-                                dtype=np.int64 if isinstance(edges, SteppedEdges) else float)
+            commands = np.zeros(self.backend.network.n_edges, dtype=edges.command_dtype)
         applied = self.backend.adjust(commands)
         self._applied = applied.commands
         scheme.advance()

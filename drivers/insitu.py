@@ -198,7 +198,7 @@ class InSituBench:
         self.resend_holdoff = resend_holdoff
         self._edges: SteppedEdges | GateEdges = (
             table if isinstance(table, GateEdges) else SteppedEdges(np.asarray(table, dtype=float)))
-        self.wide = isinstance(table, GateEdges)  # gate volts: float64 states on the wire
+        self.wide = not self._edges.is_stepped  # gate volts: float64 states on the wire
 
     @property
     def network(self) -> Network:
@@ -340,10 +340,7 @@ class InSituBench:
         return np.frombuffer(body, dtype=self._width, count=self._network.n_edges, offset=4).astype(float)
 
     def read_edges(self) -> EdgeState:
-        if isinstance(self._edges, GateEdges):
-            return EdgeState(np.asarray(self._state, dtype=float).copy(), None)
-        taps = np.rint(self._state).astype(np.int64)
-        return EdgeState(self._edges.conductance(np.clip(taps, 0, self._edges.n_taps - 1)), taps)
+        return self._edges.reported(self._state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": np.asarray(self._state, dtype=float).copy()}

@@ -15,6 +15,9 @@ behind the emulated bench in place of the Python firmware.
 (PROTOCOL.md §12.7) served by :class:`AnalogFrontEnd` on the harness's second pty, from a
 :class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics`: the physics model the Python
 emulator of the device (:mod:`clln.simulator.insitu_device`) runs on.
+
+Building the firmware and the harness is in :mod:`clln.simulator.avr_build`; its names
+(:func:`build`, :class:`Build`, :func:`missing_tools`, ...) are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,25 +26,29 @@ import binascii
 import os
 import queue
 import select
-import shutil
 import struct
 import subprocess
 import termios
 import threading
 import time
 import tty
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import serial
 
+from clln.simulator.avr_build import (
+    FIRMWARE,
+    TOOLS,
+    Build,
+    SimavrError,
+    build,
+    default_build_dir,
+    missing_tools,
+)
 from clln.simulator.bench import Faults, dtr_reset_port_class
 from clln.simulator.insitu_pot import ComparatorTwinPhysics
 
-FIRMWARE = Path(__file__).resolve().parents[1] / "drivers" / "firmware"
-TOOLS = ("make", "avr-gcc", "avr-size", "cc")
 # Chip selects of the reference firmware on the Mega 2560: digital pins 22-29 are PA0-PA7
 # and 30-37 are PC7-PC0 (the board's schematic); 16 pots.
 MEGA2560_CS = tuple(f"A{b}" for b in range(8)) + tuple(f"C{b}" for b in range(7, -1, -1))
@@ -51,46 +58,8 @@ LEARN_PIN = "E4"  # the in-situ firmware's LEARN enable line: Mega 2560 digital 
 SRAM_START = 0x200  # first SRAM byte of the ATmega2560 (after the extended I/O space)
 
 
-class SimavrError(RuntimeError):
-    """The firmware or the harness could not be built or run."""
-
-
-def missing_tools() -> list[str]:
-    """Tools (and libraries) that building and running the harness needs but are absent."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if not Path("/usr/include/simavr/sim_avr.h").exists():
-        missing.append("libsimavr-dev (simavr headers)")
-    if not Path("/usr/share/arduino/hardware/arduino/avr/cores/arduino").is_dir():
-        missing.append("arduino-core-avr")
-    return missing
-
-
-@dataclass(frozen=True)
-class Build:
-    elf: Path
-    harness: Path
-    size: str  # avr-size summary line of the firmware
-
-
-def _make(directory: Path, *args: str) -> str:
-    proc = subprocess.run(["make", "-s", "-C", str(directory), *args], capture_output=True, text=True)
-    if proc.returncode:
-        raise SimavrError(f"make in {directory} failed:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-def build(out: str | Path, *, board: str = "mega2560", n_pots: int = 16, defines: str = "",
-          insitu: bool = False) -> Build:
-    """Compile the firmware (for ``board``, with extra ``-D`` ``defines``; with the in-situ
-    mode of protocol 1.2 when ``insitu``) and the harness into ``out``; up-to-date files are
-    not rebuilt."""
-    out = Path(out)
-    fw_dir = out / (f"{board}-{n_pots}{'-' + defines.replace(' ', '') if defines else ''}"
-                    f"{'-insitu' if insitu else ''}")
-    size = _make(FIRMWARE / "potbank", f"BOARD={board}", f"N_POTS={n_pots}", f"BUILD={fw_dir}",
-                 f"EXTRA={defines}", f"INSITU={1 if insitu else ''}")
-    _make(FIRMWARE / "simavr", f"BUILD={out}")
-    return Build(fw_dir / "potbank.elf", out / "potbank_sim", size.strip().splitlines()[-1])
+__all__ = ["FIRMWARE", "TOOLS", "AnalogFrontEnd", "Build", "FaultyPort", "SimavrError", "SimavrInSitu",
+           "SimavrPotBank", "build", "default_build_dir", "missing_tools"]
 
 
 class _SyncedLock:
@@ -499,10 +468,3 @@ class FaultyPort:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._port, name)
-
-
-def default_build_dir() -> Path:
-    """Where builds are cached between runs (``CLLN_AVR_BUILD`` or a per-user temp dir)."""
-    env = os.environ.get("CLLN_AVR_BUILD")
-    return Path(env) if env else Path("/tmp") / f"clln-avr-{os.getuid()}"
-

@@ -172,12 +172,9 @@ class SimulatedBackend(SimulatedSeam):
         initial = np.asarray(initial)
         if initial.shape != (m,):
             raise ValueError(f"initial state must have shape ({m},), got {initial.shape}")
-        if isinstance(edges, SteppedEdges):
-            self._taps: np.ndarray | None = np.clip(initial.astype(np.int64), 0, edges.n_taps - 1)
-            self._g = edges.conductance(self._taps)
-        else:
-            self._taps = None
-            self._g = np.clip(initial.astype(float), edges.gmin, edges.gmax)
+        state = edges.clip_state(initial)  # taps, or conductances (S)
+        self._taps: np.ndarray | None = state if edges.is_stepped else None
+        self._g = edges.conductance_at(state)
 
         self._bench: BenchInstance | None = None
         if params != Imperfections():
@@ -295,26 +292,15 @@ class SimulatedBackend(SimulatedSeam):
         commands = require_finite(commands, "adjust: edge commands")
         if commands.shape != self._g.shape:
             raise ValueError(f"commands must have shape {self._g.shape}, got {commands.shape}")
-        if isinstance(self._edges, SteppedEdges):
-            assert self._taps is not None
-            span = self._edges.n_taps  # no move is longer: huge commands cannot overflow int64
-            wanted = self._taps + np.clip(commands, -span, span).astype(np.int64)
-            taps = np.clip(wanted, 0, self._edges.n_taps - 1)
-            applied = taps - self._taps
-            clipped = taps != wanted
-            self._taps = taps
-            self._g = self._edges.conductance(taps)
-        else:
-            edges = self._edges
-            wanted = self._g + commands.astype(float)
-            g = np.clip(wanted, edges.gmin, edges.gmax)
-            applied = g - self._g
-            clipped = g != wanted
-            self._g = g
-            if self._actual is not None:  # up and down steps differ: dg (1 +- a_j)
-                assert self._bench is not None and self._bench.asymmetry is not None
-                moved = applied + self._bench.asymmetry * np.abs(applied)
-                self._actual = np.clip(self._actual + moved, edges.gmin, edges.gmax)
+        edges = self._edges
+        state, applied, clipped = edges.move(self._g if self._taps is None else self._taps, commands)
+        if self._taps is not None:
+            self._taps = state
+        self._g = edges.conductance_at(state)
+        if self._actual is not None:  # analog actuators whose up and down steps differ: dg (1 +- a_j)
+            assert self._bench is not None and self._bench.asymmetry is not None
+            moved = applied + self._bench.asymmetry * np.abs(applied)
+            self._actual = edges.clip_state(self._actual + moved)
         if np.any(applied):
             self._dirty = [True] * len(self._solvers)
         return Applied(applied, clipped)
@@ -339,33 +325,27 @@ class SimulatedBackend(SimulatedSeam):
 
     def set_taps(self, taps: np.ndarray) -> None:
         """Put stepped edges at the given taps (the emulated bench's firmware does this)."""
-        if self._taps is None or not isinstance(self._edges, SteppedEdges):
+        if self._taps is None:
             raise TypeError("set_taps needs stepped edges")
         taps = np.asarray(taps, dtype=np.int64)
         if taps.shape != self._taps.shape:
             raise ValueError(f"taps must have shape {self._taps.shape}, got {taps.shape}")
         if not np.array_equal(taps, self._taps):
-            self._taps = np.clip(taps, 0, self._edges.n_taps - 1)
-            self._g = self._edges.conductance(self._taps)
+            self._taps = self._edges.clip_state(taps)
+            self._g = self._edges.conductance_at(self._taps)
             self._dirty = [True] * len(self._solvers)
 
     def read_edges(self) -> EdgeState:
         return EdgeState(self._g.copy(), None if self._taps is None else self._taps.copy())
 
     def describe(self) -> dict[str, Any]:
-        e = self._edges
-        actuators: dict[str, Any] = (
-            {"kind": "continuous", "gmin": e.gmin, "gmax": e.gmax}
-            if isinstance(e, ContinuousEdges)
-            else {"kind": "stepped", "n_taps": e.n_taps}
-        )
         return {
             "backend": "simulator",
             "solver": self.solver_name,
             "twin": self.twin,
             "preset": self.preset,
             "imperfections": {"preset": self.preset, **self.imperfections.model_dump()},
-            "edges": actuators,
+            "edges": self._edges.describe(),
         }
 
 
