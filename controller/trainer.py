@@ -284,7 +284,7 @@ class Trainer:
         outputs = self.task.outputs(free)
         signal = contrastive_signal(free, clamped, self._incidence)
         edges = self.backend.edges
-        state = self.backend.read_edges() if edges.kind == "stepped" else None
+        state = self.backend.read_edges() if edges.is_stepped else None
         _finite(index, "the learning signal", signal)
         commands = _finite(index, "the update", self.rule.commands(self._scaled(signal), self.config.eta,
                                                                   edges, state))
