@@ -273,30 +273,30 @@ class Trainer:
         if self.scheme is not None:
             return self._scheme_step(index, batch, sources, self.scheme)
         eta = self.config.eta
-        if self._pair is not None:  # both twins at once; the clamped twin follows the free one's outputs
-            free, clamped = self._pair.measure_twin(
-                sources, lambda f: self.task.clamp_voltages(f, batch.y, eta))
-            clamps = self.task.clamp_voltages(free, batch.y, eta)
-        else:
-            free = self.backend.measure(sources)
-            clamps = self.task.clamp_voltages(free, batch.y, eta)
-            clamped = self.backend.measure(sources, clamps)
-        outputs = self.task.outputs(free)
+        free, clamped, clamps = self._measure_pair(
+            sources, lambda f: self.task.clamp_voltages(f, batch.y, eta), swap=False)
         signal = contrastive_signal(free, clamped, self._incidence)
         edges = self.backend.edges
         state = self.backend.read_edges() if edges.is_stepped else None
         _finite(index, "the learning signal", signal)
         commands = _finite(index, "the update", self.rule.commands(self._scaled(signal), self.config.eta,
                                                                   edges, state))
+        return self._applied_step(index, batch, free, clamps, commands, None)
+
+    def _applied_step(self, index: int, batch: Dataset, free: Measurement, clamps: np.ndarray,
+                      commands: np.ndarray, teaching: int | None) -> StepRecord:
+        """Apply one step's commands and record it: the batch error of the free state,
+        the rms nudge the clamps imposed, the applied update and its clipped edges."""
         applied = self.backend.adjust(commands)
         self._applied = applied.commands
         nudge = clamps - free.at_nodes(self.task.clamp_nodes)
         return StepRecord(
             step=index,
-            error=self.task.cost(outputs, batch.y),
+            error=self.task.cost(self.task.outputs(free), batch.y),
             nudge=float(np.sqrt(np.mean(nudge**2))),
             update_norm=float(np.linalg.norm(applied.commands)),
             n_clipped=int(np.count_nonzero(applied.clipped)),
+            teaching=teaching,
         )
 
     def _measure_pair(self, sources: np.ndarray, clamp_rule: Callable[[Measurement], np.ndarray],
@@ -368,19 +368,9 @@ class Trainer:
             commands = _finite(index, "the update", scheme.commands(self.rule, signal, eta, edges, taps))
         else:  # nothing teaches: no update at all, so no bias is applied either
             commands = np.zeros(self.backend.network.n_edges, dtype=edges.command_dtype)
-        applied = self.backend.adjust(commands)
-        self._applied = applied.commands
+        record = self._applied_step(index, batch, free, clamps, commands, teaching)
         scheme.advance()
-        outputs = task.outputs(free)
-        moved = clamps - free.at_nodes(task.clamp_nodes)
-        return StepRecord(
-            step=index,
-            error=task.cost(outputs, batch.y),
-            nudge=float(np.sqrt(np.mean(moved**2))),
-            update_norm=float(np.linalg.norm(applied.commands)),
-            n_clipped=int(np.count_nonzero(applied.clipped)),
-            teaching=teaching,
-        )
+        return record
 
     def run(
         self,
