@@ -125,6 +125,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.krylov_rtol = krylov_rtol
         self.krylov_max_iter = krylov_max_iter
         self.refactor_iterations = refactor_iterations
+        self.compiled = self.uses_shared_factorization  # compiled kernels where the step is large
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
