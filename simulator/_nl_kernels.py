@@ -38,17 +38,18 @@ def _channel(x: float, s: float, knee: float, join: float, decade: float,
 
 
 @njit(cache=True, nogil=True)
-def transistor_residual(v, a, b, gates, v_t, s, knee, join, decade, ln10_decade,  # noqa: ANN001
-                        g_off, device, fixed_g, row_a, row_b, sign_a, sign_b,
+def transistor_residual(v, a, b, v_star, s, join, join2, decade, ln10_decade, g_off,  # noqa: ANN001
+                        row_a, row_b, extra, device, fixed_g,
                         residual, d_va, d_vb) -> None:  # pragma: no cover - compiled
     """Edge derivatives and free-node residual of a batch, written into the outputs.
 
-    v : (B, n) node voltages; a, b : (m,) edge ends; gates, v_t, s, knee : (m,) gate
-    voltage, threshold, gain and S join^2 / 2 per edge; device : (m,) 1 where the edge
-    has a transistor; fixed_g : (m,) parallel conductance (S); row_a, row_b : (m,) the
-    residual row of each end (-1: not a free node), sign_a, sign_b : its entry of B^T.
-    Outputs: residual (B, n_free), d_va, d_vb (B, m). Each row's currents are added in
-    the order of the edges, as the product with B^T's sorted CSR rows adds them.
+    v : (B, n) node voltages; a, b : (m,) edge ends; v_star, s : (m,) V_G - V_T and gain
+    S per edge; join, join2 : the join (V) and its square; row_a, row_b : (m,) the residual row (solver order) of each end, -1 at a
+    fixed node (B^T has +1 at a and -1 at b). With ``extra``: device (m,) is 1 where the
+    edge has a transistor and fixed_g (m,) its parallel conductance (S); without, every
+    edge is a transistor alone and they are not read. Outputs: residual (B, n_free),
+    d_va, d_vb (B, m). Each row's currents are added in the order of the edges, as the
+    product with B^T's sorted CSR rows adds them.
     """
     count = v.shape[0]
     m = a.shape[0]
@@ -58,10 +59,11 @@ def transistor_residual(v, a, b, gates, v_t, s, knee, join, decade, ln10_decade,
         for j in range(m):
             va = v[k, a[j]]
             vb = v[k, b[j]]
-            if device[j]:
-                v_star = gates[j] - v_t[j]
-                f_b, df_b = _channel(v_star - vb, s[j], knee[j], join, decade, ln10_decade)
-                f_a, df_a = _channel(v_star - va, s[j], knee[j], join, decade, ln10_decade)
+            if not extra or device[j]:
+                sj = s[j]
+                knee = 0.5 * sj * join2  # S join^2 / 2, as the numpy model computes it
+                f_b, df_b = _channel(v_star[j] - vb, sj, knee, join, decade, ln10_decade)
+                f_a, df_a = _channel(v_star[j] - va, sj, knee, join, decade, ln10_decade)
                 i = f_b - f_a + g_off * (va - vb)
                 ga = df_a + g_off
                 gb = -df_b - g_off
@@ -69,14 +71,17 @@ def transistor_residual(v, a, b, gates, v_t, s, knee, join, decade, ln10_decade,
                 i = 0.0
                 ga = 0.0
                 gb = 0.0
-            g = fixed_g[j]
-            i = i + g * (va - vb)
-            d_va[k, j] = ga + g
-            d_vb[k, j] = gb - g
+            if extra:
+                g = fixed_g[j]
+                i = i + g * (va - vb)
+                ga = ga + g
+                gb = gb - g
+            d_va[k, j] = ga
+            d_vb[k, j] = gb
             if row_a[j] >= 0:
-                r[row_a[j]] += sign_a[j] * i
+                r[row_a[j]] += i
             if row_b[j] >= 0:
-                r[row_b[j]] += sign_b[j] * i
+                r[row_b[j]] -= i
 
 
 @njit(cache=True, nogil=True)

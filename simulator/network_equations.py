@@ -182,8 +182,9 @@ class NetworkEquations:
             count, m = v.shape[0], self._a.size
             r = np.empty((count, self.n_free))
             d_va, d_vb = np.empty((count, m)), np.empty((count, m))
-            kernel.transistor_residual(np.ascontiguousarray(v), *self._kernel_args[:2],
-                                       np.ascontiguousarray(gates), *self._kernel_args[2:], r, d_va, d_vb)
+            a, b, v_t, s, params, extra = self._kernel_args
+            kernel.transistor_residual(np.ascontiguousarray(v), a, b, np.subtract(gates, v_t), s, *params,
+                                       *extra, r, d_va, d_vb)
             if clamped and self.clamps.size:
                 r[:, self.position[self.clamps]] = 0.0
             return r, Derivatives(d_va, d_vb)
@@ -205,24 +206,22 @@ class NetworkEquations:
         return _nl_kernels
 
     def _transistor_arguments(self, model: SeedTransistor) -> tuple:
-        """The per-edge parameters of :func:`~clln.simulator._nl_kernels.transistor_residual`
-        but the node and gate voltages (a, b, then v_t ... sign_b), on every edge."""
+        """The arguments of :func:`~clln.simulator._nl_kernels.transistor_residual` that
+        stay fixed, on every edge: (a, b, V_T, S, scalar parameters and residual rows,
+        device mask and fixed conductances)."""
         m = self._a.size
         dev = np.ones(m, dtype=bool) if self.device_mask is None else self.device_mask
         count = int(dev.sum())
         v_t, s = np.zeros(m), np.ones(m)
         v_t[dev] = np.broadcast_to(np.asarray(model.v_t, dtype=float), (count,))
         s[dev] = np.broadcast_to(np.asarray(model.s, dtype=float), (count,))
-        knee = 0.5 * s * model.join**2
-        inc = self._incidence_free_t.tocoo()  # B^T's entries at the free rows
-        at_a = self.free_nodes[inc.row] == self._a[inc.col]
-        row_a, row_b = np.full(m, -1, dtype=np.int64), np.full(m, -1, dtype=np.int64)
-        sign_a, sign_b = np.zeros(m), np.zeros(m)
-        row_a[inc.col[at_a]], sign_a[inc.col[at_a]] = inc.row[at_a], inc.data[at_a]
-        row_b[inc.col[~at_a]], sign_b[inc.col[~at_a]] = inc.row[~at_a], inc.data[~at_a]
-        return (np.ascontiguousarray(self._a), np.ascontiguousarray(self._b), v_t, s, knee, float(model.join), float(model.decade), float(LN10 / model.decade),
-                float(model.g_off), dev.astype(np.uint8), np.ascontiguousarray(self.fixed_conductance),
-                row_a, row_b, sign_a, sign_b)
+        a, b = self._a.astype(np.int32), self._b.astype(np.int32)
+        params = (float(model.join), float(model.join**2), float(model.decade),
+                  float(LN10 / model.decade), float(model.g_off),
+                  self.position[a].astype(np.int32), self.position[b].astype(np.int32))
+        extra = (self._has_fixed or self.device_mask is not None, dev.astype(np.uint8),
+                 np.ascontiguousarray(self.fixed_conductance))
+        return a, b, v_t, s, params, extra
 
     @property
     def _edge_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -237,7 +236,7 @@ class NetworkEquations:
                 found = np.searchsorted(keys, col * nf + row)
                 return np.where((row >= 0) & (col >= 0), found, -1)
 
-            self._slots = (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb))
+            self._slots = tuple(x.astype(np.int32) for x in (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb)))
         return self._slots
 
 
