@@ -1,0 +1,173 @@
+"""The compiled kernels of the Newton solve (clln.simulator._nl_kernels) against the numpy
+device model and scipy's sparse products: residual, edge derivatives and Jacobian values
+on random inputs that cover the transistor's ohmic, saturation and subthreshold regions
+in both directions, with per-device spread, a parallel conductance, fixed resistors and
+clamped nodes; and the solver with and without them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clln.controller import NodeRoles, delaunay
+from clln.controller.network import Network
+from clln.simulator.devices import Level1, SeedTransistor
+from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
+
+
+def _network(seed: int, n: int) -> tuple[Network, np.random.Generator]:
+    rng = np.random.default_rng(seed)
+    net = delaunay(n, rng)
+    perm = rng.permutation(n)
+    roles = NodeRoles(tuple(int(i) for i in perm[:2]), (int(perm[2]),), tuple(int(i) for i in perm[3:6]))
+    return net.with_roles(roles), rng
+
+
+def _numpy_reference(solver: NonlinearNetworkSolver, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
+    """Residual, derivatives and Jacobian values computed independently of the kernels:
+    the numpy model's currents, the incidence matrix product B^T I, and the Jacobian
+    assembled as B_F^T diag(dI/dV) (per sample, as dense matrices)."""
+    state = solver.edge_state(v, gates)
+    inc = solver.network.incidence.toarray()  # (m, n), +1 at a, -1 at b
+    free = solver.free_nodes
+    residual = (state.current @ inc)[:, free]
+    n = solver.network.n_nodes
+    a, b = solver.network.edges[:, 0], solver.network.edges[:, 1]
+    jacobians = []
+    for k in range(v.shape[0]):
+        dI = np.zeros((solver.network.n_edges, n))  # dI_j / dv_node
+        np.add.at(dI, (np.arange(a.size), a), state.d_va[k])
+        np.add.at(dI, (np.arange(b.size), b), state.d_vb[k])
+        jac = (inc.T @ dI)[np.ix_(free, free)]
+        if clamped:
+            rows = solver.position[solver.clamps]
+            jac[rows, :] = 0.0
+            jac[:, rows] = 0.0
+            jac[rows, rows] = 1.0
+        jacobians.append(jac)
+    if clamped:
+        residual[:, solver.position[solver.clamps]] = 0.0
+    return residual, state, np.array(jacobians)
+
+
+def _dense(solver: NonlinearNetworkSolver, values: np.ndarray) -> np.ndarray:
+    pat = solver._pattern
+    out = np.zeros((values.shape[0], solver.n_free, solver.n_free))
+    for k, row in enumerate(values):
+        out[k, pat.row, pat.col] = row
+    return out
+
+
+def _regions(model: SeedTransistor, va: np.ndarray, vb: np.ndarray, vg: np.ndarray) -> dict[str, int]:
+    """How many (sample, edge) values fall in each region of the seed's model, by direction."""
+    v_star = vg - model.v_t
+    lo, hi = np.minimum(va, vb), np.maximum(va, vb)
+    ohmic = v_star - hi > model.join
+    sub = v_star - lo <= model.join
+    forward = va > vb
+    return {f"{name}_{d}": int(np.count_nonzero(mask & (forward if d == "fwd" else ~forward)))
+            for name, mask in (("ohmic", ohmic), ("sat", ~ohmic & ~sub), ("sub", sub))
+            for d in ("fwd", "rev")}
+
+
+def _random_point(rng: np.random.Generator, net: Network, count: int) -> tuple[np.ndarray, np.ndarray]:
+    v = rng.uniform(0.0, 1.5, (count, net.n_nodes))
+    gates = rng.uniform(0.4, 2.8, net.n_edges)  # V* from below 0 to above every node
+    return v, gates
+
+
+@pytest.mark.parametrize("case", ["nominal", "spread", "g_off", "resistors"])
+def test_compiled_kernels_match_the_numpy_model_to_round_off(case: str) -> None:
+    net, rng = _network(7, 150)
+    model = SeedTransistor(g_off=1e-6 if case == "g_off" else 0.0)
+    fixed = mask = None
+    if case == "spread":
+        model = model.with_spread(rng, net.n_edges, 0.02, 0.05)
+    if case == "resistors":  # two fixed resistors beside the transistors (device mask)
+        net, fixed, mask = with_resistors(net, [(0, 5, 1 / 500.0), (9, 3, 1 / 1000.0)])
+    solver = NonlinearNetworkSolver(net, model, linear="lu", fixed_conductance=fixed, device_mask=mask)
+    assert not solver.compiled  # a small network: numpy unless asked
+    v, gates = _random_point(rng, net, 6)
+    if mask is not None:
+        gates[~mask] = 0.0
+    a, b = net.edges[:, 0], net.edges[:, 1]
+    regions = _regions(model, v[:, a], v[:, b], gates[None, :])
+    assert min(regions.values()) >= 50, regions  # every region, both directions
+    for clamped in (False, True):
+        ref_r, ref_state, ref_jac = _numpy_reference(solver, v, gates, clamped)
+        solver.compiled = True
+        r, state = solver._free_residual_state(v, gates, clamped)
+        values = solver._values(state, clamped)
+        solver.compiled = False
+        scale_i = np.abs(ref_state.current).max()
+        np.testing.assert_allclose(r, ref_r, rtol=0, atol=1e-13 * scale_i)
+        for got, want in ((state.d_va, ref_state.d_va), (state.d_vb, ref_state.d_vb)):
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-25)
+        np.testing.assert_allclose(_dense(solver, values), ref_jac, rtol=0, atol=1e-13 * np.abs(ref_jac).max())
+
+
+def test_compiled_kernels_are_bit_identical_to_numpy_above_threshold() -> None:
+    """Where no channel end is subthreshold (no power of ten), the kernels add the same
+    terms in the same order as the numpy model and scipy's products: the same bits."""
+    net, rng = _network(8, 300)
+    solver = NonlinearNetworkSolver(net, SeedTransistor().with_spread(rng, net.n_edges, 0.01, 0.005),
+                                    linear="lu")
+    v = rng.uniform(0.0, 1.0, (5, net.n_nodes))
+    gates = rng.uniform(1.8, 3.0, net.n_edges)  # V* - V_node > join everywhere
+    for clamped in (False, True):
+        ref_r, ref_state = solver._free_residual_state(v, gates, clamped)
+        ref_values = solver._values(ref_state, clamped)
+        solver.compiled = True
+        r, state = solver._free_residual_state(v, gates, clamped)
+        values = solver._values(state, clamped)
+        solver.compiled = False
+        assert np.array_equal(r, ref_r)
+        assert np.array_equal(state.d_va, ref_state.d_va) and np.array_equal(state.d_vb, ref_state.d_vb)
+        assert np.array_equal(values, ref_values)
+
+
+def test_shared_lu_solver_uses_the_kernels_and_agrees_with_numpy() -> None:
+    """A network on the shared-LU path solves with the compiled kernels; the same solve
+    in numpy gives the same node voltages within the solver's tolerance, free and clamped."""
+    net, rng = _network(9, 1300)
+    solver = NonlinearNetworkSolver(net, SeedTransistor())
+    assert solver.uses_shared_factorization and solver.compiled
+    plain = NonlinearNetworkSolver(net, SeedTransistor())
+    plain.compiled = False
+    gates = rng.uniform(1.0, 2.5, net.n_edges)
+    sources = rng.uniform(0, 1, (4, 2))
+    got, ref = solver.solve(gates, sources), plain.solve(gates, sources)
+    np.testing.assert_allclose(got.voltages, ref.voltages, rtol=0, atol=1e-9)
+    clamps = ref.voltages[:, list(net.roles.clamps)] + 0.01
+    got_c = solver.solve(gates, sources, clamps, start=got.voltages)
+    ref_c = plain.solve(gates, sources, clamps, start=ref.voltages)
+    np.testing.assert_allclose(got_c.voltages, ref_c.voltages, rtol=0, atol=1e-9)
+
+
+def test_models_without_kernels_stay_in_numpy() -> None:
+    net, rng = _network(10, 80)
+    solver = NonlinearNetworkSolver(net, Level1(), linear="krylov")
+    assert solver.compiled and solver._kernels() is None
+    v, gates = _random_point(rng, net, 2)
+    r, state = solver._free_residual_state(v, gates, False)
+    assert state.current.shape == (2, net.n_edges)  # the numpy model's full edge state
+
+
+def test_small_networks_never_load_the_compiler() -> None:
+    """transistor-16-sized networks (per-sample LUs) solve without importing numba, so
+    the command line and small runs pay no compile or import time."""
+    code = (
+        "import sys, numpy as np\n"
+        "from clln.controller import NodeRoles, square_lattice\n"
+        "from clln.simulator.devices import SeedTransistor\n"
+        "from clln.simulator.nonlinear import NonlinearNetworkSolver\n"
+        "net = square_lattice(4, 4, periodic=True).with_roles(NodeRoles((0, 5), (10,), (15,)))\n"
+        "s = NonlinearNetworkSolver(net, SeedTransistor())\n"
+        "s.solve(np.full(net.n_edges, 2.0), np.array([[0.2, 0.8]]))\n"
+        "assert not s.compiled and 'numba' not in sys.modules, sorted(m for m in sys.modules if 'numba' in m)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
