@@ -9,13 +9,17 @@ stacked copy and a sparse product for the Jacobian). Here each is one loop compi
 numba (no fastmath: the same IEEE operations in the same order as the numpy code, so the
 values agree to the last bit wherever the power of ten agrees with numpy's):
 
-* :func:`transistor_residual`: for each sample, the node voltages gathered at both ends
-  of every edge, the channel function F and F' at both ends (the power of ten only
-  below the join), I, dI/dV_a and dI/dV_b with the parallel conductances, then the
-  current leaving each free node summed over its edges in the order of the incidence's
-  CSR rows (as scipy's product sums);
-* :func:`jacobian_values`: each entry of the Jacobian's fixed CSC pattern summed from
-  the edges' derivatives in the order of the assembly map's CSR rows.
+* :func:`transistor_residual`: for each sample and edge, the node voltages at both
+  ends, the channel function F and F' at both ends (the power of ten only below the
+  join), I, dI/dV_a and dI/dV_b with the parallel conductances, and I added to the
+  residual rows of its ends (in edge order: the order in which scipy's product with
+  B^T's sorted CSR rows adds them);
+* :func:`jacobian_values`: the edges' derivatives added into the Jacobian's fixed CSC
+  pattern at precomputed slots (d_va terms, then d_vb terms, each in edge order: the
+  order of the assembly map's sorted CSR rows).
+
+Measured at 2e4 edges, batch 10 (CPU time, one call): device evaluation with the
+residual 5.2 ms in numpy, 0.8 ms here; Jacobian values 3.3 ms and 0.7 ms.
 
 The kernels are compiled on first use and cached on disk (``cache=True``); this module is
 imported only by networks that use them (see ``NetworkEquations.compiled``), so small
@@ -44,12 +48,13 @@ def transistor_residual(v, a, b, v_star, s, join, join2, decade, ln10_decade, g_
     """Edge derivatives and free-node residual of a batch, written into the outputs.
 
     v : (B, n) node voltages; a, b : (m,) edge ends; v_star, s : (m,) V_G - V_T and gain
-    S per edge; join, join2 : the join (V) and its square; row_a, row_b : (m,) the residual row (solver order) of each end, -1 at a
-    fixed node (B^T has +1 at a and -1 at b). With ``extra``: device (m,) is 1 where the
-    edge has a transistor and fixed_g (m,) its parallel conductance (S); without, every
-    edge is a transistor alone and they are not read. Outputs: residual (B, n_free),
-    d_va, d_vb (B, m). Each row's currents are added in the order of the edges, as the
-    product with B^T's sorted CSR rows adds them.
+    S per edge; join, join2 : the join (V) and its square; decade, ln10_decade : volts
+    per decade and ln(10) / decade; g_off : the model's parallel conductance (S);
+    row_a, row_b : (m,) the residual row (solver order) of each end, -1 at a fixed node
+    (B^T has +1 at a and -1 at b). With ``extra``: device (m,) is 1 where the edge has a
+    transistor and fixed_g (m,) its parallel conductance (S); without, every edge is a
+    transistor alone and they are not read. Outputs: residual (B, n_free), d_va, d_vb
+    (B, m).
     """
     count = v.shape[0]
     m = a.shape[0]

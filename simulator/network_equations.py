@@ -88,6 +88,7 @@ class NetworkEquations:
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.compiled = False
         self._kernel_args: tuple | None = None
+        self._kernel_model: EdgeModel | None = None
         self._slots: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def edge_state(self, voltages: np.ndarray, gates: np.ndarray) -> EdgeCurrents:
@@ -201,8 +202,9 @@ class NetworkEquations:
             return None
         from clln.simulator import _nl_kernels  # numba: loaded only where it is used
 
-        if self._kernel_args is None:
+        if self._kernel_args is None or self._kernel_model is not self.model:
             self._kernel_args = self._transistor_arguments(self.model)
+            self._kernel_model = self.model
         return _nl_kernels
 
     def _transistor_arguments(self, model: SeedTransistor) -> tuple:
@@ -236,7 +238,8 @@ class NetworkEquations:
                 found = np.searchsorted(keys, col * nf + row)
                 return np.where((row >= 0) & (col >= 0), found, -1)
 
-            self._slots = tuple(x.astype(np.int32) for x in (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb)))
+            self._slots = tuple(x.astype(np.int32)
+                                for x in (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb)))
         return self._slots
 
 
