@@ -34,10 +34,10 @@ from numba import njit
 @njit(cache=True, nogil=True)
 def _channel(x: float, s: float, knee: float, join: float, decade: float,
              ln10_decade: float) -> tuple[float, float]:  # pragma: no cover - compiled
-    """F(x) (A) and F'(x) (S) of the seed transistor's channel function."""
+    """F(x) (A) and F'(x) (S) of the seed transistor's channel function (NaN stays NaN)."""
     if x > join:
         return 0.5 * s * x * x, s * x
-    sub = knee * 10.0 ** (min(x - join, 0.0) / decade)
+    sub = knee * 10.0 ** ((x - join) / decade)  # x - join <= 0 here: numpy's min(x - join, 0)
     return sub, sub * ln10_decade
 
 

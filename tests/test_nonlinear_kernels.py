@@ -129,6 +129,17 @@ def test_compiled_kernels_are_bit_identical_to_numpy_above_threshold() -> None:
         assert np.array_equal(values, ref_values)
 
 
+def test_compiled_kernels_propagate_nan_as_numpy_does() -> None:
+    net, rng = _network(11, 60)
+    solver = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
+    v, gates = _random_point(rng, net, 2)
+    v[1, solver.free_nodes[0]] = np.nan
+    ref_r, _ = solver._free_residual_state(v, gates, False)
+    solver.compiled = True
+    r, _ = solver._free_residual_state(v, gates, False)
+    assert np.array_equal(np.isnan(r), np.isnan(ref_r)) and np.isnan(r[1]).any() and not np.isnan(r[0]).any()
+
+
 def test_shared_lu_solver_uses_the_kernels_and_agrees_with_numpy() -> None:
     """A network on the shared-LU path solves with the compiled kernels; the same solve
     in numpy gives the same node voltages within the solver's tolerance, free and clamped."""
