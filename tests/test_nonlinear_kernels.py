@@ -156,6 +156,10 @@ def test_shared_lu_solver_uses_the_kernels_and_agrees_with_numpy() -> None:
     got_c = solver.solve(gates, sources, clamps, start=got.voltages)
     ref_c = plain.solve(gates, sources, clamps, start=ref.voltages)
     np.testing.assert_allclose(got_c.voltages, ref_c.voltages, rtol=0, atol=1e-9)
+    solver.linear = "lu"  # per-sample LUs (the shared path's fallback) with the kernels
+    assert solver.compiled and not solver.uses_shared_factorization
+    got_lu = solver.solve(gates, sources, clamps)
+    np.testing.assert_allclose(got_lu.voltages, ref_c.voltages, rtol=0, atol=1e-9)
 
 
 def test_models_without_kernels_stay_in_numpy() -> None:
