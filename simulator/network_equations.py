@@ -17,6 +17,8 @@ pattern of one block and the map from the edges' derivatives to its entries are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,7 +89,7 @@ class NetworkEquations:
         self._clamp_diag = pat.diag_slot[clamp_pos] if clamp_pos.size else np.zeros(0, np.int64)
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.compiled = False
-        self._kernel_args: tuple | None = None
+        self._kernel_args: tuple[Any, ...] | None = None
         self._kernel_model: EdgeModel | None = None
         self._slots: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -123,9 +125,9 @@ class NetworkEquations:
                 for row in values]
 
     def _values(self, state, clamped: bool) -> np.ndarray:  # noqa: ANN001
-        kernel = self._kernels()
-        if kernel is not None:
-            pat = self._pattern
+        compiled = self._kernels()
+        if compiled is not None:
+            kernel, pat = compiled[0], self._pattern
             values = np.empty((state.d_va.shape[0], pat.nnz))
             kernel.jacobian_values(np.ascontiguousarray(state.d_va), np.ascontiguousarray(state.d_vb),
                                    *self._edge_slots, values)
@@ -178,12 +180,12 @@ class NetworkEquations:
     def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
         """(residual at the free nodes (B, n_free), edge state) at node voltages v; the
         state has d_va and d_vb (all of ``EdgeCurrents`` unless ``compiled``)."""
-        kernel = self._kernels()
-        if kernel is not None:
+        compiled = self._kernels()
+        if compiled is not None:
+            kernel, (a, b, v_t, s, params, extra) = compiled
             count, m = v.shape[0], self._a.size
             r = np.empty((count, self.n_free))
             d_va, d_vb = np.empty((count, m)), np.empty((count, m))
-            a, b, v_t, s, params, extra = self._kernel_args
             kernel.transistor_residual(np.ascontiguousarray(v), a, b, np.subtract(gates, v_t), s, *params,
                                        *extra, r, d_va, d_vb)
             if clamped and self.clamps.size:
@@ -195,9 +197,9 @@ class NetworkEquations:
             r[:, self.position[self.clamps]] = 0.0
         return r, state
 
-    def _kernels(self):  # noqa: ANN202
-        """The compiled kernels module when ``compiled`` is on and the model has them
-        (their per-edge arguments prepared once), else None."""
+    def _kernels(self) -> tuple[ModuleType, tuple[Any, ...]] | None:
+        """(the compiled kernels' module, their fixed arguments) when ``compiled`` is on
+        and the model has kernels (arguments prepared once per model), else None."""
         if not self.compiled or not isinstance(self.model, SeedTransistor):
             return None
         from clln.simulator import _nl_kernels  # numba: loaded only where it is used
@@ -205,9 +207,9 @@ class NetworkEquations:
         if self._kernel_args is None or self._kernel_model is not self.model:
             self._kernel_args = self._transistor_arguments(self.model)
             self._kernel_model = self.model
-        return _nl_kernels
+        return _nl_kernels, self._kernel_args
 
-    def _transistor_arguments(self, model: SeedTransistor) -> tuple:
+    def _transistor_arguments(self, model: SeedTransistor) -> tuple[Any, ...]:
         """The arguments of :func:`~clln.simulator._nl_kernels.transistor_residual` that
         stay fixed, on every edge: (a, b, V_T, S, scalar parameters and residual rows,
         device mask and fixed conductances)."""
@@ -236,10 +238,9 @@ class NetworkEquations:
 
             def slot(row: np.ndarray, col: np.ndarray) -> np.ndarray:
                 found = np.searchsorted(keys, col * nf + row)
-                return np.where((row >= 0) & (col >= 0), found, -1)
+                return np.where((row >= 0) & (col >= 0), found, -1).astype(np.int32)
 
-            self._slots = tuple(x.astype(np.int32)
-                                for x in (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb)))
+            self._slots = (slot(pa, pa), slot(pb, pa), slot(pa, pb), slot(pb, pb))
         return self._slots
 
 
