@@ -97,19 +97,19 @@ def jacobian_values(d_va, d_vb, slot_aa, slot_ba, slot_ab, slot_bb,  # noqa: ANN
     slot_ab[j] and -d_vb at slot_bb[j] (-1: a fixed node, no entry). All d_va terms are
     added before the d_vb terms, each in edge order, as the product with the assembly
     map's sorted CSR rows adds them."""
-    count, m = d_va.shape
-    for k in range(count):
+    for k in range(d_va.shape[0]):
         out = values[k]
         out[:] = 0.0
-        for j in range(m):
-            g = d_va[k, j]
-            if slot_aa[j] >= 0:
-                out[slot_aa[j]] += g
-            if slot_ba[j] >= 0:
-                out[slot_ba[j]] -= g
-        for j in range(m):
-            g = d_vb[k, j]
-            if slot_ab[j] >= 0:
-                out[slot_ab[j]] += g
-            if slot_bb[j] >= 0:
-                out[slot_bb[j]] -= g
+        _add_signed(out, d_va[k], slot_aa, slot_ba)
+        _add_signed(out, d_vb[k], slot_ab, slot_bb)
+
+
+@njit(cache=True, nogil=True)
+def _add_signed(out, terms, plus, minus) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """out[plus[j]] += terms[j], out[minus[j]] -= terms[j] for each j in order (-1: skip)."""
+    for j in range(terms.shape[0]):
+        g = terms[j]
+        if plus[j] >= 0:
+            out[plus[j]] += g
+        if minus[j] >= 0:
+            out[minus[j]] -= g
