@@ -18,8 +18,11 @@ values agree to the last bit wherever the power of ten agrees with numpy's):
   pattern at precomputed slots (d_va terms, then d_vb terms, each in edge order: the
   order of the assembly map's sorted CSR rows).
 
-Measured at 2e4 edges, batch 10 (CPU time, one call): device evaluation with the
-residual 5.2 ms in numpy, 0.8 ms here; Jacobian values 3.3 ms and 0.7 ms.
+Measured by ``benchmarks/nonlinear_kernels.py`` (CPU time per call, batch 10, at a
+trained operating point): device evaluation with the residual 3.5 ms in numpy, 0.8 ms
+here at 2e4 edges (23 and 7.6 ms at 1e5); Jacobian values 3.0 and 0.6 ms (22 and 6.8).
+Loading numba and the cached kernels adds about 130 MB to the process's resident size
+(most of it the LLVM library's pages, shared and file-backed).
 
 The kernels are compiled on first use and cached on disk (``cache=True``); this module is
 imported only by networks that use them (see ``NetworkEquations.compiled``), so small

@@ -49,7 +49,7 @@ class NetworkEquations:
         :mod:`clln.simulator._nl_kernels` (the ``transistor`` model only; others stay in
         numpy). Off by default; the solver turns it on for networks solved with its
         shared factorization, where it makes the non-linear-algebra part of a training
-        step about 2x cheaper. The values agree with numpy's to round-off (the power of
+        step 2.3-2.6x cheaper (``benchmarks/nonlinear_kernels.py``). The values agree with numpy's to round-off (the power of
         ten may differ in the last bit).
     """
 
