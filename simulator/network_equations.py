@@ -131,12 +131,9 @@ class NetworkEquations:
             values = np.empty((state.d_va.shape[0], pat.nnz))
             kernel.jacobian_values(np.ascontiguousarray(state.d_va), np.ascontiguousarray(state.d_vb),
                                    *self._edge_slots, values)
-            if clamped and self.clamps.size:
-                values[:, self._clamp_entries] = 0.0
-                values[:, self._clamp_diag] = 1.0
-            return values
-        derivs = np.hstack([state.d_va, state.d_vb])  # (B, 2m)
-        values = np.asarray(derivs @ self._pattern.assembly_t)  # (B, nnz)
+        else:
+            derivs = np.hstack([state.d_va, state.d_vb])  # (B, 2m)
+            values = np.asarray(derivs @ self._pattern.assembly_t)  # (B, nnz)
         if clamped and self.clamps.size:
             values[:, self._clamp_entries] = 0.0
             values[:, self._clamp_diag] = 1.0
