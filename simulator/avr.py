@@ -361,7 +361,7 @@ class AnalogFrontEnd:
             if len(p) != 2 * m:
                 return bytes([self.BAD_LENGTH])
             taps = np.frombuffer(p, dtype="<u2").astype(np.int64)
-            if np.any(taps >= phys.params.taps):
+            if np.any(taps >= self.n_taps):
                 return bytes([self.OUT_OF_RANGE])
             phys.taps = taps  # type: ignore[union-attr]  # a physics with tracked taps
             return bytes([self.OK])
