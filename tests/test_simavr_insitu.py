@@ -22,7 +22,14 @@ from clln.compose import Experiment, build_experiment, resume_training, run_trai
 from clln.controller.insitu import InSituRecord, run_loop
 from clln.controller.store import RunStore
 from clln.drivers.errors import DriverError, FirmwareError
-from clln.drivers.insitu import VOLT_LSB, InSituBench, InSituCmd, encode_experiment, record_size
+from clln.drivers.insitu import (
+    VOLT_LSB,
+    ExperimentTooLarge,
+    InSituBench,
+    InSituCmd,
+    encode_experiment,
+    record_size,
+)
 from clln.drivers.potbank import open_port
 from clln.drivers.wire import FrameReader
 from clln.insitu import TRANSISTOR_STREAM, emulated_stream, insitu_experiment
@@ -604,12 +611,21 @@ def test_gate_state_relay_refusals_and_resume(gate_factory) -> None:
         with pytest.raises(FirmwareError) as info:
             commit(blob)
         assert info.value.status == BAD_EXPERIMENT
+    # the memory model: the host's check and the firmware's agree on the last credit that fits
     commit(encode_experiment(ex, wide=True, split=True))
+    bank._exchange(InSituCmd.SET_STATE, struct.pack("<I", 0) + whole[0].state.astype("<f8").tobytes())
     record = record_size(ex.n_train, 16, m, wide=True)
-    credit = (6144 - len(encode_experiment(ex, wide=True, split=True))) // record + 1
-    with pytest.raises(FirmwareError) as info:  # one record more than fits beside it
-        bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 7, 1, credit))
+    credit = (6144 - len(encode_experiment(ex, wide=True, split=True))) // record
+    dev.driver.credit = credit + 1
+    with pytest.raises(ExperimentTooLarge, match="device memory"):  # one record more than fits
+        dev.driver.fits(ex)
+    with pytest.raises(FirmwareError) as info:
+        bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 0, 1, credit + 1))
     assert info.value.status == OUT_OF_RANGE
+    dev.driver.credit = credit
+    dev.driver.fits(ex)
+    bank._exchange(InSituCmd.RUN, struct.pack("<IIH", 0, 1, credit))  # waits for an ACK
+    dev.driver.credit = TRANSISTOR_STREAM["credit"]
     # resume from record 1's state
     dev.driver.load_state_dict({"state": whole[1].state})
     rest = list(dev.driver.run_insitu(ex, 1, steps - 1))
