@@ -632,3 +632,38 @@ def test_gate_state_relay_refusals_and_resume(gate_factory) -> None:
     assert [r.step for r in rest] == [2, 3]
     for rec in rest:
         np.testing.assert_allclose(rec.state, whole[rec.step].state, rtol=0, atol=1e-9)
+
+
+def test_a_transistor_run_on_the_compiled_firmware_is_recorded_and_resumed(gate_factory,
+                                                                           tmp_path: Path) -> None:
+    """The trainer's in-situ mode on the compiled firmware with gate volts: every streamed
+    step lands in the run store; stopped after step 2 and resumed (SET_STATE of the f64
+    checkpoint), the run ends with the gates of an uninterrupted run on the simulator
+    within the AVR's float32 and the 4-5 extra cycles of every window."""
+    steps = 4
+    exp = transistor_experiment(steps)
+    ex = insitu_experiment(exp.protocol, exp.task, steps, "t.toml")
+    dev = gate_factory(exp)
+    expected = list(transistor_experiment(steps).backend.run_insitu(ex, 0, steps))  # type: ignore[attr-defined]
+    calls = {"n": 0}
+
+    def stop_at_2() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    streamed = replace(exp, backend=dev.driver)
+    with RunStore(tmp_path) as store:
+        part = run_training(streamed, store, protocol_text=TRANSISTOR_TEXT, protocol_path="t.toml",
+                            should_stop=stop_at_2)
+        assert (part.status, part.result.steps_done) == ("interrupted", 2)
+        done = resume_training(streamed, store, part.run_id)
+        hist = store.history(part.run_id)
+        run = store.run(part.run_id)
+    assert done.status == "completed"
+    assert list(hist.steps) == list(range(1, steps + 1))
+    assert run["backend"]["kind"] == "insitu-serial"
+    moved = np.abs(expected[-1].state - expected[0].state).max()
+    window_cycles = CYCLES_PER_TICK * round(expected[1].window_s / 0.5e-6)
+    bound = 2 * moved * LEARN_EXTRA_CYCLES / window_cycles
+    np.testing.assert_allclose(dev.physics.read_state(), expected[-1].state, rtol=0, atol=bound)
+    np.testing.assert_array_equal(dev.driver.read_state(), dev.physics.read_state())
