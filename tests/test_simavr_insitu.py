@@ -321,6 +321,31 @@ def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
     assert device_step(dev) <= 4 + 2  # it stopped within its credit, before the last step
 
 
+def stopped_and_resumed(exp: Experiment, driver: InSituBench, store_dir: Path, text: str,
+                        stop_after: int) -> dict:  # type: ignore[type-arg]
+    """The experiment through the trainer on ``driver``: stopped after ``stop_after``
+    steps, then resumed to its end; the run store's record of the run (asserted: every
+    step in its history, the in-situ serial backend)."""
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= stop_after
+
+    streamed = replace(exp, backend=driver)
+    with RunStore(store_dir) as store:
+        part = run_training(streamed, store, protocol_text=text, protocol_path="p.toml", should_stop=stop)
+        assert (part.status, part.result.steps_done) == ("interrupted", stop_after)
+        done = resume_training(streamed, store, part.run_id)
+        hist = store.history(part.run_id)
+        run = store.run(part.run_id)
+    assert done.status == "completed"
+    assert list(hist.steps) == list(range(1, exp.config.steps + 1))
+    assert run["backend"]["kind"] == "insitu-serial"
+    assert "clln in-situ controller mega2560" in run["backend"]["firmware"]
+    return run
+
+
 def test_a_run_on_the_compiled_firmware_is_recorded_and_resumed_like_any_run(device_factory,
                                                                             tmp_path: Path) -> None:
     """The trainer's in-situ mode on the compiled firmware: every streamed step lands in
@@ -331,24 +356,7 @@ def test_a_run_on_the_compiled_firmware_is_recorded_and_resumed_like_any_run(dev
     ex = insitu_experiment(exp.protocol, exp.task, steps, "p.toml")
     dev = device_factory(exp, credit=3)
     expected = list(experiment(steps).backend.run_insitu(ex, 0, steps))[-1].state
-    calls = {"n": 0}
-
-    def stop_at_3() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= 3
-
-    streamed = replace(exp, backend=dev.driver)
-    with RunStore(tmp_path) as store:
-        part = run_training(streamed, store, protocol_text=TEXT, protocol_path="p.toml",
-                            should_stop=stop_at_3)
-        assert (part.status, part.result.steps_done) == ("interrupted", 3)
-        done = resume_training(streamed, store, part.run_id)
-        hist = store.history(part.run_id)
-        run = store.run(part.run_id)
-    assert done.status == "completed"
-    assert list(hist.steps) == list(range(1, steps + 1))
-    assert run["backend"]["kind"] == "insitu-serial"
-    assert "clln in-situ controller mega2560" in run["backend"]["firmware"]
+    run = stopped_and_resumed(exp, dev.driver, tmp_path, TEXT, 3)
     np.testing.assert_array_equal(run["final_taps"], expected)
     np.testing.assert_array_equal(dev.physics.taps, expected)  # what the front end's edges hold
 
@@ -645,23 +653,7 @@ def test_a_transistor_run_on_the_compiled_firmware_is_recorded_and_resumed(gate_
     ex = insitu_experiment(exp.protocol, exp.task, steps, "t.toml")
     dev = gate_factory(exp)
     expected = list(transistor_experiment(steps).backend.run_insitu(ex, 0, steps))  # type: ignore[attr-defined]
-    calls = {"n": 0}
-
-    def stop_at_2() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= 2
-
-    streamed = replace(exp, backend=dev.driver)
-    with RunStore(tmp_path) as store:
-        part = run_training(streamed, store, protocol_text=TRANSISTOR_TEXT, protocol_path="t.toml",
-                            should_stop=stop_at_2)
-        assert (part.status, part.result.steps_done) == ("interrupted", 2)
-        done = resume_training(streamed, store, part.run_id)
-        hist = store.history(part.run_id)
-        run = store.run(part.run_id)
-    assert done.status == "completed"
-    assert list(hist.steps) == list(range(1, steps + 1))
-    assert run["backend"]["kind"] == "insitu-serial"
+    stopped_and_resumed(exp, dev.driver, tmp_path, TRANSISTOR_TEXT, 2)
     moved = np.abs(expected[-1].state - expected[0].state).max()
     window_cycles = CYCLES_PER_TICK * round(expected[1].window_s / 0.5e-6)
     bound = 2 * moved * LEARN_EXTRA_CYCLES / window_cycles
