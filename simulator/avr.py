@@ -13,8 +13,9 @@ behind the emulated bench in place of the Python firmware.
 ``build(..., insitu=True)`` compiles the protocol-1.2 firmware with the in-situ mode
 (``make INSITU=1``); :class:`SimavrInSitu` runs it with its analog front end
 (PROTOCOL.md §12.7) served by :class:`AnalogFrontEnd` on the harness's second pty, from a
-:class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics`: the physics model the Python
-emulator of the device (:mod:`clln.simulator.insitu_device`) runs on.
+:class:`~clln.simulator.insitu_pot.ComparatorTwinPhysics` (tracked taps) or a
+:class:`~clln.simulator.insitu_transistor.TransistorTwinPhysics` (gate volts): the physics
+models the Python emulator of the device (:mod:`clln.simulator.insitu_device`) runs on.
 
 Building the firmware and the harness is in :mod:`clln.simulator.avr_build`; its names
 (:func:`build`, :class:`Build`, :func:`missing_tools`, ...) are re-exported here.
@@ -48,6 +49,10 @@ from clln.simulator.avr_build import (
 )
 from clln.simulator.bench import Faults, dtr_reset_port_class
 from clln.simulator.insitu_pot import ComparatorTwinPhysics
+from clln.simulator.insitu_transistor import TransistorTwinPhysics
+
+#: the physics an analog front end serves: tracked taps, or gate volts
+FrontEndPhysics = ComparatorTwinPhysics | TransistorTwinPhysics
 
 # Chip selects of the reference firmware on the Mega 2560: digital pins 22-29 are PA0-PA7
 # and 30-37 are PC7-PC0 (the board's schematic); 16 pots.
@@ -255,7 +260,10 @@ class AnalogFrontEnd:
     harness's UART1 pty from ``physics``: the twin networks settled at the sources and
     clamps the firmware sends, their node voltages as the converters read them, and the
     learning window as long as the firmware held its LEARN line high (simulated CPU
-    cycles, reported by the harness, at ``frequency`` Hz).
+    cycles, reported by the harness, at ``frequency`` Hz). A physics with tracked taps
+    (``params.taps``) is served through ``GET_TAPS``/``SET_TAPS``; one whose state is analog
+    (gate volts) reports 0 taps in ``INFO`` and is served through ``GET_STATE``/``SET_STATE``
+    as float64 volts, :data:`STATE_EDGES` edges per request at most.
 
     Attributes: ``windows`` (cycles of every learning window), ``requests`` served,
     ``releases`` (RELEASE requests: a PARK or the watchdog), ``repeats`` (requests the
@@ -265,10 +273,11 @@ class AnalogFrontEnd:
     ``errors`` (stray windows, model errors).
     """
 
-    INFO, MEASURE, ARM, GET_TAPS, SET_TAPS, RELEASE = range(1, 7)
+    INFO, MEASURE, ARM, GET_TAPS, SET_TAPS, RELEASE, GET_STATE, SET_STATE = range(1, 9)
     OK, BAD_LENGTH, OUT_OF_RANGE = 0, 2, 3
+    STATE_EDGES = 31  # f64 values in one reply: its length byte counts the status too
 
-    def __init__(self, path: str, physics: ComparatorTwinPhysics, frequency: int) -> None:
+    def __init__(self, path: str, physics: FrontEndPhysics, frequency: int) -> None:
         self.physics = physics
         self.frequency = frequency
         self.windows: list[int] = []
@@ -284,6 +293,7 @@ class AnalogFrontEnd:
         self._closed = False
         roles = physics.network.roles
         self.n_sources, self.outputs = len(roles.sources), tuple(physics.output_nodes)
+        self.n_taps = int(getattr(physics.params, "taps", 0))  # 0: an analog state
         self._fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         tty.setraw(self._fd, termios.TCSANOW)  # not TCSAFLUSH: keep what the firmware sent
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -324,8 +334,12 @@ class AnalogFrontEnd:
         phys = self.physics
         m = phys.network.n_edges
         if cmd == self.INFO:
-            return struct.pack("<BBBHBB", self.OK, phys.network.n_nodes, m, phys.params.taps, ns,
+            return struct.pack("<BBBHBB", self.OK, phys.network.n_nodes, m, self.n_taps, ns,
                                no) + bytes(self.outputs)
+        if cmd in (self.GET_TAPS, self.SET_TAPS) and not self.n_taps:
+            return bytes([self.OUT_OF_RANGE])  # no tracked taps: GET_STATE, SET_STATE
+        if cmd in (self.GET_STATE, self.SET_STATE):
+            return self._state(cmd, p)
         if cmd in (self.MEASURE, self.ARM):
             mirrored = cmd == self.ARM and len(p) >= 1 and p[0] & 1
             clamped = cmd == self.ARM or (len(p) >= 1 and p[0] & 1)
@@ -342,14 +356,14 @@ class AnalogFrontEnd:
             volts = phys.measure(sources[None], None if clamps is None else clamps[None])[0]
             return bytes([self.OK]) + volts.astype("<f4").tobytes()
         if cmd == self.GET_TAPS:
-            return bytes([self.OK]) + phys.taps.astype("<u2").tobytes()
+            return bytes([self.OK]) + phys.taps.astype("<u2").tobytes()  # type: ignore[union-attr]
         if cmd == self.SET_TAPS:
             if len(p) != 2 * m:
                 return bytes([self.BAD_LENGTH])
             taps = np.frombuffer(p, dtype="<u2").astype(np.int64)
-            if np.any(taps >= phys.params.taps):
+            if np.any(taps >= self.n_taps):
                 return bytes([self.OUT_OF_RANGE])
-            phys.taps = taps
+            phys.taps = taps  # type: ignore[union-attr]  # a physics with tracked taps
             return bytes([self.OK])
         if cmd == self.RELEASE:
             self.releases += 1
@@ -357,6 +371,31 @@ class AnalogFrontEnd:
                 self._armed = None
             return bytes([self.OK])
         return bytes([1])  # unknown
+
+    def _state(self, cmd: int, p: bytes) -> bytes:
+        """``GET_STATE`` ``first: u8, count: u8`` -> ``f64[count]``; ``SET_STATE`` ``first: u8,
+        f64[count]`` (both twins' gates of those edges, within the driver's rails)."""
+        phys = self.physics
+        m = phys.network.n_edges
+        if self.n_taps:
+            return bytes([self.OUT_OF_RANGE])  # tracked taps: GET_TAPS, SET_TAPS
+        if cmd == self.GET_STATE:
+            if len(p) != 2:
+                return bytes([self.BAD_LENGTH])
+            first, count = p
+            if count > self.STATE_EDGES or first + count > m:
+                return bytes([self.OUT_OF_RANGE])
+            return bytes([self.OK]) + phys.read_state()[first:first + count].astype("<f8").tobytes()
+        if len(p) < 1 or (len(p) - 1) % 8 or (len(p) - 1) // 8 > self.STATE_EDGES:
+            return bytes([self.BAD_LENGTH])
+        first, volts = p[0], np.frombuffer(p, dtype="<f8", offset=1)
+        if first + len(volts) > m or not np.all((volts >= 0) & (volts <= phys.params.rail)):  # type: ignore[union-attr]
+            return bytes([self.OUT_OF_RANGE])
+        gates = phys.read_state()
+        gates[first:first + len(volts)] = volts
+        # the gates charged to the given volts, both twins (PROTOCOL.md §12.6)
+        phys.load_state_dict({**phys.state_dict(), "gates": np.tile(gates, (2, 1)), "warm": []})
+        return bytes([self.OK])
 
     def _serve(self) -> None:
         buf = self._buf = bytearray()
@@ -411,7 +450,7 @@ class SimavrInSitu(SimavrPotBank):
     served from ``physics`` (:class:`AnalogFrontEnd`, attribute ``front_end``). The host
     driver (:class:`clln.drivers.insitu.InSituBench`) opens :attr:`path`."""
 
-    def __init__(self, build: Build, physics: ComparatorTwinPhysics, **kwargs: Any) -> None:
+    def __init__(self, build: Build, physics: FrontEndPhysics, **kwargs: Any) -> None:
         self.front_end: AnalogFrontEnd | None = None
         self._afe_path = ""
         super().__init__(build, extra_args=("-a", LEARN_PIN), **kwargs)
@@ -422,12 +461,14 @@ class SimavrInSitu(SimavrPotBank):
 
     @classmethod
     def twin_of(cls, bench: Any, build: Build, **kwargs: Any) -> SimavrInSitu:
-        """The firmware on a front end with the parts (drawn from the same bench seed) and
-        the taps of a simulated comparator-twin bench
-        (:class:`~clln.simulator.insitu_pot.ComparatorTwinBench`) as it stands now."""
+        """The firmware on a front end with the parts and the state of a simulated in-situ
+        bench as it stands now: a comparator-twin bench
+        (:class:`~clln.simulator.insitu_pot.ComparatorTwinBench`: the parts drawn from the
+        same bench seed, its taps) or a twin transistor bench (its physics' replica)."""
         p = bench.physics
-        physics = ComparatorTwinPhysics(p.network, p.taps, p.params,
-                                        bench_seed=bench.describe()["bench_seed"])
+        replica = getattr(p, "replica", None)
+        physics = replica() if replica is not None else ComparatorTwinPhysics(
+            p.network, p.taps, p.params, bench_seed=bench.describe()["bench_seed"])
         return cls(build, physics, **kwargs)
 
     def _line(self, parts: list[str]) -> None:

@@ -11,7 +11,11 @@ const uint32_t AFE_BAUD = 1000000;
 const uint16_t AFE_TIMEOUT_MS = 500;
 const uint8_t AFE_ATTEMPTS = 10;
 const uint8_t LEARN_PIN = 2;  // PE4
-enum AfeCmd : uint8_t { AFE_INFO = 1, AFE_MEASURE, AFE_ARM, AFE_GET_TAPS, AFE_SET_TAPS, AFE_RELEASE };
+enum AfeCmd : uint8_t { AFE_INFO = 1, AFE_MEASURE, AFE_ARM, AFE_GET_TAPS, AFE_SET_TAPS, AFE_RELEASE,
+                       AFE_GET_STATE, AFE_SET_STATE };
+const uint8_t AFE_OUT_OF_RANGE = 3;
+// A gate bench's f64 state travels AFE_STATE_EDGES edges (64 bytes) per exchange.
+const uint8_t AFE_STATE_EDGES = 8;
 
 // A request frame: cmd, seq, len, payload[len], CRC-16/CCITT-FALSE (big-endian) of the
 // rest; the reply: cmd | 0x80, the request's seq, len, payload[len] (status first), CRC.
@@ -20,12 +24,14 @@ enum AfeCmd : uint8_t { AFE_INFO = 1, AFE_MEASURE, AFE_ARM, AFE_GET_TAPS, AFE_SE
 const uint8_t AFE_HEAD = 3, AFE_FRAME = AFE_HEAD + 2;
 uint8_t afe_buf[AFE_FRAME + 1 + 4 * INSITU_MAX_NODES];
 potbank::FrontEndInfo afe;
-// The request as sent, for a retry (its largest: ARM with sources, clamps, mirrored clamps).
-uint8_t afe_request[AFE_FRAME + 1 + 4 * 3 * potbank::INSITU_MAX_PORTS];
+// The request as sent, for a retry (its largest: ARM with sources, clamps, mirrored clamps,
+// or SET_STATE with the first edge and AFE_STATE_EDGES f64 gate volts).
+uint8_t afe_request[AFE_FRAME + 1 + potbank::larger(4 * 3 * potbank::INSITU_MAX_PORTS, 8 * AFE_STATE_EDGES)];
 uint8_t afe_seq = 0;
 uint16_t afe_retries = 0;  // requests sent again (a reply lost, damaged or late)
 
-static_assert(sizeof(afe_buf) >= AFE_FRAME + 1 + 2 * INSITU_MAX_EDGES, "GET_TAPS reply");
+static_assert(sizeof(afe_buf) >= AFE_FRAME + 1 + 2 * INSITU_MAX_TAP_EDGES, "GET_TAPS reply");
+static_assert(sizeof(afe_buf) >= AFE_FRAME + 1 + 8 * AFE_STATE_EDGES, "GET_STATE reply");
 static_assert(sizeof(afe_buf) >= sizeof(afe_request), "requests are built in afe_buf");
 
 // One attempt: send the request held in afe_request (n payload bytes) and read frames into
@@ -55,8 +61,8 @@ int16_t afe_attempt(uint8_t cmd, uint8_t n) {
 }
 
 // Send the n payload bytes at afe_buf + AFE_HEAD as request cmd; the reply's payload
-// (after its status) lands at afe_buf + AFE_HEAD + 1. Returns the payload's length, or -1
-// (no valid reply in AFE_ATTEMPTS, or a status not OK).
+// (after its status) lands at afe_buf + AFE_HEAD + 1. Returns the payload's length, -1 (no
+// valid reply in AFE_ATTEMPTS) or -2 (a status not OK, at afe_buf[AFE_HEAD]).
 int16_t afe_exchange(uint8_t cmd, uint8_t n, bool wait = true) {
   afe_buf[0] = cmd;
   afe_buf[1] = ++afe_seq;
@@ -72,7 +78,7 @@ int16_t afe_exchange(uint8_t cmd, uint8_t n, bool wait = true) {
   for (uint8_t k = 0; k < AFE_ATTEMPTS; k++) {
     if (k) afe_retries++;
     int16_t r = afe_attempt(cmd, n);
-    if (r != -1) return r < 0 ? -1 : r;
+    if (r != -1) return r;
   }
   return -1;
 }
@@ -144,13 +150,38 @@ bool fe_set_taps(const uint16_t* taps) {
   return afe_exchange(AFE_SET_TAPS, 2 * afe.n_edges) == 0;
 }
 
+// A gate bench's state: f64 gate volts, relayed as raw bytes AFE_STATE_EDGES edges at a time.
+bool fe_get_state(uint8_t* f64s) {
+  for (uint8_t first = 0; first < afe.n_edges; first += AFE_STATE_EDGES) {
+    uint8_t count = afe.n_edges - first < AFE_STATE_EDGES ? afe.n_edges - first : AFE_STATE_EDGES;
+    afe_buf[Q] = first;
+    afe_buf[Q + 1] = count;
+    if (afe_exchange(AFE_GET_STATE, 2) != 8 * count) return false;
+    memcpy(f64s + 8 * first, afe_buf + P, 8 * count);
+  }
+  return true;
+}
+
+uint8_t fe_set_state(const uint8_t* f64s) {
+  for (uint8_t first = 0; first < afe.n_edges; first += AFE_STATE_EDGES) {
+    uint8_t count = afe.n_edges - first < AFE_STATE_EDGES ? afe.n_edges - first : AFE_STATE_EDGES;
+    afe_buf[Q] = first;
+    memcpy(afe_buf + Q + 1, f64s + 8 * first, 8 * count);
+    int16_t r = afe_exchange(AFE_SET_STATE, 1 + 8 * count);
+    if (r == -2 && afe_buf[AFE_HEAD] == AFE_OUT_OF_RANGE) return potbank::ST_OUT_OF_RANGE;
+    if (r != 0) return potbank::ST_HARDWARE_FAULT;
+  }
+  return potbank::ST_OK;
+}
+
 void fe_release() {
   PORTE &= ~_BV(PE4);
   afe_exchange(AFE_RELEASE, 0, false);  // its reply is flushed by the next request
 }
 
 potbank::FrontEnd front_end() {
-  return {fe_info, fe_measure, fe_arm, fe_window, fe_get_taps, fe_set_taps, fe_release};
+  return {fe_info, fe_measure, fe_arm, fe_window, fe_get_taps, fe_set_taps, fe_release, fe_get_state,
+          fe_set_state};
 }
 
 void front_end_begin() {

@@ -1,12 +1,13 @@
 // clln in-situ controller: the experiment loop run by the microcontroller itself
 // (drivers/firmware/PROTOCOL.md §12, protocol 1.2). Download an experiment in CRC-checked
 // chunks, run it step by step on the analog front end (the twin networks, their converters
-// and the per-edge comparators: PROTOCOL.md §12.7), stream one STEP record per step under
-// the host's credit, keep every unacknowledged record for retransmission, and resume
-// from a host checkpoint.
+// and the per-edge comparators or gate circuits: PROTOCOL.md §12.7), stream one STEP record
+// per step under the host's credit, keep every unacknowledged record for retransmission,
+// and resume from a host checkpoint.
 //
 // Portable C++11 apart from the hooks: the sketch supplies the front end (FrontEnd) and
-// the serial output. Arithmetic is in float (IEEE single on the AVR).
+// the serial output. Arithmetic is in float (IEEE single on the AVR). A gate-voltage
+// bench's state (f64 gate volts, §12.6) is relayed as raw bytes, never computed with.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -18,7 +19,7 @@ namespace potbank {
 
 const uint8_t ST_BAD_EXPERIMENT = 7;
 enum InSituCmd : uint8_t { CMD_EXP_BEGIN = 0x0A, CMD_EXP_CHUNK, CMD_EXP_COMMIT, CMD_RUN, CMD_ACK,
-                           CMD_RESEND, CMD_GET_STATE, CMD_SET_STATE, CMD_STEP = 0x12 };
+                           CMD_RESEND, CMD_GET_STATE, CMD_SET_STATE, CMD_STEP = 0x12, CMD_STEP_PART };
 
 #ifndef INSITU_MEMORY
 #define INSITU_MEMORY 6144  // bytes for the experiment and the buffered records (§12.2)
@@ -27,23 +28,32 @@ enum InSituCmd : uint8_t { CMD_EXP_BEGIN = 0x0A, CMD_EXP_CHUNK, CMD_EXP_COMMIT, 
 #define INSITU_MAX_NODES 16
 #endif
 #ifndef INSITU_MAX_EDGES
-#define INSITU_MAX_EDGES 24
+#define INSITU_MAX_EDGES 32  // a gate bench's (transistor-16: 32)
+#endif
+#ifndef INSITU_MAX_TAP_EDGES
+#define INSITU_MAX_TAP_EDGES 24  // a tap bench's
 #endif
 const uint8_t INSITU_MAX_PORTS = 4;          // sources, and clamped outputs
 const uint16_t INSITU_TICK_NS = 500;         // Timer1 at 16 MHz / 8
 const uint32_t INSITU_MAX_TICKS = 65535;     // a 16-bit compare register
-const uint16_t INSITU_RECORD_MAX = 512;      // one record per frame
+const uint16_t INSITU_RECORD_MAX = 512;      // one record per frame (without flag bit 5)
+const uint8_t FLAG_WIDE = 0x10;              // bit 4: f64 states (gate volts), §12.6
+const uint8_t FLAG_SPLIT = 0x20;             // bit 5: records as STEP_PART frames, §12.6
+const uint8_t PART_BYTES = 64;               // record bytes per STEP_PART frame
+const uint8_t STATE_F32 = 4, STATE_F64 = 8;  // GET_STATE's payload: the width asked for
 const uint16_t INSITU_HEADER = 41;           // §12.2
 const uint16_t INSITU_RECORD_HEAD = 26;      // §12.4: step .. test_accuracy
 const float VOLT_LSB = 250e-6f;              // V per count of a recorded node voltage
 const int16_t NO_VOLTAGE = -32768;
-// The largest request: an EXP_CHUNK (offset and 508 bytes). The largest reply: GET_STATE.
+// The largest request: an EXP_CHUNK (offset and 508 bytes). The largest reply the controller
+// buffers: a tap bench's GET_STATE (a gate bench's, f64, is built in the receive buffer).
 const uint16_t INSITU_REQUEST_MAX = 512;
-const uint16_t INSITU_REPLY_MAX = 1 + 4 + 4 * INSITU_MAX_EDGES;
+const uint16_t INSITU_REPLY_MAX = 1 + 4 + 4 * INSITU_MAX_TAP_EDGES;
+static_assert(4 + 8 * INSITU_MAX_EDGES <= INSITU_REQUEST_MAX, "an f64 SET_STATE fits a request");
 
 struct FrontEndInfo {
   uint8_t n_nodes, n_edges;
-  uint16_t n_taps;
+  uint16_t n_taps;  // 0: the edges' state is analog (gate volts, f64), not tracked taps
   uint8_t n_sources, n_outputs;
   uint8_t outputs[INSITU_MAX_PORTS];  // node index of each clamped output, in order
 };
@@ -61,6 +71,10 @@ struct FrontEnd {
   bool (*get_taps)(uint16_t* taps);           // tracked position of every edge
   bool (*set_taps)(const uint16_t* taps);
   void (*release)();                          // sources to 0 V, learning disarmed
+  // A gate bench's state: f64 gate volts of every edge, raw little-endian bytes. set_state
+  // returns a status (ST_OUT_OF_RANGE for volts the gates cannot take).
+  bool (*get_state)(uint8_t* f64s);
+  uint8_t (*set_state)(const uint8_t* f64s);
 };
 
 class InSitu {
@@ -81,6 +95,25 @@ class InSitu {
     // The host holds every record below r (the reference host asks only for its next one).
     if (r > acked_ || !started_) { acked_ = r < first_ ? first_ : r; started_ = true; }
     if (cmd == CMD_RESEND && produced_ && r >= acked_ && r <= top_) send_record(r);
+    return true;
+  }
+
+  // GET_STATE of a gate bench (f64, longer than the controller's reply buffer): the reply is
+  // built in the receive buffer's free `room` and sent from there (§12.6).
+  bool reply(uint8_t seq, uint8_t cmd, const uint8_t* p, uint16_t n, bool handshake, uint8_t* scratch,
+             uint16_t room) {
+    if (cmd != CMD_GET_STATE || !handshake || n != 1 || p[0] != STATE_F64) return false;
+    if (!front_end() || !gates()) return false;  // answered by execute()
+    uint16_t len = 5 + 8 * info_.n_edges;
+    if (room < len) return false;
+    if (fe_.get_state(scratch + 5)) {
+      scratch[0] = ST_OK;
+      put32(scratch + 1, step_);
+    } else {
+      scratch[0] = ST_HARDWARE_FAULT;
+      len = 1;
+    }
+    send_packet(seq, CMD_GET_STATE | CMD_REPLY, 0, 0, scratch, len);
     return true;
   }
 
@@ -113,8 +146,9 @@ class InSitu {
         uint16_t credit = p[8] | (p[9] << 8);
         if (!committed_ || start != step_ || credit < 1 || count < 1 || start >= steps_)
           return status(r, ST_OUT_OF_RANGE);
-        record_ = INSITU_RECORD_HEAD + 4 * n_train_ * info_.n_nodes + 4 * info_.n_edges;
-        if (record_ > INSITU_RECORD_MAX || size_ + (uint32_t)credit * record_ > INSITU_MEMORY)
+        record_ = INSITU_RECORD_HEAD + 4 * n_train_ * info_.n_nodes + state_bytes();
+        if ((!(flags_ & FLAG_SPLIT) && record_ > INSITU_RECORD_MAX) ||
+            size_ + (uint32_t)credit * record_ > INSITU_MEMORY)
           return status(r, ST_OUT_OF_RANGE);
         first_ = start == 0 ? 0 : start + 1;
         final_ = count > steps_ - start ? steps_ : start + count;
@@ -124,8 +158,11 @@ class InSitu {
         return status(r, ST_OK);
       }
       case CMD_GET_STATE: {
-        if (n) return status(r, ST_BAD_LENGTH);
-        if (!front_end() || !fe_.get_taps(taps_)) return status(r, ST_HARDWARE_FAULT);
+        if (n > 1 || (n == 1 && p[0] != STATE_F32 && p[0] != STATE_F64)) return status(r, ST_BAD_LENGTH);
+        if (!front_end()) return status(r, ST_HARDWARE_FAULT);
+        // a state in its own width only: tracked taps as f32, gate volts as f64 (reply())
+        if (gates() || (n == 1 && p[0] == STATE_F64)) return status(r, ST_OUT_OF_RANGE);
+        if (!fe_.get_taps(taps_)) return status(r, ST_HARDWARE_FAULT);
         r[0] = ST_OK;
         put32(r + 1, step_);
         for (uint8_t j = 0; j < info_.n_edges; j++) putf(r + 5 + 4 * j, taps_[j]);
@@ -133,6 +170,13 @@ class InSitu {
       }
       case CMD_SET_STATE: {
         if (!front_end()) return status(r, ST_HARDWARE_FAULT);
+        if (gates()) {  // f64 gate volts, relayed to the front end, which checks them
+          if (n != 4u + 8u * info_.n_edges) return status(r, ST_BAD_LENGTH);
+          running_ = false;
+          uint8_t s = fe_.set_state(p + 4);
+          if (s == ST_OK) step_ = get32(p);
+          return status(r, s);
+        }
         if (n != 4u + 4u * info_.n_edges) return status(r, ST_BAD_LENGTH);
         for (uint8_t j = 0; j < info_.n_edges; j++) {
           float t = getf(p + 4 + 4 * j);
@@ -176,9 +220,21 @@ class InSitu {
 
   bool front_end() {
     if (!fe_ok_) fe_ok_ = fe_.info(&info_) && info_.n_nodes <= INSITU_MAX_NODES &&
-                          info_.n_edges <= INSITU_MAX_EDGES && info_.n_sources <= INSITU_MAX_PORTS &&
-                          info_.n_outputs <= INSITU_MAX_PORTS;
+                          info_.n_edges <= (info_.n_taps ? INSITU_MAX_TAP_EDGES : INSITU_MAX_EDGES) &&
+                          info_.n_sources <= INSITU_MAX_PORTS && info_.n_outputs <= INSITU_MAX_PORTS;
     return fe_ok_;
+  }
+
+  bool gates() const { return info_.n_taps == 0; }  // an analog state: f64 gate volts
+  uint16_t state_bytes() const { return (gates() ? 8 : 4) * info_.n_edges; }
+
+  // The edges' state into a record: f64 gate volts as the front end gives them, or the
+  // tracked taps as f32.
+  bool read_state(uint8_t* out) {
+    if (gates()) return fe_.get_state(out);
+    if (!fe_.get_taps(taps_)) return false;
+    for (uint8_t j = 0; j < info_.n_edges; j++) putf(out + 4 * j, taps_[j]);
+    return true;
   }
 
   // The experiment's layout (§12.2); false when it does not parse or cannot run here.
@@ -186,7 +242,8 @@ class InSitu {
     const uint8_t* h = arena_;
     if (size_ < INSITU_HEADER || memcmp(h, "CLX1", 4)) return false;
     flags_ = h[4];
-    if (flags_ & 0xF0) return false;  // wide states and split records (§12.6): a gate bench's, not this tap bench's
+    // bits 6-7 are not defined; bit 4 (f64 states) must match the front end's state (§12.6)
+    if ((flags_ & 0xC0) || !(flags_ & FLAG_WIDE) != !gates()) return false;
     n_train_ = h[5] | h[6] << 8; n_test_ = h[7] | h[8] << 8;
     uint8_t n_src = h[9], n_out = h[10];
     steps_ = get32(h + 11); test_every_ = get32(h + 15);
@@ -338,15 +395,17 @@ class InSitu {
         count++;
       }
     }
+    // a step's state is the edges' after its windows, before its test pass (docs/insitu.md,
+    // "The loop"; a gate leaks while the test samples are measured); step 0's, after it
+    uint8_t* state = clamped_v + 2u * N * nn;
+    if (k && !read_state(state)) return false;
     float test_error = NAN, accuracy = NAN;
     if (k == 0 || k % test_every_ == 0 || k == steps_) {
       uint16_t right = 0;
       if (!free_pass(test_x_, test_y_, n_test_, labels_ + N, &test_error, &right, 0, 0)) return false;
       if (flags_ & 8) accuracy = (float)right / n_test_;
     }
-    if (!fe_.get_taps(taps_)) return false;
-    uint8_t* state = clamped_v + 2u * N * nn;
-    for (uint8_t j = 0; j < info_.n_edges; j++) putf(state + 4 * j, taps_[j]);
+    if (!k && !read_state(state)) return false;
     put32(rec, k);
     putf(rec + 4, eta);
     putf(rec + 8, window_us);
@@ -365,15 +424,34 @@ class InSitu {
     return q ? q : 1;
   }
 
-  // A STEP packet (§12.4) of a buffered record, COBS-encoded as it goes out.
+  // A buffered record: one STEP packet (§12.4), or STEP_PART packets of at most 64 of its
+  // bytes each (flag bit 5, §12.6).
   void send_record(uint32_t record) {
     const uint8_t* payload = slot(record);
-    uint8_t head[4] = {(uint8_t)record, CMD_STEP | CMD_REPLY, (uint8_t)record_, (uint8_t)(record_ >> 8)};
-    uint16_t crc = crc16(payload, record_, crc16(head, 4));
+    if (!(flags_ & FLAG_SPLIT)) {
+      send_packet((uint8_t)record, CMD_STEP | CMD_REPLY, 0, 0, payload, record_);
+      return;
+    }
+    uint8_t parts = (record_ + PART_BYTES - 1) / PART_BYTES, head[6];
+    put32(head, record);
+    head[5] = parts;
+    for (uint8_t k = 0; k < parts; k++) {
+      uint16_t at = (uint16_t)k * PART_BYTES, len = record_ - at < PART_BYTES ? record_ - at : PART_BYTES;
+      head[4] = k;
+      send_packet((uint8_t)record, CMD_STEP_PART | CMD_REPLY, head, sizeof(head), payload + at, len);
+    }
+  }
+
+  // A packet (seq, cmd, the payload `pre` then `body`), COBS-encoded as it goes out.
+  void send_packet(uint8_t seq, uint8_t cmd, const uint8_t* pre, uint16_t n_pre, const uint8_t* body,
+                   uint16_t n_body) {
+    uint16_t len = n_pre + n_body;
+    uint8_t head[4] = {seq, cmd, (uint8_t)len, (uint8_t)(len >> 8)};
+    uint16_t crc = crc16(body, n_body, crc16(pre, n_pre, crc16(head, 4)));
     uint8_t tail[2] = {(uint8_t)(crc >> 8), (uint8_t)crc};
-    uint16_t total = 4 + record_ + 2;
+    uint16_t total = 4 + len + 2;
     auto at = [&](uint16_t i) -> uint8_t {
-      return i < 4 ? head[i] : i < 4 + record_ ? payload[i - 4] : tail[i - 4 - record_];
+      return i < 4 ? head[i] : i < 4 + n_pre ? pre[i - 4] : i < 4 + len ? body[i - 4 - n_pre] : tail[i - 4 - len];
     };
     uint16_t i = 0;
     for (;;) {
@@ -404,7 +482,7 @@ class InSitu {
   // Scratch (here rather than on the stack, so that avr-size counts it): one sample's
   // sources, node voltages, clamps and mirrored clamps, and the edges' taps.
   float src_[INSITU_MAX_PORTS], v_[INSITU_MAX_NODES], clamps_[INSITU_MAX_PORTS], mirror_[INSITU_MAX_PORTS];
-  uint16_t taps_[INSITU_MAX_EDGES];
+  uint16_t taps_[INSITU_MAX_TAP_EDGES];
   uint8_t arena_[INSITU_MEMORY];
 };
 

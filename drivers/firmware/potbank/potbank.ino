@@ -103,6 +103,10 @@ potbank::InSitu insitu(front_end(), send);
 struct InSituExtension {  // the controller's hooks into the in-situ mode
   static uint8_t minor() { return insitu.minor(); }
   static bool stream(uint8_t cmd, const uint8_t* p, uint16_t n) { return insitu.stream(cmd, p, n); }
+  static bool reply(uint8_t seq, uint8_t cmd, const uint8_t* p, uint16_t n, bool handshake, uint8_t* scratch,
+                    uint16_t room) {
+    return insitu.reply(seq, cmd, p, n, handshake, scratch, room);
+  }
   static int32_t execute(uint8_t cmd, const uint8_t* p, uint16_t n, uint8_t* r, bool handshake) {
     return insitu.execute(cmd, p, n, r, handshake);
   }

@@ -81,6 +81,10 @@ struct NoExtension {
   static uint8_t minor() { return VERSION_MINOR; }
   // A stream command (no reply, no retry memory, §12.5): true when it was one.
   static bool stream(uint8_t, const uint8_t*, uint16_t) { return false; }
+  // A request whose reply is longer than the controller's reply buffer: the extension
+  // builds it in `scratch` (`room` bytes of the receive buffer past the request) and sends
+  // it itself; it is not kept, so a retry executes again. True when it was one.
+  static bool reply(uint8_t, uint8_t, const uint8_t*, uint16_t, bool, uint8_t*, uint16_t) { return false; }
   // Execute a request into r (status first): the reply length, or -1 when cmd is unknown.
   static int32_t execute(uint8_t, const uint8_t*, uint16_t, uint8_t*, bool) { return -1; }
   static void park() {}
@@ -176,6 +180,7 @@ class Controller {
     last_valid_ = hw_.millis();
     bump(frames_ok_);
     if (EXT::stream(cmd, pkt + 4, len)) return;
+    if (EXT::reply(seq, cmd, pkt + 4, len, handshake_, buf_ + m, REQUEST_FRAME - m)) return;
     if (have_last_ && seq == last_seq_ && cmd == last_cmd_ && crc == last_crc_) {
       hw_.send(reply_, reply_len_);  // a retry: the same reply, not executed again
       return;
