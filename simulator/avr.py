@@ -464,12 +464,8 @@ class SimavrInSitu(SimavrPotBank):
         """The firmware on a front end with the parts and the state of a simulated in-situ
         bench as it stands now: a comparator-twin bench
         (:class:`~clln.simulator.insitu_pot.ComparatorTwinBench`: the parts drawn from the
-        same bench seed, its taps) or a twin transistor bench (its physics' replica)."""
-        p = bench.physics
-        replica = getattr(p, "replica", None)
-        physics = replica() if replica is not None else ComparatorTwinPhysics(
-            p.network, p.taps, p.params, bench_seed=bench.describe()["bench_seed"])
-        return cls(build, physics, **kwargs)
+        same bench seed, its taps) or a twin transistor bench: its physics' replica."""
+        return cls(build, bench.physics.replica(), **kwargs)
 
     def _line(self, parts: list[str]) -> None:
         if parts[0] == "PTY1" and len(parts) == 2:

@@ -83,6 +83,7 @@ class ComparatorTwinPhysics:
         if np.any((np.asarray(taps) < 0) | (np.asarray(taps) >= p.taps)):
             raise ValueError(f"taps must lie in 0..{p.taps - 1}")
         self.taps = np.array(taps, dtype=np.int64)
+        self._seeds = (bench_seed, noise_seed)
         rng = np.random.default_rng(bench_seed)
         spread = 1.0 + p.r_tolerance * rng.standard_normal(m)
         # (2, m): free twin 0, clamped twin 1
@@ -145,6 +146,15 @@ class ComparatorTwinPhysics:
         """(m, taps) nominal conductance per tap (what a user calibrates against), S."""
         p = self.params
         return rheostat_table(p.taps, p.r_total, p.r_wiper, p.r_series, edges=self.network.n_edges)
+
+    def replica(self) -> ComparatorTwinPhysics:
+        """A second bench built from the same parts (same bench and noise seeds) in this
+        one's state: e.g. the analog front end behind the compiled firmware."""
+        bench_seed, noise_seed = self._seeds
+        twin = ComparatorTwinPhysics(self.network, self.taps, self.params,
+                                     bench_seed=bench_seed, noise_seed=noise_seed)
+        twin.load_state_dict(self.state_dict())
+        return twin
 
     def state_dict(self) -> dict[str, Any]:
         return {"taps": self.taps.copy(), "noise": self._noise.bit_generator.state,
