@@ -32,7 +32,7 @@ from clln.controller.errors import BenchFault, NetworkError, ProtocolError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
 from clln.simulator.network_equations import Derivatives, NetworkEquations
-from clln.simulator.newton_linalg import LuName, available_lu, block_gmres, lu_library
+from clln.simulator.newton_linalg import BlockGmres, LuName, available_lu, lu_library
 
 __all__ = ["ConvergenceError", "LinearName", "LuName", "NewtonResult", "NonlinearNetworkSolver",
            "available_lu", "with_resistors"]
@@ -127,6 +127,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.refactor_iterations = refactor_iterations
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
+        self._krylov = BlockGmres()  # its basis is kept from call to call
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
         self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
@@ -316,14 +317,15 @@ class NonlinearNetworkSolver(NetworkEquations):
 
     def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
                first: np.ndarray) -> tuple[np.ndarray, int]:
-        """:func:`~clln.simulator.newton_linalg.block_gmres` on the samples' Jacobians
+        """:class:`~clln.simulator.newton_linalg.BlockGmres` on the samples' Jacobians
         (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
         with ``krylov_rtol``; its time (operator built, GMRES) counted as linear algebra."""
         started = time.process_time()
         indices, indptr = self._block_pattern(rhs.shape[0])
         jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(rhs.size,) * 2)
-        step, used = block_gmres(jacobians, rhs, lambda x: self._precondition(x, clamped),
-                                 rtol=self.krylov_rtol, max_iter=self.krylov_max_iter, first=first)
+        step, used, _ = self._krylov.solve(jacobians, rhs, lambda x: self._precondition(x, clamped),
+                                           rtol=self.krylov_rtol, max_iter=self.krylov_max_iter,
+                                           first=first)
         self.krylov_iterations += used * rhs.shape[0]
         self.lu_seconds += time.process_time() - started
         return step, used
