@@ -170,18 +170,24 @@ class BlockGmres:
         self._search = np.empty((0, 0, 0))
 
     def _workspace(self, k: int, nf: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._basis.shape != (k, limit + 1, nf):
-            self._basis = np.empty((k, limit + 1, nf))
-            self._search = np.empty((k, limit, nf))
-        return self._basis, self._search
+        """Basis and search directions for k samples (grown, never shrunk: the batch's
+        active samples vary from one Newton step to the next)."""
+        have = self._basis.shape
+        if have[0] < k or have[1:] != (limit + 1, nf):
+            self._basis = np.empty((max(k, have[0] if have[1:] == (limit + 1, nf) else 0), limit + 1, nf))
+            self._search = np.empty(self._basis.shape[:1] + (limit, nf))
+        return self._basis[:k], self._search[:k]
 
     def solve(self, jacobians: sp.spmatrix, rhs: np.ndarray,
-              precondition: Callable[[np.ndarray], np.ndarray], *, rtol: float | np.ndarray,
-              max_iter: int, first: np.ndarray | None = None) -> tuple[np.ndarray, int, np.ndarray]:
-        """(s, iterations, linear residual norms (k,)). Stops when every sample's linear
-        residual |rhs_b - J_b s_b| is at most ``rtol`` (scalar or (k,)) of |rhs_b|, or
-        after ``max_iter`` iterations. ``first``: M^-1 rhs when the caller has it already
-        (saves one preconditioner solve)."""
+              precondition: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+              rtol: float | np.ndarray, max_iter: int,
+              first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(s, iterations (k,), linear residual norms (k,)). A sample stops when its linear
+        residual |rhs_b - J_b s_b| is at most ``rtol`` (scalar or (k,)) of |rhs_b| (its
+        later iterations cost no preconditioner solve), all stop after ``max_iter``.
+        ``precondition(rows, samples)`` returns M_b^-1 of each row for the samples
+        (indices into the batch) still iterating. ``first``: M^-1 rhs when the caller has
+        it already (saves one preconditioner solve)."""
         k, nf = rhs.shape
         limit = max(1, max_iter)
         basis, search = self._workspace(k, nf, limit)
@@ -193,13 +199,20 @@ class BlockGmres:
         tri = np.zeros((k, limit, limit))  # R of the rotated Hessenberg matrices
         g = np.zeros((k, limit + 1))  # rotated beta e_1
         g[:, 0] = beta
-        bound = rtol * beta
+        bound = np.broadcast_to(rtol * beta, (k,))
+        needed = np.zeros(k, dtype=np.int64)
+        reached = np.zeros(k)
+        active = np.ones(k, dtype=bool)
         used = 0
         for j in range(limit):
+            rows = np.flatnonzero(active)
             if j == 0 and first is not None:
                 np.divide(first, safe[:, None], out=search[:, 0])
-            else:
-                search[:, j] = precondition(basis[:, j])
+            elif rows.size == k:
+                search[:, j] = precondition(basis[:, j], rows)
+            else:  # stopped samples: a zero direction (their column of R is left alone)
+                search[:, j] = 0.0
+                search[rows, j] = precondition(basis[rows, j], rows)
             w = (jacobians @ search[:, j].ravel()).reshape(k, nf)
             done = basis[:, :j + 1]  # (k, j+1, nf)
             h = np.matmul(done, w[:, :, None])[:, :, 0]  # classical Gram-Schmidt ...
@@ -214,28 +227,30 @@ class BlockGmres:
                 h[:, i + 1] = rot_c[:, i] * h[:, i + 1] - rot_s[:, i] * h[:, i]
                 h[:, i] = top
             diag = np.hypot(h[:, j], hn)
-            zero = diag == 0
+            zero = (diag == 0) | ~active
             rot_c[:, j] = np.where(zero, 1.0, h[:, j] / np.where(zero, 1.0, diag))
             rot_s[:, j] = np.where(zero, 0.0, hn / np.where(zero, 1.0, diag))
-            tri[:, :j, j] = h[:, :j]
-            tri[:, j, j] = diag
-            g[:, j + 1] = -rot_s[:, j] * g[:, j]
-            g[:, j] = rot_c[:, j] * g[:, j]
+            tri[:, :j, j] = np.where(active[:, None], h[:, :j], 0.0)
+            tri[:, j, j] = np.where(zero, 1.0, diag)  # breakdown or stopped: g is 0 there
+            g[:, j + 1] = np.where(active, -rot_s[:, j] * g[:, j], 0.0)
+            g[:, j] = np.where(active, rot_c[:, j] * g[:, j], 0.0)
             used = j + 1
-            if np.all(np.abs(g[:, j + 1]) <= bound):
+            met = active & (np.abs(g[:, j + 1]) <= bound)
+            needed[met], reached[met] = used, np.abs(g[met, j + 1])
+            active &= ~met
+            if not active.any():
                 break
-        r = tri[:, :used, :used]
-        idx = np.arange(used)
-        r[:, idx, idx] = np.where(r[:, idx, idx] == 0, 1.0, r[:, idx, idx])  # broke down: g is 0 there
-        y = np.linalg.solve(r, g[:, :used, None])  # (k, used, 1)
+        needed[active], reached[active] = used, np.abs(g[active, used])
+        y = np.linalg.solve(tri[:, :used, :used], g[:, :used, None])  # (k, used, 1)
         step = np.matmul(y.transpose(0, 2, 1), search[:, :used])[:, 0]
-        return step, used, np.abs(g[:, used])
+        return step, needed, reached
 
 
 def block_gmres(jacobians: sp.spmatrix, rhs: np.ndarray,
                 precondition: Callable[[np.ndarray], np.ndarray], *, rtol: float | np.ndarray,
                 max_iter: int, first: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """:class:`BlockGmres` once, with a fresh workspace; returns (s, iterations)."""
-    step, used, _ = BlockGmres().solve(jacobians, rhs, precondition, rtol=rtol,
-                                       max_iter=max_iter, first=first)
-    return step, used
+    """:class:`BlockGmres` once with one preconditioner for every sample and a fresh
+    workspace; returns (s, iterations of the slowest sample)."""
+    step, needed, _ = BlockGmres().solve(jacobians, rhs, lambda rows, _samples: precondition(rows),
+                                         rtol=rtol, max_iter=max_iter, first=first)
+    return step, int(needed.max())

@@ -93,7 +93,11 @@ class NonlinearNetworkSolver(NetworkEquations):
         Jacobian factorized (``blocks_per_lu``, ``chord_ratio``). ``krylov``: one LU shared
         by the batch (the mean of the samples' Jacobians, kept across calls) as the
         preconditioner of GMRES on each sample's own Jacobian, run for all samples at
-        once; refactorized when GMRES needs more than ``refactor_iterations`` iterations.
+        once; refactorized when GMRES needs more than ``refactor_iterations`` iterations,
+        or when the GMRES iterations beyond those a fresh factorization needed have cost
+        as much CPU time as one factorization (a rent-or-buy rule: at most twice the
+        cost of the best refactorization schedule in hindsight; it matters where the LU
+        is nearly exact, e.g. a batch of one sample).
         Samples it does not converge fall back to ``lu``. ``auto``: ``krylov`` from
         ``krylov_min_nodes`` free nodes on, ``lu`` below (where one LU costs little).
     krylov_rtol : GMRES stops when each sample's linear residual is below this fraction
@@ -128,6 +132,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
         self._krylov = BlockGmres()  # its basis is kept from call to call
+        self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
+        self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond those since
+        self._lu_cost: dict[bool, float] = {}  # CPU s of the last shared factorization
+        self._baseline_calls: dict[bool, int] = {}  # GMRES calls left that set _fresh
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
         self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
@@ -284,8 +292,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                     break
             if values is None:
                 values = self._values(_rows(d_va, d_vb, act), clamped)
-            step, inner = self._gmres(values, -r_act, clamped, cheap)
-            if inner > self.refactor_iterations:
+            step, needed = self._gmres(values, -r_act, clamped, cheap)
+            if needed.max() > self.refactor_iterations:
                 self._shared_stale[clamped] = True
             if not np.isfinite(step).all():
                 self._shared_stale[clamped] = True
@@ -306,29 +314,45 @@ class NonlinearNetworkSolver(NetworkEquations):
         matrix = sp.csc_matrix((values, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
         started = time.process_time()
         self._shared[clamped] = self._lu.factorize(matrix, 1)
-        self.lu_seconds += time.process_time() - started
+        self._lu_cost[clamped] = time.process_time() - started
+        self.lu_seconds += self._lu_cost[clamped]
         self.lu_calls += 1
         self.refactorizations += 1
         self._shared_stale[clamped] = False
+        self._baseline_calls[clamped] = 1  # the GMRES call right after it
+        self._fresh[clamped] = 0.0
+        self._debt[clamped] = 0.0
 
     def _precondition(self, x: np.ndarray, clamped: bool) -> np.ndarray:
         """M^-1 x of each row with the shared LU (all rows in one multi-column solve)."""
         return self._lu.solve_rows(self._shared[clamped], x)  # type: ignore[arg-type]  # the handle type is the LU library's
 
     def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
-               first: np.ndarray) -> tuple[np.ndarray, int]:
+               first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:class:`~clln.simulator.newton_linalg.BlockGmres` on the samples' Jacobians
         (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
-        with ``krylov_rtol``; its time (operator built, GMRES) counted as linear algebra."""
+        with ``krylov_rtol``; its time (operator built, GMRES) counted as linear algebra.
+        Returns (step, GMRES iterations per sample); charges the iterations beyond those
+        of a fresh factorization to the rent-or-buy account of the shared LU."""
         started = time.process_time()
         indices, indptr = self._block_pattern(rhs.shape[0])
         jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(rhs.size,) * 2)
-        step, used, _ = self._krylov.solve(jacobians, rhs, lambda x: self._precondition(x, clamped),
-                                           rtol=self.krylov_rtol, max_iter=self.krylov_max_iter,
-                                           first=first)
-        self.krylov_iterations += used * rhs.shape[0]
-        self.lu_seconds += time.process_time() - started
-        return step, used
+        step, needed, _ = self._krylov.solve(jacobians, rhs, lambda x, _samples: self._precondition(x, clamped),
+                                             rtol=self.krylov_rtol, max_iter=self.krylov_max_iter,
+                                             first=first)
+        total = int(needed.sum())
+        self.krylov_iterations += total
+        spent = time.process_time() - started
+        self.lu_seconds += spent
+        mean = total / needed.size
+        if self._baseline_calls[clamped] > 0:  # what a fresh factorization needs: not charged
+            self._baseline_calls[clamped] -= 1
+            self._fresh[clamped] = max(self._fresh[clamped], mean)
+        else:
+            self._debt[clamped] += max(0.0, mean - self._fresh[clamped]) * needed.size * spent / max(total, 1)
+            if self._debt[clamped] >= self._lu_cost[clamped]:
+                self._shared_stale[clamped] = True
+        return step, needed
 
     def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
                      gates: np.ndarray, clamped: bool):  # noqa: ANN202
