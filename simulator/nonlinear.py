@@ -105,6 +105,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         ``tol`` on the step). A looser tolerance on the first Newton steps (Eisenstat and
         Walker's forcing terms) saved 10 % of GMRES iterations but no measurable step time.
     krylov_max_iter : GMRES iterations per Newton step at most.
+    single_precision_preconditioner : the shared LU in single precision (SuperLU only).
+        GMRES keeps its preconditioned directions, so it is flexible GMRES: an inexact
+        preconditioner changes the iteration count, not the answer (the residual and
+        the Newton steps stay in double precision).
     """
 
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
@@ -113,7 +117,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                  blocks_per_lu: int | None = 1,
                  chord_ratio: float = 0.0, linear: LinearName = "auto",
                  krylov_min_nodes: int = 1000, krylov_rtol: float = 1e-5,
-                 krylov_max_iter: int = 30, refactor_iterations: int = 12) -> None:
+                 krylov_max_iter: int = 30, refactor_iterations: int = 12,
+                 single_precision_preconditioner: bool = True) -> None:
         self._lu = lu_library(lu)
         super().__init__(network, model, fixed_conductance=fixed_conductance, device_mask=device_mask)
         self.tol = tol
@@ -132,6 +137,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
         self._krylov = BlockGmres()  # its basis is kept from call to call
+        self.single_precision_preconditioner = single_precision_preconditioner
         self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
         self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond those since
         self._lu_cost: dict[bool, float] = {}  # CPU s of the last shared factorization
@@ -313,7 +319,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         pat = self._pattern
         matrix = sp.csc_matrix((values, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
         started = time.process_time()
-        self._shared[clamped] = self._lu.factorize(matrix, 1)
+        self._shared[clamped] = self._lu.factorize(matrix, 1, single=self.single_precision_preconditioner)
         self._lu_cost[clamped] = time.process_time() - started
         self.lu_seconds += self._lu_cost[clamped]
         self.lu_calls += 1

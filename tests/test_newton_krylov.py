@@ -114,3 +114,27 @@ def test_shared_lu_is_renewed_when_its_staleness_costs_a_factorization() -> None
         ref = exact.solve(gates, sources, start=got.voltages)
         np.testing.assert_allclose(got.voltages, ref.voltages, rtol=0, atol=1e-9)
     assert 1 < krylov.refactorizations < solves
+
+
+def test_single_precision_preconditioner_still_gives_double_precision_answers() -> None:
+    """GMRES keeps its preconditioned directions (flexible GMRES), so a float32 LU as the
+    preconditioner, itself good to ~1e-6, still takes every sample to a 1e-12 residual
+    and numpy's dense double-precision answer."""
+    from clln.simulator.newton_linalg import SuperLUBlocks
+
+    rng = np.random.default_rng(6)
+    k, n = 3, 70
+    mats = z_matrices(rng, k, n)
+    rhs = rng.normal(size=(k, n))
+    library = SuperLUBlocks()
+    mean = sp.csc_matrix(sum(mats) / k)
+    single = library.factorize(mean, 1, single=True)
+    alone = library.solve_rows(single, rhs)
+    exact_mean = np.linalg.solve(mean.toarray(), rhs.T).T
+    assert alone.dtype == np.float64
+    assert 1e-12 < np.abs(alone - exact_mean).max() / np.abs(exact_mean).max() < 1e-4  # float32 accuracy
+    step, _, reported = BlockGmres().solve(block(mats), rhs, lambda x, _b: library.solve_rows(single, x),
+                                           rtol=1e-12, max_iter=n)
+    exact = np.stack([np.linalg.solve(m, r) for m, r in zip(mats, rhs)])
+    np.testing.assert_allclose(step, exact, rtol=0, atol=1e-10 * np.abs(exact).max())
+    assert np.all(reported <= 1e-12 * np.linalg.norm(rhs, axis=1))
