@@ -118,7 +118,7 @@ class NonlinearNetworkSolver(NetworkEquations):
                  chord_ratio: float = 0.0, linear: LinearName = "auto",
                  krylov_min_nodes: int = 1000, krylov_rtol: float = 1e-5,
                  krylov_max_iter: int = 30, refactor_iterations: int = 12,
-                 single_precision_preconditioner: bool = True) -> None:
+                 single_precision_preconditioner: bool = True, adaptive_rtol: bool = True) -> None:
         self._lu = lu_library(lu)
         super().__init__(network, model, fixed_conductance=fixed_conductance, device_mask=device_mask)
         self.tol = tol
@@ -138,6 +138,8 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared_stale: dict[bool, bool] = {}
         self._krylov = BlockGmres()  # its basis is kept from call to call
         self.single_precision_preconditioner = single_precision_preconditioner
+        self.adaptive_rtol = adaptive_rtol
+        self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
         self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
         self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond those since
         self._lu_cost: dict[bool, float] = {}  # CPU s of the last shared factorization
@@ -271,6 +273,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         free = self.free_nodes
         r_all, state = self._free_residual_state(v, gates, clamped)
         d_va, d_vb = state.d_va, state.d_vb  # of every sample, kept (fresh arrays: written in place)
+        last_size = np.full(count, np.nan)  # each sample's last full Newton step, V
         for _ in range(self.max_iter):
             act = np.flatnonzero(~done)
             if act.size == 0:
@@ -298,14 +301,20 @@ class NonlinearNetworkSolver(NetworkEquations):
                     break
             if values is None:
                 values = self._values(_rows(d_va, d_vb, act), clamped)
-            step, needed = self._gmres(values, -r_act, clamped, cheap)
+            step, needed = self._gmres(values, -r_act, clamped, cheap, self._forcing(cheap))
             if needed.max() > self.refactor_iterations:
                 self._shared_stale[clamped] = True
             if not np.isfinite(step).all():
                 self._shared_stale[clamped] = True
                 break  # the per-sample LU path decides (and names a floating part)
-            size, _scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
+            size, scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
             converged = size <= self.tol
+            full = scale == 1.0
+            rates = size[full] / last_size[act][full] ** 2
+            rates = rates[np.isfinite(rates) & (last_size[act][full] > 1e3 * self.tol)]
+            if rates.size:
+                self._quadratic = max(0.5 * self._quadratic, float(rates.max()))
+            last_size[act] = np.where(full, size, np.nan)
             if act.size == count:  # every sample: keep the new arrays (no copy)
                 d_va, d_vb = s_new.d_va, s_new.d_vb
             else:
@@ -313,6 +322,18 @@ class NonlinearNetworkSolver(NetworkEquations):
             residual[act] = norm
             done[act] = converged
         return done, residual
+
+    def _forcing(self, cheap: np.ndarray) -> float | np.ndarray:
+        """GMRES' relative tolerance per sample (``adaptive_rtol``): a Newton step whose
+        size (estimated by the preconditioned residual M^-1 r, ``cheap``) is s need not
+        be solved more exactly than the error Newton leaves anyway, 0.1 C s^2 (C: the
+        largest recent s_(k+1) / s_k^2 of full steps), nor than tol / 20 in absolute
+        terms; never tighter than ``krylov_rtol``, never looser than 1e-2."""
+        if not self.adaptive_rtol:
+            return self.krylov_rtol
+        s = np.maximum(np.abs(cheap).max(axis=1), 1e-300)
+        allowed = np.maximum(0.1 * self._quadratic * s * s, 0.05 * self.tol) / s
+        return np.clip(allowed, self.krylov_rtol, 1e-2)
 
     def _shared_factor(self, values: np.ndarray, clamped: bool) -> None:
         """Factorize the Jacobian with entries ``values`` (nnz,) as the shared preconditioner."""
@@ -334,7 +355,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         return self._lu.solve_rows(self._shared[clamped], x)  # type: ignore[arg-type]  # the handle type is the LU library's
 
     def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
-               first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               first: np.ndarray, rtol: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:class:`~clln.simulator.newton_linalg.BlockGmres` on the samples' Jacobians
         (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
         with ``krylov_rtol``; its time (operator built, GMRES) counted as linear algebra.
@@ -344,7 +365,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         indices, indptr = self._block_pattern(rhs.shape[0])
         jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(rhs.size,) * 2)
         step, needed, _ = self._krylov.solve(jacobians, rhs, lambda x, _samples: self._precondition(x, clamped),
-                                             rtol=self.krylov_rtol, max_iter=self.krylov_max_iter,
+                                             rtol=rtol, max_iter=self.krylov_max_iter,
                                              first=first)
         total = int(needed.sum())
         self.krylov_iterations += total
