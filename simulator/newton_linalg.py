@@ -193,15 +193,16 @@ class BlockGmres:
         self._search = np.empty((0, 0, 0))
         self._rows = np.empty((0, 0))
 
-    def _workspace(self, k: int, nf: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Basis, search directions and two (k, nf) rows for k samples (grown, never
-        shrunk: the batch's active samples vary from one Newton step to the next)."""
+    def _workspace(self, k: int, nf: int, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Basis (k, limit + 1, nf), search directions (limit, k, nf: each iteration's
+        rows contiguous, as the block product takes them) and a (k, nf) row buffer for k
+        samples (grown, never shrunk: the active samples vary from step to step)."""
         have = self._basis.shape
         if have[0] < k or have[1:] != (limit + 1, nf):
             self._basis = np.empty((max(k, have[0] if have[1:] == (limit + 1, nf) else 0), limit + 1, nf))
-            self._search = np.empty(self._basis.shape[:1] + (limit, nf))
-            self._rows = np.empty((2, self._basis.shape[0], nf))
-        return self._basis[:k], self._search[:k], self._rows[0, :k], self._rows[1, :k]
+            self._search = np.empty((limit, self._basis.shape[0], nf))
+            self._rows = np.empty((self._basis.shape[0], nf))
+        return self._basis[:k], self._search[:, :k], self._rows[:k]
 
     def solve(self, jacobians: sp.spmatrix, rhs: np.ndarray,
               precondition: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
@@ -215,7 +216,7 @@ class BlockGmres:
         it already (saves one preconditioner solve)."""
         k, nf = rhs.shape
         limit = max(1, max_iter)
-        basis, search, current, projection = self._workspace(k, nf, limit)
+        basis, search, projection = self._workspace(k, nf, limit)
         beta = np.sqrt(np.einsum("kn,kn->k", rhs, rhs))
         safe = np.where(beta > 0, beta, 1.0)
         np.divide(rhs, safe[:, None], out=basis[:, 0])
@@ -231,6 +232,7 @@ class BlockGmres:
         used = 0
         for j in range(limit):
             rows = np.flatnonzero(active)
+            current = search[j]
             if j == 0 and first is not None:
                 np.divide(first, safe[:, None], out=current)
             elif rows.size == k:
@@ -238,7 +240,6 @@ class BlockGmres:
             else:  # stopped samples: a zero direction (their column of R is left alone)
                 current[...] = 0.0
                 current[rows] = precondition(basis[rows, j], rows)
-            search[:, j] = current
             w = (jacobians @ current.reshape(-1)).reshape(k, nf)
             done = basis[:, :j + 1]  # (k, j+1, nf)
             h = np.zeros((k, j + 1))
@@ -274,7 +275,7 @@ class BlockGmres:
                 break
         needed[active], reached[active] = used, np.abs(g[active, used])
         y = np.linalg.solve(tri[:, :used, :used], g[:, :used, None])  # (k, used, 1)
-        step = np.matmul(y.transpose(0, 2, 1), search[:, :used])[:, 0]
+        step = np.einsum("kj,jkn->kn", y[:, :, 0], search[:used])
         return step, needed, reached
 
 
