@@ -351,7 +351,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.lu_calls += 1
         self.refactorizations += 1
         self._shared_stale[clamped] = False
-        self._baseline_calls[clamped] = 1  # the GMRES call right after it
+        self._baseline_calls[clamped] = 2  # the two GMRES calls right after it
         self._fresh[clamped] = 0.0
         self._debt[clamped] = 0.0
 
@@ -379,9 +379,11 @@ class NonlinearNetworkSolver(NetworkEquations):
         mean = total / needed.size
         if self._baseline_calls[clamped] > 0:  # what a fresh factorization needs: not charged
             self._baseline_calls[clamped] -= 1
-            self._fresh[clamped] = max(self._fresh[clamped], mean)
+            self._fresh[clamped] += mean / 2
         else:
-            self._debt[clamped] += max(0.0, mean - self._fresh[clamped]) * needed.size * spent / max(total, 1)
+            # signed: calls below the fresh count pay back, so noise does not add up
+            self._debt[clamped] = max(0.0, self._debt[clamped] + (mean - self._fresh[clamped])
+                                      * needed.size * spent / max(total, 1))
             if self._debt[clamped] >= self._lu_cost[clamped]:
                 self._shared_stale[clamped] = True
         return step, needed
