@@ -141,10 +141,10 @@ def test_single_precision_preconditioner_still_gives_double_precision_answers() 
 
 
 def test_adaptive_gmres_tolerance_saves_iterations_and_changes_no_answer() -> None:
-    """GMRES' tolerance loosened to the error each Newton step leaves anyway: along a
-    sequence of training-like solves (gates drifting, warm starts) the answers are those
-    of the fixed tolerance and of per-sample-LU Newton (scipy's SuperLU) within 1e-10 V,
-    in fewer GMRES iterations."""
+    """GMRES' tolerance loosened to the error each Newton step leaves anyway: from warm
+    starts 1e-3 V off, the answers are those of the fixed tolerance and of per-sample-LU
+    Newton (scipy's SuperLU) within 1e-10 V, in fewer GMRES iterations (fresh solvers,
+    so both use the same shared LU)."""
     from clln.controller import NodeRoles, delaunay
     from clln.simulator.devices import SeedTransistor
     from clln.simulator.nonlinear import NonlinearNetworkSolver
@@ -155,14 +155,14 @@ def test_adaptive_gmres_tolerance_saves_iterations_and_changes_no_answer() -> No
     net = net.with_roles(NodeRoles((int(perm[0]), int(perm[1])), (int(perm[2]),), (int(perm[3]),)))
     gates = rng.uniform(1.5, 2.5, net.n_edges)
     sources = rng.uniform(0.2, 1.0, (6, 2))
-    solvers = {flag: NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", adaptive_rtol=flag)
-               for flag in (False, True)}
     exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
-    states = {flag: s.solve(gates, sources).voltages for flag, s in solvers.items()}
-    for _ in range(6):
-        gates = gates + rng.normal(0, 0.02, net.n_edges)
-        ref = exact.solve(gates, sources, start=states[False]).voltages
-        for flag, solver in solvers.items():
-            states[flag] = solver.solve(gates, sources, start=states[flag]).voltages
-            np.testing.assert_allclose(states[flag], ref, rtol=0, atol=1e-10)
-    assert solvers[True].krylov_iterations < solvers[False].krylov_iterations
+    answer = exact.solve(gates, sources).voltages
+    used = {False: 0, True: 0}
+    for _ in range(4):
+        start = answer + rng.normal(0, 1e-3, answer.shape)
+        for flag in used:
+            solver = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", adaptive_rtol=flag)
+            got = solver.solve(gates, sources, start=start).voltages
+            np.testing.assert_allclose(got, answer, rtol=0, atol=1e-10)
+            used[flag] += solver.krylov_iterations
+    assert used[True] < used[False]
