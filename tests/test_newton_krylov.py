@@ -166,3 +166,31 @@ def test_adaptive_gmres_tolerance_saves_iterations_and_changes_no_answer() -> No
             np.testing.assert_allclose(got, answer, rtol=0, atol=1e-10)
             used[flag] += solver.krylov_iterations
     assert used[True] < used[False]
+
+
+def test_warm_start_extrapolation_is_exact_for_quadratic_trajectories() -> None:
+    """The warm start of a sample from its states at the last gate versions: exact for
+    node voltages quadratic in the version (three states), for linear ones with two, and
+    none when a version is missing."""
+    from clln.controller import NodeRoles, delaunay
+    from clln.controller.backend import GateEdges
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    rng = np.random.default_rng(10)
+    net = delaunay(40, rng).with_roles(NodeRoles((0, 1), (2,), (3,)))
+    backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0),
+                                rng.uniform(1.5, 2.5, net.n_edges), extrapolate=True)
+    a, b, c = (rng.normal(size=net.n_nodes) for _ in range(3))
+
+    def at(version: int, curved: bool = True) -> np.ndarray:
+        return a + b * version + (c * version**2 if curved else 0.0)
+
+    backend._version = 7
+    three = [(6, at(6)), (5, at(5)), (4, at(4))]
+    np.testing.assert_allclose(backend._extrapolated(three), at(7), rtol=1e-12, atol=1e-9)
+    two = [(6, at(6, False)), (5, at(5, False))]
+    np.testing.assert_allclose(backend._extrapolated(two), at(7, False), rtol=1e-12, atol=1e-12)
+    gap = [(6, at(6)), (5, at(5)), (3, at(3))]  # the third is two windows older: linear only
+    np.testing.assert_allclose(backend._extrapolated(gap), 2 * at(6) - at(5), rtol=0, atol=0)
+    assert backend._extrapolated([(6, at(6)), (4, at(4))]) is None
