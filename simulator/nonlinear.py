@@ -146,7 +146,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.adaptive_rtol = adaptive_rtol
         self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
         self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
-        self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond those since
+        self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond the fresh count
         self._lu_cost: dict[bool, float] = {}  # CPU s of the last shared factorization
         self._baseline_calls: dict[bool, int] = {}  # GMRES calls left that set _fresh
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
@@ -261,13 +261,15 @@ class NonlinearNetworkSolver(NetworkEquations):
 
         The shared LU is the mean of the active samples' Jacobians. It is kept from call
         to call (gates and operating points move little between training steps) and
-        recomputed only when GMRES needs more than ``refactor_iterations`` iterations.
+        recomputed when GMRES needs more than ``refactor_iterations`` iterations or the
+        rent-or-buy rule asks for it (see ``linear``). Each sample's GMRES tolerance is
+        :meth:`_forcing`'s; a sample that meets it stops costing preconditioner solves.
         A sample whose preconditioned residual M^-1 r is below ``tol`` / 10 takes that as
         its last step without GMRES (|J^-1 r| <= 10 |M^-1 r| while M^-1 J is within 0.9 of
         the identity, which GMRES' few iterations show), so convergence is still judged
         at ``tol`` on the step; for the others that solve is GMRES' first basis vector.
-        The preconditioner's solves for all samples are one multi-column solve per GMRES
-        iteration. The device state of the accepted line-search point is
+        The preconditioner's solves for all samples still iterating are one multi-column
+        solve per GMRES iteration. The device state of the accepted line-search point is
         kept for the next iteration's Jacobian.
         """
         count = v.shape[0]
@@ -363,7 +365,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                first: np.ndarray, rtol: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:class:`~clln.simulator.newton_linalg.BlockGmres` on the samples' Jacobians
         (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
-        with ``krylov_rtol``; its time (operator built, GMRES) counted as linear algebra.
+        to relative tolerance ``rtol`` (scalar or per sample); its time (operator built,
+        GMRES) counted as linear algebra.
         Returns (step, GMRES iterations per sample); charges the iterations beyond those
         of a fresh factorization to the rent-or-buy account of the shared LU."""
         started = time.process_time()
