@@ -2,12 +2,15 @@
 field's approach (ngspice solving every sample's operating points separately).
 
 For Delaunay networks pruned to mean coordination 4.5 (m = 2.25 n edges; 1 ground,
-2 sources, 2 output nodes, batch ``--batch``), seed transistor edges with gates uniform
-in [1.5, 2.5] V, this prints per size, measured in one run:
+2 sources, 2 output nodes), seed transistor edges with gates uniform in [1.5, 2.5] V,
+this prints one table per batch size of ``--batch`` (default 10 and 1: one sample per
+step, as the seed's rig and the field's per-sample update work), per network size,
+measured in one run:
 
 * ``step``: clln's training step on TransistorBackend (free and clamped batch solves by
   Newton, each warm started, the local gate update, one learning window), median over
-  ``--repeats`` steps after a first (cold) step;
+  ``--repeats`` steps after a first (cold) step; ``mean``: their mean (it includes the
+  steps that refactorized the shared LU); ``/sample``: step / batch;
 * ``step lu``: the same step with every sample's Jacobian factorized in every Newton
   iteration (``linear = "lu"``, the solver before the shared factorization);
 * ``bare``: the linear algebra those steps needed (LU factorizations, triangular
@@ -19,8 +22,10 @@ in [1.5, 2.5] V, this prints per size, measured in one run:
   points (netlist written, run and read back), measured on ``--spice-samples`` samples
   where the size is at most ``--spice-max-edges``; larger sizes are extrapolated with
   the power law through the measured sizes (marked ``~``);
-* ``speedup``: ngspice per sample / clln step (whole batch), and per sample;
-* ``peak``: the process's peak resident memory, MB;
+* ``speedup``: ngspice per sample / clln step (whole batch), and per sample (ngspice per
+  sample / (step / batch));
+* ``peak``: the process's peak resident memory so far in the run (sizes, then batches in
+  the order given), MB;
 * ``|dV| lu``: after the timed steps, the largest difference (V) between the step
   solver's node voltages and per-sample-LU Newton's (to the same tolerance) for the
   training batch.
@@ -32,7 +37,7 @@ machine shared with other work does not distort the ratios.
 Then, at the middle size: the LU libraries (SuperLU, UMFPACK) on the same block
 system, and one block-diagonal system for the batch against a loop over samples.
 
-Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10]
+Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10,1]
        [--repeats 3] [--spice-samples 2] [--spice-max-edges 25000]
        [--linear auto|lu|krylov] [--no-baseline]
 """
@@ -79,7 +84,7 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
                                                                   eta=0.3), np.random.default_rng(1))
     trainer.step(0)  # cold: Newton from a flat start
     solver = backend.solvers[0]
-    steps, bare = [], []
+    steps, bare = [], []  # CPU s of each timed step, of its linear algebra
     backend.iterations.clear()
     lus0, krylov0 = solver.refactorizations, solver.krylov_iterations
     for k in range(repeats):
@@ -97,7 +102,7 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
         backend.gate_voltages(0), sources, start=ours).voltages
     return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
             "error": float(np.abs(ours - ref).max()),
-            "step": float(np.median(steps)), "bare": float(np.median(bare)),
+            "step": float(np.median(steps)), "bare": float(np.median(bare)), "mean": float(np.mean(steps)),
             "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
             "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb(),
             "shared_lus": (solver.refactorizations - lus0) / repeats,
@@ -167,7 +172,7 @@ def main() -> None:
     limit_bundled_blas(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e3,2e4,1e5")
-    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--batch", default="10,1", help="batch sizes, comma-separated (one table each)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spice-samples", type=int, default=2)
     parser.add_argument("--spice-max-edges", type=float, default=25_000)
@@ -176,27 +181,40 @@ def main() -> None:
                         help="skip the per-sample-LU step (linear = lu)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    rows = []
+    batches = [int(b) for b in args.batch.split(",")]
+    tables: dict[int, list[dict[str, float]]] = {b: [] for b in batches}
     for m in sizes:  # the shared-LU step first: the peak memory printed is its own
-        print(f"-- {m:.0e} edges: training steps ({args.linear}, then per-sample LU) ...", flush=True)
-        row = time_steps(m, args.batch, args.repeats, args.linear)
-        row["step_lu"] = time_steps(m, args.batch, args.repeats, "lu")["step"] if args.baseline else float("nan")
-        rows.append(row)
+        for batch in batches:
+            print(f"-- {m:.0e} edges, batch {batch}: training steps ({args.linear}, then per-sample LU) ...",
+                  flush=True)
+            row = time_steps(m, batch, args.repeats, args.linear)
+            row["step_lu"] = (time_steps(m, batch, args.repeats, "lu")["step"] if args.baseline
+                              else float("nan"))
+            tables[batch].append(row)
     spice: dict[int, float] = {}
     if ngspice_path() is None:
         print("ngspice not installed: no baseline (apt-get install ngspice)")
     else:
-        for row in rows:
+        for row in tables[batches[0]]:
             if row["edges"] <= args.spice_max_edges:
                 print(f"-- {row['edges']} edges: ngspice per sample ...", flush=True)
                 spice[row["edges"]] = time_ngspice(row["edges"], args.spice_samples)
+    for batch in batches:
+        print_table(tables[batch], batch, spice, args.linear)
+    if len(sizes) > 1:
+        compare_lu(sizes[1], batches[0])
+
+
+def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float], linear: str) -> None:
+    """One batch size's rows; ngspice per sample measured (or extrapolated) per size."""
     measured = sorted(spice)
-    print(f"\nbatch {args.batch}; times in CPU seconds; ~ = extrapolated (power law through the "
+    print(f"\nbatch {batch}; times in CPU seconds; ~ = extrapolated (power law through the "
           f"measured ngspice sizes)")
-    print(f"step lu: the step with every sample's Jacobian factorized; step: with --linear {args.linear}; "
+    print(f"step lu: the step with every sample's Jacobian factorized; step: with --linear {linear} "
+          "(median; mean: with the steps that refactorized); /sample: step / batch; "
           "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")
-    print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'lu/step':>7} {'bare':>8} {'step/bare':>9} "
-          f"{'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
+    print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'mean':>8} {'/sample':>8} {'lu/step':>7} "
+          f"{'bare':>8} {'step/bare':>9} {'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
           f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8} {'|dV| lu':>8}")
     for row in rows:
         m = row["edges"]
@@ -208,14 +226,12 @@ def main() -> None:
         else:
             ref, mark = float("nan"), " "
         iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
-        print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.3f} {row['step']:8.3f} "
-              f"{row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
+        print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.3f} {row['step']:8.3f} {row['mean']:8.3f} "
+              f"{row['step'] / batch:8.4f} {row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
               f"{row['step'] / row['bare']:9.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
               f"{mark}{ref:14.2f} "
-              f"{ref / row['step']:12.1f} {ref / (row['step'] / args.batch):10.1f} {row['peak']:8.0f} "
+              f"{ref / row['step']:12.1f} {ref / (row['step'] / batch):10.1f} {row['peak']:8.0f} "
               f"{row['error']:8.1e}")
-    if len(sizes) > 1:
-        compare_lu(sizes[1], args.batch)
 
 
 if __name__ == "__main__":
