@@ -22,7 +22,10 @@ seed and the median, the lowest gate voltage of the run (V; below V_T = 0.62 V a
 is off), the rms gate movement per step over the first 10 steps (V; the host's xor.toml
 moves 1.5 mV rms per step), and the share of drive evaluations in the learning windows
 whose driver output sits on a rail (0 V or the rail: the gate moves by (u - V_G) / RC with
-u clipped, no longer in proportion to the signal).
+u clipped, no longer in proportion to the signal). First, per seed at the start gates
+(the host's ideal transistor backend on the bench's nominal devices): the one-sided
+signal (dV^F)^2 - (dV^C)^2 of every training sample split into its part odd in the nudge,
+[(dV^-)^2 - (dV^+)^2] / 2 (what anti-clamp keeps), and the even rest.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ import numpy as np
 import tomli_w
 
 from clln.compose import build_experiment, make_trainer
+from clln.controller.backend import GateEdges
+from clln.controller.rules import contrastive_signal
 from clln.protocol import load_protocol, parse_protocol
+from clln.simulator.transistor_backend import TransistorBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "protocols" / "insitu-transistor-regression.toml"
@@ -169,7 +175,37 @@ def one_variant(name: str, seed: int) -> dict[str, float]:
             "on_rail": counts[1] / max(counts[0], 1)}
 
 
+def even_term(seed: int) -> str:
+    """The one-sided signal's part even in the nudge against the odd part, at the start
+    gates of the XOR protocol's bench of ``seed``, over its training samples."""
+    protocol, _ = load_protocol(XOR)
+    exp = build_experiment(protocol, source=str(XOR), base_dir=ROOT, seed=seed)
+    task, incidence = exp.task, exp.network.incidence
+    physics = exp.backend.physics  # type: ignore[attr-defined]
+    host = TransistorBackend(exp.network, physics.models[0], GateEdges(0.0, 5.0), physics.read_state())
+    outs = list(task.clamp_nodes)
+    spec = protocol.training.insitu
+    assert spec is not None and not isinstance(spec.eta, list)
+    eta = float(spec.eta)
+    one, odd = [], []
+    for x, y in zip(task.source_voltages(task.train.x), task.train.y):
+        free = host.measure(x[None])
+        out = free.at_nodes(outs)
+        nudge = eta * (y[None] - out)
+        clamped = host.measure(x[None], out + nudge)
+        one.append(contrastive_signal(free, clamped, incidence))
+        odd.append(0.5 * contrastive_signal(host.measure(x[None], out - nudge), clamped, incidence))
+    even = np.array(one) - np.array(odd)
+    total_even, total_odd = even.sum(axis=0), np.array(odd).sum(axis=0)
+    return (f"seed {seed}: even part negative in {np.mean(even < 0) * 100:.0f} % of (sample, edge) "
+            f"entries, mean {even.mean():.2e} V^2 against mean |odd part| {np.abs(odd).mean():.2e} V^2; "
+            f"summed over the samples larger than the odd part on {np.sum(np.abs(total_even) > np.abs(total_odd))} "
+            f"of {len(total_even)} edges")
+
+
 def xor_causes(count: int, jobs: int) -> None:
+    for seed in range(1, count + 1):
+        print(even_term(seed), flush=True)
     names = list(XOR_VARIANTS)
     tasks = [(name, seed) for name in names for seed in range(1, count + 1)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
