@@ -128,6 +128,8 @@ XOR_VARIANTS: dict[str, list[tuple[str, str, object]]] = {
     "free twin free (no anti-clamp)": [("training.insitu", "anti_clamp", False)],
     "NOR, 2 ms per step": [("training.insitu", "normalise", True), ("training.insitu", "learn_time_us", 2000.0)],
     "NOR, 10 us per step": [("training.insitu", "normalise", True), ("training.insitu", "learn_time_us", 10.0)],
+    "600 steps": [("training", "steps", 600)],
+    "start gates over 1-2 V": [("edges", "gate_init", [1.0, 2.0])],
     "eta 0.5": [("training.insitu", "eta", 0.5)],
     "eta 2.48 (10x amplifier)": [("training.insitu", "eta", 2.48), ("training.insitu", "amplifier_gain", 10.0)],
     "before (no anti-clamp, NOR 2 ms, 200 steps, quiet amplifiers)": [
