@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -341,6 +342,7 @@ class InSituBench:
         bytes a 32-edge state in one 266-byte frame arrives intact about once in 15 tries,
         a slice about once in two. Every slice must report the same step."""
         m = self._network.n_edges
+        self._settle()
         if not self.wide:
             body = self.bank._exchange(InSituCmd.GET_STATE, b"")
             return np.frombuffer(body, dtype="<f4", count=m, offset=4).astype(float)
@@ -357,6 +359,23 @@ class InSituBench:
             raise DriverError(f"in-situ controller: the state's slices came from steps {sorted(steps)} "
                               "(a run in progress); read the state while the device is stopped")
         return np.frombuffer(b"".join(parts), dtype="<f8").astype(float)
+
+    def _settle(self, quiet_s: float = 0.05, limit_s: float = 2.0) -> None:
+        """Wait until the line has been silent for ``quiet_s`` (at most ``limit_s``). After
+        a run the device may still be answering the stream's last RESENDs: on a noisy line
+        each damaged frame of those records would cut a GET_STATE attempt short (the bank
+        resends at once on a damaged frame), using up its attempts in a fraction of a
+        second."""
+        clock, bank = self.bank.clock, self.bank
+        end = last = clock()
+        end += limit_s
+        with bank.lock:
+            while clock() < end and clock() - last < quiet_s:
+                if self.transport.in_waiting:
+                    bank._drain()  # a BOOT packet among them is still noticed
+                    last = clock()
+                else:
+                    time.sleep(0.002)
 
     def read_edges(self) -> EdgeState:
         return self._edges.reported(self._state)

@@ -181,14 +181,16 @@ def transistor(steps: int, noise: float = 0.0) -> tuple[Experiment, str]:
 
 def test_transistor_stream_gives_the_simulators_gate_trajectory_bit_for_bit() -> None:
     """The same protocol on the simulator and through the emulated device (float64 gates,
-    records in STEP_PART frames) over a line corrupting 1 % of the bytes: every step's
-    gate voltages identical to the last bit, no record lost."""
+    records in STEP_PART frames) over a line corrupting 1 % of the bytes from the
+    handshake on: every step's gate voltages identical to the last bit, no record lost;
+    the state read back over the same line after the run (the device may still be
+    answering the stream's last RESENDs) is the device's, bit for bit."""
     exp, _ = transistor(steps=3)
     ex = insitu_experiment(exp.protocol, exp.task, 3, "t.toml")
-    device, driver = emulated(exp)
-    device.link.faults = Faults(corrupt=0.01, seed=5)  # after the handshake: the stream is measured
+    device, driver = emulated(exp, Faults(corrupt=0.01, seed=5))
     try:
         streamed = list(driver.run_insitu(ex, 0, ex.steps))
+        read_back = driver.read_state()
         on_device = device.firmware.physics.state_dict()
     finally:
         device.close()
@@ -202,6 +204,7 @@ def test_transistor_stream_gives_the_simulators_gate_trajectory_bit_for_bit() ->
         np.testing.assert_allclose(emu.free, sim.free, atol=VOLT_LSB / 2 + 1e-9)
         assert emu.n_teaching == sim.n_teaching == (8 if sim.step else 0)
     assert on_device["gates"].tobytes() == exp.backend.physics.state_dict()["gates"].tobytes()
+    assert read_back.tobytes() == on_device["gates"][0].tobytes()
 
 
 def test_wide_state_read_in_slices_equals_the_whole_read() -> None:
