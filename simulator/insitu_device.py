@@ -227,10 +227,16 @@ class InSituFirmware(PotFirmware):
             self.wide, self.split = bool(self._blob[4] & WIDE_STATE), bool(self._blob[4] & SPLIT)
             return bytes([OK])
         if cmd == GET_STATE:
-            if p not in (b"", b"\x04", b"\x08"):
+            state = self.physics.read_state()
+            if len(p) == 3 and p[0] == 0x08:  # a slice of the f64 state: first, count (§12.6)
+                first, count = p[1], p[2]
+                if count == 0 or first + count > m:
+                    return bytes([OUT_OF_RANGE])
+                state = state[first:first + count]
+            elif p not in (b"", b"\x04", b"\x08"):
                 return bytes([BAD_LENGTH])
-            width = "<f8" if p == b"\x08" else "<f4"
-            return bytes([OK]) + struct.pack("<I", self.step) + self.physics.read_state().astype(width).tobytes()
+            width = "<f8" if p[:1] == b"\x08" else "<f4"
+            return bytes([OK]) + struct.pack("<I", self.step) + state.astype(width).tobytes()
         if cmd == SET_STATE:
             if len(p) not in (4 + 4 * m, 4 + 8 * m):
                 return bytes([BAD_LENGTH])

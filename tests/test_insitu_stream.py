@@ -4,6 +4,7 @@ on a pty, which runs the same loop on the same simulated comparator twin bench."
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,8 +15,8 @@ import pytest
 
 from clln.compose import Experiment, build_experiment, resume_training, run_training
 from clln.controller.store import RunStore
-from clln.drivers.errors import DriverError
-from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge, InSituBench
+from clln.drivers.errors import DriverError, FirmwareError, PotBankTimeout
+from clln.drivers.insitu import VOLT_LSB, ExperimentTooLarge, InSituBench, InSituCmd
 from clln.drivers.potbank import open_port
 from clln.insitu import (
     TRANSISTOR_STREAM,
@@ -30,6 +31,7 @@ from clln.simulator.bench import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "protocols" / "insitu-pot-regression.toml").read_text()
+OUT_OF_RANGE, BAD_LENGTH = 0x03, 0x02
 
 
 def experiment(train: int = 8, steps: int = 20, noise: float = 0.0) -> Experiment:
@@ -179,14 +181,16 @@ def transistor(steps: int, noise: float = 0.0) -> tuple[Experiment, str]:
 
 def test_transistor_stream_gives_the_simulators_gate_trajectory_bit_for_bit() -> None:
     """The same protocol on the simulator and through the emulated device (float64 gates,
-    records in STEP_PART frames) over a line corrupting 1 % of the bytes: every step's
-    gate voltages identical to the last bit, no record lost."""
+    records in STEP_PART frames) over a line corrupting 1 % of the bytes from the
+    handshake on: every step's gate voltages identical to the last bit, no record lost;
+    the state read back over the same line after the run (the device may still be
+    answering the stream's last RESENDs) is the device's, bit for bit."""
     exp, _ = transistor(steps=3)
     ex = insitu_experiment(exp.protocol, exp.task, 3, "t.toml")
-    device, driver = emulated(exp)
-    device.link.faults = Faults(corrupt=0.01, seed=5)  # after the handshake: the stream is measured
+    device, driver = emulated(exp, Faults(corrupt=0.01, seed=5))
     try:
         streamed = list(driver.run_insitu(ex, 0, ex.steps))
+        read_back = driver.read_state()
         on_device = device.firmware.physics.state_dict()
     finally:
         device.close()
@@ -200,6 +204,70 @@ def test_transistor_stream_gives_the_simulators_gate_trajectory_bit_for_bit() ->
         np.testing.assert_allclose(emu.free, sim.free, atol=VOLT_LSB / 2 + 1e-9)
         assert emu.n_teaching == sim.n_teaching == (8 if sim.step else 0)
     assert on_device["gates"].tobytes() == exp.backend.physics.state_dict()["gates"].tobytes()
+    assert read_back.tobytes() == on_device["gates"][0].tobytes()
+
+
+def test_wide_state_read_in_slices_equals_the_whole_read() -> None:
+    """A gate bench's f64 state read 8 edges per GET_STATE (``0x08, first, count``) is
+    the one-frame read (``0x08``) bit for bit, after the gates moved; a slice of no edge
+    or past the last edge is refused, and so is a malformed one."""
+    exp, _ = transistor(steps=1)
+    ex = insitu_experiment(exp.protocol, exp.task, 1, "t.toml")
+    device, driver = emulated(exp)
+    try:
+        list(driver.run_insitu(ex, 0, 1))
+        bank, m = driver.bank, exp.backend.network.n_edges
+        whole = bank._exchange(InSituCmd.GET_STATE, b"\x08")
+        sliced = driver.read_state()
+        assert sliced.dtype == np.float64 and sliced.tobytes() == whole[4:]
+        assert whole[4:] == device.firmware.physics.read_state().astype("<f8").tobytes()
+        assert struct.unpack_from("<I", whole)[0] == 1
+        body = bank._exchange(InSituCmd.GET_STATE, bytes([0x08, m - 1, 1]))  # the last edge alone
+        assert body == whole[:4] + whole[-8:]
+        for payload, status in ((bytes([0x08, 0, 0]), OUT_OF_RANGE), (bytes([0x08, m - 7, 8]), OUT_OF_RANGE),
+                                (bytes([0x08, m, 1]), OUT_OF_RANGE), (bytes([0x08, 0]), BAD_LENGTH),
+                                (bytes([0x04, 0, 8]), BAD_LENGTH)):
+            with pytest.raises(FirmwareError) as info:
+                bank._exchange(InSituCmd.GET_STATE, payload)
+            assert info.value.status == status, payload
+    finally:
+        device.close()
+
+
+NOISY_HANDSHAKES = 20
+
+
+def test_handshakes_over_a_noisy_line_read_the_gates_in_slices() -> None:
+    """20 handshakes (HELLO, then the f64 state) with the emulated gate bench over a line
+    corrupting 1 % of the bytes both ways, from a fixed fault seed: the state in one
+    266-byte frame (about one try in 15 intact) fails several of them within its 21
+    attempts; read in 8-edge slices (about one try in two intact), none."""
+    exp, _ = transistor(steps=1)
+    device, driver = emulated(exp)
+    expected = device.firmware.physics.read_state().astype("<f8").tobytes()
+    bank = driver.bank
+    failed = {"whole": 0, "sliced": 0}
+    try:
+        device.link.faults = Faults(corrupt=0.01, seed=11)
+        for _ in range(NOISY_HANDSHAKES):  # the host before the sliced form
+            try:
+                bank.connect()
+                body = bank._exchange(InSituCmd.GET_STATE, b"\x08")
+                assert body[4:] == expected
+            except PotBankTimeout:
+                failed["whole"] += 1
+        device.link.faults = Faults(corrupt=0.01, seed=12)
+        for _ in range(NOISY_HANDSHAKES):
+            try:
+                driver.connect()
+                assert driver.state_dict()["state"].tobytes() == expected
+            except PotBankTimeout:
+                failed["sliced"] += 1
+    finally:
+        device.close()
+    print(f"failed handshakes of {NOISY_HANDSHAKES}: {failed}, retries {bank.retries_used}")
+    assert failed["whole"] >= 2
+    assert failed["sliced"] == 0
 
 
 def _same_bench_state(a: dict, b: dict) -> None:

@@ -289,6 +289,10 @@ def test_flow_control_resume_from_get_state_and_park(device_factory) -> None:
     assert device_step(dev) == 3 + 2  # ran ahead exactly as far as the credit allows
     np.testing.assert_array_equal(dev.driver.read_state(), dev.physics.taps)  # the front end's taps
     np.testing.assert_array_equal(dev.physics.taps, uninterrupted[5])
+    for wide in (b"\x08", bytes([0x08, 0, 8])):  # taps travel as f32 only, whole or sliced
+        with pytest.raises(FirmwareError) as info:
+            dev.driver.bank._exchange(InSituCmd.GET_STATE, wide)
+        assert info.value.status == OUT_OF_RANGE
     np.testing.assert_array_equal(first[3].state, uninterrupted[3])
     dev.driver.load_state_dict({"state": first[3].state})  # the host's checkpoint
     rest = list(dev.driver.run_insitu(ex, 3, steps - 3))
@@ -539,10 +543,8 @@ def test_compiled_firmware_learns_transistor_gates_in_place(gate_factory, firmwa
     cycles = list(dev.sim.front_end.windows)
     assert len(cycles) == sum(r.n_teaching for r in compiled) == 3 * steps
     assert not dev.sim.front_end.errors
-    # GET_STATE relays the front end's f64 gates bit for bit (no f32 on the way); its one
-    # 266-byte frame is read over a clean line (the host reads the state at checkpoints)
-    if faults is not None:
-        dev.port.faults = Faults()
+    # GET_STATE relays the front end's f64 gates bit for bit (no f32 on the way), read in
+    # 8-edge slices over the same line (the handshake read them so too)
     np.testing.assert_array_equal(dev.driver.read_state(), dev.physics.read_state())
     # the Python loop on the same parts: with the AVR's float32 volts and nudges at the
     # measured windows; float64 at the measured windows; the emulator (nominal windows)
@@ -595,7 +597,15 @@ def test_gate_state_relay_refusals_and_resume(gate_factory) -> None:
     np.testing.assert_array_equal(dev.physics.gates, np.tile(gates, (2, 1)))  # both twins
     body = bank._exchange(InSituCmd.GET_STATE, b"\x08")
     assert struct.unpack_from("<I", body)[0] == 7 and body[4:] == gates.astype("<f8").tobytes()
+    # in 8-edge slices (the driver's read), and one edge past the front end's first 8
+    assert dev.driver.read_state().tobytes() == body[4:]
+    assert bank._exchange(InSituCmd.GET_STATE, bytes([0x08, 9, 3])) == body[:4] + body[4 + 72:4 + 96]
     refused = [
+        (InSituCmd.GET_STATE, bytes([0x08, 0, 0]), OUT_OF_RANGE),  # no edge
+        (InSituCmd.GET_STATE, bytes([0x08, m - 7, 8]), OUT_OF_RANGE),  # past the last edge
+        (InSituCmd.GET_STATE, bytes([0x08, 255, 255]), OUT_OF_RANGE),
+        (InSituCmd.GET_STATE, bytes([0x08, 0]), BAD_LENGTH),
+        (InSituCmd.GET_STATE, bytes([0x04, 0, 8]), BAD_LENGTH),
         (InSituCmd.SET_STATE, struct.pack("<I", 0) + np.full(m, 5.5).astype("<f8").tobytes(), OUT_OF_RANGE),
         (InSituCmd.SET_STATE, struct.pack("<I", 0) + gates.astype("<f4").tobytes(), BAD_LENGTH),
         (InSituCmd.GET_STATE, b"", OUT_OF_RANGE),

@@ -99,14 +99,19 @@ class InSitu {
   }
 
   // GET_STATE of a gate bench (f64, longer than the controller's reply buffer): the reply is
-  // built in the receive buffer's free `room` and sent from there (§12.6).
+  // built in the receive buffer's free `room` and sent from there (§12.6). The payload
+  // `0x08, first, count` asks for edges first .. first + count - 1 only: short frames get
+  // through a noisy line. The front end's gates are read whole and the slice moved down.
   bool reply(uint8_t seq, uint8_t cmd, const uint8_t* p, uint16_t n, bool handshake, uint8_t* scratch,
              uint16_t room) {
-    if (cmd != CMD_GET_STATE || !handshake || n != 1 || p[0] != STATE_F64) return false;
+    if (cmd != CMD_GET_STATE || !handshake || (n != 1 && n != 3) || p[0] != STATE_F64) return false;
     if (!front_end() || !gates()) return false;  // answered by execute()
-    uint16_t len = 5 + 8 * info_.n_edges;
-    if (room < len) return false;
+    uint8_t first = n == 3 ? p[1] : 0, count = n == 3 ? p[2] : info_.n_edges;
+    if (!count || (uint16_t)first + count > info_.n_edges) return false;  // execute(): OUT_OF_RANGE
+    uint16_t len = 5 + 8 * count;
+    if (room < 5u + 8u * info_.n_edges) return false;
     if (fe_.get_state(scratch + 5)) {
+      if (first) memmove(scratch + 5, scratch + 5 + 8 * first, 8 * count);
       scratch[0] = ST_OK;
       put32(scratch + 1, step_);
     } else {
@@ -158,10 +163,13 @@ class InSitu {
         return status(r, ST_OK);
       }
       case CMD_GET_STATE: {
-        if (n > 1 || (n == 1 && p[0] != STATE_F32 && p[0] != STATE_F64)) return status(r, ST_BAD_LENGTH);
+        bool wide = n >= 1 && p[0] == STATE_F64;  // f64: all edges, or a slice (n 3)
+        if (!(n == 0 || (n == 1 && (wide || p[0] == STATE_F32)) || (n == 3 && wide)))
+          return status(r, ST_BAD_LENGTH);
         if (!front_end()) return status(r, ST_HARDWARE_FAULT);
-        // a state in its own width only: tracked taps as f32, gate volts as f64 (reply())
-        if (gates() || (n == 1 && p[0] == STATE_F64)) return status(r, ST_OUT_OF_RANGE);
+        // a state in its own width only: tracked taps as f32, gate volts as f64 (reply(),
+        // which leaves a slice of no edge or past the last one to this refusal)
+        if (gates() || wide) return status(r, ST_OUT_OF_RANGE);
         if (!fe_.get_taps(taps_)) return status(r, ST_HARDWARE_FAULT);
         r[0] = ST_OK;
         put32(r + 1, step_);
