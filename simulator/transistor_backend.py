@@ -215,6 +215,8 @@ class TransistorBackend(SimulatedSeam):
     def _physics_gates(self, twin: int) -> np.ndarray:
         """Gate voltages of the physics' edges: the transistors', then 0 V for the fixed
         resistors (which have no device)."""
+        if not self._n_fixed:
+            return self._gates[twin]
         return np.r_[self._gates[twin], np.zeros(self._n_fixed)]
 
     def _quantize(self, gates: np.ndarray) -> np.ndarray:
