@@ -395,7 +395,7 @@ class NonlinearNetworkSolver(NetworkEquations):
     def _block_matrix(self, values: np.ndarray) -> sp.csc_matrix:
         """diag(J_1, ..., J_k) of the Jacobians' values (k, nnz) in the block pattern: one
         matrix per k, kept, its values replaced (scipy's constructor and format checks
-        cost 0.1 ms per call, a tenth of a batch-1 Newton step's non-linear-algebra part)."""
+        cost 0.09 ms per call at 2e4 edges, batch 1: two calls in a 7 ms step)."""
         count = values.shape[0]
         matrix = self._block_matrices.get(count)
         if matrix is None:
@@ -503,13 +503,14 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray) -> None:
-    """``v[np.ix_(rows, columns)] += add``, row by row: one-dimensional fancy indexing is
-    about twice as fast as the two-dimensional kind (10 x 44,444: 2.3 -> 1.2 ms)."""
+    """``v[np.ix_(rows, columns)] += add``, row by row (one-dimensional fancy indexing;
+    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms)."""
     for k, row in enumerate(rows):
         v[row, columns] += add[k]
 
 
 def _set_columns(v: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
-    """``v[:, columns] = values``, row by row (see :func:`_add_at_columns`)."""
+    """``v[:, columns] = values``, row by row (10 rows of 44,447 nodes: 1.74 -> 1.19 ms;
+    of 8,893 nodes 0.145 -> 0.18 ms, a loss 1/15 the size)."""
     for k in range(v.shape[0]):
         v[k, columns] = values[k]
