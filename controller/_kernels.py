@@ -21,7 +21,7 @@ _endpoint_cache: dict[int, tuple[weakref.ref[Any], tuple[np.ndarray, np.ndarray]
 _drops_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
 
 
-def _endpoints(incidence: sp.spmatrix) -> tuple[np.ndarray, np.ndarray] | None:
+def incidence_endpoints(incidence: sp.spmatrix) -> tuple[np.ndarray, np.ndarray] | None:
     """(a, b) node of each edge when ``incidence`` is a CSR signed incidence matrix (one
     +1 and one -1 per row), else None. Remembered per incidence object."""
     key = id(incidence)
@@ -62,7 +62,7 @@ def basis_drops(incidence: sp.spmatrix, basis: np.ndarray) -> np.ndarray:
             and cached[0][6]() is incidence and frozen):
         return cached[1]
     rows = np.ascontiguousarray(basis)
-    ends = _endpoints(incidence)
+    ends = incidence_endpoints(incidence)
     if ends is None:
         drops = np.ascontiguousarray(incidence @ rows)
     else:

@@ -143,6 +143,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared: dict[bool, object] = {}  # shared preconditioner per clamped flag
         self._shared_stale: dict[bool, bool] = {}
         self._krylov = BlockGmres()  # its basis is kept from call to call
+        self._block_matrices: dict[int, sp.csc_matrix] = {}  # GMRES' block Jacobian per sample count
         self.single_precision_preconditioner = single_precision_preconditioner
         self.adaptive_rtol = adaptive_rtol
         self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
@@ -299,7 +300,7 @@ class NonlinearNetworkSolver(NetworkEquations):
             small = np.abs(cheap).max(axis=1) <= 0.1 * self.tol
             if small.any():  # converged: the preconditioned residual is the last step
                 last = act[small]
-                v[np.ix_(last, free)] += cheap[small]
+                _add_at_columns(v, last, free, cheap if last.size == count else cheap[small])
                 residual[last] = np.abs(r_all[last]).max(axis=1)
                 done[last] = True
                 act, cheap, r_act = act[~small], cheap[~small], r_act[~small]
@@ -371,8 +372,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         Returns (step, GMRES iterations per sample); charges the iterations beyond those
         of a fresh factorization to the rent-or-buy account of the shared LU."""
         started = time.process_time()
-        indices, indptr = self._block_pattern(rhs.shape[0])
-        jacobians = sp.csc_matrix((values.ravel(), indices, indptr), shape=(rhs.size,) * 2)
+        jacobians = self._block_matrix(values)
         step, needed, _ = self._krylov.solve(jacobians, rhs, lambda x, _samples: self._precondition(x, clamped),
                                              rtol=rtol, max_iter=self.krylov_max_iter,
                                              first=first)
@@ -392,6 +392,22 @@ class NonlinearNetworkSolver(NetworkEquations):
                 self._shared_stale[clamped] = True
         return step, needed
 
+    def _block_matrix(self, values: np.ndarray) -> sp.csc_matrix:
+        """diag(J_1, ..., J_k) of the Jacobians' values (k, nnz) in the block pattern: one
+        matrix per k, kept, its values replaced (scipy's constructor and format checks
+        cost 0.09 ms per call at 2e4 edges, batch 1: two calls in a 7 ms step)."""
+        count = values.shape[0]
+        matrix = self._block_matrices.get(count)
+        if matrix is None:
+            indices, indptr = self._block_pattern(count)
+            if len(self._block_matrices) > 16:
+                self._block_matrices.clear()
+            matrix = self._block_matrices[count] = sp.csc_matrix(
+                (values.ravel(), indices, indptr), shape=(count * self.n_free,) * 2)
+        else:
+            matrix.data = values.ravel()
+        return matrix
+
     def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
                      gates: np.ndarray, clamped: bool):  # noqa: ANN202
         """Move samples ``act`` of v (in place) along their Newton ``step`` (k, n_free):
@@ -407,7 +423,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         trial = v if every else v[act]  # every sample: moved in place
         base = np.take(trial, free, axis=1)
         for _halving in range(12):  # backtrack where the residual grows
-            trial[:, free] = base + (step if np.all(scale == 1.0) else scale[:, None] * step)
+            _set_columns(trial, free, base + (step if np.all(scale == 1.0) else scale[:, None] * step))
             r_new, state = self._free_residual_state(trial, gates, clamped)
             norm = np.abs(r_new).max(axis=1)
             worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
@@ -484,3 +500,17 @@ def _rows(d_va: np.ndarray, d_vb: np.ndarray, rows: np.ndarray) -> Derivatives:
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``array[rows]``, without a copy when ``rows`` are all the rows (in order)."""
     return array if rows.size == array.shape[0] else array[rows]
+
+
+def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray) -> None:
+    """``v[np.ix_(rows, columns)] += add``, row by row (one-dimensional fancy indexing;
+    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms)."""
+    for k, row in enumerate(rows):
+        v[row, columns] += add[k]
+
+
+def _set_columns(v: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
+    """``v[:, columns] = values``, row by row (10 rows of 44,447 nodes: 1.74 -> 1.19 ms;
+    of 8,893 nodes 0.145 -> 0.18 ms, a loss 1/15 the size)."""
+    for k in range(v.shape[0]):
+        v[k, columns] = values[k]

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
+from clln.controller._kernels import incidence_endpoints
 from clln.controller.backend import Applied, GateEdges, Measurement, boundary_arrays
 from clln.controller.backend import EdgeState as _EdgeState
 from clln.controller.network import Network
@@ -89,6 +91,30 @@ class LearningWindow:
         if self.leak_resistance <= 0 or seconds <= 0:
             return gates
         return gates * np.exp(-seconds / (self.leak_resistance * self.capacitance))
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledMeasurement(Measurement):
+    """A dense measurement whose ``batch_power`` (the coupled rule's per-edge batch sum)
+    is one compiled pass (:func:`~clln.simulator._nl_kernels.batch_power`) where the
+    incidence is a plain signed incidence matrix: measured 8.1 -> 1.4 ms per call at 1e5
+    edges, batch 10. Returned for networks whose Newton solver uses the compiled kernels
+    (small networks keep :class:`Measurement`, whose sums their recorded runs hold); the
+    sum over samples is in another order than the sparse product's (round-off)."""
+
+    def batch_power(self, incidence: sp.spmatrix, weights: np.ndarray | None = None) -> np.ndarray:
+        ends = incidence_endpoints(incidence)
+        if self.basis is not None or ends is None:
+            return super().batch_power(incidence, weights)
+        from clln.simulator import _nl_kernels
+
+        w = np.ones(self.batch_size) if weights is None else np.asarray(weights, dtype=float)
+        power = np.empty(ends[0].size)
+        _nl_kernels.batch_power(np.ascontiguousarray(self.coefficients, dtype=float), ends[0], ends[1],
+                                np.ascontiguousarray(w), power)
+        if self.edge_offsets is not None:
+            power = power + self.edge_offsets * w.sum()
+        return power
 
 
 class TransistorBackend(SimulatedSeam):
@@ -189,6 +215,8 @@ class TransistorBackend(SimulatedSeam):
     def _physics_gates(self, twin: int) -> np.ndarray:
         """Gate voltages of the physics' edges: the transistors', then 0 V for the fixed
         resistors (which have no device)."""
+        if not self._n_fixed:
+            return self._gates[twin]
         return np.r_[self._gates[twin], np.zeros(self._n_fixed)]
 
     def _quantize(self, gates: np.ndarray) -> np.ndarray:
@@ -229,37 +257,44 @@ class TransistorBackend(SimulatedSeam):
         if self._last is None:
             return None
         free_keys = self._keys(twin, sources)
-        rows = []
+        out = np.empty((len(free_keys), self._last.size))
+        scratch = np.empty(self._last.size)
         for i, key in enumerate(free_keys):
             history = self._warm_clamped.get(key, []) if clamps is not None else self._warm.get(key, [])
-            ahead = self._extrapolated(history)
-            if ahead is not None:
-                rows.append(ahead)
+            if self._extrapolated(history, out[i], scratch):
                 continue
             candidates = [h[1] for h in self._warm.get(key, [])[:1]]
             if clamps is not None:
                 candidates = [h[1] for h in self._warm_clamped.get(key, [])] + candidates
             if not candidates:
-                rows.append(self._last)
+                out[i] = self._last
             elif clamps is None or len(candidates) == 1:
-                rows.append(candidates[0])
+                out[i] = candidates[0]
             else:
                 cl = self._network.roles.clamps
-                rows.append(min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max())))
-        return np.stack(rows)
+                out[i] = min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max()))
+        return out
 
-    def _extrapolated(self, history: list[tuple[int, np.ndarray]]) -> np.ndarray | None:
-        """3 v_k - 3 v_(k-1) + v_(k-2) from a sample's last three states, or 2 v_k - v_(k-1)
-        from its last two, when extrapolating is on and they were solved at the last gate
-        versions (one learning window apart each)."""
+    def _extrapolated(self, history: list[tuple[int, np.ndarray]], out: np.ndarray,
+                      scratch: np.ndarray) -> bool:
+        """Whether ``out`` (n,) was set to 3 v_k - 3 v_(k-1) + v_(k-2) from a sample's last
+        three states, or 2 v_k - v_(k-1) from its last two: when extrapolating is on and
+        they were solved at the last gate versions (one learning window apart each).
+        Computed in place (the same operations in the same order as the expressions; no
+        temporaries and no stacking: at 44,444 nodes, batch 10, 1.3 -> 0.8 ms per call)."""
         if not self.extrapolate or len(history) < 2:
-            return None
+            return False
         (newer, v1), (older, v0) = history[0], history[1]
         if newer != self._version - 1 or older != self._version - 2:
-            return None
+            return False
         if len(history) > 2 and history[2][0] == self._version - 3:
-            return 3.0 * v1 - 3.0 * v0 + history[2][1]
-        return 2.0 * v1 - v0
+            np.multiply(v1, 3.0, out=out)
+            np.subtract(out, np.multiply(v0, 3.0, out=scratch), out=out)
+            np.add(out, history[2][1], out=out)
+        else:
+            np.multiply(v1, 2.0, out=out)
+            np.subtract(out, v0, out=out)
+        return True
 
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
@@ -285,10 +320,11 @@ class TransistorBackend(SimulatedSeam):
         exact = self.solve(twin, sources, clamps).voltages
         self.is_safe = False
         self.n_measurements += 1
+        kind = CompiledMeasurement if self._solvers[twin].compiled else Measurement
         if bench is None or bench.params.exact_readout:
-            return Measurement(exact, None, stamps)
+            return kind(exact, None, stamps)
         readings = bench.read(exact, self._node_resistance(twin, exact, clamps is not None), self._noise)
-        return Measurement(readings, None, stamps)
+        return kind(readings, None, stamps)
 
     def _node_resistance(self, twin: int, voltages: np.ndarray, clamped: bool) -> np.ndarray:
         """(n,) small-signal resistance of each node to the rest (ohm), for multiplexer

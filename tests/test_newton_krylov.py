@@ -186,11 +186,15 @@ def test_warm_start_extrapolation_is_exact_for_quadratic_trajectories() -> None:
     def at(version: int, curved: bool = True) -> np.ndarray:
         return a + b * version + (c * version**2 if curved else 0.0)
 
+    def ahead(history: list[tuple[int, np.ndarray]]) -> np.ndarray | None:
+        out = np.full(net.n_nodes, np.nan)
+        return out if backend._extrapolated(history, out, np.empty(net.n_nodes)) else None
+
     backend._version = 7
     three = [(6, at(6)), (5, at(5)), (4, at(4))]
-    np.testing.assert_allclose(backend._extrapolated(three), at(7), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ahead(three), at(7), rtol=1e-12, atol=1e-9)
     two = [(6, at(6, False)), (5, at(5, False))]
-    np.testing.assert_allclose(backend._extrapolated(two), at(7, False), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ahead(two), at(7, False), rtol=1e-12, atol=1e-12)
     gap = [(6, at(6)), (5, at(5)), (3, at(3))]  # the third is two windows older: linear only
-    np.testing.assert_allclose(backend._extrapolated(gap), 2 * at(6) - at(5), rtol=0, atol=0)
-    assert backend._extrapolated([(6, at(6)), (4, at(4))]) is None
+    np.testing.assert_allclose(ahead(gap), 2 * at(6) - at(5), rtol=0, atol=0)
+    assert ahead([(6, at(6)), (4, at(4))]) is None

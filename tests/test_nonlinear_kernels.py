@@ -186,3 +186,29 @@ def test_small_networks_never_load_the_compiler() -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
+
+
+def test_compiled_batch_power_matches_the_dense_sum_and_small_benches_keep_measurement() -> None:
+    """The coupled rule's per-edge batch sum on a large network's measurement (compiled
+    kernel) against sum_b w_b (v_a - v_b)^2 from the dense incidence matrix, with weights
+    and per-edge offsets; a small network's bench returns the plain Measurement."""
+    from clln.controller import GateEdges, Measurement
+    from clln.simulator.transistor_backend import CompiledMeasurement, TransistorBackend
+
+    net, rng = _network(11, 1300)
+    backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), rng.uniform(1.5, 2.5, net.n_edges))
+    got = backend.measure(rng.uniform(0, 1, (3, 2)))
+    assert isinstance(got, CompiledMeasurement)
+    w = np.array([0.5, 2.0, 1.0])
+    drops = got.voltages @ net.incidence.toarray().T  # (B, m)
+    np.testing.assert_allclose(got.batch_power(net.incidence, w), w @ drops**2, rtol=1e-13, atol=0)
+    offsets = rng.uniform(0, 1e-3, net.n_edges)
+    shifted = CompiledMeasurement(got.voltages, edge_offsets=offsets)
+    np.testing.assert_allclose(shifted.batch_power(net.incidence, w), w @ drops**2 + 3.5 * offsets,
+                               rtol=1e-13, atol=0)
+    # another incidence (not one +1 and one -1 per row): the sparse product, as before
+    scaled = (2.0 * net.incidence).tocsr()
+    np.testing.assert_allclose(got.batch_power(scaled, w), 4.0 * (w @ drops**2), rtol=1e-13, atol=0)
+    small, _ = _network(12, 30)
+    plain = TransistorBackend(small, SeedTransistor(), GateEdges(0.0, 5.0), np.full(small.n_edges, 2.0))
+    assert type(plain.measure(np.array([[0.2, 0.8]]))) is Measurement
