@@ -95,9 +95,11 @@ class NonlinearNetworkSolver(NetworkEquations):
         preconditioner of GMRES on each sample's own Jacobian, run for all samples at
         once; refactorized when GMRES needs more than ``refactor_iterations`` iterations,
         or when the GMRES iterations beyond those a fresh factorization needed have cost
-        as much CPU time as one factorization (a rent-or-buy rule: if a fresh LU removes
+        as many operations as one factorization (a rent-or-buy rule: if a fresh LU removes
         those iterations, it costs at most twice the better of refactorizing at once and
-        never; it matters where the LU is nearly exact, e.g. a batch of one sample).
+        never; it matters where the LU is nearly exact, e.g. a batch of one sample). Both
+        costs are operation counts from the factors and the Jacobian (not timings), so a
+        seeded run refactorizes at the same steps, and ends with the same bits, every time.
         Samples it does not converge fall back to ``lu``. ``auto``: ``krylov`` from
         ``krylov_min_nodes`` free nodes on, ``lu`` below (where one LU costs little).
     krylov_rtol : GMRES stops when each sample's linear residual is below this fraction
@@ -148,8 +150,9 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.adaptive_rtol = adaptive_rtol
         self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
         self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
-        self._debt: dict[bool, float] = {}  # CPU s of GMRES iterations beyond the fresh count
-        self._lu_cost: dict[bool, float] = {}  # CPU s of the last shared factorization
+        self._debt: dict[bool, float] = {}  # operations of GMRES iterations beyond the fresh count
+        self._lu_cost: dict[bool, float] = {}  # operations of the last shared factorization
+        self._iteration_cost: dict[bool, float] = {}  # operations of one GMRES iteration, one sample
         self._baseline_calls: dict[bool, int] = {}  # GMRES calls left that set _fresh
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
@@ -349,9 +352,13 @@ class NonlinearNetworkSolver(NetworkEquations):
         pat = self._pattern
         matrix = sp.csc_matrix((values, pat.indices, pat.indptr), shape=(self.n_free,) * 2)
         started = time.process_time()
-        self._shared[clamped] = self._lu.factorize(matrix, 1, single=self.single_precision_preconditioner)
-        self._lu_cost[clamped] = time.process_time() - started
-        self.lu_seconds += self._lu_cost[clamped]
+        self._shared[clamped] = handle = self._lu.factorize(matrix, 1, single=self.single_precision_preconditioner)
+        self.lu_seconds += time.process_time() - started
+        factor_ops, solve_ops = self._lu.work(handle)  # type: ignore[arg-type]  # the handle type is the LU library's
+        self._lu_cost[clamped] = factor_ops
+        # a GMRES iteration of one sample: a preconditioner solve, a Jacobian product and
+        # about four passes over the sample's vectors (Gram-Schmidt, update)
+        self._iteration_cost[clamped] = solve_ops + 2.0 * pat.indices.size + 8.0 * self.n_free
         self.lu_calls += 1
         self.refactorizations += 1
         self._shared_stale[clamped] = False
@@ -387,7 +394,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         else:
             # signed: calls below the fresh count pay back, so noise does not add up
             self._debt[clamped] = max(0.0, self._debt[clamped] + (mean - self._fresh[clamped])
-                                      * needed.size * spent / max(total, 1))
+                                      * needed.size * self._iteration_cost[clamped])
             if self._debt[clamped] >= self._lu_cost[clamped]:
                 self._shared_stale[clamped] = True
         return step, needed

@@ -116,6 +116,41 @@ def test_shared_lu_is_renewed_when_its_staleness_costs_a_factorization() -> None
     assert 1 < krylov.refactorizations < solves
 
 
+def test_refactorization_schedule_does_not_depend_on_the_clock(monkeypatch) -> None:  # noqa: ANN001
+    """A seeded run must end with the same bits every time: the rent-or-buy rule counts
+    operations, so a CPU clock that runs at random (a loaded machine) changes neither
+    when the shared LU is renewed nor any answer."""
+    import time as _time
+
+    from clln.controller import NodeRoles, delaunay
+    from clln.simulator import nonlinear
+    from clln.simulator.devices import SeedTransistor
+
+    def drift(clock_rng: np.random.Generator | None) -> tuple[int, bytes]:
+        if clock_rng is not None:
+            monkeypatch.setattr(nonlinear.time, "process_time",
+                                lambda: _time.perf_counter() * clock_rng.uniform(0.2, 5.0))
+        rng = np.random.default_rng(8)
+        net = delaunay(1200, rng)
+        perm = rng.permutation(net.n_nodes)
+        net = net.with_roles(NodeRoles((int(perm[0]), int(perm[1])), (int(perm[2]),), ()))
+        gates = rng.uniform(1.5, 2.5, net.n_edges)
+        sources = rng.uniform(0.2, 1.0, (1, 2))
+        solver = nonlinear.NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov",
+                                                  refactor_iterations=30)
+        got = solver.solve(gates, sources)
+        for _ in range(16):
+            gates = gates + rng.normal(0, 0.01, net.n_edges)
+            got = solver.solve(gates, sources, start=got.voltages)
+        monkeypatch.undo()
+        return solver.refactorizations, got.voltages.tobytes()
+
+    plain = drift(None)
+    assert plain[0] > 1  # the rule did renew the LU on the way
+    for seed in (1, 2):
+        assert drift(np.random.default_rng(seed)) == plain
+
+
 def test_single_precision_preconditioner_still_gives_double_precision_answers() -> None:
     """GMRES keeps its preconditioned directions (flexible GMRES), so a float32 LU as the
     preconditioner, itself good to ~1e-6, still takes every sample to a 1e-12 residual
