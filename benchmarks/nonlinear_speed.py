@@ -16,7 +16,9 @@ measured in one run:
 * ``bare``: the linear algebra those steps needed (LU factorizations, triangular
   solves, GMRES with its Jacobian products), per step;
 * ``LUs``, ``gmres``: shared factorizations per step, GMRES iterations per Newton step;
-* ``step/bare``: their ratio (what the step costs beyond the LU library);
+* ``step/bare``: their ratio (what the step costs beyond the LU library), of the medians;
+  ``run``: of the sums over the timed steps (the refactorizing steps and their LUs
+  included: what a run spends beyond the linear algebra);
 * ``iters``: Newton iterations per solve (median, 95th percentile, share <= 5);
 * ``ngspice/sample``: ``ngspice -b`` solving one sample's free and clamped operating
   points (netlist written, run and read back), measured on ``--spice-samples`` samples
@@ -103,6 +105,7 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
     return {"edges": backend.network.n_edges, "nodes": backend.network.n_nodes,
             "error": float(np.abs(ours - ref).max()),
             "step": float(np.median(steps)), "bare": float(np.median(bare)), "mean": float(np.mean(steps)),
+            "run_ratio": float(np.sum(steps) / np.sum(bare)),
             "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
             "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb(),
             "shared_lus": (solver.refactorizations - lus0) / repeats,
@@ -214,7 +217,7 @@ def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float
           "(median; mean: with the steps that refactorized); /sample: step / batch; "
           "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")
     print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'mean':>8} {'/sample':>8} {'lu/step':>7} "
-          f"{'bare':>8} {'step/bare':>9} {'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
+          f"{'bare':>8} {'step/bare':>9} {'run':>5} {'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
           f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8} {'|dV| lu':>8}")
     for row in rows:
         m = row["edges"]
@@ -228,7 +231,7 @@ def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float
         iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
         print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.3f} {row['step']:8.3f} {row['mean']:8.3f} "
               f"{row['step'] / batch:8.4f} {row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
-              f"{row['step'] / row['bare']:9.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
+              f"{row['step'] / row['bare']:9.2f} {row['run_ratio']:5.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
               f"{mark}{ref:14.2f} "
               f"{ref / row['step']:12.1f} {ref / (row['step'] / batch):10.1f} {row['peak']:8.0f} "
               f"{row['error']:8.1e}")

@@ -153,6 +153,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._debt: dict[bool, float] = {}  # operations of GMRES iterations beyond the fresh count
         self._lu_cost: dict[bool, float] = {}  # operations of the last shared factorization
         self._iteration_cost: dict[bool, float] = {}  # operations of one GMRES iteration, one sample
+        self._factor_work: dict[bool, tuple[float, float]] = {}  # (factorization, solve) operations
         self._baseline_calls: dict[bool, int] = {}  # GMRES calls left that set _fresh
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
@@ -354,7 +355,9 @@ class NonlinearNetworkSolver(NetworkEquations):
         started = time.process_time()
         self._shared[clamped] = handle = self._lu.factorize(matrix, 1, single=self.single_precision_preconditioner)
         self.lu_seconds += time.process_time() - started
-        factor_ops, solve_ops = self._lu.work(handle)  # type: ignore[arg-type]  # the handle type is the LU library's
+        if clamped not in self._factor_work:  # the factors' pattern is the network's: count once
+            self._factor_work[clamped] = self._lu.work(handle)  # type: ignore[arg-type]  # the handle type is the LU library's
+        factor_ops, solve_ops = self._factor_work[clamped]
         self._lu_cost[clamped] = factor_ops
         # a GMRES iteration of one sample: a preconditioner solve, a Jacobian product and
         # about four passes over the sample's vectors (Gram-Schmidt, update)
