@@ -90,20 +90,26 @@ def test_gmres_zero_right_hand_side_and_exact_preconditioner() -> None:
     np.testing.assert_array_equal(again, step)
 
 
-def test_shared_lu_is_renewed_when_its_staleness_costs_a_factorization() -> None:
-    """One sample whose gates drift step after step: the shared LU (nearly exact for a
-    batch of one) is refactorized by the rent-or-buy rule, not at every solve and not
-    never, and every answer is per-sample-LU Newton's (scipy's SuperLU per iteration)."""
+def drifting_network():  # noqa: ANN201
+    """A 1,200-node Delaunay network of seed transistors (two sources, one ground), its
+    start gates, one sample's sources, and the generator that drifts the gates."""
     from clln.controller import NodeRoles, delaunay
-    from clln.simulator.devices import SeedTransistor
-    from clln.simulator.nonlinear import NonlinearNetworkSolver
 
     rng = np.random.default_rng(8)
     net = delaunay(1200, rng)
     perm = rng.permutation(net.n_nodes)
     net = net.with_roles(NodeRoles((int(perm[0]), int(perm[1])), (int(perm[2]),), ()))
-    gates = rng.uniform(1.5, 2.5, net.n_edges)
-    sources = rng.uniform(0.2, 1.0, (1, 2))
+    return rng, net, rng.uniform(1.5, 2.5, net.n_edges), rng.uniform(0.2, 1.0, (1, 2))
+
+
+def test_shared_lu_is_renewed_when_its_staleness_costs_a_factorization() -> None:
+    """One sample whose gates drift step after step: the shared LU (nearly exact for a
+    batch of one) is refactorized by the rent-or-buy rule, not at every solve and not
+    never, and every answer is per-sample-LU Newton's (scipy's SuperLU per iteration)."""
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.nonlinear import NonlinearNetworkSolver
+
+    rng, net, gates, sources = drifting_network()
     krylov = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", refactor_iterations=30)
     exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
     got = krylov.solve(gates, sources)
@@ -122,7 +128,6 @@ def test_refactorization_schedule_does_not_depend_on_the_clock(monkeypatch) -> N
     when the shared LU is renewed nor any answer."""
     import time as _time
 
-    from clln.controller import NodeRoles, delaunay
     from clln.simulator import nonlinear
     from clln.simulator.devices import SeedTransistor
 
@@ -130,12 +135,7 @@ def test_refactorization_schedule_does_not_depend_on_the_clock(monkeypatch) -> N
         if clock_rng is not None:
             monkeypatch.setattr(nonlinear.time, "process_time",
                                 lambda: _time.perf_counter() * clock_rng.uniform(0.2, 5.0))
-        rng = np.random.default_rng(8)
-        net = delaunay(1200, rng)
-        perm = rng.permutation(net.n_nodes)
-        net = net.with_roles(NodeRoles((int(perm[0]), int(perm[1])), (int(perm[2]),), ()))
-        gates = rng.uniform(1.5, 2.5, net.n_edges)
-        sources = rng.uniform(0.2, 1.0, (1, 2))
+        rng, net, gates, sources = drifting_network()
         solver = nonlinear.NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov",
                                                   refactor_iterations=30)
         got = solver.solve(gates, sources)
