@@ -32,7 +32,14 @@ from clln.controller.errors import BenchFault, NetworkError, ProtocolError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
 from clln.simulator.network_equations import Derivatives, NetworkEquations
-from clln.simulator.newton_linalg import BlockGmres, LuName, available_lu, lu_library
+from clln.simulator.newton_linalg import (
+    BlockGmres,
+    LuName,
+    SinglePrecisionLU,
+    SuperLUBlocks,
+    available_lu,
+    lu_library,
+)
 
 __all__ = ["ConvergenceError", "LinearName", "LuName", "NewtonResult", "NonlinearNetworkSolver",
            "available_lu", "with_resistors"]
@@ -146,6 +153,8 @@ class NonlinearNetworkSolver(NetworkEquations):
         self._shared_stale: dict[bool, bool] = {}
         self._krylov = BlockGmres()  # its basis is kept from call to call
         self._block_matrices: dict[int, sp.csc_matrix] = {}  # GMRES' block Jacobian per sample count
+        self._triangular: dict[bool, tuple[object, tuple[np.ndarray, ...]]] = {}  # (LU, its factors)
+        self._single_work: _SingleWorkspace | None = None  # the one-sample path's arrays
         self.single_precision_preconditioner = single_precision_preconditioner
         self.adaptive_rtol = adaptive_rtol
         self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
@@ -179,7 +188,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         v = self._initial(sources, clamps, start)
         iterations = np.zeros(count, dtype=np.int64)
         if self.uses_shared_factorization:
-            done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
+            if count == 1 and self._single_compiled():
+                done, res = self._newton_single(v, gates, clamps is not None, iterations)
+            else:
+                done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
             retry = np.flatnonzero(~done)
             if retry.size:  # per-sample LUs where the shared preconditioner did not do
                 part = v[retry]
@@ -386,21 +398,135 @@ class NonlinearNetworkSolver(NetworkEquations):
         step, needed, _ = self._krylov.solve(jacobians, rhs, lambda x, _samples: self._precondition(x, clamped),
                                              rtol=rtol, max_iter=self.krylov_max_iter,
                                              first=first)
-        total = int(needed.sum())
-        self.krylov_iterations += total
-        spent = time.process_time() - started
-        self.lu_seconds += spent
-        mean = total / needed.size
+        self.lu_seconds += time.process_time() - started
+        self._charge(needed, clamped)
+        return step, needed
+
+    def _charge(self, needed: np.ndarray, clamped: bool) -> None:
+        """Counts one GMRES call's iterations (``needed``, per sample): those beyond the
+        ones a fresh factorization needed go to the rent-or-buy account of the shared LU,
+        which is marked stale once they have cost as many operations as a factorization."""
+        self._charge_mean(int(needed.sum()) / needed.size, needed.size, clamped)
+
+    def _charge_mean(self, mean: float, count: int, clamped: bool) -> None:
+        """:meth:`_charge` of ``count`` samples that needed ``mean`` iterations each."""
+        self.krylov_iterations += round(mean * count)
         if self._baseline_calls[clamped] > 0:  # what a fresh factorization needs: not charged
             self._baseline_calls[clamped] -= 1
             self._fresh[clamped] += mean / 2
         else:
             # signed: calls below the fresh count pay back, so noise does not add up
             self._debt[clamped] = max(0.0, self._debt[clamped] + (mean - self._fresh[clamped])
-                                      * needed.size * self._iteration_cost[clamped])
+                                      * count * self._iteration_cost[clamped])
             if self._debt[clamped] >= self._lu_cost[clamped]:
                 self._shared_stale[clamped] = True
-        return step, needed
+
+    # -- one sample: the same Newton-Krylov iteration, compiled ----------------
+
+    def _single_compiled(self) -> bool:
+        """Whether a one-sample solve takes :meth:`_newton_single`: the compiled kernels
+        apply (the rig's transistor model on a large network) and the LU is SuperLU's."""
+        return isinstance(self._lu, SuperLUBlocks) and self._kernels() is not None
+
+    def _factors(self, clamped: bool) -> tuple[np.ndarray, ...]:
+        """The shared LU's triangular factors as :mod:`~clln.simulator._nl_single` reads
+        them, taken out once per factorization (timed as linear algebra)."""
+        from clln.simulator import _nl_single
+
+        handle = self._shared[clamped]
+        kept = self._triangular.get(clamped)
+        if kept is None or kept[0] is not handle:
+            started = time.process_time()
+            lu = handle.lu if isinstance(handle, SinglePrecisionLU) else handle
+            kept = self._triangular[clamped] = (handle, _nl_single.triangular_factors(lu))
+            self.lu_seconds += time.process_time() - started
+        return kept[1]
+
+    def _newton_single(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
+                       iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_newton_krylov` for a batch of one sample (v (1, n), updated in place),
+        each Newton iteration four compiled calls (:mod:`~clln.simulator._nl_single`):
+        the preconditioned residual M^-1 r (the last step where it is below ``tol`` / 10),
+        the Jacobian's values, GMRES with the shared LU (same tolerance rule, same
+        refactorization rules) and the line search's trial points. The preconditioner
+        solves and GMRES are timed as linear algebra."""
+        from clln.simulator import _nl_single as k
+
+        done = np.zeros(1, dtype=bool)
+        residual = np.zeros(1)
+        if self.n_free == 0:
+            return np.ones(1, dtype=bool), residual
+        _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by _single_compiled
+        kernel = (a, b, np.subtract(gates, v_t), s, *params, *extra)
+        work = self._single_workspace()
+        clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
+        free, slots, pat, limit = self.free_nodes, self._edge_slots, self._pattern, work.limit
+        cheap, step, base, values = work.cheap, work.step, work.base, work.values
+        points = work.points  # (r, d_va, d_vb) of the current point, then of the trial
+        norm = k.trial_residual(v, free, base, False, step, 0.0, *kernel, clamp_rows, *points[0])
+        tol, process_time = self.tol, time.process_time
+        last_size = np.nan
+        for _ in range(self.max_iter):
+            r, d_va, d_vb = points[0]
+            if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
+                k.single_jacobian(d_va, d_vb, *slots, clamp_entries, clamp_diag, values)
+                self._shared_factor(values[0], clamped)
+            factors = self._factors(clamped)
+            iterations[0] += 1
+            started = process_time()
+            s_cheap = k.lu_solve(factors, r[0], cheap, -1.0)
+            self.lu_seconds += process_time() - started
+            if s_cheap <= 0.1 * tol:  # converged: the preconditioned residual is the last step
+                k.add_at(v, free, cheap)
+                residual[0], done[0] = norm, True
+                break
+            k.single_jacobian(d_va, d_vb, *slots, clamp_entries, clamp_diag, values)
+            started = process_time()
+            needed, _reached, size = k.gmres(pat.indptr, pat.indices, values[0], factors, r[0], -1.0, cheap,
+                                             self._forcing_one(s_cheap), limit, work.basis, work.search,
+                                             work.w, step)
+            self.lu_seconds += process_time() - started
+            self._charge_mean(needed, 1, clamped)
+            if needed > self.refactor_iterations or not np.isfinite(size):
+                self._shared_stale[clamped] = True
+                if not np.isfinite(size):
+                    break  # the per-sample LU path decides (and names a floating part)
+            # line search: limited to max_step, halved while the residual norm grows
+            converged = size <= tol
+            scale = min(1.0, self.max_step / max(size, 1e-300))
+            for halving in range(12):
+                trial = k.trial_residual(v, free, base, halving == 0, step, scale, *kernel, clamp_rows,
+                                         *points[1])
+                if trial <= norm * (1.0 + 1e-9) or converged or trial <= 1e-14:
+                    break
+                scale *= 0.5
+            norm = trial
+            points.reverse()
+            if scale == 1.0:
+                if last_size == last_size and last_size > 1e3 * tol:  # a full step before
+                    self._quadratic = max(0.5 * self._quadratic, size / last_size**2)
+                last_size = size
+            else:
+                last_size = np.nan
+            residual[0], done[0] = norm, converged
+            if converged:
+                break
+        return done, residual
+
+    def _forcing_one(self, s: float) -> float:
+        """:meth:`_forcing` of one sample whose preconditioned residual is ``s`` (V)."""
+        if not self.adaptive_rtol:
+            return self.krylov_rtol
+        s = max(s, 1e-300)
+        allowed = max(0.1 * self._quadratic * s * s, 0.05 * self.tol) / s
+        return min(max(allowed, self.krylov_rtol), 1e-2)
+
+    def _single_workspace(self) -> _SingleWorkspace:
+        """The one-sample path's arrays, made once per solver (GMRES' basis, the two
+        points' residual and derivatives, ...) and the clamped rows per clamped flag."""
+        if self._single_work is None:
+            self._single_work = _SingleWorkspace(self)
+        return self._single_work
 
     def _block_matrix(self, values: np.ndarray) -> sp.csc_matrix:
         """diag(J_1, ..., J_k) of the Jacobians' values (k, nnz) in the block pattern: one
@@ -480,6 +606,22 @@ class NonlinearNetworkSolver(NetworkEquations):
             step[[row_of[int(members[k])] for k in wanted]] = -out[wanted]
         self.lu_seconds += time.process_time() - started
         return step
+
+
+class _SingleWorkspace:
+    """Arrays of :meth:`NonlinearNetworkSolver._newton_single`, kept between solves."""
+
+    def __init__(self, solver: NonlinearNetworkSolver) -> None:
+        nf, m = solver.n_free, solver._a.size
+        self.limit = limit = max(1, solver.krylov_max_iter)
+        self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
+        self.w, self.step, self.cheap, self.base = (np.empty(nf) for _ in range(4))
+        self.values = np.empty((1, solver._pattern.nnz))
+        self.points = [(np.empty((1, nf)), np.empty((1, m)), np.empty((1, m))) for _ in range(2)]
+        none = np.zeros(0, dtype=np.int64)
+        clamp_rows = solver.position[solver.clamps] if solver.clamps.size else none
+        self.clamps = {False: (none, none, none),
+                       True: (clamp_rows, solver._clamp_entries, solver._clamp_diag)}
 
 
 def with_resistors(network: Network, resistors: list[tuple[int, int, float]]
