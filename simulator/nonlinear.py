@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -450,8 +450,9 @@ class NonlinearNetworkSolver(NetworkEquations):
         the Jacobian's values, GMRES with the shared LU (same tolerance rule, same
         refactorization rules) and the line search's trial points. The preconditioner
         solves and GMRES are timed as linear algebra."""
-        from clln.simulator import _nl_single as k
+        from clln.simulator import _nl_single
 
+        k: Any = _nl_single  # numba's dispatchers, called with the kernels' argument tuples
         done = np.zeros(1, dtype=bool)
         residual = np.zeros(1)
         if self.n_free == 0:
