@@ -1,0 +1,111 @@
+"""The compiled one-sample Newton-Krylov path (``clln.simulator._nl_single``) against
+independent computations: its triangular solves against SuperLU's own, its GMRES against
+numpy's dense solve, and whole solves against per-sample-LU Newton and the batch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+pytest.importorskip("numba")
+
+from clln.simulator import _nl_single  # noqa: E402
+from tests.test_newton_krylov import drifting_network, z_matrices  # noqa: E402
+
+
+def test_triangular_solves_match_superlu_with_row_and_column_permutations() -> None:
+    """A nonsymmetric sparse matrix factorized with COLAMD and partial pivoting (both
+    permutations nontrivial): x = A^-1 b from the factors taken out of SuperLU equals
+    SuperLU's own solve, and the returned maximum is max |x|."""
+    rng = np.random.default_rng(11)
+    n = 300
+    a = sp.random(n, n, density=0.02, random_state=rng, format="csc") + sp.diags(rng.uniform(0.5, 2.0, n))
+    a = sp.csc_matrix(a + sp.random(n, n, density=0.01, random_state=rng) * 5.0)
+    lu = spla.splu(a, permc_spec="COLAMD", diag_pivot_thresh=1.0)
+    assert not np.array_equal(lu.perm_r, np.arange(n)) and not np.array_equal(lu.perm_c, np.arange(n))
+    factors = _nl_single.triangular_factors(lu)
+    b = rng.normal(size=n)
+    x = np.empty(n)
+    top = _nl_single.lu_solve(factors, b, x, -2.0)
+    np.testing.assert_allclose(x, -2.0 * lu.solve(b), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a @ x, -2.0 * b, rtol=0, atol=1e-9)
+    assert top == np.abs(x).max()
+
+
+def test_gmres_with_an_inexact_preconditioner_reaches_the_dense_solution() -> None:
+    """One Z-matrix (a network's Jacobian), the LU of a perturbed copy as preconditioner:
+    the answer is numpy's dense solve to the tolerance, the reported residual is the true
+    one, and a tighter tolerance takes more iterations; an exact preconditioner takes one."""
+    rng = np.random.default_rng(12)
+    n = 120
+    mat = z_matrices(rng, 1, n)[0]
+    rhs = rng.normal(size=n)
+    csc = sp.csc_matrix(mat)
+    csc.sort_indices()
+    indptr, indices = csc.indptr.astype(np.int32), csc.indices.astype(np.int32)
+    exact = np.linalg.solve(mat, -rhs)
+    basis, search, w, step, first = np.empty((41, n)), np.empty((40, n)), np.empty(n), np.empty(n), np.empty(n)
+    used = {}
+    for name, pre in (("perturbed", mat * rng.uniform(0.6, 1.4, mat.shape)), ("exact", mat)):
+        factors = _nl_single.triangular_factors(spla.splu(sp.csc_matrix(pre)))
+        _nl_single.lu_solve(factors, rhs, first, -1.0)
+        for rtol in (1e-4, 1e-11):
+            got, reported, size = _nl_single.gmres(indptr, indices, csc.data, factors, rhs, -1.0, first,
+                                                   rtol, 40, basis, search, w, step)
+            true = np.linalg.norm(-rhs - mat @ step)
+            assert reported <= rtol * np.linalg.norm(rhs) and true == pytest.approx(reported, rel=1e-6, abs=1e-14)
+            assert size == np.abs(step).max()
+            used[name, rtol] = got
+            if got > 1:  # and not one iteration later than needed
+                _n, before, _s = _nl_single.gmres(indptr, indices, csc.data, factors, rhs, -1.0, first,
+                                                  0.0, got - 1, basis, search, w, np.empty(n))
+                assert before > rtol * np.linalg.norm(rhs)
+        np.testing.assert_allclose(step, exact, rtol=0, atol=1e-9 * np.abs(exact).max())
+    assert used["perturbed", 1e-11] > used["perturbed", 1e-4] > 1
+    assert used["exact", 1e-4] == 1
+
+
+def test_one_sample_solves_match_per_sample_lu_and_the_batch_path(monkeypatch) -> None:  # noqa: ANN001
+    """A 1,200-node transistor network whose gates drift solve after solve, free and
+    clamped: the compiled one-sample path (the batch path is not called) gives the node
+    voltages of per-sample-LU Newton, and of the batch path run on the same sequence,
+    with the same Newton iterations within one."""
+    from clln.controller import NodeRoles
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.nonlinear import NonlinearNetworkSolver
+
+    rng, net, gates, sources = drifting_network()
+    roles = net.roles
+    net = net.with_roles(NodeRoles(roles.sources, roles.grounds, (int(np.argmax(net.degrees())),)))
+    single = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
+    batch = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
+    exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
+    assert single._single_compiled()
+    monkeypatch.setattr(batch, "_single_compiled", lambda: False)
+    calls = []
+    real = NonlinearNetworkSolver._newton_krylov
+
+    def counted(self, *args):  # noqa: ANN001, ANN202
+        calls.append(self is single)
+        return real(self, *args)
+
+    monkeypatch.setattr(NonlinearNetworkSolver, "_newton_krylov", counted)
+    got = single.solve(gates, sources)
+    ref = batch.solve(gates, sources)
+    for _ in range(12):
+        gates = gates + rng.normal(0, 0.01, net.n_edges)
+        got = single.solve(gates, sources, start=got.voltages)
+        ref = batch.solve(gates, sources, start=ref.voltages)
+        lu = exact.solve(gates, sources, start=got.voltages)
+        np.testing.assert_allclose(got.voltages, lu.voltages, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.voltages, ref.voltages, rtol=0, atol=1e-9)
+        assert abs(int(got.iterations[0]) - int(ref.iterations[0])) <= 1
+        clamps = got.voltages[:, list(net.roles.clamps)] + 0.02
+        got_c = single.solve(gates, sources, clamps, start=got.voltages)
+        lu_c = exact.solve(gates, sources, clamps, start=got_c.voltages)
+        np.testing.assert_allclose(got_c.voltages, lu_c.voltages, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(got_c.voltages[:, list(net.roles.clamps)], clamps)
+    assert True not in calls and False in calls
+    assert single.lu_seconds > 0 and single.refactorizations >= 2  # free and clamped LUs
