@@ -8,7 +8,8 @@ step, as the seed's rig and the field's per-sample update work), per network siz
 measured in one run:
 
 * ``step``: clln's training step on TransistorBackend (free and clamped batch solves by
-  Newton, each warm started, the local gate update, one learning window), median over
+  Newton, each warm started, the local gate update, one learning window; a batch of one
+  sample takes the solver's compiled one-sample path), median over
   ``--repeats`` steps after a first (cold) step; ``mean``: their mean (it includes the
   steps that refactorized the shared LU); ``/sample``: step / batch;
 * ``step lu``: the same step with every sample's Jacobian factorized in every Newton
@@ -40,7 +41,7 @@ Then, at the middle size: the LU libraries (SuperLU, UMFPACK) on the same block
 system, and one block-diagonal system for the batch against a loop over samples.
 
 Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10,1]
-       [--repeats 3] [--spice-samples 2] [--spice-max-edges 25000]
+       [--repeats 3] [--spice-samples 3] [--spice-max-edges 25000]
        [--linear auto|lu|krylov] [--no-baseline]
 """
 
@@ -177,7 +178,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1e3,2e4,1e5")
     parser.add_argument("--batch", default="10,1", help="batch sizes, comma-separated (one table each)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--spice-samples", type=int, default=2)
+    parser.add_argument("--spice-samples", type=int, default=3)
     parser.add_argument("--spice-max-edges", type=float, default=25_000)
     parser.add_argument("--linear", default="auto", choices=["auto", "lu", "krylov"])
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
