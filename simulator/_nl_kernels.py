@@ -134,3 +134,34 @@ def batch_power(v, a, b, w, power) -> None:  # noqa: ANN001  # pragma: no cover 
             d = v[k, aj] - v[k, bj]
             total += w[k] * (d * d)
         power[j] = total
+
+
+@njit(cache=True, nogil=True)
+def jacobian_product(d_va, d_vb, row_a, row_b, held, x, y) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """y = J_k x_k for each sample k straight from the edges' derivatives, without the
+    Jacobian's values: edge j adds t = d_va[k, j] x[row_a[j]] + d_vb[k, j] x[row_b[j]]
+    to row row_a[j] and -t to row row_b[j] (-1: a fixed node, its term absent), in edge
+    order. ``held`` lists the rows whose Jacobian row and column are the identity's
+    (clamped nodes, given as -1 in row_a and row_b): y = x there.
+
+    d_va, d_vb : (k, m); row_a, row_b : (m,); held : (h,); x, y : (k, n_free)."""
+    for k in range(x.shape[0]):
+        xk = x[k]
+        out = y[k]
+        out[:] = 0.0
+        ga = d_va[k]
+        gb = d_vb[k]
+        for j in range(row_a.shape[0]):
+            ra = row_a[j]
+            rb = row_b[j]
+            t = 0.0
+            if ra >= 0:
+                t = ga[j] * xk[ra]
+            if rb >= 0:
+                t += gb[j] * xk[rb]
+            if ra >= 0:
+                out[ra] += t
+            if rb >= 0:
+                out[rb] -= t
+        for i in held:
+            out[i] = xk[i]

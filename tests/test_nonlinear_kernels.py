@@ -15,6 +15,7 @@ import pytest
 from clln.controller import NodeRoles, delaunay
 from clln.controller.network import Network
 from clln.simulator.devices import Level1, SeedTransistor
+from clln.simulator.network_equations import Derivatives
 from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
 
 
@@ -107,6 +108,34 @@ def test_compiled_kernels_match_the_numpy_model_to_round_off(case: str) -> None:
         for got, want in ((state.d_va, ref_state.d_va), (state.d_vb, ref_state.d_vb)):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-25)
         np.testing.assert_allclose(_dense(solver, values), ref_jac, rtol=0, atol=1e-13 * np.abs(ref_jac).max())
+
+
+@pytest.mark.parametrize("case", ["nominal", "resistors"])
+def test_edge_jacobian_products_match_the_dense_jacobians(case: str) -> None:
+    """GMRES' operator on the compiled path (products straight from the edges'
+    derivatives, no values assembled) against the dense Jacobians of the numpy model
+    times random vectors, free and clamped (a clamped node's row and column are the
+    identity's), for all samples and for a subset of them."""
+    net, rng = _network(12, 200)
+    fixed = mask = None
+    if case == "resistors":
+        net, fixed, mask = with_resistors(net, [(0, 5, 1 / 500.0), (9, 3, 1 / 1000.0)])
+    solver = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", fixed_conductance=fixed,
+                                    device_mask=mask)
+    v, gates = _random_point(rng, net, 5)
+    if mask is not None:
+        gates[~mask] = 0.0
+    for clamped in (False, True):
+        _, _, ref_jac = _numpy_reference(solver, v, gates, clamped)
+        _, state = solver._free_residual_state(v, gates, clamped)
+        for rows in (np.arange(5), np.array([1, 4])):
+            operator = solver._block_matrix(solver._jacobians(Derivatives(state.d_va[rows], state.d_vb[rows]),
+                                                              clamped))
+            x = rng.standard_normal((rows.size, solver.n_free))
+            want = np.einsum("kij,kj->ki", ref_jac[rows], x)
+            got = (operator @ x.ravel()).reshape(rows.size, -1)
+            assert operator.shape == (x.size, x.size)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
 def test_compiled_kernels_are_bit_identical_to_numpy_above_threshold() -> None:
