@@ -124,16 +124,16 @@ def _add_signed(out, terms, plus, minus) -> None:  # noqa: ANN001  # pragma: no 
 def batch_power(v, a, b, w, power) -> None:  # noqa: ANN001  # pragma: no cover - compiled
     """power[j] = sum_k w[k] (v[k, a[j]] - v[k, b[j]])^2 for node voltages v (B, n), edge
     ends a, b (m,) and sample weights w (B,): the coupled rule's per-edge batch sum in
-    one pass (no (m, B) drops array, no sparse product)."""
-    count = v.shape[0]
-    for j in range(a.shape[0]):
-        aj = a[j]
-        bj = b[j]
-        total = 0.0
-        for k in range(count):
-            d = v[k, aj] - v[k, bj]
-            total += w[k] * (d * d)
-        power[j] = total
+    one pass per sample (no (m, B) drops array, no sparse product). Samples outermost:
+    each gathers from one row of v, which stays in cache (at 1e5 edges, batch 10, 3.1 ->
+    1.5 ms per call against edges outermost); the terms are added in sample order."""
+    power[:] = 0.0
+    for k in range(v.shape[0]):
+        vk = v[k]
+        wk = w[k]
+        for j in range(a.shape[0]):
+            d = vk[a[j]] - vk[b[j]]
+            power[j] += wk * (d * d)
 
 
 @njit(cache=True, nogil=True)
