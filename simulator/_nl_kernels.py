@@ -165,3 +165,43 @@ def jacobian_product(d_va, d_vb, row_a, row_b, held, x, y) -> None:  # noqa: ANN
                 out[rb] -= t
         for i in held:
             out[i] = xk[i]
+
+
+@njit(cache=True, nogil=True)
+def max_abs_rows(x, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """out[k] = max_i |x[k, i]| (NaN where the row has a NaN, as numpy's max), one pass
+    without numpy's |x| temporary."""
+    for k in range(x.shape[0]):
+        row = x[k]
+        top = 0.0
+        for i in range(row.shape[0]):
+            value = abs(row[i])
+            if value > top:
+                top = value
+            elif value != value:
+                top = value
+                break
+        out[k] = top
+
+
+@njit(cache=True, nogil=True)
+def move_free(v, free, base, step, scale, first) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """v[k, free] = base[k] + scale[k] step[k] for each row k of v (B, n); with ``first``
+    base (B, n_free) is read from v before (the line search's starting point)."""
+    for k in range(v.shape[0]):
+        row = v[k]
+        sk = scale[k]
+        for c in range(free.shape[0]):
+            node = free[c]
+            if first:
+                base[k, c] = row[node]
+            row[node] = base[k, c] + sk * step[k, c]
+
+
+@njit(cache=True, nogil=True)
+def add_free(v, rows, free, add) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """v[rows[i], free] += add[i] for each i."""
+    for i in range(rows.shape[0]):
+        row = v[rows[i]]
+        for c in range(free.shape[0]):
+            row[free[c]] += add[i, c]

@@ -193,14 +193,17 @@ class NetworkEquations:
     def _free_residual(self, v: np.ndarray, gates: np.ndarray, clamped: bool) -> np.ndarray:
         return self._free_residual_state(v, gates, clamped)[0]
 
-    def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool):  # noqa: ANN202
+    def _free_residual_state(self, v: np.ndarray, gates: np.ndarray, clamped: bool,  # noqa: ANN202
+                             out: np.ndarray | None = None):
         """(residual at the free nodes (B, n_free), edge state) at node voltages v; the
-        state has d_va and d_vb (all of ``EdgeCurrents`` unless ``compiled``)."""
+        state has d_va and d_vb (all of ``EdgeCurrents`` unless ``compiled``). ``out``:
+        a (B, n_free) array the compiled kernel writes the residual into (numpy's path
+        returns a new one)."""
         compiled = self._kernels()
         if compiled is not None:
             kernel, (a, b, v_t, s, params, extra) = compiled
             count, m = v.shape[0], self._a.size
-            r = np.empty((count, self.n_free))
+            r = np.empty((count, self.n_free)) if out is None else out
             d_va, d_vb = np.empty((count, m)), np.empty((count, m))
             kernel.transistor_residual(np.ascontiguousarray(v), a, b, np.subtract(gates, v_t), s, *params,
                                        *extra, r, d_va, d_vb)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -284,7 +285,9 @@ class NonlinearNetworkSolver(NetworkEquations):
         if self.n_free == 0:
             return np.ones(count, dtype=bool), residual
         free = self.free_nodes
+        kernels = self._kernels()
         r_all, state = self._free_residual_state(v, gates, clamped)
+        r_norm = _max_abs(r_all, kernels)  # each sample's max |r| (A), kept with r_all
         d_va, d_vb = state.d_va, state.d_vb  # of every sample, kept (fresh arrays: written in place)
         last_size = np.full(count, np.nan)  # each sample's last full Newton step, V
         for _ in range(self.max_iter):
@@ -299,11 +302,11 @@ class NonlinearNetworkSolver(NetworkEquations):
             cheap = self._precondition(r_act, clamped)
             np.negative(cheap, out=cheap)
             self.lu_seconds += time.process_time() - started
-            small = np.abs(cheap).max(axis=1) <= 0.1 * self.tol
+            small = _max_abs(cheap, kernels) <= 0.1 * self.tol
             if small.any():  # converged: the preconditioned residual is the last step
                 last = act[small]
-                _add_at_columns(v, last, free, cheap if last.size == count else cheap[small])
-                residual[last] = np.abs(r_all[last]).max(axis=1)
+                _add_at_columns(v, last, free, cheap if last.size == count else cheap[small], kernels)
+                residual[last] = r_norm[last]
                 done[last] = True
                 act, cheap, r_act = act[~small], cheap[~small], r_act[~small]
                 if act.size == 0:
@@ -315,7 +318,8 @@ class NonlinearNetworkSolver(NetworkEquations):
             if not np.isfinite(step).all():
                 self._shared_stale[clamped] = True
                 break  # the per-sample LU path decides (and names a floating part)
-            size, scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
+            size, scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped, r_norm[act])
+            r_norm[act] = norm
             converged = size <= self.tol
             full = scale == 1.0
             rates = size[full] / last_size[act][full] ** 2
@@ -417,23 +421,31 @@ class NonlinearNetworkSolver(NetworkEquations):
         return matrix
 
     def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
-                     gates: np.ndarray, clamped: bool):  # noqa: ANN202
+                     gates: np.ndarray, clamped: bool, norm0: np.ndarray | None = None):  # noqa: ANN202
         """Move samples ``act`` of v (in place) along their Newton ``step`` (k, n_free):
         limited to ``max_step`` volts and halved while the residual norm grows. Updates
-        their rows of ``r_all``; returns (step size, scale taken, residual norm, edge
-        state at the new point)."""
+        their rows of ``r_all`` (``norm0``: their max |r| when the caller has it);
+        returns (step size, scale taken, residual norm, edge state at the new point).
+        With the compiled kernels the moves, the norms and (for every sample) the
+        residual are written in place, one pass each."""
         free = self.free_nodes
-        size = np.abs(step).max(axis=1)
+        kernels = self._kernels()
+        size = _max_abs(step, kernels)
         converged = size <= self.tol
         scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-        norm0 = np.abs(_take(r_all, act)).max(axis=1)
+        if norm0 is None:
+            norm0 = _max_abs(_take(r_all, act), kernels)
         every = act.size == v.shape[0]
         trial = v if every else v[act]  # every sample: moved in place
-        base = np.take(trial, free, axis=1)
-        for _halving in range(12):  # backtrack where the residual grows
-            _set_columns(trial, free, base + (step if np.all(scale == 1.0) else scale[:, None] * step))
-            r_new, state = self._free_residual_state(trial, gates, clamped)
-            norm = np.abs(r_new).max(axis=1)
+        base = np.take(trial, free, axis=1) if kernels is None else np.empty_like(step)
+        into = r_all if every and kernels is not None else None  # the residual written in place
+        for halving in range(12):  # backtrack where the residual grows
+            if kernels is None:
+                _set_columns(trial, free, base + (step if np.all(scale == 1.0) else scale[:, None] * step))
+            else:
+                kernels[0].move_free(trial, free, base, step, scale, halving == 0)
+            r_new, state = self._free_residual_state(trial, gates, clamped, out=into)
+            norm = _max_abs(r_new, kernels)
             worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
             if not worse.any():
                 break
@@ -441,7 +453,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         if not every:
             v[act] = trial
             r_all[act] = r_new
-        else:
+        elif r_new is not r_all:
             r_all[...] = r_new
         return size, scale, norm, state
 
@@ -510,11 +522,26 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return array if rows.size == array.shape[0] else array[rows]
 
 
-def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray) -> None:
+def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray,
+                    kernels: tuple[ModuleType, object] | None = None) -> None:
     """``v[np.ix_(rows, columns)] += add``, row by row (one-dimensional fancy indexing;
-    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms)."""
+    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms),
+    or in one compiled pass with the ``kernels`` of ``NetworkEquations._kernels``."""
+    if kernels is not None:
+        kernels[0].add_free(v, rows, columns, add)
+        return
     for k, row in enumerate(rows):
         v[row, columns] += add[k]
+
+
+def _max_abs(x: np.ndarray, kernels: tuple[ModuleType, object] | None) -> np.ndarray:
+    """max |x| of each row of x (k, n): numpy's, or one compiled pass without the |x|
+    temporary with the ``kernels`` of ``NetworkEquations._kernels`` (the same values)."""
+    if kernels is None:
+        return np.abs(x).max(axis=1)
+    out = np.empty(x.shape[0])
+    kernels[0].max_abs_rows(x, out)
+    return out
 
 
 def _set_columns(v: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
