@@ -168,23 +168,6 @@ def jacobian_product(d_va, d_vb, row_a, row_b, held, x, y) -> None:  # noqa: ANN
 
 
 @njit(cache=True, nogil=True)
-def max_abs_rows(x, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
-    """out[k] = max_i |x[k, i]| (NaN where the row has a NaN, as numpy's max), one pass
-    without numpy's |x| temporary."""
-    for k in range(x.shape[0]):
-        row = x[k]
-        top = 0.0
-        for i in range(row.shape[0]):
-            value = abs(row[i])
-            if value > top:
-                top = value
-            elif value != value:
-                top = value
-                break
-        out[k] = top
-
-
-@njit(cache=True, nogil=True)
 def move_free(v, free, base, step, scale, first) -> None:  # noqa: ANN001  # pragma: no cover - compiled
     """v[k, free] = base[k] + scale[k] step[k] for each row k of v (B, n); with ``first``
     base (B, n_free) is read from v before (the line search's starting point)."""
@@ -205,3 +188,15 @@ def add_free(v, rows, free, add) -> None:  # noqa: ANN001  # pragma: no cover - 
         row = v[rows[i]]
         for c in range(free.shape[0]):
             row[free[c]] += add[i, c]
+
+
+@njit(cache=True, nogil=True)
+def extrapolate(v1, v0, v2, quadratic, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """out = 3 v1 - 3 v0 + v2 (``quadratic``) or 2 v1 - v0 (v2 not read), in one pass: the
+    same operations in the same order as numpy's in-place sequence (the same bits)."""
+    if quadratic:
+        for i in range(out.shape[0]):
+            out[i] = (v1[i] * 3.0 - v0[i] * 3.0) + v2[i]
+    else:
+        for i in range(out.shape[0]):
+            out[i] = v1[i] * 2.0 - v0[i]

@@ -535,13 +535,13 @@ def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: n
 
 
 def _max_abs(x: np.ndarray, kernels: tuple[ModuleType, object] | None) -> np.ndarray:
-    """max |x| of each row of x (k, n): numpy's, or one compiled pass without the |x|
-    temporary with the ``kernels`` of ``NetworkEquations._kernels`` (the same values)."""
+    """max |x| of each row of x (k, n); with the ``kernels`` of
+    ``NetworkEquations._kernels`` (large networks) as max(max x, -min x): the same values
+    (NaN where a row has one) without the |x| temporary (10 x 44,444: 0.43 -> 0.31 ms;
+    a compiled loop took 0.41 ms)."""
     if kernels is None:
         return np.abs(x).max(axis=1)
-    out = np.empty(x.shape[0])
-    kernels[0].max_abs_rows(x, out)
-    return out
+    return np.maximum(x.max(axis=1), -x.min(axis=1))
 
 
 def _set_columns(v: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:

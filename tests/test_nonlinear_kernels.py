@@ -241,3 +241,41 @@ def test_compiled_batch_power_matches_the_dense_sum_and_small_benches_keep_measu
     small, _ = _network(12, 30)
     plain = TransistorBackend(small, SeedTransistor(), GateEdges(0.0, 5.0), np.full(small.n_edges, 2.0))
     assert type(plain.measure(np.array([[0.2, 0.8]]))) is Measurement
+
+
+def test_compiled_bookkeeping_kernels_match_numpy_bit_for_bit() -> None:
+    """The Newton-Krylov line search's move along the step, the converged samples' last
+    step, the rows' max |x| and the warm-start extrapolation on the compiled path give
+    the bits of the numpy expressions they replace (fancy-indexed updates, |x|.max)."""
+    from clln.simulator import _nl_kernels
+    from clln.simulator.nonlinear import _max_abs
+
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((4, 50))
+    free = np.sort(rng.choice(50, 30, replace=False))
+    step = rng.standard_normal((4, 30))
+    scale = np.array([1.0, 0.5, 0.25, 1.0])
+    want = v.copy()
+    want[:, free] = want[:, free] + scale[:, None] * step
+    got, base = v.copy(), np.empty((4, 30))
+    _nl_kernels.move_free(got, free, base, step, scale, True)
+    assert np.array_equal(got, want) and np.array_equal(base, v[:, free])
+    _nl_kernels.move_free(got, free, base, step, 0.5 * scale, False)  # a halving: from base again
+    want[:, free] = v[:, free] + (0.5 * scale)[:, None] * step
+    assert np.array_equal(got, want)
+    rows = np.array([3, 1])
+    want, got = v.copy(), v.copy()
+    want[np.ix_(rows, free)] += step[:2]
+    _nl_kernels.add_free(got, rows, free, step[:2])
+    assert np.array_equal(got, want)
+    x = rng.standard_normal((3, 40))
+    x[1] = -np.abs(x[1])
+    x[2, 7] = np.nan
+    kernels = (_nl_kernels, None)
+    np.testing.assert_array_equal(_max_abs(x, kernels), np.abs(x).max(axis=1))  # NaN where numpy has it
+    v1, v0, v2 = rng.standard_normal((3, 64))
+    out = np.empty(64)
+    _nl_kernels.extrapolate(v1, v0, v2, True, out)
+    assert np.array_equal(out, 3.0 * v1 - 3.0 * v0 + v2)
+    _nl_kernels.extrapolate(v1, v0, v1, False, out)
+    assert np.array_equal(out, 2.0 * v1 - v0)
