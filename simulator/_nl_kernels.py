@@ -200,3 +200,64 @@ def extrapolate(v1, v0, v2, quadratic, out) -> None:  # noqa: ANN001  # pragma: 
     else:
         for i in range(out.shape[0]):
             out[i] = v1[i] * 2.0 - v0[i]
+
+
+@njit(cache=True, nogil=True)
+def gate_targets(commanded, commands, vmin, vmax, target, applied, clipped) -> bool:  # noqa: ANN001  # pragma: no cover - compiled
+    """A learning window's commanded gate voltages without a drive resolution: wanted =
+    commanded + commands, target = wanted clipped to [vmin, vmax], applied = target -
+    commanded, clipped where the target is not the wanted voltage (numpy's clip, minus
+    and compare, in one pass). Returns whether any gate moves."""
+    moved = False
+    for j in range(commanded.shape[0]):
+        wanted = commanded[j] + commands[j]
+        t = min(max(wanted, vmin), vmax) if wanted == wanted else wanted
+        target[j] = t
+        step = t - commanded[j]
+        applied[j] = step
+        clipped[j] = t != wanted
+        if step != 0.0:
+            moved = True
+    return moved
+
+
+@njit(cache=True, nogil=True)
+def window_gates(gates, applied, fraction, leak, rl, r_plus_rl, decay, vmin, vmax, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """Gate voltages (twins, m) after one learning window (``LearningWindow.apply``, then
+    clipped to [vmin, vmax]) in one pass, the same operations in the same order: u = V_G +
+    dV / fraction; V_inf = u R_leak / (R + R_leak) with ``leak``, else u; V_inf + (V_G -
+    V_inf) decay."""
+    for t in range(gates.shape[0]):
+        for j in range(gates.shape[1]):
+            g = gates[t, j]
+            u = g + applied[j] / fraction
+            v_inf = u * rl / r_plus_rl if leak else u
+            new = v_inf + (g - v_inf) * decay
+            out[t, j] = min(max(new, vmin), vmax) if new == new else new
+
+
+@njit(cache=True, nogil=True)
+def power_difference(v_free, v_clamped, a, b, w, total, pf, pc, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """The coupled rule's contrastive signal (sum_k w[k] (dV_F)^2 - sum_k w[k] (dV_C)^2) /
+    total per edge, with each batch sum added in sample order as :func:`batch_power`
+    adds it (the same bits). Up to two samples, edges outermost with the sums in
+    registers (pf, pc not used); more, samples outermost into pf and pc (each sample
+    gathers from one row of node voltages)."""
+    count = v_free.shape[0]
+    if count <= 2:
+        for j in range(out.shape[0]):
+            aj = a[j]
+            bj = b[j]
+            f = 0.0
+            c = 0.0
+            for k in range(count):
+                d = v_free[k, aj] - v_free[k, bj]
+                e = v_clamped[k, aj] - v_clamped[k, bj]
+                f += w[k] * (d * d)
+                c += w[k] * (e * e)
+            out[j] = (f - c) / total
+        return
+    batch_power(v_free, a, b, w, pf)
+    batch_power(v_clamped, a, b, w, pc)
+    for j in range(out.shape[0]):
+        out[j] = (pf[j] - pc[j]) / total

@@ -279,3 +279,53 @@ def test_compiled_bookkeeping_kernels_match_numpy_bit_for_bit() -> None:
     assert np.array_equal(out, 3.0 * v1 - 3.0 * v0 + v2)
     _nl_kernels.extrapolate(v1, v0, v1, False, out)
     assert np.array_equal(out, 2.0 * v1 - v0)
+
+
+@pytest.mark.parametrize("leak", [0.0, 5e3])
+def test_compiled_learning_window_gives_the_numpy_windows_bits(leak: float) -> None:
+    """A network on the compiled path applies a learning window (targets, clipping to the
+    gate bounds, the RC charge with and without a leak, twin devices) with the same bits
+    as the numpy path of the same bench on the per-sample-LU path."""
+    from clln.controller import GateEdges
+    from clln.simulator.imperfections import Imperfections
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    net, rng = _network(13, 120)
+    initial = rng.uniform(0.5, 4.5, net.n_edges)
+    params = Imperfections(gate_leak_resistance=leak, twin=True)
+    benches = [TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), initial, imperfections=params,
+                                 linear=linear) for linear in ("krylov", "lu")]
+    assert benches[0].solvers[0].compiled and not benches[1].solvers[0].compiled
+    for k in range(3):
+        commands = rng.normal(0.0, 0.8, net.n_edges)  # some beyond the bounds: clipped
+        commands[: 5 * k] = 0.0
+        applied = [bench.adjust(commands) for bench in benches]
+        assert np.array_equal(applied[0].commands, applied[1].commands)
+        assert np.array_equal(applied[0].clipped, applied[1].clipped) and applied[0].clipped.any()
+        assert np.array_equal(benches[0]._gates, benches[1]._gates)
+        assert np.array_equal(benches[0].read_edges().conductances, benches[1].read_edges().conductances)
+    still = [bench.adjust(np.zeros(net.n_edges)) for bench in benches]  # nothing moves
+    assert not still[0].commands.any() and benches[0]._version == benches[1]._version
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_compiled_contrastive_signal_matches_the_sparse_products(count: int) -> None:
+    """The coupled rule's signal of two compiled measurements in one call: the bits of
+    their two batch powers' difference, and the sparse incidence products of the plain
+    measurements to round-off, with sample weights."""
+    from clln.controller import Measurement
+    from clln.controller.rules import contrastive_signal
+    from clln.simulator.transistor_backend import CompiledMeasurement
+
+    net, rng = _network(14, 300)
+    vf, vc = rng.uniform(0, 1, (2, count, net.n_nodes))
+    w = rng.uniform(0.5, 2.0, count)
+    free, clamped = CompiledMeasurement(vf), CompiledMeasurement(vc)
+    inc = net.incidence
+    got = contrastive_signal(free, clamped, inc, w)
+    assert np.array_equal(got, (free.batch_power(inc, w) - clamped.batch_power(inc, w)) / w.sum())
+    dense = inc.toarray()
+    want = (np.einsum("k,kj->j", w, (vf @ dense.T) ** 2) - np.einsum("k,kj->j", w, (vc @ dense.T) ** 2)) / w.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    plain = contrastive_signal(Measurement(vf), Measurement(vc), inc, w)
+    np.testing.assert_allclose(got, plain, rtol=1e-12, atol=1e-15)
