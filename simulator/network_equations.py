@@ -239,7 +239,7 @@ class NetworkEquations:
         v_t, s = np.zeros(m), np.ones(m)
         v_t[dev] = np.broadcast_to(np.asarray(model.v_t, dtype=float), (count,))
         s[dev] = np.broadcast_to(np.asarray(model.s, dtype=float), (count,))
-        a, b = self._a.astype(np.int32), self._b.astype(np.int32)
+        a, b = self._a.astype(np.uint32), self._b.astype(np.uint32)  # unsigned: no negative-index check
         params = (float(model.join), float(model.join**2), float(model.decade),
                   float(LN10 / model.decade), float(model.g_off),
                   self.position[a].astype(np.int32), self.position[b].astype(np.int32))
