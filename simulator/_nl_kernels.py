@@ -173,26 +173,35 @@ def jacobian_product(d_va, d_vb, row_a, row_b, held, x, y) -> None:  # noqa: ANN
 
 
 @njit(cache=True, nogil=True)
-def move_free(v, free, base, step, scale, first) -> None:  # noqa: ANN001  # pragma: no cover - compiled
-    """v[k, free] = base[k] + scale[k] step[k] for each row k of v (B, n); with ``first``
-    base (B, n_free) is read from v before (the line search's starting point)."""
+def move_free(v, position, base, step, scale, first) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """v[k, i] = base[k, i] + scale[k] step[k, position[i]] at every node i with
+    position[i] >= 0 (a free node's unknown), for each row k of v (B, n); with
+    ``first`` base (B, n) is copied from v before (the line search's starting point).
+    The nodes are visited in order (only the step is gathered)."""
     for k in range(v.shape[0]):
         row = v[k]
+        start = base[k]
         sk = scale[k]
-        for c in range(free.shape[0]):
-            node = free[c]
-            if first:
-                base[k, c] = row[node]
-            row[node] = base[k, c] + sk * step[k, c]
+        dk = step[k]
+        if first:
+            start[:] = row
+        for i in range(row.shape[0]):
+            c = position[i]
+            if c >= 0:
+                row[i] = start[i] + sk * dk[c]
 
 
 @njit(cache=True, nogil=True)
-def add_free(v, rows, free, add) -> None:  # noqa: ANN001  # pragma: no cover - compiled
-    """v[rows[i], free] += add[i] for each i."""
-    for i in range(rows.shape[0]):
-        row = v[rows[i]]
-        for c in range(free.shape[0]):
-            row[free[c]] += add[i, c]
+def add_free(v, rows, position, add) -> None:  # noqa: ANN001  # pragma: no cover - compiled
+    """v[rows[r], i] += add[r, position[i]] at every node i with position[i] >= 0, for
+    each r (the nodes visited in order)."""
+    for r in range(rows.shape[0]):
+        row = v[rows[r]]
+        dk = add[r]
+        for i in range(row.shape[0]):
+            c = position[i]
+            if c >= 0:
+                row[i] += dk[c]
 
 
 @njit(cache=True, nogil=True)

@@ -257,16 +257,20 @@ def test_compiled_bookkeeping_kernels_match_numpy_bit_for_bit() -> None:
     scale = np.array([1.0, 0.5, 0.25, 1.0])
     want = v.copy()
     want[:, free] = want[:, free] + scale[:, None] * step
-    got, base = v.copy(), np.empty((4, 30))
-    _nl_kernels.move_free(got, free, base, step, scale, True)
-    assert np.array_equal(got, want) and np.array_equal(base, v[:, free])
-    _nl_kernels.move_free(got, free, base, step, 0.5 * scale, False)  # a halving: from base again
+    position = np.full(50, -1)
+    position[free] = rng.permutation(30)  # each free node's unknown, in another order
+    step_by_unknown = np.empty_like(step)
+    step_by_unknown[:, position[free]] = step
+    got, base = v.copy(), np.empty((4, 50))
+    _nl_kernels.move_free(got, position, base, step_by_unknown, scale, True)
+    assert np.array_equal(got, want) and np.array_equal(base, v)
+    _nl_kernels.move_free(got, position, base, step_by_unknown, 0.5 * scale, False)  # a halving: from base
     want[:, free] = v[:, free] + (0.5 * scale)[:, None] * step
     assert np.array_equal(got, want)
     rows = np.array([3, 1])
     want, got = v.copy(), v.copy()
     want[np.ix_(rows, free)] += step[:2]
-    _nl_kernels.add_free(got, rows, free, step[:2])
+    _nl_kernels.add_free(got, rows, position, step_by_unknown[:2])
     assert np.array_equal(got, want)
     x = rng.standard_normal((3, 40))
     x[1] = -np.abs(x[1])
