@@ -217,11 +217,16 @@ def extrapolate(v1, v0, v2, quadratic, out) -> None:  # noqa: ANN001  # pragma: 
 
 
 @njit(cache=True, nogil=True)
-def gate_targets(commanded, commands, vmin, vmax, target, applied, clipped) -> bool:  # noqa: ANN001  # pragma: no cover - compiled
-    """A learning window's commanded gate voltages without a drive resolution: wanted =
-    commanded + commands, target = wanted clipped to [vmin, vmax], applied = target -
-    commanded, clipped where the target is not the wanted voltage (numpy's clip, minus
-    and compare, in one pass). Returns whether any gate moves."""
+def learning_window(commanded, commands, vmin, vmax, gates, fraction, leak, rl, r_plus_rl, decay,  # noqa: ANN001
+                    target, applied, clipped, out) -> bool:  # pragma: no cover - compiled
+    """One learning window without a drive resolution, in one call. The commanded gate
+    voltages: wanted = commanded + commands, target = wanted clipped to [vmin, vmax],
+    applied = target - commanded, clipped where the target is not the wanted voltage
+    (numpy's clip, minus and compare). Where any gate moves, the gates (twins, m) after
+    the window (``LearningWindow.apply``, then clipped to [vmin, vmax]) into ``out``, the
+    same operations in the same order: u = V_G + dV / fraction; V_inf = u R_leak / (R +
+    R_leak) with ``leak``, else u; V_inf + (V_G - V_inf) decay. Returns whether any
+    gate moves (else ``out`` is not written)."""
     moved = False
     for j in range(commanded.shape[0]):
         wanted = commanded[j] + commands[j]
@@ -232,22 +237,16 @@ def gate_targets(commanded, commands, vmin, vmax, target, applied, clipped) -> b
         clipped[j] = t != wanted
         if step != 0.0:
             moved = True
-    return moved
-
-
-@njit(cache=True, nogil=True)
-def window_gates(gates, applied, fraction, leak, rl, r_plus_rl, decay, vmin, vmax, out) -> None:  # noqa: ANN001  # pragma: no cover - compiled
-    """Gate voltages (twins, m) after one learning window (``LearningWindow.apply``, then
-    clipped to [vmin, vmax]) in one pass, the same operations in the same order: u = V_G +
-    dV / fraction; V_inf = u R_leak / (R + R_leak) with ``leak``, else u; V_inf + (V_G -
-    V_inf) decay."""
-    for t in range(gates.shape[0]):
+    if not moved:
+        return False
+    for twin in range(gates.shape[0]):
         for j in range(gates.shape[1]):
-            g = gates[t, j]
+            g = gates[twin, j]
             u = g + applied[j] / fraction
             v_inf = u * rl / r_plus_rl if leak else u
             new = v_inf + (g - v_inf) * decay
-            out[t, j] = min(max(new, vmin), vmax) if new == new else new
+            out[twin, j] = min(max(new, vmin), vmax) if new == new else new
+    return True
 
 
 @njit(cache=True, nogil=True)

@@ -271,13 +271,14 @@ class TransistorBackend(SimulatedSeam):
         """One key per sample: the twin and the driven source voltages."""
         return [bytes([twin]) + row.tobytes() for row in sources]
 
-    def _start(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> np.ndarray | None:
+    def _start(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
+               keys: list[bytes] | None = None) -> np.ndarray | None:
         """Warm start of each sample: for a free state its last free state; for a clamped
         state, of its last clamped states and its free state, the one whose clamped nodes
         are nearest the requested clamps (nudged and mirrored clamps alternate)."""
         if self._last is None:
             return None
-        free_keys = self._keys(twin, sources)
+        free_keys = self._keys(twin, sources) if keys is None else keys
         out = np.empty((len(free_keys), self._last.size))
         scratch = np.empty(self._last.size)
         for i, key in enumerate(free_keys):
@@ -327,9 +328,9 @@ class TransistorBackend(SimulatedSeam):
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
         self._age()
-        result = self._solvers[twin].solve(self._physics_gates(twin), sources, clamps,
-                                           start=self._start(twin, sources, clamps))
         keys = self._keys(twin, sources)
+        result = self._solvers[twin].solve(self._physics_gates(twin), sources, clamps,
+                                           start=self._start(twin, sources, clamps, keys))
         if len(self._warm) > 65536:
             self._warm.clear()
             self._warm_clamped.clear()
@@ -387,23 +388,22 @@ class TransistorBackend(SimulatedSeam):
 
     def _adjust_compiled(self, commands: np.ndarray) -> Applied:
         """``adjust`` without a drive resolution on networks solved with the compiled
-        kernels: the targets and the learning window one compiled pass each
-        (:func:`~clln.simulator._nl_kernels.gate_targets`, ``window_gates``), the same
-        operations in the same order as the numpy path (2e4 edges: 131 -> 30 us)."""
+        kernels: targets and learning window in one compiled call
+        (:func:`~clln.simulator._nl_kernels.learning_window`), the same operations in the
+        same order as the numpy path (2e4 edges: 131 -> 30 us)."""
         from clln.simulator import _nl_kernels
 
         edges, window, m = self._edges, self.window, commands.size
+        r, c, rl = window.resistance, window.capacitance, window.leak_resistance
+        tau = c * r * rl / (r + rl) if rl > 0 else r * c
+        self._age()  # the gates leak up to now (the targets do not depend on them)
         target, applied, clipped = np.empty(m), np.empty(m), np.empty(m, dtype=bool)
-        moved = _nl_kernels.gate_targets(self._commanded, np.ascontiguousarray(commands), float(edges.vmin),
-                                         float(edges.vmax), target, applied, clipped)
-        self._age()
-        if moved:
-            r, c, rl = window.resistance, window.capacitance, window.leak_resistance
-            fraction = -np.expm1(-window.window / (r * c))
-            tau = c * r * rl / (r + rl) if rl > 0 else r * c
-            out = np.empty_like(self._gates)
-            _nl_kernels.window_gates(self._gates, applied, float(fraction), rl > 0, float(rl), float(r + rl),
-                                     float(np.exp(-window.window / tau)), float(edges.vmin), float(edges.vmax), out)
+        out = np.empty_like(self._gates)
+        if _nl_kernels.learning_window(self._commanded, np.ascontiguousarray(commands), float(edges.vmin),
+                                       float(edges.vmax), self._gates,
+                                       float(-np.expm1(-window.window / (r * c))), rl > 0, float(rl),
+                                       float(r + rl), float(np.exp(-window.window / tau)), target, applied,
+                                       clipped, out):
             self._gates = out
             self._version += 1
         self._commanded = target
