@@ -255,9 +255,21 @@ def power_difference(v_free, v_clamped, a, b, w, total, pf, pc, out) -> None:  #
     total per edge, with each batch sum added in sample order as :func:`batch_power`
     adds it (the same bits). Up to two samples, edges outermost with the sums in
     registers (pf, pc not used); more, samples outermost into pf and pc (each sample
-    gathers from one row of node voltages)."""
+    gathers from one row of node voltages). Edge ends a, b unsigned (no negative-index
+    check)."""
     count = v_free.shape[0]
-    if count <= 2:
+    if count == 1:  # one sample (the rig's protocol): its rows
+        fk = v_free[0]
+        ck = v_clamped[0]
+        wk = w[0]
+        for j in range(out.shape[0]):
+            aj = a[j]
+            bj = b[j]
+            d = fk[aj] - fk[bj]
+            e = ck[aj] - ck[bj]
+            out[j] = ((0.0 + wk * (d * d)) - (0.0 + wk * (e * e))) / total
+        return
+    if count == 2:
         for j in range(out.shape[0]):
             aj = a[j]
             bj = b[j]

@@ -19,6 +19,7 @@ Imperfections (drawn once per bench seed, like a chip fingerprint):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,7 @@ class CompiledMeasurement(Measurement):
         compiled call (:func:`~clln.simulator._nl_kernels.power_difference`: the same sums
         and difference as two ``batch_power`` calls), or None where that does not apply
         (a basis, per-edge offsets, another kind of measurement or incidence)."""
-        ends = incidence_endpoints(incidence)
+        ends = _unsigned_endpoints(incidence)
         if (not isinstance(clamped, CompiledMeasurement) or ends is None or self.basis is not None
                 or clamped.basis is not None or self.edge_offsets is not None
                 or clamped.edge_offsets is not None or clamped.batch_size != self.batch_size):
@@ -136,6 +137,25 @@ class CompiledMeasurement(Measurement):
                                      np.ascontiguousarray(clamped.coefficients, dtype=float), ends[0], ends[1],
                                      np.ascontiguousarray(weights, dtype=float), float(total), pf, pc, out)
         return out
+
+
+_unsigned_ends: dict[int, tuple[weakref.ref[Any], tuple[np.ndarray, np.ndarray] | None]] = {}
+
+
+def _unsigned_endpoints(incidence: sp.spmatrix) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`~clln.controller._kernels.incidence_endpoints` as uint32 arrays for the
+    compiled kernels (half the bytes, no negative-index check), remembered per incidence
+    object."""
+    hit = _unsigned_ends.get(id(incidence))
+    if hit is not None and hit[0]() is incidence:
+        return hit[1]
+    ends = incidence_endpoints(incidence)
+    if ends is not None and incidence.shape[1] < 2**32:
+        ends = (ends[0].astype(np.uint32), ends[1].astype(np.uint32))
+    if len(_unsigned_ends) >= 8:
+        _unsigned_ends.clear()
+    _unsigned_ends[id(incidence)] = (weakref.ref(incidence), ends)
+    return ends
 
 
 class TransistorBackend(SimulatedSeam):
