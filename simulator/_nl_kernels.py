@@ -18,7 +18,16 @@ values agree to the last bit wherever the power of ten agrees with numpy's):
   pattern at precomputed slots (d_va terms, then d_vb terms, each in edge order: the
   order of the assembly map's sorted CSR rows);
 * :func:`batch_power`: the coupled rule's per-edge batch sum of squared drops of a
-  measurement (:class:`~clln.simulator.transistor_backend.CompiledMeasurement`).
+  measurement (:class:`~clln.simulator.transistor_backend.CompiledMeasurement`), and
+  :func:`power_difference`: the contrastive signal of a free and a clamped measurement;
+* :func:`jacobian_product`: GMRES' products with the samples' Jacobians straight from
+  the edges' derivatives (no values assembled;
+  :class:`~clln.simulator.network_equations.EdgeJacobians`);
+* the Newton-Krylov bookkeeping: :func:`move_free` (the line search's move),
+  :func:`add_free` (a converged sample's last step) and :func:`extrapolate` (warm
+  starts), each one pass in node order with the bits of the numpy expressions;
+* :func:`learning_window`: a learning window's gate targets and RC charge
+  (:class:`~clln.simulator.transistor_backend.TransistorBackend`).
 
 Measured by ``benchmarks/nonlinear_kernels.py`` (CPU time per call, batch 10, at a
 trained operating point): device evaluation with the residual 3.5 ms in numpy, 0.8 ms
