@@ -31,6 +31,11 @@ def contrastive_signal(
     total = float(w.sum())
     if total <= 0:
         return np.zeros(incidence.shape[0])
+    fused = getattr(free, "signal_against", None)  # a measurement with a one-pass signal
+    if fused is not None:
+        signal = fused(clamped, incidence, w, total)
+        if signal is not None:
+            return signal
     return (free.batch_power(incidence, w) - clamped.batch_power(incidence, w)) / total
 
 

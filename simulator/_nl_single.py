@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from clln.simulator._nl_kernels import jacobian_values, transistor_residual
+from clln.simulator._nl_kernels import jacobian_product, jacobian_values, transistor_residual
 
 
 def triangular_factors(lu) -> tuple[np.ndarray, ...]:  # noqa: ANN001  # scipy's SuperLU
@@ -180,13 +180,15 @@ def _dot(x, y) -> float:  # noqa: ANN001  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def gmres(indptr, indices, values, factors, rhs, sign, first, rtol, max_iter,  # noqa: ANN001
-          basis, search, w, step) -> tuple[int, float, float]:  # pragma: no cover - compiled
-    """Right-preconditioned GMRES for J s = sign * rhs from s = 0, J in CSC (``indptr``,
-    ``indices``, ``values`` (nnz,)), preconditioner M^-1 by :func:`lu_solve` on
-    ``factors``; ``first`` = M^-1 rhs (the first direction, already computed). Stops
-    when the linear residual is at most ``rtol`` |rhs| or after ``max_iter`` iterations.
-    Workspace: ``basis`` (max_iter + 1, n), ``search`` (max_iter, n), ``w`` (n,).
+def gmres(d_va, d_vb, row_a, row_b, held, factors, rhs, sign, first, rtol, max_iter,  # noqa: ANN001
+          basis, search, product, step) -> tuple[int, float, float]:  # pragma: no cover - compiled
+    """Right-preconditioned GMRES for J s = sign * rhs from s = 0, J's products straight
+    from the edges' derivatives (``d_va``, ``d_vb`` (1, m); ``row_a``, ``row_b``,
+    ``held``: :func:`~clln.simulator._nl_kernels.jacobian_product`'s rows),
+    preconditioner M^-1 by :func:`lu_solve` on ``factors``; ``first`` = M^-1 sign rhs
+    (the first direction, already computed). Stops when the linear residual is at most
+    ``rtol`` |rhs| or after ``max_iter`` iterations. Workspace: ``basis``
+    (max_iter + 1, n), ``search`` (max_iter, n), ``product`` (1, n).
     Writes s into ``step``; returns (iterations, linear residual norm, max |s|: NaN if
     s is not finite)."""
     n = rhs.shape[0]
@@ -203,6 +205,7 @@ def gmres(indptr, indices, values, factors, rhs, sign, first, rtol, max_iter,  #
     g[0] = beta
     h = np.zeros(max_iter + 1)
     part = np.zeros(max_iter + 1)
+    w = product[0]
     bound = rtol * beta
     used = 0
     for j in range(max_iter):
@@ -212,11 +215,7 @@ def gmres(indptr, indices, values, factors, rhs, sign, first, rtol, max_iter,  #
                 z[i] = first[i] / beta
         else:
             lu_solve(factors, basis[j], z, 1.0)
-        w[:] = 0.0  # w = J z
-        for col in range(n):
-            zc = z[col]
-            for p in range(indptr[col], indptr[col + 1]):
-                w[indices[p]] += values[p] * zc
+        jacobian_product(d_va, d_vb, row_a, row_b, held, search[j:j + 1], product)  # w = J z
         before = _dot(w, w)
         h[:j + 1] = 0.0
         after = before

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +32,7 @@ import scipy.sparse as sp
 from clln.controller.errors import BenchFault, NetworkError, ProtocolError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
-from clln.simulator.network_equations import Derivatives, NetworkEquations
+from clln.simulator.network_equations import Derivatives, EdgeJacobians, NetworkEquations
 from clln.simulator.newton_linalg import (
     BlockGmres,
     LuName,
@@ -296,43 +297,42 @@ class NonlinearNetworkSolver(NetworkEquations):
         if self.n_free == 0:
             return np.ones(count, dtype=bool), residual
         free = self.free_nodes
+        kernels = self._kernels()
         r_all, state = self._free_residual_state(v, gates, clamped)
+        r_norm = _max_abs(r_all, kernels)  # each sample's max |r| (A), kept with r_all
         d_va, d_vb = state.d_va, state.d_vb  # of every sample, kept (fresh arrays: written in place)
         last_size = np.full(count, np.nan)  # each sample's last full Newton step, V
         for _ in range(self.max_iter):
             act = np.flatnonzero(~done)
             if act.size == 0:
                 break
-            values = None
             if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
-                values = self._values(_rows(d_va, d_vb, act), clamped)
-                self._shared_factor(values.mean(axis=0), clamped)
+                self._shared_factor(self._values(_rows(d_va, d_vb, act), clamped).mean(axis=0), clamped)
             iterations[act] += 1
             started = time.process_time()
             r_act = _take(r_all, act)
             cheap = self._precondition(r_act, clamped)
             np.negative(cheap, out=cheap)
             self.lu_seconds += time.process_time() - started
-            small = np.abs(cheap).max(axis=1) <= 0.1 * self.tol
+            small = _max_abs(cheap, kernels) <= 0.1 * self.tol
             if small.any():  # converged: the preconditioned residual is the last step
                 last = act[small]
-                _add_at_columns(v, last, free, cheap if last.size == count else cheap[small])
-                residual[last] = np.abs(r_all[last]).max(axis=1)
+                _add_at_columns(v, last, free, cheap if last.size == count else cheap[small], kernels,
+                                self.position)
+                residual[last] = r_norm[last]
                 done[last] = True
                 act, cheap, r_act = act[~small], cheap[~small], r_act[~small]
-                if values is not None:
-                    values = values[~small]
                 if act.size == 0:
                     break
-            if values is None:
-                values = self._values(_rows(d_va, d_vb, act), clamped)
-            step, needed = self._gmres(values, -r_act, clamped, cheap, self._forcing(cheap))
+            jacobians = self._jacobians(_rows(d_va, d_vb, act), clamped)
+            step, needed = self._gmres(jacobians, -r_act, clamped, cheap, self._forcing(cheap))
             if needed.max() > self.refactor_iterations:
                 self._shared_stale[clamped] = True
             if not np.isfinite(step).all():
                 self._shared_stale[clamped] = True
                 break  # the per-sample LU path decides (and names a floating part)
-            size, scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped)
+            size, scale, norm, s_new = self._line_search(v, act, step, r_all, gates, clamped, r_norm[act])
+            r_norm[act] = norm
             converged = size <= self.tol
             full = scale == 1.0
             rates = size[full] / last_size[act][full] ** 2
@@ -385,7 +385,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         """M^-1 x of each row with the shared LU (all rows in one multi-column solve)."""
         return self._lu.solve_rows(self._shared[clamped], x)  # type: ignore[arg-type]  # the handle type is the LU library's
 
-    def _gmres(self, values: np.ndarray, rhs: np.ndarray, clamped: bool,
+    def _gmres(self, values: np.ndarray | EdgeJacobians, rhs: np.ndarray, clamped: bool,
                first: np.ndarray, rtol: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:class:`~clln.simulator.newton_linalg.BlockGmres` on the samples' Jacobians
         (entries ``values`` (k, nnz) in the block pattern) preconditioned by the shared LU,
@@ -445,10 +445,11 @@ class NonlinearNetworkSolver(NetworkEquations):
     def _newton_single(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
                        iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_newton_krylov` for a batch of one sample (v (1, n), updated in place),
-        each Newton iteration four compiled calls (:mod:`~clln.simulator._nl_single`):
+        each Newton iteration three compiled calls (:mod:`~clln.simulator._nl_single`):
         the preconditioned residual M^-1 r (the last step where it is below ``tol`` / 10),
-        the Jacobian's values, GMRES with the shared LU (same tolerance rule, same
-        refactorization rules) and the line search's trial points. The preconditioner
+        GMRES with the shared LU and the Jacobian's products from the edges' derivatives
+        (same tolerance rule, same refactorization rules), the line search's trial
+        points; the Jacobian's values only when the shared LU is renewed. The preconditioner
         solves and GMRES are timed as linear algebra."""
         from clln.simulator import _nl_single
 
@@ -461,7 +462,8 @@ class NonlinearNetworkSolver(NetworkEquations):
         kernel = (a, b, np.subtract(gates, v_t), s, *params, *extra)
         work = self._single_workspace()
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
-        free, slots, pat, limit = self.free_nodes, self._edge_slots, self._pattern, work.limit
+        free, slots, limit = self.free_nodes, self._edge_slots, work.limit
+        product_rows = self._product_rows_of(clamped)
         cheap, step, base, values = work.cheap, work.step, work.base, work.values
         points = work.points  # (r, d_va, d_vb) of the current point, then of the trial
         norm = k.trial_residual(v, free, base, False, step, 0.0, *kernel, clamp_rows, *points[0])
@@ -481,11 +483,10 @@ class NonlinearNetworkSolver(NetworkEquations):
                 k.add_at(v, free, cheap)
                 residual[0], done[0] = norm, True
                 break
-            k.single_jacobian(d_va, d_vb, *slots, clamp_entries, clamp_diag, values)
             started = process_time()
-            needed, _reached, size = k.gmres(pat.indptr, pat.indices, values[0], factors, r[0], -1.0, cheap,
+            needed, _reached, size = k.gmres(d_va, d_vb, *product_rows, factors, r[0], -1.0, cheap,
                                              self._forcing_one(s_cheap), limit, work.basis, work.search,
-                                             work.w, step)
+                                             work.product, step)
             self.lu_seconds += process_time() - started
             self._charge_mean(needed, 1, clamped)
             if needed > self.refactor_iterations or not np.isfinite(size):
@@ -529,10 +530,13 @@ class NonlinearNetworkSolver(NetworkEquations):
             self._single_work = _SingleWorkspace(self)
         return self._single_work
 
-    def _block_matrix(self, values: np.ndarray) -> sp.csc_matrix:
+    def _block_matrix(self, values: np.ndarray | EdgeJacobians) -> sp.csc_matrix | EdgeJacobians:
         """diag(J_1, ..., J_k) of the Jacobians' values (k, nnz) in the block pattern: one
         matrix per k, kept, its values replaced (scipy's constructor and format checks
-        cost 0.09 ms per call at 2e4 edges, batch 1: two calls in a 7 ms step)."""
+        cost 0.09 ms per call at 2e4 edges, batch 1: two calls in a 7 ms step). An
+        :class:`EdgeJacobians` (the compiled kernels' products) is that operator already."""
+        if isinstance(values, EdgeJacobians):
+            return values
         count = values.shape[0]
         matrix = self._block_matrices.get(count)
         if matrix is None:
@@ -546,23 +550,31 @@ class NonlinearNetworkSolver(NetworkEquations):
         return matrix
 
     def _line_search(self, v: np.ndarray, act: np.ndarray, step: np.ndarray, r_all: np.ndarray,
-                     gates: np.ndarray, clamped: bool):  # noqa: ANN202
+                     gates: np.ndarray, clamped: bool, norm0: np.ndarray | None = None):  # noqa: ANN202
         """Move samples ``act`` of v (in place) along their Newton ``step`` (k, n_free):
         limited to ``max_step`` volts and halved while the residual norm grows. Updates
-        their rows of ``r_all``; returns (step size, scale taken, residual norm, edge
-        state at the new point)."""
+        their rows of ``r_all`` (``norm0``: their max |r| when the caller has it);
+        returns (step size, scale taken, residual norm, edge state at the new point).
+        With the compiled kernels the moves, the norms and (for every sample) the
+        residual are written in place, one pass each."""
         free = self.free_nodes
-        size = np.abs(step).max(axis=1)
+        kernels = self._kernels()
+        size = _max_abs(step, kernels)
         converged = size <= self.tol
         scale = np.minimum(1.0, self.max_step / np.maximum(size, 1e-300))
-        norm0 = np.abs(_take(r_all, act)).max(axis=1)
+        if norm0 is None:
+            norm0 = _max_abs(_take(r_all, act), kernels)
         every = act.size == v.shape[0]
         trial = v if every else v[act]  # every sample: moved in place
-        base = np.take(trial, free, axis=1)
-        for _halving in range(12):  # backtrack where the residual grows
-            _set_columns(trial, free, base + (step if np.all(scale == 1.0) else scale[:, None] * step))
-            r_new, state = self._free_residual_state(trial, gates, clamped)
-            norm = np.abs(r_new).max(axis=1)
+        base = np.take(trial, free, axis=1) if kernels is None else np.empty_like(trial)
+        into = r_all if every and kernels is not None else None  # the residual written in place
+        for halving in range(12):  # backtrack where the residual grows
+            if kernels is None:
+                _set_columns(trial, free, base + (step if np.all(scale == 1.0) else scale[:, None] * step))
+            else:
+                kernels[0].move_free(trial, self.position, base, step, scale, halving == 0)
+            r_new, state = self._free_residual_state(trial, gates, clamped, out=into)
+            norm = _max_abs(r_new, kernels)
             worse = (norm > norm0 * (1.0 + 1e-9)) & ~converged & (norm > 1e-14)
             if not worse.any():
                 break
@@ -570,7 +582,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         if not every:
             v[act] = trial
             r_all[act] = r_new
-        else:
+        elif r_new is not r_all:
             r_all[...] = r_new
         return size, scale, norm, state
 
@@ -616,7 +628,8 @@ class _SingleWorkspace:
         nf, m = solver.n_free, solver._a.size
         self.limit = limit = max(1, solver.krylov_max_iter)
         self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
-        self.w, self.step, self.cheap, self.base = (np.empty(nf) for _ in range(4))
+        self.step, self.cheap, self.base = (np.empty(nf) for _ in range(3))
+        self.product = np.empty((1, nf))
         self.values = np.empty((1, solver._pattern.nnz))
         self.points = [(np.empty((1, nf)), np.empty((1, m)), np.empty((1, m))) for _ in range(2)]
         none = np.zeros(0, dtype=np.int64)
@@ -655,11 +668,27 @@ def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return array if rows.size == array.shape[0] else array[rows]
 
 
-def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray) -> None:
+def _add_at_columns(v: np.ndarray, rows: np.ndarray, columns: np.ndarray, add: np.ndarray,
+                    kernels: tuple[ModuleType, object] | None = None, position: np.ndarray | None = None) -> None:
     """``v[np.ix_(rows, columns)] += add``, row by row (one-dimensional fancy indexing;
-    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms)."""
+    measured for 10 rows of 44,447 nodes 2.8 -> 2.3 ms, of 8,893 nodes 0.49 -> 0.42 ms),
+    or in one compiled pass with the ``kernels`` of ``NetworkEquations._kernels`` and
+    ``position`` (each node's column, -1 where it is none of ``columns``)."""
+    if kernels is not None and position is not None:
+        kernels[0].add_free(v, rows, position, add)
+        return
     for k, row in enumerate(rows):
         v[row, columns] += add[k]
+
+
+def _max_abs(x: np.ndarray, kernels: tuple[ModuleType, object] | None) -> np.ndarray:
+    """max |x| of each row of x (k, n); with the ``kernels`` of
+    ``NetworkEquations._kernels`` (large networks) as max(max x, -min x): the same values
+    (NaN where a row has one) without the |x| temporary (10 x 44,444: 0.43 -> 0.31 ms;
+    a compiled loop took 0.41 ms)."""
+    if kernels is None:
+        return np.abs(x).max(axis=1)
+    return np.maximum(x.max(axis=1), -x.min(axis=1))
 
 
 def _set_columns(v: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:

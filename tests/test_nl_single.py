@@ -12,7 +12,7 @@ import scipy.sparse.linalg as spla
 pytest.importorskip("numba")
 
 from clln.simulator import _nl_single  # noqa: E402
-from tests.test_newton_krylov import drifting_network, z_matrices  # noqa: E402
+from tests.test_newton_krylov import drifting_network  # noqa: E402
 
 
 def test_triangular_solves_match_superlu_with_row_and_column_permutations() -> None:
@@ -34,33 +34,56 @@ def test_triangular_solves_match_superlu_with_row_and_column_permutations() -> N
     assert top == np.abs(x).max()
 
 
+def edge_jacobian(rng: np.random.Generator, n: int, m: int, held: np.ndarray):  # noqa: ANN201
+    """A random network's Jacobian in edge form (d_va > 0, d_vb < 0 per edge; rows -1 for
+    the fixed node every tenth edge ends at, and for ``held`` rows), and the same matrix
+    assembled densely entry by entry."""
+    a = rng.integers(0, n, m)
+    b = (a + rng.integers(1, n, m)) % n
+    b[::10] = -1  # to ground
+    d_va, d_vb = rng.uniform(0.1, 1.0, (1, m)), -rng.uniform(0.1, 1.0, (1, m))
+    row_a = np.where(np.isin(a, held), -1, a).astype(np.int32)
+    row_b = np.where(np.isin(b, held), -1, b).astype(np.int32)
+    dense = np.zeros((n, n))
+    for j in range(m):
+        for row, sign in ((row_a[j], 1.0), (row_b[j], -1.0)):
+            if row < 0:
+                continue
+            if row_a[j] >= 0:
+                dense[row, row_a[j]] += sign * d_va[0, j]
+            if row_b[j] >= 0:
+                dense[row, row_b[j]] += sign * d_vb[0, j]
+    dense[held, held] = 1.0
+    return (d_va, d_vb, row_a, row_b, held.astype(np.int32)), dense
+
+
 def test_gmres_with_an_inexact_preconditioner_reaches_the_dense_solution() -> None:
-    """One Z-matrix (a network's Jacobian), the LU of a perturbed copy as preconditioner:
-    the answer is numpy's dense solve to the tolerance, the reported residual is the true
-    one, and a tighter tolerance takes more iterations; an exact preconditioner takes one."""
+    """A random network's Jacobian (one clamped row), its products from the edges'
+    derivatives, the LU of a perturbed copy as preconditioner: the answer is numpy's
+    dense solve to the tolerance, the reported residual is the true one, GMRES stops at
+    the first iteration that meets its tolerance and a tighter tolerance takes more; an
+    exact preconditioner takes one."""
     rng = np.random.default_rng(12)
     n = 120
-    mat = z_matrices(rng, 1, n)[0]
+    edges, mat = edge_jacobian(rng, n, 400, np.array([7]))
     rhs = rng.normal(size=n)
-    csc = sp.csc_matrix(mat)
-    csc.sort_indices()
-    indptr, indices = csc.indptr.astype(np.int32), csc.indices.astype(np.int32)
     exact = np.linalg.solve(mat, -rhs)
-    basis, search, w, step, first = np.empty((41, n)), np.empty((40, n)), np.empty(n), np.empty(n), np.empty(n)
+    basis, search, product, step, first = (np.empty((41, n)), np.empty((40, n)), np.empty((1, n)),
+                                           np.empty(n), np.empty(n))
     used = {}
     for name, pre in (("perturbed", mat * rng.uniform(0.6, 1.4, mat.shape)), ("exact", mat)):
         factors = _nl_single.triangular_factors(spla.splu(sp.csc_matrix(pre)))
         _nl_single.lu_solve(factors, rhs, first, -1.0)
         for rtol in (1e-4, 1e-11):
-            got, reported, size = _nl_single.gmres(indptr, indices, csc.data, factors, rhs, -1.0, first,
-                                                   rtol, 40, basis, search, w, step)
+            got, reported, size = _nl_single.gmres(*edges, factors, rhs, -1.0, first, rtol, 40, basis, search,
+                                                   product, step)
             true = np.linalg.norm(-rhs - mat @ step)
             assert reported <= rtol * np.linalg.norm(rhs) and true == pytest.approx(reported, rel=1e-6, abs=1e-14)
             assert size == np.abs(step).max()
             used[name, rtol] = got
             if got > 1:  # and not one iteration later than needed
-                _n, before, _s = _nl_single.gmres(indptr, indices, csc.data, factors, rhs, -1.0, first,
-                                                  0.0, got - 1, basis, search, w, np.empty(n))
+                _n, before, _s = _nl_single.gmres(*edges, factors, rhs, -1.0, first, 0.0, got - 1, basis,
+                                                  search, product, np.empty(n))
                 assert before > rtol * np.linalg.norm(rhs)
         np.testing.assert_allclose(step, exact, rtol=0, atol=1e-9 * np.abs(exact).max())
     assert used["perturbed", 1e-11] > used["perturbed", 1e-4] > 1

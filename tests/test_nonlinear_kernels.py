@@ -15,6 +15,7 @@ import pytest
 from clln.controller import NodeRoles, delaunay
 from clln.controller.network import Network
 from clln.simulator.devices import Level1, SeedTransistor
+from clln.simulator.network_equations import Derivatives
 from clln.simulator.nonlinear import NonlinearNetworkSolver, with_resistors
 
 
@@ -107,6 +108,34 @@ def test_compiled_kernels_match_the_numpy_model_to_round_off(case: str) -> None:
         for got, want in ((state.d_va, ref_state.d_va), (state.d_vb, ref_state.d_vb)):
             np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-25)
         np.testing.assert_allclose(_dense(solver, values), ref_jac, rtol=0, atol=1e-13 * np.abs(ref_jac).max())
+
+
+@pytest.mark.parametrize("case", ["nominal", "resistors"])
+def test_edge_jacobian_products_match_the_dense_jacobians(case: str) -> None:
+    """GMRES' operator on the compiled path (products straight from the edges'
+    derivatives, no values assembled) against the dense Jacobians of the numpy model
+    times random vectors, free and clamped (a clamped node's row and column are the
+    identity's), for all samples and for a subset of them."""
+    net, rng = _network(12, 200)
+    fixed = mask = None
+    if case == "resistors":
+        net, fixed, mask = with_resistors(net, [(0, 5, 1 / 500.0), (9, 3, 1 / 1000.0)])
+    solver = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov", fixed_conductance=fixed,
+                                    device_mask=mask)
+    v, gates = _random_point(rng, net, 5)
+    if mask is not None:
+        gates[~mask] = 0.0
+    for clamped in (False, True):
+        _, _, ref_jac = _numpy_reference(solver, v, gates, clamped)
+        _, state = solver._free_residual_state(v, gates, clamped)
+        for rows in (np.arange(5), np.array([1, 4])):
+            operator = solver._block_matrix(solver._jacobians(Derivatives(state.d_va[rows], state.d_vb[rows]),
+                                                              clamped))
+            x = rng.standard_normal((rows.size, solver.n_free))
+            want = np.einsum("kij,kj->ki", ref_jac[rows], x)
+            got = (operator @ x.ravel()).reshape(rows.size, -1)
+            assert operator.shape == (x.size, x.size)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
 def test_compiled_kernels_are_bit_identical_to_numpy_above_threshold() -> None:
@@ -212,3 +241,95 @@ def test_compiled_batch_power_matches_the_dense_sum_and_small_benches_keep_measu
     small, _ = _network(12, 30)
     plain = TransistorBackend(small, SeedTransistor(), GateEdges(0.0, 5.0), np.full(small.n_edges, 2.0))
     assert type(plain.measure(np.array([[0.2, 0.8]]))) is Measurement
+
+
+def test_compiled_bookkeeping_kernels_match_numpy_bit_for_bit() -> None:
+    """The Newton-Krylov line search's move along the step, the converged samples' last
+    step, the rows' max |x| and the warm-start extrapolation on the compiled path give
+    the bits of the numpy expressions they replace (fancy-indexed updates, |x|.max)."""
+    from clln.simulator import _nl_kernels
+    from clln.simulator.nonlinear import _max_abs
+
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((4, 50))
+    free = np.sort(rng.choice(50, 30, replace=False))
+    step = rng.standard_normal((4, 30))
+    scale = np.array([1.0, 0.5, 0.25, 1.0])
+    want = v.copy()
+    want[:, free] = want[:, free] + scale[:, None] * step
+    position = np.full(50, -1)
+    position[free] = rng.permutation(30)  # each free node's unknown, in another order
+    step_by_unknown = np.empty_like(step)
+    step_by_unknown[:, position[free]] = step
+    got, base = v.copy(), np.empty((4, 50))
+    _nl_kernels.move_free(got, position, base, step_by_unknown, scale, True)
+    assert np.array_equal(got, want) and np.array_equal(base, v)
+    _nl_kernels.move_free(got, position, base, step_by_unknown, 0.5 * scale, False)  # a halving: from base
+    want[:, free] = v[:, free] + (0.5 * scale)[:, None] * step
+    assert np.array_equal(got, want)
+    rows = np.array([3, 1])
+    want, got = v.copy(), v.copy()
+    want[np.ix_(rows, free)] += step[:2]
+    _nl_kernels.add_free(got, rows, position, step_by_unknown[:2])
+    assert np.array_equal(got, want)
+    x = rng.standard_normal((3, 40))
+    x[1] = -np.abs(x[1])
+    x[2, 7] = np.nan
+    kernels = (_nl_kernels, None)
+    np.testing.assert_array_equal(_max_abs(x, kernels), np.abs(x).max(axis=1))  # NaN where numpy has it
+    v1, v0, v2 = rng.standard_normal((3, 64))
+    out = np.empty(64)
+    _nl_kernels.extrapolate(v1, v0, v2, True, out)
+    assert np.array_equal(out, 3.0 * v1 - 3.0 * v0 + v2)
+    _nl_kernels.extrapolate(v1, v0, v1, False, out)
+    assert np.array_equal(out, 2.0 * v1 - v0)
+
+
+@pytest.mark.parametrize("leak", [0.0, 5e3])
+def test_compiled_learning_window_gives_the_numpy_windows_bits(leak: float) -> None:
+    """A network on the compiled path applies a learning window (targets, clipping to the
+    gate bounds, the RC charge with and without a leak, twin devices) with the same bits
+    as the numpy path of the same bench on the per-sample-LU path."""
+    from clln.controller import GateEdges
+    from clln.simulator.imperfections import Imperfections
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    net, rng = _network(13, 120)
+    initial = rng.uniform(0.5, 4.5, net.n_edges)
+    params = Imperfections(gate_leak_resistance=leak, twin=True)
+    benches = [TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), initial, imperfections=params,
+                                 linear=linear) for linear in ("krylov", "lu")]
+    assert benches[0].solvers[0].compiled and not benches[1].solvers[0].compiled
+    for k in range(3):
+        commands = rng.normal(0.0, 0.8, net.n_edges)  # some beyond the bounds: clipped
+        commands[: 5 * k] = 0.0
+        applied = [bench.adjust(commands) for bench in benches]
+        assert np.array_equal(applied[0].commands, applied[1].commands)
+        assert np.array_equal(applied[0].clipped, applied[1].clipped) and applied[0].clipped.any()
+        assert np.array_equal(benches[0]._gates, benches[1]._gates)
+        assert np.array_equal(benches[0].read_edges().conductances, benches[1].read_edges().conductances)
+    still = [bench.adjust(np.zeros(net.n_edges)) for bench in benches]  # nothing moves
+    assert not still[0].commands.any() and benches[0]._version == benches[1]._version
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_compiled_contrastive_signal_matches_the_sparse_products(count: int) -> None:
+    """The coupled rule's signal of two compiled measurements in one call: the bits of
+    their two batch powers' difference, and the sparse incidence products of the plain
+    measurements to round-off, with sample weights."""
+    from clln.controller import Measurement
+    from clln.controller.rules import contrastive_signal
+    from clln.simulator.transistor_backend import CompiledMeasurement
+
+    net, rng = _network(14, 300)
+    vf, vc = rng.uniform(0, 1, (2, count, net.n_nodes))
+    w = rng.uniform(0.5, 2.0, count)
+    free, clamped = CompiledMeasurement(vf), CompiledMeasurement(vc)
+    inc = net.incidence
+    got = contrastive_signal(free, clamped, inc, w)
+    assert np.array_equal(got, (free.batch_power(inc, w) - clamped.batch_power(inc, w)) / w.sum())
+    dense = inc.toarray()
+    want = (np.einsum("k,kj->j", w, (vf @ dense.T) ** 2) - np.einsum("k,kj->j", w, (vc @ dense.T) ** 2)) / w.sum()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    plain = contrastive_signal(Measurement(vf), Measurement(vc), inc, w)
+    np.testing.assert_allclose(got, plain, rtol=1e-12, atol=1e-15)
