@@ -21,6 +21,7 @@ The linear algebra (LU libraries, ordering, Jacobian pattern, batched GMRES) is 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from types import ModuleType
@@ -454,34 +455,31 @@ class NonlinearNetworkSolver(NetworkEquations):
         from clln.simulator import _nl_single
 
         k: Any = _nl_single  # numba's dispatchers, called with the kernels' argument tuples
-        done = np.zeros(1, dtype=bool)
-        residual = np.zeros(1)
         if self.n_free == 0:
-            return np.ones(1, dtype=bool), residual
+            return np.ones(1, dtype=bool), np.zeros(1)
         _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by _single_compiled
-        kernel = (a, b, np.subtract(gates, v_t), s, *params, *extra)
         work = self._single_workspace()
+        kernel = (a, b, np.subtract(gates, v_t, out=work.v_star), s, *params, *extra)
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
-        free, slots, limit = self.free_nodes, self._edge_slots, work.limit
-        product_rows = self._product_rows_of(clamped)
-        cheap, step, base, values = work.cheap, work.step, work.base, work.values
+        free, limit, product_rows = self.free_nodes, work.limit, self._product_rows_of(clamped)
+        cheap, step, base = work.cheap, work.step, work.base
         points = work.points  # (r, d_va, d_vb) of the current point, then of the trial
         norm = k.trial_residual(v, free, base, False, step, 0.0, *kernel, clamp_rows, *points[0])
         tol, process_time = self.tol, time.process_time
-        last_size = np.nan
+        last_size, converged, count = math.nan, False, 0
         for _ in range(self.max_iter):
             r, d_va, d_vb = points[0]
             if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
-                k.single_jacobian(d_va, d_vb, *slots, clamp_entries, clamp_diag, values)
-                self._shared_factor(values[0], clamped)
+                k.single_jacobian(d_va, d_vb, *self._edge_slots, clamp_entries, clamp_diag, work.values)
+                self._shared_factor(work.values[0], clamped)
             factors = self._factors(clamped)
-            iterations[0] += 1
+            count += 1
             started = process_time()
             s_cheap = k.lu_solve(factors, r[0], cheap, -1.0)
             self.lu_seconds += process_time() - started
             if s_cheap <= 0.1 * tol:  # converged: the preconditioned residual is the last step
                 k.add_at(v, free, cheap)
-                residual[0], done[0] = norm, True
+                converged = True
                 break
             started = process_time()
             needed, _reached, size = k.gmres(d_va, d_vb, *product_rows, factors, r[0], -1.0, cheap,
@@ -489,9 +487,9 @@ class NonlinearNetworkSolver(NetworkEquations):
                                              work.product, step)
             self.lu_seconds += process_time() - started
             self._charge_mean(needed, 1, clamped)
-            if needed > self.refactor_iterations or not np.isfinite(size):
+            if needed > self.refactor_iterations or not math.isfinite(size):
                 self._shared_stale[clamped] = True
-                if not np.isfinite(size):
+                if not math.isfinite(size):
                     break  # the per-sample LU path decides (and names a floating part)
             # line search: limited to max_step, halved while the residual norm grows
             converged = size <= tol
@@ -505,15 +503,15 @@ class NonlinearNetworkSolver(NetworkEquations):
             norm = trial
             points.reverse()
             if scale == 1.0:
-                if last_size == last_size and last_size > 1e3 * tol:  # a full step before
+                if last_size > 1e3 * tol:  # a full step before (False for NaN)
                     self._quadratic = max(0.5 * self._quadratic, size / last_size**2)
                 last_size = size
             else:
-                last_size = np.nan
-            residual[0], done[0] = norm, converged
+                last_size = math.nan
             if converged:
                 break
-        return done, residual
+        iterations[0] += count
+        return np.array([converged]), np.array([norm])
 
     def _forcing_one(self, s: float) -> float:
         """:meth:`_forcing` of one sample whose preconditioned residual is ``s`` (V)."""
@@ -629,6 +627,7 @@ class _SingleWorkspace:
         self.limit = limit = max(1, solver.krylov_max_iter)
         self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
         self.step, self.cheap, self.base = (np.empty(nf) for _ in range(3))
+        self.v_star = np.empty(m)
         self.product = np.empty((1, nf))
         self.values = np.empty((1, solver._pattern.nnz))
         self.points = [(np.empty((1, nf)), np.empty((1, m)), np.empty((1, m))) for _ in range(2)]
