@@ -194,8 +194,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                 done, res = self._newton_single(v, gates, clamps is not None, iterations)
             else:
                 done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
-            retry = np.flatnonzero(~done)
-            if retry.size:  # per-sample LUs where the shared preconditioner did not do
+            if not done.all():  # per-sample LUs where the shared preconditioner did not do
+                retry = np.flatnonzero(~done)
                 part = v[retry]
                 it = np.zeros(retry.size, dtype=np.int64)
                 done[retry], res[retry] = self._newton(part, gates, clamps is not None, it)
@@ -203,8 +203,8 @@ class NonlinearNetworkSolver(NetworkEquations):
                 iterations[retry] += it
         else:
             done, res = self._newton(v, gates, clamps is not None, iterations)
-        failed = np.flatnonzero(~done)
-        if failed.size:  # source continuation from 0 V for the samples that failed
+        if not done.all():  # source continuation from 0 V for the samples that failed
+            failed = np.flatnonzero(~done)
             cold = self._initial(sources[failed] * 0.0,
                                  None if clamps is None else clamps[failed] * 0.0, None)
             ok = np.ones(failed.size, dtype=bool)
