@@ -326,7 +326,7 @@ class NonlinearNetworkSolver(NetworkEquations):
                 if act.size == 0:
                     break
             jacobians = self._jacobians(_rows(d_va, d_vb, act), clamped)
-            step, needed = self._gmres(jacobians, -r_act, clamped, cheap,  # type: ignore[arg-type]  # _block_matrix takes the operator too
+            step, needed = self._gmres(jacobians, -r_act, clamped, cheap,
                                        self._forcing(cheap))
             if needed.max() > self.refactor_iterations:
                 self._shared_stale[clamped] = True
