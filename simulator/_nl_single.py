@@ -30,8 +30,10 @@ imported only by networks that use the compiled path.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
-from numba import njit
+from numba import njit, objmode
 
 from clln.simulator._nl_kernels import jacobian_product, jacobian_values, transistor_residual
 
@@ -275,3 +277,107 @@ def gmres(d_va, d_vb, row_a, row_b, held, factors, rhs, sign, first, rtol, max_i
             if not np.isfinite(x):
                 return used, abs(g[used]), np.nan
     return used, abs(g[used]), size
+
+
+@njit(cache=True, nogil=True)
+def charge(account, mean, count) -> bool:  # noqa: ANN001  # pragma: no cover - compiled
+    """The shared LU's rent-or-buy account after a GMRES call of ``count`` samples that
+    needed ``mean`` iterations each; True when the LU should be renewed. ``account`` =
+    [iterations per sample with a fresh LU, operations owed, operations of one
+    factorization, operations of one GMRES iteration of one sample, calls left that set
+    the first]. The first calls after a factorization set what a fresh LU needs; then
+    the iterations beyond it are charged (signed: calls below it pay back, so noise does
+    not add up) until they have cost one factorization."""
+    if account[4] > 0:
+        account[4] -= 1.0
+        account[0] += mean / 2
+        return False
+    account[1] = max(0.0, account[1] + (mean - account[0]) * count * account[3])
+    return account[1] >= account[2]
+
+
+@njit(cache=True)
+def _cpu_seconds() -> float:  # pragma: no cover - compiled
+    """The process's CPU time (s), as ``time.process_time`` gives it."""
+    with objmode(now="float64"):
+        now = time.process_time()
+    return now
+
+
+CONVERGED, RENEW, NOT_FINITE, EXHAUSTED = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def newton(v, free, kernel, clamp_rows, point0, point1, product_rows, factors,  # noqa: ANN001
+           settings, state, account, work) -> int:  # pragma: no cover - compiled
+    """Newton-Krylov iterations of one sample (v (1, n), moved in place), from the point
+    whose residual and derivatives are ``point0`` or ``point1`` ((r, d_va, d_vb), which
+    one: ``state[6]``; the other is the trial point's), until it converges, the shared
+    LU should be renewed, a step is not finite or the iterations run out (returns
+    CONVERGED, RENEW, NOT_FINITE, EXHAUSTED). An iteration: M^-1 r (below ``tol`` / 10:
+    the last step), GMRES to the tolerance the Newton error allows (:func:`gmres`,
+    charged to the LU's ``account`` (:func:`charge`)), the line search (limited to
+    ``max_step`` volts, halved while the residual grows, :func:`trial_residual`).
+
+    kernel : :func:`trial_residual`'s device arguments; product_rows : (row_a, row_b,
+    held) of the Jacobian's products; factors : :func:`triangular_factors`.
+    settings : (tol, max_step, krylov_rtol, adaptive, GMRES iterations at most, GMRES
+    iterations that renew the LU, Newton iterations at most).
+    state : [C of quadratic convergence (1/V), last full step (V, NaN: none), residual
+    norm (A), Newton iterations, CPU s of linear algebra, GMRES iterations, current
+    point], updated. work : (base, step, cheap, basis, search, product).
+    """
+    tol, max_step, krylov_rtol, adaptive, limit, renew_after, max_iter = settings
+    base, step, cheap, basis, search, product = work
+    (a, b, v_star, s, join, join2, decade, ln10_decade, g_off, row_a, row_b, extra, device,
+     fixed_g) = kernel
+    renew = False
+    while state[3] < max_iter:
+        if renew:
+            return RENEW
+        if state[6] == 0.0:
+            r, d_va, d_vb = point0
+            tr, td_va, td_vb = point1
+        else:
+            r, d_va, d_vb = point1
+            tr, td_va, td_vb = point0
+        state[3] += 1.0
+        started = _cpu_seconds()
+        s_cheap = lu_solve(factors, r[0], cheap, -1.0)
+        state[4] += _cpu_seconds() - started
+        if s_cheap <= 0.1 * tol:  # converged: the preconditioned residual is the last step
+            add_at(v, free, cheap)
+            return CONVERGED
+        rtol = krylov_rtol
+        if adaptive:  # the error this Newton step leaves anyway, 0.1 C s^2, or tol / 20
+            s_safe = max(s_cheap, 1e-300)
+            rtol = min(max(max(0.1 * state[0] * s_safe * s_safe, 0.05 * tol) / s_safe, krylov_rtol), 1e-2)
+        started = _cpu_seconds()
+        needed, _reached, size = gmres(d_va, d_vb, product_rows[0], product_rows[1], product_rows[2],
+                                       factors, r[0], -1.0, cheap, rtol, limit, basis, search, product, step)
+        state[4] += _cpu_seconds() - started
+        state[5] += needed
+        renew = charge(account, float(needed), 1) or needed > renew_after
+        if not np.isfinite(size):
+            return NOT_FINITE
+        converged = size <= tol
+        scale = min(1.0, max_step / max(size, 1e-300))
+        trial = 0.0
+        for halving in range(12):
+            trial = trial_residual(v, free, base, halving == 0, step, scale, a, b, v_star, s, join, join2,
+                                   decade, ln10_decade, g_off, row_a, row_b, extra, device, fixed_g,
+                                   clamp_rows, tr, td_va, td_vb)
+            if trial <= state[2] * (1.0 + 1e-9) or converged or trial <= 1e-14:
+                break
+            scale *= 0.5
+        state[2] = trial
+        state[6] = 1.0 - state[6]
+        if scale == 1.0:
+            if state[1] > 1e3 * tol:  # a full step before (False for NaN)
+                state[0] = max(0.5 * state[0], size / state[1] ** 2)
+            state[1] = size
+        else:
+            state[1] = np.nan
+        if converged:
+            return CONVERGED
+    return EXHAUSTED

@@ -21,7 +21,6 @@ The linear algebra (LU libraries, ordering, Jacobian pattern, batched GMRES) is 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from types import ModuleType
@@ -160,12 +159,12 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.single_precision_preconditioner = single_precision_preconditioner
         self.adaptive_rtol = adaptive_rtol
         self._quadratic = 0.0  # largest recent s_(k+1) / s_k^2 of full Newton steps, 1/V
-        self._fresh: dict[bool, float] = {}  # GMRES iterations per sample with a fresh shared LU
-        self._debt: dict[bool, float] = {}  # operations of GMRES iterations beyond the fresh count
-        self._lu_cost: dict[bool, float] = {}  # operations of the last shared factorization
-        self._iteration_cost: dict[bool, float] = {}  # operations of one GMRES iteration, one sample
+        # the shared LU's rent-or-buy account per clamped flag (_nl_single.charge): GMRES
+        # iterations per sample with a fresh LU, operations of the iterations beyond them,
+        # of the last factorization, of one GMRES iteration of one sample, and the GMRES
+        # calls left that set the first
+        self._account: dict[bool, np.ndarray] = {}
         self._factor_work: dict[bool, tuple[float, float]] = {}  # (factorization, solve) operations
-        self._baseline_calls: dict[bool, int] = {}  # GMRES calls left that set _fresh
         self.krylov_iterations = 0  # GMRES iterations (preconditioner solves), all samples
         self.refactorizations = 0  # shared LUs computed
         self.lu_seconds = 0.0  # CPU seconds in the linear algebra: LUs, solves, GMRES
@@ -372,16 +371,14 @@ class NonlinearNetworkSolver(NetworkEquations):
         if clamped not in self._factor_work:  # the factors' pattern is the network's: count once
             self._factor_work[clamped] = self._lu.work(handle)  # type: ignore[arg-type]  # the handle type is the LU library's
         factor_ops, solve_ops = self._factor_work[clamped]
-        self._lu_cost[clamped] = factor_ops
         # a GMRES iteration of one sample: a preconditioner solve, a Jacobian product and
-        # about four passes over the sample's vectors (Gram-Schmidt, update)
-        self._iteration_cost[clamped] = solve_ops + 2.0 * pat.indices.size + 8.0 * self.n_free
+        # about four passes over the sample's vectors (Gram-Schmidt, update); the two
+        # GMRES calls right after the factorization set what a fresh LU needs
+        self._account[clamped] = np.array([0.0, 0.0, factor_ops,
+                                           solve_ops + 2.0 * pat.indices.size + 8.0 * self.n_free, 2.0])
         self.lu_calls += 1
         self.refactorizations += 1
         self._shared_stale[clamped] = False
-        self._baseline_calls[clamped] = 2  # the two GMRES calls right after it
-        self._fresh[clamped] = 0.0
-        self._debt[clamped] = 0.0
 
     def _precondition(self, x: np.ndarray, clamped: bool) -> np.ndarray:
         """M^-1 x of each row with the shared LU (all rows in one multi-column solve)."""
@@ -412,16 +409,11 @@ class NonlinearNetworkSolver(NetworkEquations):
 
     def _charge_mean(self, mean: float, count: int, clamped: bool) -> None:
         """:meth:`_charge` of ``count`` samples that needed ``mean`` iterations each."""
+        from clln.simulator._nl_single import charge
+
         self.krylov_iterations += round(mean * count)
-        if self._baseline_calls[clamped] > 0:  # what a fresh factorization needs: not charged
-            self._baseline_calls[clamped] -= 1
-            self._fresh[clamped] += mean / 2
-        else:
-            # signed: calls below the fresh count pay back, so noise does not add up
-            self._debt[clamped] = max(0.0, self._debt[clamped] + (mean - self._fresh[clamped])
-                                      * count * self._iteration_cost[clamped])
-            if self._debt[clamped] >= self._lu_cost[clamped]:
-                self._shared_stale[clamped] = True
+        if charge(self._account[clamped], mean, count):
+            self._shared_stale[clamped] = True
 
     # -- one sample: the same Newton-Krylov iteration, compiled ----------------
 
@@ -447,12 +439,11 @@ class NonlinearNetworkSolver(NetworkEquations):
     def _newton_single(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
                        iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_newton_krylov` for a batch of one sample (v (1, n), updated in place),
-        each Newton iteration three compiled calls (:mod:`~clln.simulator._nl_single`):
-        the preconditioned residual M^-1 r (the last step where it is below ``tol`` / 10),
-        GMRES with the shared LU and the Jacobian's products from the edges' derivatives
-        (same tolerance rule, same refactorization rules), the line search's trial
-        points; the Jacobian's values only when the shared LU is renewed. The preconditioner
-        solves and GMRES are timed as linear algebra."""
+        its iterations one compiled call (:func:`~clln.simulator._nl_single.newton`:
+        M^-1 r, GMRES with the shared LU and the Jacobian's products from the edges'
+        derivatives, the line search; same tolerance, refactorization and convergence
+        rules), which returns here only to have the shared LU renewed. The
+        preconditioner's solves and GMRES are timed as linear algebra."""
         from clln.simulator import _nl_single
 
         k: Any = _nl_single  # numba's dispatchers, called with the kernels' argument tuples
@@ -462,65 +453,31 @@ class NonlinearNetworkSolver(NetworkEquations):
         work = self._single_workspace()
         kernel = (a, b, np.subtract(gates, v_t, out=work.v_star), s, *params, *extra)
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
-        free, limit, product_rows = self.free_nodes, work.limit, self._product_rows_of(clamped)
-        cheap, step, base = work.cheap, work.step, work.base
-        points = work.points  # (r, d_va, d_vb) of the current point, then of the trial
-        norm = k.trial_residual(v, free, base, False, step, 0.0, *kernel, clamp_rows, *points[0])
-        tol, process_time = self.tol, time.process_time
-        last_size, converged, count = math.nan, False, 0
-        for _ in range(self.max_iter):
-            r, d_va, d_vb = points[0]
+        points = work.points
+        state = work.state
+        state[:] = (self._quadratic, np.nan, 0.0, 0.0, 0.0, 0.0, 0.0)
+        state[2] = k.trial_residual(v, self.free_nodes, work.base, False, work.step, 0.0, *kernel, clamp_rows,
+                                    *points[0])
+        settings = (self.tol, self.max_step, self.krylov_rtol, self.adaptive_rtol, work.limit,
+                    self.refactor_iterations, self.max_iter)
+        while True:
             if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
+                _r, d_va, d_vb = points[int(state[6])]
                 k.single_jacobian(d_va, d_vb, *self._edge_slots, clamp_entries, clamp_diag, work.values)
                 self._shared_factor(work.values[0], clamped)
-            factors = self._factors(clamped)
-            count += 1
-            started = process_time()
-            s_cheap = k.lu_solve(factors, r[0], cheap, -1.0)
-            self.lu_seconds += process_time() - started
-            if s_cheap <= 0.1 * tol:  # converged: the preconditioned residual is the last step
-                k.add_at(v, free, cheap)
-                converged = True
+            status = k.newton(v, self.free_nodes, kernel, clamp_rows, points[0], points[1],
+                              self._product_rows_of(clamped), self._factors(clamped), settings, state,
+                              self._account[clamped], work.arrays)
+            if status != k.RENEW:
                 break
-            started = process_time()
-            needed, _reached, size = k.gmres(d_va, d_vb, *product_rows, factors, r[0], -1.0, cheap,
-                                             self._forcing_one(s_cheap), limit, work.basis, work.search,
-                                             work.product, step)
-            self.lu_seconds += process_time() - started
-            self._charge_mean(needed, 1, clamped)
-            if needed > self.refactor_iterations or not math.isfinite(size):
-                self._shared_stale[clamped] = True
-                if not math.isfinite(size):
-                    break  # the per-sample LU path decides (and names a floating part)
-            # line search: limited to max_step, halved while the residual norm grows
-            converged = size <= tol
-            scale = min(1.0, self.max_step / max(size, 1e-300))
-            for halving in range(12):
-                trial = k.trial_residual(v, free, base, halving == 0, step, scale, *kernel, clamp_rows,
-                                         *points[1])
-                if trial <= norm * (1.0 + 1e-9) or converged or trial <= 1e-14:
-                    break
-                scale *= 0.5
-            norm = trial
-            points.reverse()
-            if scale == 1.0:
-                if last_size > 1e3 * tol:  # a full step before (False for NaN)
-                    self._quadratic = max(0.5 * self._quadratic, size / last_size**2)
-                last_size = size
-            else:
-                last_size = math.nan
-            if converged:
-                break
-        iterations[0] += count
-        return np.array([converged]), np.array([norm])
-
-    def _forcing_one(self, s: float) -> float:
-        """:meth:`_forcing` of one sample whose preconditioned residual is ``s`` (V)."""
-        if not self.adaptive_rtol:
-            return self.krylov_rtol
-        s = max(s, 1e-300)
-        allowed = max(0.1 * self._quadratic * s * s, 0.05 * self.tol) / s
-        return min(max(allowed, self.krylov_rtol), 1e-2)
+            self._shared_stale[clamped] = True
+        if status == k.NOT_FINITE:
+            self._shared_stale[clamped] = True  # the per-sample LU path decides (and names a floating part)
+        self._quadratic = float(state[0])
+        self.lu_seconds += float(state[4])
+        self.krylov_iterations += int(state[5])
+        iterations[0] += int(state[3])
+        return np.array([status == k.CONVERGED]), np.array([state[2]])
 
     def _single_workspace(self) -> _SingleWorkspace:
         """The one-sample path's arrays, made once per solver (GMRES' basis, the two
@@ -627,9 +584,10 @@ class _SingleWorkspace:
         nf, m = solver.n_free, solver._a.size
         self.limit = limit = max(1, solver.krylov_max_iter)
         self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
-        self.step, self.cheap, self.base = (np.empty(nf) for _ in range(3))
-        self.v_star = np.empty(m)
-        self.product = np.empty((1, nf))
+        step, cheap, base = (np.empty(nf) for _ in range(3))
+        self.v_star, self.base, self.step = np.empty(m), base, step
+        self.state = np.empty(7)
+        self.arrays = (base, step, cheap, self.basis, self.search, np.empty((1, nf)))
         self.values = np.empty((1, solver._pattern.nnz))
         self.points = [(np.empty((1, nf)), np.empty((1, m)), np.empty((1, m))) for _ in range(2)]
         none = np.zeros(0, dtype=np.int64)
