@@ -308,7 +308,7 @@ CONVERGED, RENEW, NOT_FINITE, EXHAUSTED = 0, 1, 2, 3
 
 
 @njit(cache=True)
-def newton(v, free, kernel, clamp_rows, point0, point1, product_rows, factors,  # noqa: ANN001
+def newton(v, free, gates, v_t, kernel, clamp_rows, point0, point1, product_rows, factors,  # noqa: ANN001
            settings, state, account, work) -> int:  # pragma: no cover - compiled
     """Newton-Krylov iterations of one sample (v (1, n), moved in place), from the point
     whose residual and derivatives are ``point0`` or ``point1`` ((r, d_va, d_vb), which
@@ -319,19 +319,33 @@ def newton(v, free, kernel, clamp_rows, point0, point1, product_rows, factors,  
     charged to the LU's ``account`` (:func:`charge`)), the line search (limited to
     ``max_step`` volts, halved while the residual grows, :func:`trial_residual`).
 
+    The first call of a solve (``state[7]`` set) first writes V_G - V_T (``gates`` -
+    ``v_t``) into the kernel's ``v_star`` and evaluates the residual and derivatives at
+    v into ``point0``; with ``state[8]`` set (no shared LU yet, or a stale one) it then
+    returns RENEW at once.
+
     kernel : :func:`trial_residual`'s device arguments; product_rows : (row_a, row_b,
     held) of the Jacobian's products; factors : :func:`triangular_factors`.
     settings : (tol, max_step, krylov_rtol, adaptive, GMRES iterations at most, GMRES
     iterations that renew the LU, Newton iterations at most).
     state : [C of quadratic convergence (1/V), last full step (V, NaN: none), residual
     norm (A), Newton iterations, CPU s of linear algebra, GMRES iterations, current
-    point], updated. work : (base, step, cheap, basis, search, product).
+    point, start, renew now], updated. work : (base, step, cheap, basis, search, product).
     """
     tol, max_step, krylov_rtol, adaptive, limit, renew_after, max_iter = settings
     base, step, cheap, basis, search, product = work
     (a, b, v_star, s, join, join2, decade, ln10_decade, g_off, row_a, row_b, extra, device,
      fixed_g) = kernel
-    renew = False
+    if state[7] != 0.0:
+        for j in range(v_star.shape[0]):
+            v_star[j] = gates[j] - v_t[j]
+        state[2] = trial_residual(v, free, base, False, step, 0.0, a, b, v_star, s, join, join2, decade,
+                                  ln10_decade, g_off, row_a, row_b, extra, device, fixed_g, clamp_rows,
+                                  point0[0], point0[1], point0[2])
+        state[6] = 0.0
+        state[7] = 0.0
+    renew = state[8] != 0.0
+    state[8] = 0.0
     while state[3] < max_iter:
         if renew:
             return RENEW
@@ -342,17 +356,16 @@ def newton(v, free, kernel, clamp_rows, point0, point1, product_rows, factors,  
             r, d_va, d_vb = point1
             tr, td_va, td_vb = point0
         state[3] += 1.0
-        started = _cpu_seconds()
+        started = _cpu_seconds()  # one clock pair for the preconditioner's solve and GMRES
         s_cheap = lu_solve(factors, r[0], cheap, -1.0)
-        state[4] += _cpu_seconds() - started
         if s_cheap <= 0.1 * tol:  # converged: the preconditioned residual is the last step
+            state[4] += _cpu_seconds() - started
             add_at(v, free, cheap)
             return CONVERGED
         rtol = krylov_rtol
         if adaptive:  # the error this Newton step leaves anyway, 0.1 C s^2, or tol / 20
             s_safe = max(s_cheap, 1e-300)
             rtol = min(max(max(0.1 * state[0] * s_safe * s_safe, 0.05 * tol) / s_safe, krylov_rtol), 1e-2)
-        started = _cpu_seconds()
         needed, _reached, size = gmres(d_va, d_vb, product_rows[0], product_rows[1], product_rows[2],
                                        factors, r[0], -1.0, cheap, rtol, limit, basis, search, product, step)
         state[4] += _cpu_seconds() - started

@@ -451,26 +451,23 @@ class NonlinearNetworkSolver(NetworkEquations):
             return np.ones(1, dtype=bool), np.zeros(1)
         _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by _single_compiled
         work = self._single_workspace()
-        kernel = (a, b, np.subtract(gates, v_t, out=work.v_star), s, *params, *extra)
+        kernel = (a, b, work.v_star, s, *params, *extra)  # v_star: V_G - V_T, written by newton
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
-        points = work.points
-        state = work.state
-        state[:] = (self._quadratic, np.nan, 0.0, 0.0, 0.0, 0.0, 0.0)
-        state[2] = k.trial_residual(v, self.free_nodes, work.base, False, work.step, 0.0, *kernel, clamp_rows,
-                                    *points[0])
+        points, state = work.points, work.state
+        stale = self._shared.get(clamped) is None or self._shared_stale.get(clamped, True)
+        state[:] = (self._quadratic, np.nan, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, float(stale))
         settings = (self.tol, self.max_step, self.krylov_rtol, self.adaptive_rtol, work.limit,
                     self.refactor_iterations, self.max_iter)
         while True:
-            if self._shared.get(clamped) is None or self._shared_stale.get(clamped, True):
-                _r, d_va, d_vb = points[int(state[6])]
-                k.single_jacobian(d_va, d_vb, *self._edge_slots, clamp_entries, clamp_diag, work.values)
-                self._shared_factor(work.values[0], clamped)
-            status = k.newton(v, self.free_nodes, kernel, clamp_rows, points[0], points[1],
-                              self._product_rows_of(clamped), self._factors(clamped), settings, state,
-                              self._account[clamped], work.arrays)
+            have = self._shared.get(clamped) is not None  # else newton asks for one before it reads these
+            status = k.newton(v, self.free_nodes, gates, v_t, kernel, clamp_rows, points[0], points[1],
+                              self._product_rows_of(clamped), self._factors(clamped) if have else work.no_factors,
+                              settings, state, self._account[clamped] if have else work.no_account, work.arrays)
             if status != k.RENEW:
                 break
-            self._shared_stale[clamped] = True
+            _r, d_va, d_vb = points[int(state[6])]  # the shared LU renewed at the current point
+            k.single_jacobian(d_va, d_vb, *self._edge_slots, clamp_entries, clamp_diag, work.values)
+            self._shared_factor(work.values[0], clamped)
         if status == k.NOT_FINITE:
             self._shared_stale[clamped] = True  # the per-sample LU path decides (and names a floating part)
         self._quadratic = float(state[0])
@@ -586,7 +583,13 @@ class _SingleWorkspace:
         self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
         step, cheap, base = (np.empty(nf) for _ in range(3))
         self.v_star, self.base, self.step = np.empty(m), base, step
-        self.state = np.empty(7)
+        self.state = np.empty(9)
+        # stand-ins of the factors and the rent-or-buy account before the first LU (same types)
+        value = np.float32 if solver.single_precision_preconditioner else np.float64
+        index, empty = np.zeros(1, dtype=np.int32), np.zeros(0, dtype=np.int32)
+        self.no_factors = (index, empty, np.zeros(0, value), index, empty, np.zeros(0, value), np.zeros(0),
+                           empty, empty, np.zeros(0))
+        self.no_account = np.zeros(5)
         self.arrays = (base, step, cheap, self.basis, self.search, np.empty((1, nf)))
         self.values = np.empty((1, solver._pattern.nnz))
         self.points = [(np.empty((1, nf)), np.empty((1, m)), np.empty((1, m))) for _ in range(2)]
