@@ -88,28 +88,20 @@ def lu_solve(factors, b, x, sign) -> float:  # noqa: ANN001  # pragma: no cover 
     n = b.shape[0]
     for i in range(n):
         y[perm_r[i]] = sign * b[i]
-    for i in range(n):  # unit lower
-        acc0 = y[i]
-        acc1 = 0.0
-        p, end = lp[i], lp[i + 1]
-        while p + 1 < end:
-            acc0 -= lx[p] * y[li[p]]
-            acc1 -= lx[p + 1] * y[li[p + 1]]
-            p += 2
-        if p < end:
-            acc0 -= lx[p] * y[li[p]]
-        y[i] = acc0 + acc1
-    for i in range(n - 1, -1, -1):  # upper
-        acc0 = y[i]
-        acc1 = 0.0
-        p, end = up[i], up[i + 1]
-        while p + 1 < end:
-            acc0 -= ux[p] * y[ui[p]]
-            acc1 -= ux[p + 1] * y[ui[p + 1]]
-            p += 2
-        if p < end:
-            acc0 -= ux[p] * y[ui[p]]
-        y[i] = (acc0 + acc1) * dinv[i]
+    for part in range(2):  # unit lower L forward, then upper U backward; two partial sums per
+        ptr, idx, val = (lp, li, lx) if part == 0 else (up, ui, ux)  # row (the dependency chain
+        for t in range(n):  # of one sum is what bounds a sparse triangular solve)
+            i = t if part == 0 else n - 1 - t
+            acc0 = y[i]
+            acc1 = 0.0
+            p, end = ptr[i], ptr[i + 1]
+            while p + 1 < end:
+                acc0 -= val[p] * y[idx[p]]
+                acc1 -= val[p + 1] * y[idx[p + 1]]
+                p += 2
+            if p < end:
+                acc0 -= val[p] * y[idx[p]]
+            y[i] = acc0 + acc1 if part == 0 else (acc0 + acc1) * dinv[i]
     top = 0.0
     for j in range(n):
         x[j] = y[perm_c[j]]
