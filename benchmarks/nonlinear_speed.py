@@ -230,8 +230,8 @@ def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float
         else:
             ref, mark = float("nan"), " "
         iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
-        print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.3f} {row['step']:8.3f} {row['mean']:8.3f} "
-              f"{row['step'] / batch:8.4f} {row['step_lu'] / row['step']:7.1f} {row['bare']:8.3f} "
+        print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.4f} {row['step']:8.4f} {row['mean']:8.4f} "
+              f"{row['step'] / batch:8.4f} {row['step_lu'] / row['step']:7.1f} {row['bare']:8.4f} "
               f"{row['step'] / row['bare']:9.2f} {row['run_ratio']:5.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
               f"{mark}{ref:14.2f} "
               f"{ref / row['step']:12.1f} {ref / (row['step'] / batch):10.1f} {row['peak']:8.0f} "
