@@ -288,6 +288,16 @@ def charge(account, mean, count) -> bool:  # noqa: ANN001  # pragma: no cover - 
     return account[1] >= account[2]
 
 
+@njit(cache=True, nogil=True)
+def forcing(size, quadratic, tol, krylov_rtol) -> float:  # noqa: ANN001  # pragma: no cover - compiled
+    """GMRES' relative tolerance for a Newton step of about ``size`` V (the
+    preconditioned residual's max): the error Newton leaves anyway, 0.1 C size^2 (C =
+    ``quadratic``, 1/V), or tol / 20, relative to the step; never tighter than
+    ``krylov_rtol``, never looser than 1e-2."""
+    s = max(size, 1e-300)
+    return min(max(max(0.1 * quadratic * s * s, 0.05 * tol) / s, krylov_rtol), 1e-2)
+
+
 @njit(cache=True)
 def _cpu_seconds() -> float:  # pragma: no cover - compiled
     """The process's CPU time (s), as ``time.process_time`` gives it."""
@@ -354,10 +364,7 @@ def newton(v, free, gates, v_t, kernel, clamp_rows, point0, point1, product_rows
             state[4] += _cpu_seconds() - started
             add_at(v, free, cheap)
             return CONVERGED
-        rtol = krylov_rtol
-        if adaptive:  # the error this Newton step leaves anyway, 0.1 C s^2, or tol / 20
-            s_safe = max(s_cheap, 1e-300)
-            rtol = min(max(max(0.1 * state[0] * s_safe * s_safe, 0.05 * tol) / s_safe, krylov_rtol), 1e-2)
+        rtol = forcing(s_cheap, state[0], tol, krylov_rtol) if adaptive else krylov_rtol
         needed, _reached, size = gmres(d_va, d_vb, product_rows[0], product_rows[1], product_rows[2],
                                        factors, r[0], -1.0, cheap, rtol, limit, basis, search, product, step)
         state[4] += _cpu_seconds() - started

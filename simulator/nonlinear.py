@@ -357,9 +357,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         terms; never tighter than ``krylov_rtol``, never looser than 1e-2."""
         if not self.adaptive_rtol:
             return self.krylov_rtol
-        s = np.maximum(np.abs(cheap).max(axis=1), 1e-300)
-        allowed = np.maximum(0.1 * self._quadratic * s * s, 0.05 * self.tol) / s
-        return np.clip(allowed, self.krylov_rtol, 1e-2)
+        from clln.simulator._nl_single import forcing
+
+        return np.array([forcing(float(s), self._quadratic, self.tol, self.krylov_rtol)
+                         for s in np.abs(cheap).max(axis=1)])
 
     def _shared_factor(self, values: np.ndarray, clamped: bool) -> None:
         """Factorize the Jacobian with entries ``values`` (nnz,) as the shared preconditioner."""
