@@ -50,7 +50,7 @@ def require_finite(values: Any, what: str) -> np.ndarray:
     """``values`` as an array; NonFiniteError naming ``what`` and the first bad entry
     when any is NaN or infinite."""
     array = np.asarray(values)
-    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
         flat = np.flatnonzero(~np.isfinite(array))
         raise NonFiniteError(f"{what}: entry {int(flat[0])} is {array.flat[flat[0]]!r} "
                              f"({flat.size} non-finite); nothing was sent")

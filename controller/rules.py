@@ -27,8 +27,11 @@ def contrastive_signal(
     weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """(m,) batch-averaged (dV^F)^2 - (dV^C)^2 per edge, V^2."""
-    w = np.ones(free.batch_size) if weights is None else np.asarray(weights, dtype=float)
-    total = float(w.sum())
+    if weights is None:  # the sum of ones is their count (exactly)
+        w, total = np.ones(free.batch_size), float(free.batch_size)
+    else:
+        w = np.asarray(weights, dtype=float)
+        total = float(w.sum())
     if total <= 0:
         return np.zeros(incidence.shape[0])
     fused = getattr(free, "signal_against", None)  # a measurement with a one-pass signal

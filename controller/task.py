@@ -185,7 +185,8 @@ class Task:
 
     def cost(self, outputs: np.ndarray, y: np.ndarray) -> float:
         """Mean cost over a batch: MSE (V^2) or mean cosine distance."""
-        return float(np.mean(self.sample_errors(outputs, y)))
+        errors = self.sample_errors(outputs, y)
+        return float(np.add.reduce(errors) / errors.size)  # np.mean's sum and division
 
     def wrong(self, outputs: np.ndarray, batch: Dataset, margin: float) -> np.ndarray:
         """(B,) bool: the samples of ``batch`` whose free outputs (B, n_outputs) V are not

@@ -93,3 +93,37 @@ def test_edge_kinds_move_clip_and_step_on_their_own_units() -> None:
     gate = GateEdges(0.0, 5.12)
     assert gate.step_commands(np.array([-1.0]), 1).tolist() == [-0.04]
     assert cont.taps_of(g) is None and gate.taps_of(g) is None
+
+
+def test_the_steps_sums_are_numpys_to_the_bit() -> None:
+    """The step record's sums, written without numpy's Python layers (which cost 20-30
+    us each with the caches cold after a large network's solves), are np.mean's and
+    np.linalg.norm's to the bit: per-sample squared error, batch cost, rms nudge, update
+    norm (float and integer updates), and the simulated clock's one-sample stamps."""
+    import math
+
+    from clln.controller.readouts import SquaredError
+    from clln.controller.trainer import _norm
+    from clln.simulator.backend import SimClock
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        b, k = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        outputs, y = rng.normal(size=(2, b, k)) * 10.0 ** rng.integers(-6, 2)
+        errors = SquaredError().sample_errors(outputs, y)
+        np.testing.assert_array_equal(errors, np.mean((outputs - y) ** 2, axis=1))
+        assert float(np.add.reduce(errors) / errors.size) == float(np.mean(errors))
+        nudge = rng.normal(size=(b, k))
+        squares = nudge**2
+        assert math.sqrt(np.add.reduce(squares, axis=None) / squares.size) == float(np.sqrt(np.mean(squares)))
+        update = rng.normal(size=int(rng.integers(1, 5000))) * 10.0 ** rng.integers(-9, 1)
+        assert _norm(update) == float(np.linalg.norm(update))
+        taps = rng.integers(-3, 4, size=50)
+        assert _norm(taps) == float(np.linalg.norm(taps))
+    clock = SimClock(3.7e-4)
+    clock.now = now = 0.123
+    for _ in range(50):
+        want = now + clock.settle_time * np.arange(1, 2)  # the stamps of any number of samples
+        np.testing.assert_array_equal(clock.advance(1), want)
+        now = float(want[-1])
+        assert clock.now == now
