@@ -35,7 +35,12 @@ import time
 import numpy as np
 from numba import njit, objmode
 
-from clln.simulator._nl_kernels import jacobian_product, jacobian_values, transistor_residual
+from clln.simulator._nl_kernels import (
+    extrapolate,
+    jacobian_product,
+    jacobian_values,
+    transistor_residual,
+)
 
 
 def triangular_factors(lu) -> tuple[np.ndarray, ...]:  # noqa: ANN001  # scipy's SuperLU
@@ -133,17 +138,13 @@ def trial_residual(v, free, base, save_base, step, scale, a, b, v_star, s, join,
     v as it is), evaluates the devices and
     the residual there (rows of clamped nodes zeroed) into ``residual`` (1, n_free),
     ``d_va``, ``d_vb`` (1, m); returns max |residual|."""
-    if scale != 0.0:
+    if scale != 0.0:  # one pass over the free nodes (1.0 * step is step: the same bits)
         row = v[0]
-        if save_base:
-            for i in range(free.shape[0]):
-                base[i] = row[free[i]]
-        if scale == 1.0:
-            for i in range(free.shape[0]):
-                row[free[i]] = base[i] + step[i]
-        else:
-            for i in range(free.shape[0]):
-                row[free[i]] = base[i] + scale * step[i]
+        for i in range(free.shape[0]):
+            node = free[i]
+            if save_base:
+                base[i] = row[node]
+            row[node] = base[i] + scale * step[i]
     transistor_residual(v, a, b, v_star, s, join, join2, decade, ln10_decade, g_off,
                         row_a, row_b, extra, device, fixed_g, residual, d_va, d_vb)
     r = residual[0]
@@ -155,6 +156,25 @@ def trial_residual(v, free, base, save_base, step, scale, a, b, v_star, s, join,
         if x > norm:
             norm = x
     return norm
+
+
+@njit(cache=True, nogil=True)
+def warm_start(out, v1, v0, v2, order, sources, source_values, grounds, clamps,  # noqa: ANN001
+               clamp_values) -> None:  # pragma: no cover - compiled
+    """A one-sample solve's start (n,) in one pass: ``v1`` (``order`` 0), 2 v1 - v0
+    (1) or 3 v1 - 3 v0 + v2 (2) as :func:`~clln.simulator._nl_kernels.extrapolate`
+    computes them (the same bits), then the boundary: the sources' and clamps' values
+    at their nodes, 0 V at the grounds."""
+    if order == 0:
+        out[:] = v1
+    else:
+        extrapolate(v1, v0, v2, order == 2, out)
+    for i in range(sources.shape[0]):
+        out[sources[i]] = source_values[i]
+    for i in range(grounds.shape[0]):
+        out[grounds[i]] = 0.0
+    for i in range(clamps.shape[0]):
+        out[clamps[i]] = clamp_values[i]
 
 
 @njit(cache=True, nogil=True)

@@ -16,6 +16,8 @@ pattern of one block and the map from the edges' derivatives to its entries are 
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -28,6 +30,15 @@ from clln.controller.network import Network
 from clln.simulator.devices import LN10, EdgeCurrents, EdgeModel, SeedTransistor
 from clln.simulator.newton_linalg import JacobianPattern, fill_reducing_order
 from clln.simulator.physics import boundary_nodes
+
+
+@functools.cache
+def compiled_module(name: str) -> ModuleType:
+    """A module of compiled kernels (``_nl_kernels``, ``_nl_single``), imported on first
+    use: numba is loaded only by the networks that use it. Cached, because an import
+    statement in a per-solve function costs 1.5-2.5 us each time (about ten per training
+    step)."""
+    return importlib.import_module(f"clln.simulator.{name}")
 
 
 class NetworkEquations:
@@ -230,13 +241,11 @@ class NetworkEquations:
         and the model has kernels (arguments prepared once per model), else None."""
         if not self.compiled or not isinstance(self.model, SeedTransistor):
             return None
-        from clln.simulator import _nl_kernels  # numba: loaded only where it is used
-
         if self._kernel_args is None or self._kernel_model is not self.model:
             self._kernel_args = self._transistor_arguments(self.model)
             self._kernel_model = self.model
             self._product_rows.clear()
-        return _nl_kernels, self._kernel_args
+        return compiled_module("_nl_kernels"), self._kernel_args
 
     def _transistor_arguments(self, model: SeedTransistor) -> tuple[Any, ...]:
         """The arguments of :func:`~clln.simulator._nl_kernels.transistor_residual` that

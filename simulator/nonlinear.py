@@ -32,7 +32,12 @@ import scipy.sparse as sp
 from clln.controller.errors import BenchFault, NetworkError, ProtocolError
 from clln.controller.network import Network
 from clln.simulator.devices import EdgeModel
-from clln.simulator.network_equations import Derivatives, EdgeJacobians, NetworkEquations
+from clln.simulator.network_equations import (
+    Derivatives,
+    EdgeJacobians,
+    NetworkEquations,
+    compiled_module,
+)
 from clln.simulator.newton_linalg import (
     BlockGmres,
     LuName,
@@ -185,24 +190,55 @@ class NonlinearNetworkSolver(NetworkEquations):
         """
         gates = np.asarray(gates, dtype=float)
         sources = np.atleast_2d(np.asarray(sources, dtype=float))
-        count = sources.shape[0]
-        v = self._initial(sources, clamps, start)
+        return self._solve_from(self._initial(sources, clamps, start), gates, sources, clamps)
+
+    def solve_one(self, gates: np.ndarray, v: np.ndarray, sources: np.ndarray,
+                  clamps: np.ndarray | None) -> NewtonResult:
+        """:meth:`solve` of one sample from a start v (1, n) whose boundary values are in
+        place (:func:`~clln.simulator._nl_single.warm_start`), moved in place: the
+        compiled one-sample path with none of the batch path's bookkeeping (a training
+        step's two solves spent 0.15-0.2 ms in it at 2e4 edges), and the batch path's
+        fallbacks (per-sample LUs, continuation) only where it did not converge.
+        Networks without that path (:meth:`single_compiled`) take :meth:`solve`."""
+        if not self.single_compiled():
+            return self._solve_from(v, gates, sources, clamps)
+        iterations = np.zeros(1, dtype=np.int64)
+        converged, norm = self._newton_single(v, gates, clamps is not None, iterations)
+        if converged:
+            return NewtonResult(v, iterations, np.array([norm]))
+        return self._fallbacks(v, gates, sources, clamps, iterations, np.array([False]), np.array([norm]),
+                               shared=True)
+
+    def _solve_from(self, v: np.ndarray, gates: np.ndarray, sources: np.ndarray,
+                    clamps: np.ndarray | None) -> NewtonResult:
+        """:meth:`solve` from the start v (B, n) (boundary values in place), moved in place."""
+        count = v.shape[0]
         iterations = np.zeros(count, dtype=np.int64)
-        if self.uses_shared_factorization:
-            if count == 1 and self._single_compiled():
-                done, res = self._newton_single(v, gates, clamps is not None, iterations)
-            else:
-                done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
-            if not done.all():  # per-sample LUs where the shared preconditioner did not do
-                retry = np.flatnonzero(~done)
-                part = v[retry]
-                it = np.zeros(retry.size, dtype=np.int64)
-                done[retry], res[retry] = self._newton(part, gates, clamps is not None, it)
-                v[retry] = part
-                iterations[retry] += it
-        else:
+        if not self.uses_shared_factorization:
             done, res = self._newton(v, gates, clamps is not None, iterations)
-        if not done.all():  # source continuation from 0 V for the samples that failed
+            return self._fallbacks(v, gates, sources, clamps, iterations, done, res, shared=False)
+        if count == 1 and self.single_compiled():
+            converged, norm = self._newton_single(v, gates, clamps is not None, iterations)
+            done, res = np.array([converged]), np.array([norm])
+        else:
+            done, res = self._newton_krylov(v, gates, clamps is not None, iterations)
+        return self._fallbacks(v, gates, sources, clamps, iterations, done, res, shared=True)
+
+    def _fallbacks(self, v: np.ndarray, gates: np.ndarray, sources: np.ndarray, clamps: np.ndarray | None,
+                   iterations: np.ndarray, done: np.ndarray, res: np.ndarray, *, shared: bool) -> NewtonResult:
+        """The samples not ``done``: per-sample LUs where the ``shared`` preconditioner did
+        not do, then source continuation from 0 V; a clear error naming the sample where
+        that fails too."""
+        converged = bool(done.all())
+        if shared and not converged:  # per-sample LUs where the shared preconditioner did not do
+            retry = np.flatnonzero(~done)
+            part = v[retry]
+            it = np.zeros(retry.size, dtype=np.int64)
+            done[retry], res[retry] = self._newton(part, gates, clamps is not None, it)
+            v[retry] = part
+            iterations[retry] += it
+            converged = bool(done.all())
+        if not converged:  # source continuation from 0 V for the samples that failed
             failed = np.flatnonzero(~done)
             cold = self._initial(sources[failed] * 0.0,
                                  None if clamps is None else clamps[failed] * 0.0, None)
@@ -357,8 +393,7 @@ class NonlinearNetworkSolver(NetworkEquations):
         terms; never tighter than ``krylov_rtol``, never looser than 1e-2."""
         if not self.adaptive_rtol:
             return self.krylov_rtol
-        from clln.simulator._nl_single import forcing
-
+        forcing = compiled_module("_nl_single").forcing
         return np.array([forcing(float(s), self._quadratic, self.tol, self.krylov_rtol)
                          for s in np.abs(cheap).max(axis=1)])
 
@@ -410,47 +445,43 @@ class NonlinearNetworkSolver(NetworkEquations):
 
     def _charge_mean(self, mean: float, count: int, clamped: bool) -> None:
         """:meth:`_charge` of ``count`` samples that needed ``mean`` iterations each."""
-        from clln.simulator._nl_single import charge
-
+        charge = compiled_module("_nl_single").charge
         self.krylov_iterations += round(mean * count)
         if charge(self._account[clamped], mean, count):
             self._shared_stale[clamped] = True
 
     # -- one sample: the same Newton-Krylov iteration, compiled ----------------
 
-    def _single_compiled(self) -> bool:
+    def single_compiled(self) -> bool:
         """Whether a one-sample solve takes :meth:`_newton_single`: the compiled kernels
         apply (the rig's transistor model on a large network) and the LU is SuperLU's."""
-        return isinstance(self._lu, SuperLUBlocks) and self._kernels() is not None
+        return (self.uses_shared_factorization and isinstance(self._lu, SuperLUBlocks)
+                and self._kernels() is not None)
 
     def _factors(self, clamped: bool) -> tuple[np.ndarray, ...]:
         """The shared LU's triangular factors as :mod:`~clln.simulator._nl_single` reads
         them, taken out once per factorization (timed as linear algebra)."""
-        from clln.simulator import _nl_single
-
         handle = self._shared[clamped]
         kept = self._triangular.get(clamped)
         if kept is None or kept[0] is not handle:
             started = time.process_time()
             lu = handle.lu if isinstance(handle, SinglePrecisionLU) else handle
-            kept = self._triangular[clamped] = (handle, _nl_single.triangular_factors(lu))
+            kept = self._triangular[clamped] = (handle, compiled_module("_nl_single").triangular_factors(lu))
             self.lu_seconds += time.process_time() - started
         return kept[1]
 
     def _newton_single(self, v: np.ndarray, gates: np.ndarray, clamped: bool,
-                       iterations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       iterations: np.ndarray) -> tuple[bool, float]:
         """:meth:`_newton_krylov` for a batch of one sample (v (1, n), updated in place),
         its iterations one compiled call (:func:`~clln.simulator._nl_single.newton`:
         M^-1 r, GMRES with the shared LU and the Jacobian's products from the edges'
         derivatives, the line search; same tolerance, refactorization and convergence
         rules), which returns here only to have the shared LU renewed. The
         preconditioner's solves and GMRES are timed as linear algebra."""
-        from clln.simulator import _nl_single
-
-        k: Any = _nl_single  # numba's dispatchers, called with the kernels' argument tuples
+        k: Any = compiled_module("_nl_single")  # numba's dispatchers, called with the kernels' argument tuples
         if self.n_free == 0:
-            return np.ones(1, dtype=bool), np.zeros(1)
-        _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by _single_compiled
+            return True, 0.0
+        _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by single_compiled
         work = self._single_workspace()
         kernel = (a, b, work.v_star, s, *params, *extra)  # v_star: V_G - V_T, written by newton
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
@@ -471,11 +502,12 @@ class NonlinearNetworkSolver(NetworkEquations):
             self._shared_factor(work.values[0], clamped)
         if status == k.NOT_FINITE:
             self._shared_stale[clamped] = True  # the per-sample LU path decides (and names a floating part)
-        self._quadratic = float(state[0])
-        self.lu_seconds += float(state[4])
-        self.krylov_iterations += int(state[5])
-        iterations[0] += int(state[3])
-        return np.array([status == k.CONVERGED]), np.array([state[2]])
+        quadratic, _last, norm, newton_steps, seconds, krylov = state[:6].tolist()
+        self._quadratic = quadratic
+        self.lu_seconds += seconds
+        self.krylov_iterations += int(krylov)
+        iterations[0] += int(newton_steps)
+        return status == k.CONVERGED, norm
 
     def _single_workspace(self) -> _SingleWorkspace:
         """The one-sample path's arrays, made once per solver (GMRES' basis, the two

@@ -34,6 +34,7 @@ from clln.controller.network import Network
 from clln.simulator.backend import SimClock, SimulatedSeam
 from clln.simulator.devices import EdgeModel
 from clln.simulator.imperfections import BenchInstance, Imperfections
+from clln.simulator.network_equations import compiled_module
 from clln.simulator.nonlinear import (
     LinearName,
     LuName,
@@ -107,8 +108,7 @@ class CompiledMeasurement(Measurement):
         ends = incidence_endpoints(incidence)
         if self.basis is not None or ends is None:
             return super().batch_power(incidence, weights)
-        from clln.simulator import _nl_kernels
-
+        _nl_kernels = compiled_module("_nl_kernels")
         w = np.ones(self.batch_size) if weights is None else np.asarray(weights, dtype=float)
         power = np.empty(ends[0].size)
         _nl_kernels.batch_power(np.ascontiguousarray(self.coefficients, dtype=float), ends[0], ends[1],
@@ -128,8 +128,7 @@ class CompiledMeasurement(Measurement):
                 or clamped.basis is not None or self.edge_offsets is not None
                 or clamped.edge_offsets is not None or clamped.batch_size != self.batch_size):
             return None
-        from clln.simulator import _nl_kernels
-
+        _nl_kernels = compiled_module("_nl_kernels")
         m, count = ends[0].size, self.batch_size
         out = np.empty(m)
         pf, pc = (np.empty(m), np.empty(m)) if count > 2 else (out, out)  # not read up to two samples
@@ -139,6 +138,7 @@ class CompiledMeasurement(Measurement):
         return out
 
 
+_NO_CLAMPS = (np.zeros(0, dtype=np.int64), np.zeros(0))  # the clamped nodes and values of a free state
 _unsigned_ends: dict[int, tuple[weakref.ref[Any], tuple[np.ndarray, np.ndarray] | None]] = {}
 
 
@@ -238,6 +238,7 @@ class TransistorBackend(SimulatedSeam):
         self.extrapolate = (extrapolate if extrapolate is not None
                             else self._solvers[0].uses_shared_factorization)
         self._last: np.ndarray | None = None
+        self._window_cache: tuple[LearningWindow, tuple[float, bool, float, float, float]] | None = None
         self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
         self.is_safe = True
         self.n_measurements = 0
@@ -317,29 +318,39 @@ class TransistorBackend(SimulatedSeam):
                 out[i] = min(candidates, key=lambda c: float(np.abs(c[list(cl)] - clamps[i]).max()))
         return out
 
-    def _extrapolated(self, history: list[tuple[int, np.ndarray]], out: np.ndarray,
-                      scratch: np.ndarray) -> bool:
-        """Whether ``out`` (n,) was set to 3 v_k - 3 v_(k-1) + v_(k-2) from a sample's last
-        three states, or 2 v_k - v_(k-1) from its last two: when extrapolating is on and
-        they were solved at the last gate versions (one learning window apart each).
-        Computed in place (the same operations in the same order as the expressions; no
-        temporaries and no stacking: at 44,444 nodes, batch 10, 1.3 -> 0.8 ms per call),
-        in one compiled pass where the solver uses the compiled kernels (0.17 -> 0.05 ms
-        per sample at 44,444 nodes)."""
+    def _extrapolation(self, history: list[tuple[int, np.ndarray]]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """(v_k, v_(k-1), v_(k-2), order) of a sample's warm start extrapolated from its
+        history: order 2 (3 v_k - 3 v_(k-1) + v_(k-2)) through its last three states,
+        order 1 (2 v_k - v_(k-1), v_(k-2) not read) through its last two, when
+        extrapolating is on and they were solved at the last gate versions (one learning
+        window apart each); None otherwise."""
         if not self.extrapolate or len(history) < 2:
-            return False
+            return None
         (newer, v1), (older, v0) = history[0], history[1]
         if newer != self._version - 1 or older != self._version - 2:
-            return False
-        quadratic = len(history) > 2 and history[2][0] == self._version - 3
-        if self._solvers[0].compiled:
-            from clln.simulator import _nl_kernels
+            return None
+        if len(history) > 2 and history[2][0] == self._version - 3:
+            return v1, v0, history[2][1], 2
+        return v1, v0, v1, 1
 
-            _nl_kernels.extrapolate(v1, v0, history[2][1] if quadratic else v1, quadratic, out)
-        elif quadratic:
+    def _extrapolated(self, history: list[tuple[int, np.ndarray]], out: np.ndarray,
+                      scratch: np.ndarray) -> bool:
+        """Whether ``out`` (n,) was set to the extrapolated warm start of a sample
+        (:meth:`_extrapolation`). Computed in place (the same operations in the same order
+        as the expressions; no temporaries and no stacking: at 44,444 nodes, batch 10, 1.3
+        -> 0.8 ms per call), in one compiled pass where the solver uses the compiled
+        kernels (0.17 -> 0.05 ms per sample at 44,444 nodes)."""
+        found = self._extrapolation(history)
+        if found is None:
+            return False
+        v1, v0, v2, order = found
+        if self._solvers[0].compiled:
+            compiled_module("_nl_kernels").extrapolate(v1, v0, v2, order == 2, out)
+        elif order == 2:
             np.multiply(v1, 3.0, out=out)
             np.subtract(out, np.multiply(v0, 3.0, out=scratch), out=out)
-            np.add(out, history[2][1], out=out)
+            np.add(out, v2, out=out)
         else:
             np.multiply(v1, 2.0, out=out)
             np.subtract(out, v0, out=out)
@@ -348,19 +359,49 @@ class TransistorBackend(SimulatedSeam):
     def solve(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None) -> NewtonResult:
         """Exact operating points (B, n) of a twin for boundary voltages as driven."""
         self._age()
+        solver = self._solvers[twin]
+        if sources.shape[0] == 1 and solver.single_compiled():
+            result = self._solve_one(twin, solver, sources, clamps)
+            if result is not None:
+                return result
         keys = self._keys(twin, sources)
-        result = self._solvers[twin].solve(self._physics_gates(twin), sources, clamps,
-                                           start=self._start(twin, sources, clamps, keys))
+        result = solver.solve(self._physics_gates(twin), sources, clamps,
+                              start=self._start(twin, sources, clamps, keys))
+        self._remember(keys, result, clamps is not None)
+        return result
+
+    def _solve_one(self, twin: int, solver: NonlinearNetworkSolver, sources: np.ndarray,
+                   clamps: np.ndarray | None) -> NewtonResult | None:
+        """One sample whose history extrapolates (:meth:`_extrapolation`): its start
+        written in one compiled pass (:func:`~clln.simulator._nl_single.warm_start`:
+        the extrapolation, then the boundary values) and solved by
+        :meth:`~NonlinearNetworkSolver.solve_one`; None for a sample without such a
+        history (:meth:`_start` chooses its start)."""
+        key = self._keys(twin, sources)[0]
+        found = self._extrapolation((self._warm if clamps is None else self._warm_clamped).get(key, []))
+        if found is None:
+            return None
+        v1, v0, v2, order = found
+        start = np.empty((1, v1.size))
+        held, values = (solver.clamps, clamps[0]) if clamps is not None else _NO_CLAMPS
+        compiled_module("_nl_single").warm_start(start[0], v1, v0, v2, order, solver.sources, sources[0],
+                                                 solver.grounds, held, values)
+        result = solver.solve_one(self._physics_gates(twin), start, sources, clamps)
+        self._remember([key], result, clamps is not None)
+        return result
+
+    def _remember(self, keys: list[bytes], result: NewtonResult, clamped: bool) -> None:
+        """Keep each sample's solution as its warm start (with the older ones that
+        extrapolation or the choice among clamped states uses)."""
         if len(self._warm) > 65536:
             self._warm.clear()
             self._warm_clamped.clear()
-        store = self._warm if clamps is None else self._warm_clamped
-        keep = 2 if self.extrapolate else 1 if clamps is not None else 0  # older states kept
+        store = self._warm_clamped if clamped else self._warm
+        keep = 2 if self.extrapolate else 1 if clamped else 0  # older states kept
         for key, v in zip(keys, result.voltages):
             store[key] = [(self._version, v), *store.get(key, [])[:keep]]
         self._last = result.voltages[-1]
         self.iterations.append(result.iterations)
-        return result
 
     def _measure(self, twin: int, sources: np.ndarray, clamps: np.ndarray | None,
                  stamps: np.ndarray) -> Measurement:
@@ -411,23 +452,28 @@ class TransistorBackend(SimulatedSeam):
         kernels: targets and learning window in one compiled call
         (:func:`~clln.simulator._nl_kernels.learning_window`), the same operations in the
         same order as the numpy path (2e4 edges: 131 -> 30 us)."""
-        from clln.simulator import _nl_kernels
-
-        edges, window, m = self._edges, self.window, commands.size
-        r, c, rl = window.resistance, window.capacitance, window.leak_resistance
-        tau = c * r * rl / (r + rl) if rl > 0 else r * c
+        edges, m = self._edges, commands.size
         self._age()  # the gates leak up to now (the targets do not depend on them)
         target, applied, clipped = np.empty(m), np.empty(m), np.empty(m, dtype=bool)
         out = np.empty_like(self._gates)
-        if _nl_kernels.learning_window(self._commanded, np.ascontiguousarray(commands), float(edges.vmin),
-                                       float(edges.vmax), self._gates,
-                                       float(-np.expm1(-window.window / (r * c))), rl > 0, float(rl),
-                                       float(r + rl), float(np.exp(-window.window / tau)), target, applied,
-                                       clipped, out):
+        if compiled_module("_nl_kernels").learning_window(
+                self._commanded, np.ascontiguousarray(commands), float(edges.vmin), float(edges.vmax),
+                self._gates, *self._window_constants(), target, applied, clipped, out):
             self._gates = out
             self._version += 1
         self._commanded = target
         return Applied(applied, clipped)
+
+    def _window_constants(self) -> tuple[float, bool, float, float, float]:
+        """(fraction, leak, R_leak, R + R_leak, decay) of the learning window for
+        :func:`~clln.simulator._nl_kernels.learning_window`, computed once per window."""
+        window = self.window
+        if self._window_cache is None or self._window_cache[0] is not window:
+            r, c, rl = window.resistance, window.capacitance, window.leak_resistance
+            tau = c * r * rl / (r + rl) if rl > 0 else r * c
+            self._window_cache = (window, (float(-np.expm1(-window.window / (r * c))), rl > 0, float(rl),
+                                           float(r + rl), float(np.exp(-window.window / tau))))
+        return self._window_cache[1]
 
     def read_edges(self) -> _EdgeState:
         """The commanded gate voltages (V), as the controller knows them."""

@@ -105,8 +105,8 @@ def test_one_sample_solves_match_per_sample_lu_and_the_batch_path(monkeypatch) -
     single = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
     batch = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
     exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu")
-    assert single._single_compiled()
-    monkeypatch.setattr(batch, "_single_compiled", lambda: False)
+    assert single.single_compiled()
+    monkeypatch.setattr(batch, "single_compiled", lambda: False)
     calls = []
     real = NonlinearNetworkSolver._newton_krylov
 
@@ -132,3 +132,102 @@ def test_one_sample_solves_match_per_sample_lu_and_the_batch_path(monkeypatch) -
         np.testing.assert_array_equal(got_c.voltages[:, list(net.roles.clamps)], clamps)
     assert True not in calls and False in calls
     assert single.lu_seconds > 0 and single.refactorizations >= 2  # free and clamped LUs
+
+
+def test_warm_start_is_the_extrapolation_and_boundary_of_the_numpy_path() -> None:
+    """The one-pass start of a one-sample solve: the state itself, the linear or the
+    quadratic extrapolation through the last states (numpy's expressions, to the bit),
+    then the sources' and clamps' values at their nodes and 0 V at the grounds."""
+    rng = np.random.default_rng(21)
+    n = 400
+    v1, v0, v2 = rng.normal(size=(3, n))
+    sources, grounds, clamps = np.array([3, 50]), np.array([7]), np.array([99, 200])
+    source_values, clamp_values = rng.normal(size=2), rng.normal(size=2)
+    expected = {0: v1.copy(), 1: v1 * 2.0 - v0, 2: v1 * 3.0 - v0 * 3.0 + v2}
+    for order, start in expected.items():
+        for held, values in ((clamps, clamp_values), (np.zeros(0, np.int64), np.zeros(0))):
+            want = start.copy()
+            want[sources], want[grounds], want[held] = source_values, 0.0, values
+            out = np.full(n, np.nan)
+            _nl_single.warm_start(out, v1, v0, v2, order, sources, source_values, grounds, held, values)
+            np.testing.assert_array_equal(out, want)
+
+
+def test_the_backends_one_sample_path_changes_no_number(monkeypatch) -> None:  # noqa: ANN001
+    """A 1,200-node transistor backend measured free and clamped and moved by learning
+    windows, one sample at a time: through the one-sample path (warm start in one
+    compiled pass, :meth:`solve_one`) and through the general path, every node voltage,
+    Newton iteration count and stored warm start is the same to the bit; and the path is
+    taken once the sample's history extrapolates."""
+    from clln.controller import GateEdges
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.nonlinear import NonlinearNetworkSolver
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    _rng, net, gates, sources = drifting_network()
+    from clln.controller import NodeRoles
+
+    roles = net.roles
+    net = net.with_roles(NodeRoles(roles.sources, roles.grounds, (int(np.argmax(net.degrees())),)))
+    used = []
+    real = NonlinearNetworkSolver.solve_one
+
+    def counted(self, *args):  # noqa: ANN001, ANN202
+        used.append(True)
+        return real(self, *args)
+
+    monkeypatch.setattr(NonlinearNetworkSolver, "solve_one", counted)
+
+    def run(general: bool) -> list[np.ndarray]:
+        backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), gates, linear="krylov")
+        assert backend.solvers[0].single_compiled()
+        if general:
+            monkeypatch.setattr(backend, "_solve_one", lambda *args: None)
+        moves = np.random.default_rng(5)
+        seen = []
+        for _ in range(8):
+            free = backend.measure(sources).voltages
+            clamped = backend.measure(sources, free[:, list(net.roles.clamps)] + 0.02).voltages
+            backend.adjust(moves.normal(0, 0.01, net.n_edges))
+            seen += [free, clamped, np.concatenate(backend.iterations)]
+        seen += [v for store in (backend._warm, backend._warm_clamped) for history in store.values()
+                 for _version, v in history]
+        return seen
+
+    general = run(general=True)
+    assert not used
+    one = run(general=False)
+    assert len(used) >= 10  # from the third step on, both solves of each step
+    assert len(one) == len(general)
+    for got, want in zip(one, general):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_one_sample_solve_that_does_not_converge_falls_back_like_the_batch_path(monkeypatch) -> None:  # noqa: ANN001
+    """With one compiled Newton iteration allowed, the one-sample solve stops short; the
+    per-sample LU path finishes it: :meth:`solve_one` gives :meth:`solve`'s voltages and
+    iterations, and the answer is per-sample-LU Newton's."""
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.nonlinear import NonlinearNetworkSolver
+
+    _rng, net, gates, sources = drifting_network()
+    a = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
+    b = NonlinearNetworkSolver(net, SeedTransistor(), linear="krylov")
+    start = a.solve(gates, sources).voltages
+    b.solve(gates, sources)
+    gates = gates + 0.05
+    real = _nl_single.newton
+
+    def one_iteration(*args):  # noqa: ANN002, ANN202
+        args = list(args)
+        args[10] = (*args[10][:6], 1)  # settings: Newton iterations at most
+        return real(*args)
+
+    monkeypatch.setattr(_nl_single, "newton", one_iteration)
+    got = a.solve_one(gates, start.copy(), sources, None)
+    want = b.solve(gates, sources, start=start)
+    np.testing.assert_array_equal(got.voltages, want.voltages)
+    np.testing.assert_array_equal(got.iterations, want.iterations)
+    assert got.iterations[0] > 1  # the per-sample LU path ran after the one compiled iteration
+    exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu").solve(gates, sources, start=start)
+    np.testing.assert_allclose(got.voltages, exact.voltages, rtol=0, atol=1e-9)
