@@ -13,7 +13,9 @@ measured in one run:
   ``--repeats`` steps after a first (cold) step; ``mean``: their mean (it includes the
   steps that refactorized the shared LU); ``/sample``: step / batch;
 * ``step lu``: the same step with every sample's Jacobian factorized in every Newton
-  iteration (``linear = "lu"``, the solver before the shared factorization);
+  iteration (``linear = "lu"``, the solver before the shared factorization), median
+  over ``--baseline-repeats`` steps (default: ``--repeats``, at most 10: a step of that
+  kind takes seconds at 1e5 edges);
 * ``bare``: the linear algebra those steps needed (LU factorizations, triangular
   solves, GMRES with its Jacobian products), per step;
 * ``LUs``, ``gmres``: shared factorizations per step, GMRES iterations per Newton step;
@@ -42,7 +44,7 @@ system, and one block-diagonal system for the batch against a loop over samples.
 
 Usage: python benchmarks/nonlinear_speed.py [--sizes 1e3,2e4,1e5] [--batch 10,1]
        [--repeats 3] [--spice-samples 3] [--spice-max-edges 25000]
-       [--linear auto|lu|krylov] [--no-baseline]
+       [--linear auto|lu|krylov] [--baseline-repeats N] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ def main() -> None:
     parser.add_argument("--spice-samples", type=int, default=3)
     parser.add_argument("--spice-max-edges", type=float, default=25_000)
     parser.add_argument("--linear", default="auto", choices=["auto", "lu", "krylov"])
+    parser.add_argument("--baseline-repeats", type=int, default=None,
+                        help="timed steps of the per-sample-LU step (default: --repeats, at most 10)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the per-sample-LU step (linear = lu)")
     args = parser.parse_args()
@@ -192,7 +196,8 @@ def main() -> None:
             print(f"-- {m:.0e} edges, batch {batch}: training steps ({args.linear}, then per-sample LU) ...",
                   flush=True)
             row = time_steps(m, batch, args.repeats, args.linear)
-            row["step_lu"] = (time_steps(m, batch, args.repeats, "lu")["step"] if args.baseline
+            baseline_repeats = args.baseline_repeats or min(args.repeats, 10)
+            row["step_lu"] = (time_steps(m, batch, baseline_repeats, "lu")["step"] if args.baseline
                               else float("nan"))
             tables[batch].append(row)
     spice: dict[int, float] = {}
