@@ -57,13 +57,14 @@ def _channel(x: float, s: float, knee: float, join: float, decade: float,
 
 
 @njit(cache=True, nogil=True)
-def transistor_residual(v, a, b, v_star, s, join, join2, decade, ln10_decade, g_off,  # noqa: ANN001
+def transistor_residual(v, a, b, gates, v_t, s, join, join2, decade, ln10_decade, g_off,  # noqa: ANN001
                         row_a, row_b, extra, device, fixed_g,
                         residual, d_va, d_vb) -> None:  # pragma: no cover - compiled
     """Edge derivatives and free-node residual of a batch, written into the outputs.
 
-    v : (B, n) node voltages; a, b : (m,) edge ends; v_star, s : (m,) V_G - V_T and gain
-    S per edge; join, join2 : the join (V) and its square; decade, ln10_decade : volts
+    v : (B, n) node voltages; a, b : (m,) edge ends; gates, v_t, s : (m,) gate voltage
+    V_G, threshold V_T and gain S per edge (V_G - V_T formed here, as the numpy model
+    forms it: no pass of its own); join, join2 : the join (V) and its square; decade, ln10_decade : volts
     per decade and ln(10) / decade; g_off : the model's parallel conductance (S);
     row_a, row_b : (m,) the residual row (solver order) of each end, -1 at a fixed node
     (B^T has +1 at a and -1 at b). With ``extra``: device (m,) is 1 where the edge has a
@@ -86,8 +87,9 @@ def transistor_residual(v, a, b, v_star, s, join, join2, decade, ln10_decade, g_
             if not extra or device[j]:
                 sj = s[j]
                 knee = 0.5 * sj * join2  # S join^2 / 2, as the numpy model computes it
-                f_b, df_b = _channel(v_star[j] - vb, sj, knee, join, decade, ln10_decade)
-                f_a, df_a = _channel(v_star[j] - va, sj, knee, join, decade, ln10_decade)
+                v_star = gates[j] - v_t[j]
+                f_b, df_b = _channel(v_star - vb, sj, knee, join, decade, ln10_decade)
+                f_a, df_a = _channel(v_star - va, sj, knee, join, decade, ln10_decade)
                 i = f_b - f_a + g_off * (va - vb)
                 ga = df_a + g_off
                 gb = -df_b - g_off

@@ -225,8 +225,8 @@ class NetworkEquations:
             count, m = v.shape[0], self._a.size
             r = np.empty((count, self.n_free)) if out is None else out
             d_va, d_vb = np.empty((count, m)), np.empty((count, m))
-            kernel.transistor_residual(np.ascontiguousarray(v), a, b, np.subtract(gates, v_t), s, *params,
-                                       *extra, r, d_va, d_vb)
+            kernel.transistor_residual(np.ascontiguousarray(v), a, b, np.ascontiguousarray(gates, dtype=float),
+                                       v_t, s, *params, *extra, r, d_va, d_vb)
             if clamped and self.clamps.size:
                 r[:, self.position[self.clamps]] = 0.0
             return r, Derivatives(d_va, d_vb)

@@ -483,7 +483,7 @@ class NonlinearNetworkSolver(NetworkEquations):
             return True, 0.0
         _module, (a, b, v_t, s, params, extra) = self._kernels()  # type: ignore[misc]  # checked by single_compiled
         work = self._single_workspace()
-        kernel = (a, b, work.v_star, s, *params, *extra)  # v_star: V_G - V_T, written by newton
+        kernel = (a, b, np.ascontiguousarray(gates, dtype=float), v_t, s, *params, *extra)
         clamp_rows, clamp_entries, clamp_diag = work.clamps[clamped]
         points, state = work.points, work.state
         stale = self._shared.get(clamped) is None or self._shared_stale.get(clamped, True)
@@ -492,7 +492,7 @@ class NonlinearNetworkSolver(NetworkEquations):
                     self.refactor_iterations, self.max_iter)
         while True:
             have = self._shared.get(clamped) is not None  # else newton asks for one before it reads these
-            status = k.newton(v, self.free_nodes, gates, v_t, kernel, clamp_rows, points[0], points[1],
+            status = k.newton(v, self.free_nodes, kernel, clamp_rows, points[0], points[1],
                               self._product_rows_of(clamped), self._factors(clamped) if have else work.no_factors,
                               settings, state, self._account[clamped] if have else work.no_account, work.arrays)
             if status != k.RENEW:
@@ -615,7 +615,7 @@ class _SingleWorkspace:
         self.limit = limit = max(1, solver.krylov_max_iter)
         self.basis, self.search = np.empty((limit + 1, nf)), np.empty((limit, nf))
         step, cheap, base = (np.empty(nf) for _ in range(3))
-        self.v_star, self.base, self.step = np.empty(m), base, step
+        self.base, self.step = base, step
         self.state = np.empty(9)
         # stand-ins of the factors and the rent-or-buy account before the first LU (same types)
         value = np.float32 if solver.single_precision_preconditioner else np.float64
