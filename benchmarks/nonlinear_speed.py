@@ -10,7 +10,9 @@ measured in one run:
 * ``step``: clln's training step on TransistorBackend (free and clamped batch solves by
   Newton, each warm started, the local gate update, one learning window; a batch of one
   sample takes the solver's compiled one-sample path), median over
-  ``--repeats`` steps after a first (cold) step; ``mean``: their mean (it includes the
+  ``--repeats`` steps after four untimed ones (the cold start from a flat guess, the
+  kernels' first calls, which compile them where numba's cache is not yet written, and
+  the history the warm starts extrapolate from); ``mean``: their mean (it includes the
   steps that refactorized the shared LU); ``/sample``: step / batch;
 * ``step lu``: the same step with every sample's Jacobian factorized in every Newton
   iteration (``linear = "lu"``, the solver before the shared factorization), median
@@ -83,11 +85,15 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+WARM_UP = 4  # untimed steps before the timed ones
+
+
 def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str, float]:
     backend, task = build(m_edges, batch, linear=linear)
-    trainer = Trainer(backend, task, CoupledRule(2.0), TrainConfig(steps=repeats + 1, batch_size=batch,
+    trainer = Trainer(backend, task, CoupledRule(2.0), TrainConfig(steps=repeats + WARM_UP, batch_size=batch,
                                                                   eta=0.3), np.random.default_rng(1))
-    trainer.step(0)  # cold: Newton from a flat start
+    for k in range(WARM_UP):  # the cold start; compiles; the warm starts' history
+        trainer.step(k - WARM_UP + 1)
     solver = backend.solvers[0]
     steps, bare = [], []  # CPU s of each timed step, of its linear algebra
     backend.iterations.clear()

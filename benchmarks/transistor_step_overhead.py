@@ -4,7 +4,8 @@ transistor edges, the coupled rule), per network size and batch size, measured i
 run (median over ``--repeats`` steps after ``--warmup`` steps):
 
 * ``step``: the training step (``Trainer.step``);
-* ``solve``: inside ``NonlinearNetworkSolver.solve`` (the free and the clamped solve);
+* ``solve``: inside ``NonlinearNetworkSolver.solve`` and ``solve_one`` (the free and the
+  clamped solve; one sample per step takes ``solve_one``);
 * ``bare``: the linear algebra of those solves (LU factorizations, triangular solves,
   GMRES with its Jacobian products);
 * ``in solve``: solve - bare (device evaluation, Newton and line-search bookkeeping);
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nonlinear_speed import build  # noqa: E402  (the same networks as the speed benchmark)
 
 
+def _timed(method: Callable[..., Any], inside: list[float]) -> Callable[..., Any]:
+    """``method``, its CPU time added to ``inside[0]``."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            inside[0] += time.process_time() - started
+    return timed
+
+
 def measure(m_edges: int, batch: int, repeats: int, warmup: int) -> dict[str, float]:
     """Median CPU seconds per step of the step, its solves and their linear algebra."""
     backend, task = build(m_edges, batch)
@@ -42,16 +56,8 @@ def measure(m_edges: int, batch: int, repeats: int, warmup: int) -> dict[str, fl
                       TrainConfig(steps=warmup + repeats, batch_size=batch, eta=0.3), np.random.default_rng(1))
     solver = backend.solvers[0]
     inside = [0.0]
-    solve = solver.solve
-
-    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        started = time.process_time()
-        try:
-            return solve(*args, **kwargs)
-        finally:
-            inside[0] += time.process_time() - started
-
-    solver.solve = timed  # type: ignore[method-assign]  # this solver only, for the run
+    for name in ("solve", "solve_one"):  # the batch path; the one-sample path (neither calls the other)
+        setattr(solver, name, _timed(getattr(solver, name), inside))  # this solver only, for the run
     for k in range(warmup):
         trainer.step(k)
     step, solves, bare = [], [], []
