@@ -351,7 +351,7 @@ if _PROCESS_CLOCK is not None:
     @njit(cache=True)
     def _cpu_seconds() -> float:  # pragma: no cover - compiled
         """The process's CPU time (s), as ``time.process_time`` gives it."""
-        return _clock_ns() * 1e-9
+        return _clock_ns() * 1e-9  # type: ignore[call-arg]  # numba supplies the typing context
 else:
     @njit(cache=True)
     def _cpu_seconds() -> float:  # pragma: no cover - compiled
