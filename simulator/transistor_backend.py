@@ -20,6 +20,7 @@ Imperfections (drawn once per bench seed, like a chip fingerprint):
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -239,7 +240,9 @@ class TransistorBackend(SimulatedSeam):
                             else self._solvers[0].uses_shared_factorization)
         self._last: np.ndarray | None = None
         self._window_cache: tuple[LearningWindow, tuple[float, bool, float, float, float]] | None = None
-        self.iterations: list[np.ndarray] = []  # Newton iterations per solve, per measure call
+        # Newton iterations per solve, of the last 65,536 measure calls (a deque: a run of a
+        # million steps kept two arrays per step, 0.2 GB, in a list)
+        self.iterations: deque[np.ndarray] = deque(maxlen=65536)
         self.is_safe = True
         self.n_measurements = 0
 

@@ -234,3 +234,19 @@ def test_a_one_sample_solve_that_does_not_converge_falls_back_like_the_batch_pat
     assert got.iterations[0] > 1  # the per-sample LU path ran after the one compiled iteration
     exact = NonlinearNetworkSolver(net, SeedTransistor(), linear="lu").solve(gates, sources, start=start)
     np.testing.assert_allclose(got.voltages, exact.voltages, rtol=0, atol=1e-9)
+
+
+def test_the_backends_iteration_log_is_bounded() -> None:
+    """The Newton iterations a transistor backend logs per measurement keep only the last
+    65,536 calls, so a long run's memory does not grow with its steps."""
+    from clln.controller import GateEdges
+    from clln.simulator.devices import SeedTransistor
+    from clln.simulator.transistor_backend import TransistorBackend
+
+    _rng, net, gates, sources = drifting_network()
+    backend = TransistorBackend(net, SeedTransistor(), GateEdges(0.0, 5.0), gates)
+    first = backend.measure(sources)
+    assert len(backend.iterations) == 1 and first.voltages.shape == (1, net.n_nodes)
+    backend.iterations.extend(np.zeros(1, dtype=np.int64) for _ in range(70_000))
+    backend.measure(sources)
+    assert len(backend.iterations) == 65536

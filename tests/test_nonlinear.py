@@ -276,7 +276,7 @@ def test_extrapolated_warm_start_saves_newton_iterations_and_changes_no_answer()
         for index in range(8):
             trainer.step(index)
         last = backend.measure(task.source_voltages(train.x)).voltages
-        runs[extrapolate] = (last, np.concatenate(backend.iterations[6:]))  # steps 3 on
+        runs[extrapolate] = (last, np.concatenate(list(backend.iterations)[6:]))  # steps 3 on
     assert NonlinearNetworkSolver(net, SeedTransistor()).uses_shared_factorization
     np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-8)
     assert runs[True][1].mean() < runs[False][1].mean()
