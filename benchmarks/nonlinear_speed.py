@@ -20,6 +20,11 @@ measured in one run:
   kind takes seconds at 1e5 edges);
 * ``bare``: the linear algebra those steps needed (LU factorizations, triangular
   solves, GMRES with its Jacobian products), per step;
+* ``NLU``: the bare Newton-LU cost of the Newton iterations the step needed: one
+  refactorization and solve per iteration (each sample's Jacobian, SuperLU), at the
+  cost per iteration measured in the ``step lu`` steps (their LU seconds over their
+  Newton iterations); ``step/NLU``: step / NLU. With the shared LU, the step's own linear
+  algebra (``bare``) is a small part of NLU, so ``step/bare`` is the stricter ratio;
 * ``LUs``, ``gmres``: shared factorizations per step, GMRES iterations per Newton step;
 * ``step/bare``: their ratio (what the step costs beyond the LU library), of the medians;
   ``run``: of the sums over the timed steps (the refactorizing steps and their LUs
@@ -115,6 +120,8 @@ def time_steps(m_edges: int, batch: int, repeats: int, linear: str) -> dict[str,
             "error": float(np.abs(ours - ref).max()),
             "step": float(np.median(steps)), "bare": float(np.median(bare)), "mean": float(np.mean(steps)),
             "run_ratio": float(np.sum(steps) / np.sum(bare)),
+            "iters_per_step": float(iters.sum() / repeats),
+            "bare_per_iter": float(np.sum(bare) / max(iters.sum(), 1)),
             "iters_median": float(np.median(iters)), "iters_p95": float(np.percentile(iters, 95)),
             "iters_le5": float(np.mean(iters <= 5)), "peak": peak_mb(),
             "shared_lus": (solver.refactorizations - lus0) / repeats,
@@ -203,8 +210,11 @@ def main() -> None:
                   flush=True)
             row = time_steps(m, batch, args.repeats, args.linear)
             baseline_repeats = args.baseline_repeats or min(args.repeats, 10)
-            row["step_lu"] = (time_steps(m, batch, baseline_repeats, "lu")["step"] if args.baseline
-                              else float("nan"))
+            lu = time_steps(m, batch, baseline_repeats, "lu") if args.baseline else None
+            row["step_lu"] = lu["step"] if lu else float("nan")
+            # the bare cost: a refactor + solve (per-sample LU, as measured in
+            # the baseline's steps) for each Newton iteration the step needed
+            row["newton_lu"] = row["iters_per_step"] * lu["bare_per_iter"] if lu else float("nan")
             tables[batch].append(row)
     spice: dict[int, float] = {}
     if ngspice_path() is None:
@@ -229,7 +239,7 @@ def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float
           "(median; mean: with the steps that refactorized); /sample: step / batch; "
           "LUs: shared LUs per step; gmres: GMRES iterations per Newton step")
     print(f"{'edges':>8} {'nodes':>7} {'step lu':>8} {'step':>8} {'mean':>8} {'/sample':>8} {'lu/step':>7} "
-          f"{'bare':>8} {'step/bare':>9} {'run':>5} {'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
+          f"{'bare':>8} {'step/bare':>9} {'run':>5} {'NLU':>8} {'step/NLU':>8} {'iters med/p95/<=5':>18} {'LUs':>5} {'gmres':>5} "
           f"{'ngspice/sample':>15} {'speedup step':>12} {'per sample':>10} {'peak MB':>8} {'|dV| lu':>8}")
     for row in rows:
         m = row["edges"]
@@ -243,7 +253,8 @@ def print_table(rows: list[dict[str, float]], batch: int, spice: dict[int, float
         iters = f"{row['iters_median']:.0f}/{row['iters_p95']:.0f}/{row['iters_le5']:.0%}"
         print(f"{m:8d} {row['nodes']:7d} {row['step_lu']:8.4f} {row['step']:8.4f} {row['mean']:8.4f} "
               f"{row['step'] / batch:8.4f} {row['step_lu'] / row['step']:7.1f} {row['bare']:8.4f} "
-              f"{row['step'] / row['bare']:9.2f} {row['run_ratio']:5.2f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
+              f"{row['step'] / row['bare']:9.2f} {row['run_ratio']:5.2f} {row['newton_lu']:8.4f} "
+              f"{row['step'] / row['newton_lu']:8.3f} {iters:>18} {row['shared_lus']:5.1f} {row['gmres']:5.1f} "
               f"{mark}{ref:14.2f} "
               f"{ref / row['step']:12.1f} {ref / (row['step'] / batch):10.1f} {row['peak']:8.0f} "
               f"{row['error']:8.1e}")
