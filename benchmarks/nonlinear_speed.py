@@ -212,8 +212,8 @@ def main() -> None:
             baseline_repeats = args.baseline_repeats or min(args.repeats, 10)
             lu = time_steps(m, batch, baseline_repeats, "lu") if args.baseline else None
             row["step_lu"] = lu["step"] if lu else float("nan")
-            # the bare cost: a refactor + solve (per-sample LU, as measured in
-            # the baseline's steps) for each Newton iteration the step needed
+            # bare Newton-LU: a refactor + solve (per-sample LU, priced by the
+            # baseline's steps) for each Newton iteration the step needed
             row["newton_lu"] = row["iters_per_step"] * lu["bare_per_iter"] if lu else float("nan")
             tables[batch].append(row)
     spice: dict[int, float] = {}
