@@ -169,7 +169,7 @@ def compare_lu(m_edges: int, batch: int) -> None:
         print(f"  {lu:8s} {solver.lu_seconds / max(solver.lu_calls, 1) * 1e3:8.1f} ms per LU call, "
               f"batch solve {wall * 1e3:8.1f} ms")
     print("  samples per block-diagonal LU (SuperLU), LU seconds per Newton iteration:")
-    for blocks in (1, 2, 4, None):
+    for blocks in (1, 2, 4, None, "auto"):
         solver = NonlinearNetworkSolver(backend.network, SeedTransistor(), blocks_per_lu=blocks,
                                         linear="lu")
         solver.solve(gates * 1.003, sources, start=start)

@@ -6,7 +6,7 @@ models of :mod:`clln.simulator.devices` are monotone, so every J_b is a
 column-diagonally-dominant Z-matrix and LU needs no pivoting.
 
 A batch is solved as block-diagonal systems, diag(J_1, ..., J_B), ``blocks_per_lu``
-samples per library call (all physics and assembly vectorized over the batch); only the
+samples per library call (by default as many as make ``LU_ROWS`` rows) (all physics and assembly vectorized over the batch); only the
 samples that have not converged take part. Each iteration writes new values into the
 fixed pattern (one sparse product) and refactorizes.
 
@@ -52,6 +52,10 @@ __all__ = ["ConvergenceError", "LinearName", "LuName", "NewtonResult", "Nonlinea
 
 LinearName = Literal["auto", "lu", "krylov"]
 
+# rows of one block-diagonal LU with ``blocks_per_lu = "auto"`` (samples x free nodes):
+# measured fastest from 13 to 1,775 free nodes within a few per cent (see the parameter)
+LU_ROWS = 4096
+
 
 class ConvergenceError(BenchFault):
     """Newton's method did not converge for a sample (a fault of the simulated bench
@@ -94,10 +98,19 @@ class NonlinearNetworkSolver(NetworkEquations):
         fixed resistors: an edge whose device never conducts plus this).
     device_mask : optional (m,) bool, False for edges without a device (pure resistors
         of ``fixed_conductance``).
-    blocks_per_lu : samples per block-diagonal LU (None: the whole batch in one). SuperLU's
-        time grows faster than the block count (measured at 1,778 nodes: 1.3 ms for one
-        block, 2.7 ms for 2, 10 ms for 5, 50 ms for 10), so small groups are faster;
-        see ``benchmarks/nonlinear_speed.py``.
+    blocks_per_lu : samples per block-diagonal LU (None: the whole batch in one; ``auto``:
+        as many as make ``LU_ROWS`` rows, at least one). Each block's factors and solves
+        are the same bits whatever the grouping (natural order, diagonal pivots: no
+        arithmetic crosses a block; ``tests/test_nonlinear.py`` checks it). What grouping
+        changes is the time: each SuperLU call costs ~40 us of scipy's checks, which
+        dominate small networks, while large blocks cost more than their parts (measured,
+        batches of 10 and 40 samples, CPU ms per batch solve, one sample per LU against
+        ``auto``: 13 free nodes 5.3 -> 2.7 and 16.0 -> 3.8; 97 nodes 11.2 -> 5.8 and 36.8
+        -> 14.6; 797 nodes 65.9 -> 60.2 and 269 -> 232; 1,775 nodes 153 -> 161 and 614 ->
+        580). Training the seed rig's lattice (``clln train protocols/xor.toml``, 1000
+        steps of 40 samples): 31-32 s -> 8.5-9.2 s with this, the kept matrix and the
+        one-sample chunks' direct solves; ``protocols/nonlinear-regression.toml`` 14.6 ->
+        4.2 s.
     chord_ratio : a sample keeps its factors while each Newton step is at most this
         fraction of the previous one (0, the default: refactorize every iteration, plain
         Newton). Measured in training at 2e4 edges, chord steps (0.05) needed 5-7
@@ -134,7 +147,7 @@ class NonlinearNetworkSolver(NetworkEquations):
     def __init__(self, network: Network, model: EdgeModel, *, lu: LuName = "superlu",
                  tol: float = 1e-10, max_iter: int = 40, max_step: float = 0.5,
                  fixed_conductance: np.ndarray | None = None, device_mask: np.ndarray | None = None,
-                 blocks_per_lu: int | None = 1,
+                 blocks_per_lu: int | Literal["auto"] | None = "auto",
                  chord_ratio: float = 0.0, linear: LinearName = "auto",
                  krylov_min_nodes: int = 1000, krylov_rtol: float = 1e-5,
                  krylov_max_iter: int = 30, refactor_iterations: int = 12,
@@ -576,12 +589,12 @@ class NonlinearNetworkSolver(NetworkEquations):
                    chunks: list[tuple[np.ndarray, object]]) -> None:
         """Factorize the Jacobians (values (k, nnz)) of ``samples``, ``blocks_per_lu``
         samples per block-diagonal system; record each sample's factor chunk."""
-        count, nf = samples.size, self.n_free
-        size = count if self.blocks_per_lu is None else max(1, self.blocks_per_lu)
+        count, blocks = samples.size, self.blocks_per_lu
+        size = (count if blocks is None else max(1, LU_ROWS // max(self.n_free, 1)) if blocks == "auto"
+                else max(1, blocks))
         for lo in range(0, count, size):
             hi = min(count, lo + size)
-            indices, indptr = self._block_pattern(hi - lo)
-            matrix = sp.csc_matrix((values[lo:hi].ravel(), indices, indptr), shape=((hi - lo) * nf,) * 2)
+            matrix = self._block_matrix(values[lo:hi])  # kept, its values replaced (SuperLU copies them)
             started = time.process_time()
             handle = self._lu.factorize(matrix, hi - lo)
             self.lu_seconds += time.process_time() - started
@@ -598,6 +611,10 @@ class NonlinearNetworkSolver(NetworkEquations):
         started = time.process_time()
         for c in np.unique(chunk_of[samples]):
             members, handle = chunks[c]
+            if members.size == 1:  # a chunk of one sample (blocks_per_lu = 1): its own row
+                k = row_of[int(members[0])]
+                step[k] = -self._lu.solve(handle, residual[k].copy())  # a library may solve in place
+                continue
             rhs = np.zeros((members.size, nf))
             wanted = [k for k, s in enumerate(members) if int(s) in row_of]
             rhs[wanted] = residual[[row_of[int(members[k])] for k in wanted]]

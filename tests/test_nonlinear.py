@@ -296,6 +296,36 @@ def test_krylov_falls_back_to_per_sample_lu() -> None:
     assert got.iterations.min() > 5  # the shared-LU iterations, then the per-sample LU ones
 
 
+@pytest.mark.parametrize("chord_ratio", [0.0, 0.3])
+def test_samples_grouped_per_lu_give_the_same_bits(chord_ratio: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However the batch's Jacobians are grouped into block-diagonal LUs (one sample per
+    SuperLU call, a few, all; ``auto`` by rows), every sample's voltages, iterations and
+    residual are the same bits: the grouping only decides how many library calls a
+    Newton iteration takes."""
+    import clln.simulator.nonlinear as nonlinear
+
+    net, rng = random_transistor_network(11, 60)
+    gates = rng.uniform(1.0, 3.0, net.n_edges)
+    sources = rng.uniform(0, 1, (9, 3))
+    n_free = NonlinearNetworkSolver(net, SeedTransistor()).n_free
+    monkeypatch.setattr(nonlinear, "LU_ROWS", 4 * n_free)  # "auto": groups of 4, 4 and 1
+    results = {}
+    for blocks in (1, 2, 4, None, "auto"):
+        solver = NonlinearNetworkSolver(net, SeedTransistor(), blocks_per_lu=blocks, chord_ratio=chord_ratio,
+                                        linear="lu")
+        free = solver.solve(gates, sources)
+        clamped = solver.solve(gates * 1.01, sources, free.voltages[:, :2] + 0.05, start=free.voltages)
+        results[blocks] = (free, clamped, solver.lu_calls)
+    reference = results[1]
+    for blocks, (free, clamped, calls) in results.items():
+        for got, want in ((free, reference[0]), (clamped, reference[1])):
+            assert np.array_equal(got.voltages, want.voltages), blocks
+            assert np.array_equal(got.iterations, want.iterations), blocks
+            assert np.array_equal(got.residual, want.residual), blocks
+        if blocks != 1:
+            assert calls < reference[2], blocks  # fewer library calls for the same bits
+
+
 @pytest.mark.skipif("umfpack" not in available_lu(), reason="cvxopt (UMFPACK) not installed")
 def test_umfpack_and_superlu_agree() -> None:
     net, rng = random_transistor_network(7, 150)
