@@ -7,8 +7,9 @@ column-diagonally-dominant Z-matrix and LU needs no pivoting.
 
 A batch is solved as block-diagonal systems, diag(J_1, ..., J_B), ``blocks_per_lu``
 samples per library call (by default as many as make ``LU_ROWS`` rows; all physics and
-assembly vectorized over the batch); only the samples that have not converged take part. Each iteration writes new values into the
-fixed pattern (one sparse product) and refactorizes.
+assembly vectorized over the batch); only the samples that have not converged take
+part. Each iteration writes new values into the fixed pattern (one sparse product) and
+refactorizes.
 
 Newton's step is limited to ``max_step`` volts and backtracked (halved) while the
 residual norm grows. A sample that still fails is retried by source continuation (the
