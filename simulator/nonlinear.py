@@ -159,6 +159,9 @@ class NonlinearNetworkSolver(NetworkEquations):
         self.max_iter = max_iter
         self.max_step = max_step
         self.lu_name = lu
+        if not (blocks_per_lu is None or blocks_per_lu == "auto"
+                or (isinstance(blocks_per_lu, int) and not isinstance(blocks_per_lu, bool) and blocks_per_lu >= 1)):
+            raise NetworkError(f"blocks_per_lu {blocks_per_lu!r} not allowed; allowed: an integer >= 1, auto, None")
         self.blocks_per_lu = blocks_per_lu
         self.chord_ratio = chord_ratio
         if linear not in ("auto", "lu", "krylov"):

@@ -326,6 +326,13 @@ def test_samples_grouped_per_lu_give_the_same_bits(chord_ratio: float, monkeypat
             assert calls < reference[2], blocks  # fewer library calls for the same bits
 
 
+@pytest.mark.parametrize("blocks", [0, -2, "all", 2.5, True])
+def test_samples_per_lu_outside_the_allowed_values_is_an_error(blocks: object) -> None:
+    net, _ = random_transistor_network(11, 20)
+    with pytest.raises(NetworkError, match="blocks_per_lu .* allowed: an integer >= 1, auto, None"):
+        NonlinearNetworkSolver(net, SeedTransistor(), blocks_per_lu=blocks)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif("umfpack" not in available_lu(), reason="cvxopt (UMFPACK) not installed")
 def test_umfpack_and_superlu_agree() -> None:
     net, rng = random_transistor_network(7, 150)
